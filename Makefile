@@ -1,0 +1,42 @@
+# Two commands do all the set-up: `make serve` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: serve test lint bench install system-deps services clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Reinstall whenever pyproject.toml changes. torch/torchvision are pinned there.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/secateurs serve
+
+# Debian packages the browser tests need (Chromium); installs only when missing.
+system-deps:
+	@bash scripts/system-deps.sh
+
+# Start PostgreSQL and Redis when they are not running (the e2e tests need both).
+services:
+	@bash scripts/services.sh
+
+test: $(STAMP) system-deps services
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check app worker contract cli tests bench
+	$(BIN)/mypy app worker contract cli
+
+bench: $(STAMP)
+	$(BIN)/python bench/engine.py
+
+clean:
+	rm -rf $(VENV) data test-output

@@ -1,0 +1,15 @@
+"""The `secateurs` command: `prune` (local, engine only), `serve`, `api`, `worker`, `keys`."""
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+
+
+def _register() -> None:
+    # Each command module adds its commands to `app`; imports are light (no torch at import).
+    from cli import prune, service  # noqa: F401
+
+
+def main() -> None:
+    _register()
+    app()

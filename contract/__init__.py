@@ -1,0 +1,53 @@
+"""The job contract shared by the API and the engine: pydantic models only, no torch.
+
+`app` validates requests with these models and `worker.engine` consumes them, so the
+OpenAPI schema the API publishes is exactly what the engine understands.
+"""
+
+from contract.model_info import DatasetInfo, ModelInfo, ModelStats, TensorInfo
+from contract.report import (
+    Environment,
+    Fidelity,
+    HistoryPoint,
+    LayerChange,
+    Percentiles,
+    Ratios,
+    Report,
+    Summary,
+)
+from contract.spec import (
+    AccuracyBudget,
+    BenchmarkSpec,
+    ExportSpec,
+    FinetuneSpec,
+    JobSpec,
+    PruneSpec,
+    RegularizeSpec,
+    Target,
+)
+from contract.stages import STAGES, Stage
+
+__all__ = [
+    "AccuracyBudget",
+    "BenchmarkSpec",
+    "DatasetInfo",
+    "Environment",
+    "ExportSpec",
+    "Fidelity",
+    "FinetuneSpec",
+    "HistoryPoint",
+    "JobSpec",
+    "LayerChange",
+    "ModelInfo",
+    "ModelStats",
+    "Percentiles",
+    "PruneSpec",
+    "Ratios",
+    "RegularizeSpec",
+    "Report",
+    "STAGES",
+    "Stage",
+    "Summary",
+    "Target",
+    "TensorInfo",
+]

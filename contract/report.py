@@ -1,0 +1,80 @@
+"""The report of a finished job (`GET /v1/jobs/{id}/report`, `report.json`)."""
+
+from pydantic import Field
+
+from contract.base import Frozen
+
+
+class Percentiles(Frozen):
+    p50: float
+    p90: float
+    p99: float
+
+
+# provider name -> batch size (as a string, JSON keys) -> latency percentiles in ms
+LatencyTable = dict[str, dict[str, Percentiles]]
+
+
+class Summary(Frozen):
+    params: int
+    macs: int
+    size_bytes: int
+    accuracy: float | None = None
+    latency_ms: LatencyTable = Field(default_factory=dict)
+
+
+class Ratios(Frozen):
+    """Original ÷ pruned (so 2.0 = half), latency_speedup from the first provider, batch 1."""
+
+    macs: float
+    params: float
+    size: float
+    latency_speedup: float | None = None
+
+
+class Fidelity(Frozen):
+    """Agreement of the pruned model with the original on sample inputs."""
+
+    top1_agreement: float | None = None
+    max_abs_diff: float
+    cosine: float
+
+
+class LayerChange(Frozen):
+    name: str
+    out_channels_before: int
+    out_channels_after: int
+
+
+class HistoryPoint(Frozen):
+    step: int
+    macs: int
+    accuracy: float | None = None
+    agreement: float | None = None
+    params: int | None = None
+
+
+class Environment(Frozen):
+    torch: str
+    onnxruntime: str
+    device: str
+    providers: list[str]
+    torch_pruning: str | None = None
+    onnx: str | None = None
+    cpu: str | None = None
+    threads: int | None = None
+
+
+class Report(Frozen):
+    original: Summary
+    pruned: Summary
+    ratios: Ratios
+    fidelity: Fidelity
+    layers: list[LayerChange]
+    history: list[HistoryPoint]
+    environment: Environment
+    # Extensions beyond the v1 contract's minimum; clients may ignore them.
+    target: dict[str, float] = Field(default_factory=dict)
+    verification: dict[str, float] = Field(default_factory=dict)
+    notes: list[str] = Field(default_factory=list)
+    timings_s: dict[str, float] = Field(default_factory=dict)

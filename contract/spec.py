@@ -1,0 +1,103 @@
+"""The pruning job specification (the body of `POST /v1/jobs` minus the ids).
+
+Every field has a default and every number a bound, so a partial body such as
+`{"prune": {"target": {"macs_reduction": 0.6}}}` is a whole, valid request.
+"""
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from contract.base import Frozen
+
+Method = Literal["l1", "l2", "bn_scale", "taylor", "fpgm", "lamp", "random", "unstructured_l1"]
+Scope = Literal["global", "layerwise"]
+Fraction = Field(default=None, gt=0.0, lt=1.0)
+
+
+class Target(Frozen):
+    """Exactly one of the fields is set: how much to remove, as a fraction in (0, 1)."""
+
+    macs_reduction: float | None = Fraction
+    params_reduction: float | None = Fraction
+    channel_ratio: float | None = Fraction
+    latency_reduction: float | None = Fraction
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Target":
+        chosen = [k for k, v in self.model_dump().items() if v is not None]
+        if len(chosen) != 1:
+            raise ValueError(
+                "prune.target needs exactly one of macs_reduction, params_reduction, "
+                f"channel_ratio, latency_reduction (got {chosen or 'none'})"
+            )
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k, v in self.model_dump().items() if v is not None)
+
+    @property
+    def value(self) -> float:
+        return float(getattr(self, self.kind))
+
+
+class PruneSpec(Frozen):
+    method: Method = "l2"
+    target: Target = Field(default_factory=lambda: Target(macs_reduction=0.5))
+    scope: Scope = "global"
+    iterative_steps: int = Field(default=5, ge=1, le=100)
+    # None = choose hardware-friendly widths automatically (multiples of 8 or 16).
+    round_to: int | None = Field(default=None, ge=1, le=512)
+    ignored_layers: list[str] = Field(default_factory=list, max_length=10_000)
+    max_layer_ratio: float = Field(default=0.9, gt=0.0, le=1.0)
+
+
+class RegularizeSpec(Frozen):
+    kind: Literal["l1_bn", "group_l2"] = "l1_bn"
+    strength: float = Field(default=1e-4, gt=0.0, le=1.0)
+    epochs: int = Field(default=3, ge=1, le=1000)
+
+
+class FinetuneSpec(Frozen):
+    epochs: int = Field(default=5, ge=0, le=1000)
+    lr: float = Field(default=0.01, gt=0.0, le=10.0)
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    distill: bool = True
+
+
+class AccuracyBudget(Frozen):
+    max_drop: float = Field(default=0.01, ge=0.0, le=1.0)
+
+
+class ExportSpec(Frozen):
+    opset: int = Field(default=17, ge=13, le=23)
+    dynamic_batch: bool = True
+
+
+Provider = Literal["auto", "cpu", "cuda", "CPUExecutionProvider", "CUDAExecutionProvider"]
+
+
+class BenchmarkSpec(Frozen):
+    providers: list[Provider] = Field(default_factory=lambda: ["auto"], min_length=1, max_length=4)
+    batch_sizes: list[int] = Field(default_factory=lambda: [1], min_length=1, max_length=8)
+    warmup: int = Field(default=10, ge=0, le=1000)
+    iterations: int = Field(default=50, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _batch_bounds(self) -> "BenchmarkSpec":
+        if any(b < 1 or b > 1024 for b in self.batch_sizes):
+            raise ValueError("benchmark.batch_sizes must each be in 1..1024")
+        return self
+
+
+class JobSpec(Frozen):
+    """What to do to a model. The API adds `model_id` and `dataset_id` around it."""
+
+    prune: PruneSpec = Field(default_factory=PruneSpec)
+    regularize: RegularizeSpec | None = None
+    finetune: FinetuneSpec | None = Field(default_factory=FinetuneSpec)
+    accuracy_budget: AccuracyBudget | None = None
+    export: ExportSpec = Field(default_factory=ExportSpec)
+    benchmark: BenchmarkSpec = Field(default_factory=BenchmarkSpec)

@@ -1,0 +1,46 @@
+"""Plain data passed between engine stages."""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from contract import TensorInfo
+
+# (stage, overall progress 0..1) -> None. See contract.stages.overall_progress.
+ProgressFn = Callable[[str, float], None]
+# Called often (between batches); True means stop now (raise JobCancelled).
+CancelFn = Callable[[], bool]
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for analysis: an nn.Module (eval, float32, CPU) plus its I/O contract."""
+
+    module: nn.Module
+    format: str  # onnx | pt2 | safetensors | state_dict
+    inputs: list[TensorInfo]  # as declared by the original (dynamic dims kept as names/None)
+    outputs: list[TensorInfo]
+    input_shapes: list[tuple[int, ...]]  # concrete shapes, batch 1
+    arch: str | None = None
+    source_path: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def example_inputs(self, batch: int = 1, seed: int = 0) -> tuple[torch.Tensor, ...]:
+        """Seeded random inputs of the concrete shapes, with the given batch size."""
+        gen = torch.Generator().manual_seed(seed)
+        return tuple(
+            torch.randn((batch, *shape[1:]), generator=gen) for shape in self.input_shapes
+        )
+
+
+@dataclass
+class Preflight:
+    """What the preflight found before any pruning."""
+
+    protected: list[nn.Module]  # layers whose output channels reach a graph output
+    reference_outputs: tuple[torch.Tensor, ...]  # original outputs on example_inputs(seed=0)
+    onnx_max_abs_diff: float  # unpruned export vs torch: how faithful the export path is
+    notes: list[str] = field(default_factory=list)
