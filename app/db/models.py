@@ -44,6 +44,8 @@ class Model(Base):
     outputs: Mapped[list[Any]] = mapped_column(JSON)
     stats: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Soft delete: finished jobs keep referring to the row (a foreign key), the file goes.
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Dataset(Base):
@@ -60,6 +62,7 @@ class Dataset(Base):
     num_classes: Mapped[int | None] = mapped_column(Integer)
     labeled: Mapped[bool] = mapped_column(Boolean)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Job(Base):
