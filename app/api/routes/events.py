@@ -1,0 +1,103 @@
+"""`GET /v1/jobs/{id}/events`: the job's progress as Server-Sent Events.
+
+The stream replays the `job_events` table (the event id is the row id, so a client that
+reconnects with `Last-Event-ID` misses nothing) and polls it for new rows until the job's
+terminal status event has been sent.
+"""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import DbSession, Tenant
+from app.api.lookups import find_job
+from app.api.openapi import problem_responses
+from app.db.jobstate import TERMINAL, status_payload
+from app.db.models import Job, JobEvent
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"],
+                   responses=problem_responses(401, 404, 429))
+
+POLL_INTERVAL_S = 0.3
+BATCH = 500
+
+
+def _snapshot(factory: sessionmaker[Session], job_id: str) -> tuple[dict[str, Any], int]:
+    """The job's current status payload and the id of its newest event (0 if none)."""
+    with factory() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        last = session.scalar(select(func.max(JobEvent.id)).where(JobEvent.job_id == job_id))
+        return status_payload(job), int(last or 0)
+
+
+def _events_after(
+    factory: sessionmaker[Session], job_id: str, after: int
+) -> tuple[list[tuple[int, str, dict[str, Any]]], str]:
+    """Events newer than `after`, oldest first, and the job's current status."""
+    with factory() as session:
+        rows = session.execute(
+            select(JobEvent.id, JobEvent.kind, JobEvent.data)
+            .where(JobEvent.job_id == job_id, JobEvent.id > after)
+            .order_by(JobEvent.id).limit(BATCH)
+        ).all()
+        status = session.scalar(select(Job.status).where(Job.id == job_id)) or "failed"
+        return [(int(r[0]), str(r[1]), dict(r[2])) for r in rows], status
+
+
+def _event(kind: str, data: dict[str, Any], event_id: int | None) -> ServerSentEvent:
+    return ServerSentEvent(data=json.dumps(data), event=kind,
+                           id=str(event_id) if event_id is not None else None)
+
+
+async def _stream(
+    request: Request, factory: sessionmaker[Session], job_id: str, last_event_id: int | None
+) -> AsyncIterator[ServerSentEvent]:
+    snapshot, newest = await run_in_threadpool(_snapshot, factory, job_id)
+    # The snapshot carries the newest event id so that resuming from it skips nothing;
+    # when the client is already resuming, it carries none and the replay follows.
+    yield _event("status", snapshot, None if last_event_id is not None else newest)
+    if snapshot["status"] in TERMINAL and last_event_id is None:
+        return
+    cursor = last_event_id if last_event_id is not None else newest
+    while True:
+        rows, status = await run_in_threadpool(_events_after, factory, job_id, cursor)
+        for event_id, kind, data in rows:
+            cursor = event_id
+            yield _event(kind, data, event_id)
+            if kind == "status" and data.get("status") in TERMINAL:
+                return
+        if not rows and status in TERMINAL:
+            return  # terminal without a logged terminal event: nothing more will come
+        if len(rows) < BATCH:
+            if await request.is_disconnected():
+                return
+            await asyncio.sleep(POLL_INTERVAL_S)
+
+
+@router.get(
+    "/{job_id}/events",
+    summary="Stream a job's progress (Server-Sent Events)",
+    response_class=EventSourceResponse,
+    responses={200: {"content": {"text/event-stream": {}},
+                     "description": "`status` and `progress` events, ids resumable with "
+                                    "Last-Event-ID; ends after the terminal status"}},
+)
+def job_events(
+    job_id: str,
+    request: Request,
+    tenant: Tenant,
+    session: DbSession,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> EventSourceResponse:
+    find_job(session, tenant, job_id)  # 404 before the stream starts
+    resume = int(last_event_id) if last_event_id and last_event_id.isdigit() else None
+    factory = request.app.state.sessionmaker
+    return EventSourceResponse(_stream(request, factory, job_id, resume), ping=15)

@@ -1,0 +1,127 @@
+"""`/v1/models`: upload, list, read, download and delete models."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from sqlalchemy import func, select
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import DbSession, InspectorDep, MetricsDep, SettingsDep, Store, Tenant
+from app.api.downloads import stream_object
+from app.api.lookups import find_model
+from app.api.openapi import multipart_body, problem_responses
+from app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate
+from app.api.schemas import ModelOut, Page
+from app.api.uploads_common import display_name, insert_upload_row, parse_arch, parse_input_shape
+from app.core import ids
+from app.core.errors import Conflict
+from app.db.models import Job, Model, utcnow
+from app.storage import model_key
+from app.uploads import receive_upload
+
+router = APIRouter(prefix="/v1/models", tags=["models"],
+                   responses=problem_responses(401, 404, 422, 429))
+
+_FILE_SUFFIX = {"onnx": "onnx", "pt2": "pt2", "safetensors": "safetensors",
+                "state_dict": "pt"}
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=ModelOut,
+    summary="Upload a model",
+    responses=problem_responses(400, 413, 415),
+    openapi_extra=multipart_body({
+        "arch": "architecture for weight-only uploads, e.g. torchvision:resnet18",
+        "input_shape": "e.g. 1,3,224,224; fills dynamic dimensions",
+        "name": "display name",
+    }),
+)
+async def upload_model(
+    request: Request,
+    tenant: Tenant,
+    settings: SettingsDep,
+    store: Store,
+    inspector: InspectorDep,
+    metrics: MetricsDep,
+) -> ModelOut:
+    """Stream the file to disk, inspect it in a child process, then store it."""
+    model_id = ids.new_id(ids.MODEL)
+    tmp = settings.data_dir / "tmp" / f"{model_id}.upload"
+    saved = await receive_upload(request, tmp, max_file_bytes=settings.max_model_bytes,
+                                 fields={"arch", "input_shape", "name"})
+    try:
+        arch = parse_arch(saved.fields.get("arch"))
+        input_shape = parse_input_shape(saved.fields.get("input_shape"))
+        info = await run_in_threadpool(inspector.model, tmp, arch=arch,
+                                       input_shape=input_shape)
+        row = Model(
+            id=model_id, tenant=tenant,
+            name=display_name(saved.fields.get("name"), saved.filename, model_id),
+            format=info.format, arch=info.arch or arch, sha256=saved.sha256,
+            size_bytes=saved.size_bytes, storage_key=model_key(model_id),
+            input_shape=list(info.input_shape),
+            inputs=[t.model_dump(mode="json") for t in info.inputs],
+            outputs=[t.model_dump(mode="json") for t in info.outputs],
+            stats=info.stats.model_dump(mode="json"), created_at=utcnow(),
+        )
+        await run_in_threadpool(store.put_file, row.storage_key, tmp, move=True)
+    finally:
+        tmp.unlink(missing_ok=True)
+    await run_in_threadpool(insert_upload_row, request.app.state.sessionmaker, store, row)
+    metrics.upload_bytes.labels(kind="model").inc(saved.size_bytes)
+    return ModelOut.from_row(row)
+
+
+@router.get("", response_model=Page[ModelOut], summary="List models, newest first")
+def list_models(
+    tenant: Tenant,
+    session: DbSession,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> Page[ModelOut]:
+    stmt = select(Model).where(Model.tenant == tenant, Model.deleted_at.is_(None))
+    rows, next_cursor = paginate(session, stmt, Model, limit, cursor)
+    return Page[ModelOut](items=[ModelOut.from_row(r) for r in rows], next_cursor=next_cursor)
+
+
+@router.get("/{model_id}", response_model=ModelOut, summary="One model")
+def get_model(model_id: str, tenant: Tenant, session: DbSession) -> ModelOut:
+    return ModelOut.from_row(find_model(session, tenant, model_id))
+
+
+@router.get(
+    "/{model_id}/file",
+    summary="Download the uploaded model file",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}},
+                     "description": "the file, with `ETag: \"<sha256>\"`"},
+               304: {"description": "If-None-Match matched"}},
+)
+def download_model(
+    model_id: str, request: Request, tenant: Tenant, session: DbSession, store: Store
+) -> Response:
+    row = find_model(session, tenant, model_id)
+    suffix = _FILE_SUFFIX.get(row.format, "bin")
+    return stream_object(request, store, row.storage_key, sha256=row.sha256,
+                         size_bytes=row.size_bytes, media_type="application/octet-stream",
+                         filename=f"{row.id}.{suffix}")
+
+
+@router.delete("/{model_id}", status_code=204, summary="Delete a model",
+               response_class=Response, responses=problem_responses(409))
+def delete_model(model_id: str, tenant: Tenant, session: DbSession, store: Store) -> Response:
+    """Refused (409 `model_in_use`) while a queued or running job uses the model."""
+    row = find_model(session, tenant, model_id)
+    active = session.scalar(
+        select(func.count()).select_from(Job).where(
+            Job.model_id == row.id, Job.status.in_(("queued", "running")))
+    )
+    if active:
+        raise Conflict(f"model {model_id!r} is used by {active} unfinished job(s)",
+                       code="model_in_use")
+    row.deleted_at = utcnow()
+    session.commit()
+    store.delete(row.storage_key)
+    return Response(status_code=204)

@@ -1,0 +1,69 @@
+"""The FastAPI application: `uvicorn app.main:create_app --factory`.
+
+Nothing happens at import: `create_app` builds the settings (or takes the ones given),
+the job store, the artifact store, the queue client and the routes. Importing this module
+must not import torch.
+"""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api.routes import artifacts, datasets, events, jobs, models, ops
+from app.core.auth import sync_settings_keys
+from app.core.config import Settings
+from app.core.errors import install_error_handlers
+from app.core.ratelimit import TokenBucketLimiter
+from app.dashboard import router as dashboard_router
+from app.db.session import init_db, make_engine, make_sessionmaker, session_scope
+from app.inspector import Inspector
+from app.metrics import ApiMetrics, MetricsMiddleware
+from app.queue import JobQueue
+from app.storage import make_store
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Structured pruning as a service: upload a CNN, submit a pruning job, download
+a smaller, faster, verified ONNX model. Every `/v1` route needs `Authorization: Bearer <key>`;
+errors are RFC 9457 `application/problem+json` with a stable `code`."""
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    app.state.queue.close()
+    app.state.engine.dispose()
+
+
+def _init_state(app: FastAPI, settings: Settings) -> None:
+    (settings.data_dir / "tmp").mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    factory = make_sessionmaker(engine)
+    with session_scope(factory) as session:
+        sync_settings_keys(session, settings.parsed_api_keys())
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessionmaker = factory
+    app.state.store = make_store(settings)
+    app.state.queue = JobQueue(settings.resolved_broker_url)
+    app.state.inspector = Inspector(timeout_s=settings.inspect_timeout_s,
+                                    max_memory_bytes=settings.inspect_memory_bytes)
+    app.state.limiter = TokenBucketLimiter(settings.rate_limit_per_minute)
+    app.state.metrics = ApiMetrics()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the application and everything it holds on `app.state`."""
+    settings = settings or Settings()
+    app = FastAPI(title="Secateurs", version="1.0.0", description=DESCRIPTION,
+                  lifespan=_lifespan)
+    _init_state(app, settings)
+    install_error_handlers(app)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    for module in (models, datasets, jobs, events, artifacts, ops):
+        app.include_router(module.router)
+    app.include_router(dashboard_router)
+    return app

@@ -1,0 +1,51 @@
+"""Celery *client* used by the API to hand jobs to the workers.
+
+The API only names the task (`secateurs.run_job`) and sends the job id as JSON; it never
+imports the worker code, so this process stays free of torch.
+"""
+
+import logging
+
+from celery import Celery
+
+log = logging.getLogger(__name__)
+
+RUN_JOB_TASK = "secateurs.run_job"
+JOBS_QUEUE = "jobs"
+
+
+class JobQueue:
+    """Enqueues jobs by task name and checks that the broker answers."""
+
+    def __init__(self, broker_url: str, *, connect_timeout_s: float = 3.0) -> None:
+        self.broker_url = broker_url
+        self.connect_timeout_s = connect_timeout_s
+        self.celery = Celery("secateurs-api", broker=broker_url, set_as_current=False)
+        self.celery.conf.update(
+            task_serializer="json",
+            accept_content=["json"],
+            broker_connection_timeout=connect_timeout_s,
+            broker_connection_retry_on_startup=False,
+            # Redis: give up on a silent server instead of blocking the request.
+            broker_transport_options={"socket_timeout": connect_timeout_s,
+                                      "socket_connect_timeout": connect_timeout_s},
+        )
+
+    def enqueue(self, job_id: str) -> bool:
+        """Send the job to the `jobs` queue. False (logged) when the broker refused it: the
+        job row stays `queued` and the worker side's re-enqueue sweep will pick it up."""
+        try:
+            self.celery.send_task(RUN_JOB_TASK, args=[job_id], queue=JOBS_QUEUE, retry=False)
+        except Exception as exc:  # any broker failure must not lose the (committed) job
+            log.warning("could not enqueue %s: %s", job_id, exc)
+            return False
+        return True
+
+    def ping(self) -> None:
+        """Raise unless a connection to the broker can be opened within the timeout."""
+        with self.celery.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0,
+                                   timeout=self.connect_timeout_s)
+
+    def close(self) -> None:
+        self.celery.close()
