@@ -1,0 +1,91 @@
+// The dashboard's only way to the server: the public /v1 API with the user's key.
+// The key lives in sessionStorage, so it is gone when the browser tab is closed.
+
+const KEY = 'secateurs.apiKey';
+
+export const session = {
+  get key() { return sessionStorage.getItem(KEY); },
+  signIn(key) { sessionStorage.setItem(KEY, key); },
+  signOut() { sessionStorage.removeItem(KEY); },
+};
+
+/** A failed request, carrying the problem+json fields when the server sent them. */
+export class ApiError extends Error {
+  constructor(status, problem) {
+    const detail = problem?.detail || problem?.title || `Request failed with HTTP ${status}`;
+    super(detail);
+    this.status = status;
+    this.code = problem?.code || null;
+    this.detail = detail;
+  }
+}
+
+async function toError(res) {
+  let problem = null;
+  try { problem = await res.json(); } catch { /* not JSON: keep the status alone */ }
+  // FastAPI's default body is {"detail": [...]} for validation errors: flatten it.
+  if (problem && Array.isArray(problem.detail)) {
+    problem.detail = problem.detail.map((d) => `${(d.loc || []).join('.')}: ${d.msg}`).join('; ');
+  }
+  return new ApiError(res.status, problem);
+}
+
+/** Who gets told when the key stops working (the shell shows the sign-in form). */
+let onUnauthorized = () => {};
+export function setUnauthorizedHandler(fn) { onUnauthorized = fn; }
+
+export function authHeaders(key = session.key) {
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+/**
+ * Call `/v1${path}`. `json` is sent as a JSON body, `form` as multipart. Resolves to the
+ * parsed JSON (or null); rejects with ApiError. A 401 also signs the user out.
+ */
+export async function api(path, { method = 'GET', json, form, headers = {}, signal, key } = {}) {
+  const init = { method, headers: { Accept: 'application/json', ...authHeaders(key), ...headers }, signal };
+  if (json !== undefined) {
+    init.headers['Content-Type'] = 'application/json';
+    init.body = JSON.stringify(json);
+  } else if (form !== undefined) {
+    init.body = form;
+  }
+  const res = await fetch(`/v1${path}`, init);
+  if (!res.ok) {
+    const err = await toError(res);
+    if (res.status === 401 && key === undefined) onUnauthorized(err);
+    throw err;
+  }
+  if (res.status === 204) return null;
+  const text = await res.text();
+  return text ? JSON.parse(text) : null;
+}
+
+/** Download `/v1${path}` with the auth header and hand it to the browser as `filename`. */
+export async function download(path, filename, { signal } = {}) {
+  const res = await fetch(`/v1${path}`, { headers: authHeaders(), signal });
+  if (!res.ok) throw await toError(res);
+  const blob = await res.blob();
+  const url = URL.createObjectURL(blob);
+  const a = document.createElement('a');
+  a.href = url;
+  a.download = filename;
+  a.hidden = true;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  // The browser has started the download by now; give it a moment before freeing the blob.
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  return blob.size;
+}
+
+// Model names are looked up once per page load: jobs only carry the model's id.
+const modelCache = new Map();
+export function modelInfo(id) {
+  if (!id) return Promise.resolve(null);
+  if (!modelCache.has(id)) {
+    modelCache.set(id, api(`/models/${encodeURIComponent(id)}`).catch(() => null));
+  }
+  return modelCache.get(id);
+}
+export function forgetModels() { modelCache.clear(); }

@@ -1,0 +1,214 @@
+// One job: spec, stage timeline, live progress while it runs (SSE), cancel, the error
+// when it failed, and the report with charts and downloads when it succeeded.
+
+import { api, modelInfo } from '../api.js';
+import { append, h, replace } from '../dom.js';
+import { date, duration, stageName, target } from '../format.js';
+import { followJob } from '../sse.js';
+import { errorPanel, progressBar, setProgress, statusBadge, TERMINAL } from './common.js';
+import { renderReport } from './report.js';
+
+// The order of contract.stages.STAGES.
+const STAGE_ORDER = ['loading', 'analyzing', 'regularizing', 'pruning', 'finetuning',
+  'evaluating', 'exporting', 'benchmarking'];
+
+export function renderJob(root, { signal, params }) {
+  const id = params[0];
+  document.title = `Secateurs · ${id}`;
+  replace(root, h('p', { class: 'muted' }, 'Loading job…'));
+  show(root, id, signal);
+}
+
+async function show(root, id, signal) {
+  let job;
+  try {
+    job = await api(`/jobs/${encodeURIComponent(id)}`, { signal });
+  } catch (err) {
+    if (signal.aborted) return;
+    replace(root, h('p', null, h('a', { href: '#/jobs' }, '← All jobs')),
+      errorPanel(err.status === 404 ? 'No such job' : 'Could not load the job', err));
+    return;
+  }
+  if (signal.aborted) return;
+  const page = new JobPage(root, job, signal);
+  page.render();
+  if (TERMINAL.has(job.status)) {
+    page.showResult();
+  } else {
+    page.follow();
+    // Keep the running stage's "so far" duration ticking between events.
+    const tick = setInterval(() => page.tick(), 1000);
+    signal.addEventListener('abort', () => clearInterval(tick), { once: true });
+  }
+}
+
+class JobPage {
+  constructor(root, job, signal) {
+    this.root = root;
+    this.job = job;
+    this.signal = signal;
+    this.bar = progressBar(job.progress, 'Job progress');
+    this.stageEl = h('span', { id: 'current-stage' });
+    this.statusEl = h('span', { id: 'job-status' });
+    this.timelineEl = h('div', { class: 'timeline-wrap' });
+    this.messageEl = h('p', { class: 'message', role: 'status' });
+    this.resultEl = h('div', { class: 'result' });
+    this.cancelEl = this.cancelButton();
+  }
+
+  render() {
+    const { job } = this;
+    const modelEl = h('span', null, job.model_id);
+    modelInfo(job.model_id).then((m) => { if (m?.name) replace(modelEl, m.name); });
+    replace(this.root,
+      h('p', { class: 'crumbs' }, h('a', { href: '#/jobs' }, '← All jobs')),
+      h('div', { class: 'page-head' },
+        h('div', null,
+          h('h1', null, 'Job ', h('code', null, job.id)),
+          h('p', { class: 'muted' }, 'Model ', modelEl, ' · target ', target(job.spec),
+            ' · created ', date(job.created_at))),
+        h('div', { class: 'actions' }, this.cancelEl)),
+      h('section', { class: 'panel live', 'aria-labelledby': 'live-h' },
+        h('h2', { id: 'live-h', class: 'sr-only' }, 'Progress'),
+        h('div', { class: 'live-row' },
+          h('span', null, 'Status ', this.statusEl),
+          h('span', null, 'Stage ', this.stageEl),
+          this.bar),
+        this.messageEl,
+        this.timelineEl),
+      this.resultEl,
+      specPanel(job));
+    this.update(job);
+  }
+
+  /** Reflect the job's status, stage and progress; called on every event. */
+  update(data) {
+    Object.assign(this.job, data);
+    const { job } = this;
+    replace(this.statusEl, statusBadge(job.status));
+    replace(this.stageEl, TERMINAL.has(job.status) ? '—' : stageName(job.stage));
+    setProgress(this.bar, job.progress);
+    replace(this.timelineEl, timeline(job));
+    this.cancelEl.hidden = TERMINAL.has(job.status);
+  }
+
+  tick() {
+    if (!TERMINAL.has(this.job.status)) replace(this.timelineEl, timeline(this.job));
+  }
+
+  cancelButton() {
+    const button = h('button', { type: 'button', class: 'danger', id: 'cancel-job' }, 'Cancel job');
+    button.addEventListener('click', async () => {
+      button.disabled = true;
+      this.messageEl.textContent = 'Cancelling…';
+      try {
+        await api(`/jobs/${encodeURIComponent(this.job.id)}/cancel`, { method: 'POST' });
+        this.messageEl.textContent = 'Cancel requested: the job stops at its next checkpoint.';
+      } catch (err) {
+        this.messageEl.textContent = `Could not cancel: ${err.message}`;
+        button.disabled = false;
+      }
+    });
+    return button;
+  }
+
+  async follow() {
+    let stage = this.job.stage;
+    const done = await followJob(this.job.id, ({ data }) => {
+      if (!data || typeof data !== 'object') return;
+      this.update(data);
+      // A new stage: fetch the job again for the timeline's start and end times.
+      if (data.stage && data.stage !== stage) {
+        stage = data.stage;
+        this.reload();
+      }
+    }, { signal: this.signal });
+    if (done && !this.signal.aborted) await this.finish();
+  }
+
+  async reload() {
+    try {
+      const job = await api(`/jobs/${encodeURIComponent(this.job.id)}`, { signal: this.signal });
+      // Keep the streamed progress if the stored row lags behind it (it is monotone).
+      job.progress = Math.max(job.progress, this.job.progress);
+      this.update(job);
+      return job;
+    } catch {
+      return null;
+    }
+  }
+
+  async finish() {
+    await this.reload();
+    if (this.job.status === 'cancelled') this.messageEl.textContent = 'The job was cancelled.';
+    else this.messageEl.textContent = '';
+    this.showResult();
+  }
+
+  showResult() {
+    if (this.job.status === 'failed') {
+      const err = this.job.error || { code: null, message: 'The job failed without a message.' };
+      replace(this.resultEl, errorPanel('The job failed', { code: err.code, message: err.message }));
+    } else if (this.job.status === 'succeeded') {
+      replace(this.resultEl, h('p', { class: 'muted' }, 'Loading the report…'));
+      renderReport(this.resultEl, this.job, this.signal);
+    }
+  }
+}
+
+// Stage timeline: one row per stage the job has entered, bar placed on a shared clock.
+function timeline(job) {
+  const times = job.stage_times || {};
+  const now = Date.now();
+  const stages = STAGE_ORDER.filter((st) => times[st]).concat(
+    Object.keys(times).filter((st) => !STAGE_ORDER.includes(st)));
+  if (!stages.length) {
+    return h('p', { class: 'muted' }, job.status === 'queued' ? 'Waiting for a worker…' : 'No stage has started yet.');
+  }
+  const t = (iso) => (iso ? new Date(iso).getTime() : null);
+  const spans = stages.map((st) => {
+    const start = t(times[st].started_at);
+    const running = !times[st].finished_at && !TERMINAL.has(job.status);
+    const end = t(times[st].finished_at) ?? (running ? now : t(job.finished_at) ?? now);
+    return { st, start, end, running };
+  });
+  const t0 = Math.min(...spans.map((x) => x.start));
+  const total = Math.max(1, Math.max(...spans.map((x) => x.end)) - t0);
+  return h('ol', { class: 'timeline', 'aria-label': 'Stages' },
+    spans.map(({ st, start, end, running }) => h('li', { class: running ? 'running' : 'done', 'data-stage': st },
+      h('span', { class: 'tl-name' }, stageName(st)),
+      h('span', { class: 'tl-track', 'aria-hidden': 'true' },
+        h('span', { class: 'tl-bar', style: `left:${((start - t0) / total) * 100}%;width:${Math.max(0.6, ((end - start) / total) * 100)}%` })),
+      h('span', { class: 'tl-dur' }, running ? `${duration(end - start)} so far` : duration(end - start)))));
+}
+
+function specPanel(job) {
+  const s = job.spec || {};
+  const p = s.prune || {};
+  const f = s.finetune;
+  const rows = [
+    ['Method', p.method],
+    ['Target', target(s)],
+    ['Scope', p.scope],
+    ['Iterative steps', p.iterative_steps],
+    ['Round channels to', p.round_to ?? 'automatic'],
+    ['Max per-layer ratio', p.max_layer_ratio],
+    ['Sparsity training', s.regularize ? `${s.regularize.kind}, strength ${s.regularize.strength}, ${s.regularize.epochs} epochs` : 'none'],
+    ['Fine-tuning', f ? `${f.epochs} epochs, lr ${f.lr}, batch ${f.batch_size}, ${f.optimizer}${f.distill ? ', distillation' : ''}` : 'none'],
+    ['Accuracy budget', s.accuracy_budget ? `max drop ${(s.accuracy_budget.max_drop * 100).toFixed(1)} points` : 'none'],
+    ['Export', s.export ? `opset ${s.export.opset}${s.export.dynamic_batch ? ', dynamic batch' : ''}` : '—'],
+    ['Benchmark', s.benchmark ? `${s.benchmark.providers.join(', ')} · batch ${s.benchmark.batch_sizes.join(', ')} · ${s.benchmark.iterations} runs` : '—'],
+    ['Dataset', job.dataset_id || 'none (data-free)'],
+    ['Attempts', job.attempts],
+    ['Created', date(job.created_at, { seconds: true })],
+    ['Started', date(job.started_at, { seconds: true })],
+    ['Finished', date(job.finished_at, { seconds: true })],
+  ];
+  const dl = h('dl', { class: 'spec' });
+  for (const [k, v] of rows) append(dl, h('dt', null, k), h('dd', null, v ?? '—'));
+  return h('section', { class: 'panel', 'aria-labelledby': 'spec-h' },
+    h('h2', { id: 'spec-h' }, 'Specification'),
+    dl,
+    h('details', null, h('summary', null, 'Full spec (JSON)'),
+      h('pre', null, JSON.stringify(s, null, 2))));
+}
