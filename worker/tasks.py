@@ -1,0 +1,47 @@
+"""The Celery task: a thin shell around `worker.runner.run_job`.
+
+The run context (database engine, store) is built lazily in the child process that runs
+the task: an engine or socket opened in the parent would be shared across the fork.
+"""
+
+import logging
+import os
+
+from celery import Task
+
+from app.db.session import init_db, make_engine, make_sessionmaker
+from app.storage import make_store
+from worker import runner
+from worker.celery_app import TASK_NAME, celery_app, settings
+
+log = logging.getLogger(__name__)
+
+# Retries of a transient failure; the job row's attempt cap is the real bound.
+MAX_TRANSIENT_RETRIES = 10
+
+_context: tuple[int, runner.RunContext] | None = None
+
+
+def run_context() -> runner.RunContext:
+    """The context of this process, built on first use (and again after a fork)."""
+    global _context
+    if _context is None or _context[0] != os.getpid():
+        engine = make_engine(settings.resolved_database_url)
+        init_db(engine)
+        ctx = runner.RunContext(settings=settings, sessions=make_sessionmaker(engine),
+                                store=make_store(settings))
+        _context = (os.getpid(), ctx)
+    return _context[1]
+
+
+@celery_app.task(name=TASK_NAME, bind=True, max_retries=MAX_TRANSIENT_RETRIES)
+def run_job(self: Task, job_id: str) -> str:
+    """Run one pruning job; the outcome is written to the job row, not returned to Celery."""
+    ctx = run_context()
+    try:
+        return runner.run_job(job_id, ctx)
+    except runner.RetryLater as exc:
+        if runner.requeue(ctx, job_id, str(exc)):
+            log.warning("job %s: %s; retrying in %.0f s", job_id, exc, exc.countdown_s)
+            raise self.retry(countdown=exc.countdown_s) from exc
+        return "failed"
