@@ -1,0 +1,231 @@
+"""`secateurs prune`: run the whole engine pipeline locally on one model file.
+
+Torch and the engine are imported inside the command, so that `secateurs serve` (which
+shares the typer app) starts without them.
+"""
+
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from cli.main import app
+
+
+class CliError(Exception):
+    """A failure reported as one line: `error: <code>: <message>`."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def parse_shape(text: str | None) -> list[int] | None:
+    """ "1,3,224,224" -> [1, 3, 224, 224]."""
+    if not text:
+        return None
+    try:
+        shape = [int(part) for part in text.replace("x", ",").split(",") if part.strip()]
+    except ValueError:
+        raise CliError(
+            "invalid_input_shape", f"--input-shape must be like 1,3,224,224: {text!r}"
+        ) from None
+    if not shape or any(d < 1 for d in shape):
+        raise CliError("invalid_input_shape", f"--input-shape must be positive integers: {text!r}")
+    return shape
+
+
+def build_spec(
+    *,
+    target_macs: float | None,
+    target_params: float | None,
+    channel_ratio: float | None,
+    method: str,
+    scope: str,
+    round_to: int | None,
+    steps: int,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    distill: bool,
+    max_drop: float | None,
+    providers: list[str],
+    iterations: int,
+) -> Any:
+    """The JobSpec the options describe; invalid values become a one-line error."""
+    from contract import JobSpec
+
+    chosen = {
+        "macs_reduction": target_macs,
+        "params_reduction": target_params,
+        "channel_ratio": channel_ratio,
+    }
+    target = {k: v for k, v in chosen.items() if v is not None} or {"macs_reduction": 0.5}
+    body = {
+        "prune": {
+            "method": method,
+            "target": target,
+            "scope": scope,
+            "round_to": round_to,
+            "iterative_steps": steps,
+        },
+        "finetune": {"epochs": epochs, "lr": lr, "batch_size": batch_size, "distill": distill},
+        "accuracy_budget": None if max_drop is None else {"max_drop": max_drop},
+        "benchmark": {"providers": providers, "iterations": iterations},
+    }
+    try:
+        return JobSpec.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise CliError("invalid_spec", f"{where}: {first['msg']}") from exc
+
+
+def _fmt_count(n: int) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def _fmt_p50(summary: Any) -> str:
+    table = summary.latency_ms
+    provider = "CPUExecutionProvider" if "CPUExecutionProvider" in table else next(iter(table), "")
+    by_batch = table.get(provider, {})
+    if "1" not in by_batch:
+        return "-"
+    return f"{by_batch['1'].p50:.2f} ms"
+
+
+def _fmt_acc(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def summary_table(report: Any) -> Any:
+    """Before/after table: params, MACs, size, p50 latency, accuracy, agreement."""
+    from rich.table import Table
+
+    o, p, r, f = report.original, report.pruned, report.ratios, report.fidelity
+    table = Table(title="secateurs prune")
+    for column in ("", "original", "pruned", "ratio"):
+        table.add_column(column, justify="right" if column else "left")
+    speedup = "-" if r.latency_speedup is None else f"{r.latency_speedup:.2f}x"
+    table.add_row("params", _fmt_count(o.params), _fmt_count(p.params), f"{r.params:.2f}x")
+    table.add_row("MACs", _fmt_count(o.macs), _fmt_count(p.macs), f"{r.macs:.2f}x")
+    size_o, size_p = _fmt_count(o.size_bytes) + "B", _fmt_count(p.size_bytes) + "B"
+    table.add_row("ONNX size", size_o, size_p, f"{r.size:.2f}x")
+    table.add_row("latency p50 (batch 1)", _fmt_p50(o), _fmt_p50(p), speedup)
+    table.add_row("accuracy", _fmt_acc(o.accuracy), _fmt_acc(p.accuracy), "")
+    agreement = "-" if f.top1_agreement is None else _fmt_acc(f.top1_agreement)
+    table.add_row("top-1 agreement", "", agreement, "")
+    table.add_row("output cosine", "", f"{f.cosine:.4f}", "")
+    return table
+
+
+def _run(
+    model: Path, output: Path, report_path: Path | None, spec: Any, options: dict[str, Any]
+) -> Any:
+    """Run the pipeline with a progress bar; copy model.onnx (and report.json) into place."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from worker.engine.pipeline import run_pipeline
+
+    with tempfile.TemporaryDirectory(prefix="secateurs-") as tmp:
+        with Progress(
+            TextColumn("{task.description:<13}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(),
+            transient=True,
+        ) as bar:
+            task = bar.add_task("loading", total=1.0)
+
+            def on_progress(stage: str, overall: float) -> None:
+                bar.update(task, completed=overall, description=stage)
+
+            result = run_pipeline(model, spec, Path(tmp), on_progress=on_progress, **options)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(result.artifacts["model.onnx"], output)
+        if report_path is not None:
+            shutil.copyfile(result.artifacts["report.json"], report_path)
+    return result.report
+
+
+@app.command()
+def prune(
+    model: Annotated[Path, typer.Argument(help="ONNX, .pt2, safetensors or state_dict file")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="where to write the ONNX")],
+    target_macs: Annotated[
+        float | None, typer.Option(help="fraction of MACs to remove (default 0.5)")
+    ] = None,
+    target_params: Annotated[float | None, typer.Option(help="fraction of params")] = None,
+    channel_ratio: Annotated[float | None, typer.Option(help="fraction of channels")] = None,
+    method: Annotated[str, typer.Option(help="l1 l2 bn_scale taylor fpgm lamp random")] = "l2",
+    scope: Annotated[str, typer.Option(help="global or layerwise")] = "global",
+    round_to: Annotated[int | None, typer.Option(help="channel multiple (default: auto)")] = None,
+    steps: Annotated[int, typer.Option(help="iterative pruning steps")] = 5,
+    data: Annotated[Path | None, typer.Option(help=".npz or zipped image folders")] = None,
+    epochs: Annotated[int, typer.Option(help="fine-tuning epochs (with --data)")] = 5,
+    lr: Annotated[float, typer.Option(help="fine-tuning learning rate")] = 0.01,
+    batch_size: Annotated[int, typer.Option(help="fine-tuning batch size")] = 64,
+    distill: Annotated[bool, typer.Option(help="distil from the original")] = True,
+    max_drop: Annotated[float | None, typer.Option(help="accuracy budget, e.g. 0.01")] = None,
+    input_shape: Annotated[str | None, typer.Option(help="e.g. 1,3,224,224")] = None,
+    arch: Annotated[str | None, typer.Option(help="e.g. torchvision:resnet18")] = None,
+    report: Annotated[Path | None, typer.Option(help="also write report.json here")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
+    iterations: Annotated[int, typer.Option(help="benchmark iterations")] = 50,
+) -> None:
+    """Prune MODEL, fine-tune it if --data is given, and write a verified ONNX to -o."""
+    from rich.console import Console
+
+    try:
+        if not model.is_file():
+            raise CliError("not_found", f"no such file: {model}")
+        if data is not None and not data.is_file():
+            raise CliError("not_found", f"no such file: {data}")
+        if device != "cpu" and not device.startswith("cuda"):
+            raise CliError("invalid_device", f"--device must be cpu, cuda or cuda:N: {device!r}")
+        spec = build_spec(
+            target_macs=target_macs,
+            target_params=target_params,
+            channel_ratio=channel_ratio,
+            method=method,
+            scope=scope,
+            round_to=round_to,
+            steps=steps,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            distill=distill,
+            max_drop=max_drop,
+            providers=["auto"],
+            iterations=iterations,
+        )
+        options = {
+            "dataset_path": data,
+            "arch": arch,
+            "input_shape": parse_shape(input_shape),
+            "device": device,
+        }
+        result = _run(model, output, report, spec, options)
+    except CliError as exc:
+        _fail(exc.code, exc.message)
+    except Exception as exc:  # engine errors carry a stable code; anything else is ours
+        _fail(getattr(exc, "code", "internal_error"), getattr(exc, "message", str(exc)))
+    console = Console()
+    console.print(summary_table(result))
+    for note in result.notes:
+        console.print(f"note: {note}")
+    console.print(f"wrote {output}" + (f" and {report}" if report else ""))
+
+
+def _fail(code: str, message: str) -> None:
+    first_line = (message.strip().splitlines() or [""])[0]
+    print(f"error: {code}: {first_line}", file=sys.stderr)
+    raise typer.Exit(1)

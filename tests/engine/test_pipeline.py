@@ -1,0 +1,165 @@
+"""run_pipeline end to end on a tiny ONNX model: data-free, with a dataset, and cancelled."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from contract import BenchmarkSpec, FinetuneSpec, JobSpec, PruneSpec, Report, Target
+from tests.engine.tiny_nets import TinyResNet, seeded
+from worker.engine.errors import JobCancelled
+from worker.engine.pipeline import run_pipeline
+
+SHAPE = (1, 3, 32, 32)
+FAST_BENCH = BenchmarkSpec(providers=["cpu"], batch_sizes=[1], warmup=1, iterations=5)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded 8-wide ResNet exported with a dynamic batch, as a user would upload it."""
+    path = tmp_path_factory.mktemp("model") / "tiny.onnx"
+    torch.onnx.export(
+        seeded(TinyResNet, width=8),
+        (torch.randn(*SHAPE),),
+        str(path),
+        dynamo=False,
+        input_names=["image"],
+        output_names=["scores"],
+        dynamic_axes={"image": {0: "n"}, "scores": {0: "n"}},
+        opset_version=17,
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """96 labeled samples whose class is set by the mean of one colour channel."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, size=96)
+    x = rng.normal(0, 0.3, size=(96, 3, 32, 32)).astype(np.float32)
+    x[np.arange(96), y] += 1.0
+    path = tmp_path_factory.mktemp("data") / "train.npz"
+    np.savez(path, x=x, y=y.astype(np.int64))
+    return path
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, float]] = []
+
+    def __call__(self, stage: str, overall: float) -> None:
+        self.calls.append((stage, overall))
+
+    @property
+    def stages(self) -> list[str]:
+        return list(dict.fromkeys(stage for stage, _ in self.calls))
+
+
+def _io(path: Path) -> tuple[list, list]:
+    graph = onnx.load(str(path)).graph
+
+    def dims(value) -> list:
+        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+    inputs = [(i.name, dims(i)) for i in graph.input]
+    outputs = [o.name for o in graph.output]
+    return inputs, outputs
+
+
+def _spec(**finetune) -> JobSpec:
+    return JobSpec(
+        prune=PruneSpec(target=Target(macs_reduction=0.5)),
+        finetune=FinetuneSpec(**finetune) if finetune else None,
+        benchmark=FAST_BENCH,
+    )
+
+
+@pytest.mark.slow
+def test_data_free(tiny_onnx: Path, tmp_path: Path) -> None:
+    progress = Recorder()
+    result = run_pipeline(tiny_onnx, _spec(), tmp_path / "out", on_progress=progress)
+    report = result.report
+
+    assert set(result.artifacts) == {"model.onnx", "model.pt2", "report.json"}
+    assert all(p.is_file() and p.stat().st_size > 0 for p in result.artifacts.values())
+    again = Report.model_validate(json.loads(result.artifacts["report.json"].read_text()))
+    assert again == report
+
+    reduction = 1 - report.pruned.macs / report.original.macs
+    assert reduction == pytest.approx(0.5, abs=0.02)
+    assert report.ratios.macs == pytest.approx(report.original.macs / report.pruned.macs)
+    assert report.pruned.params < report.original.params
+    assert report.pruned.size_bytes < report.original.size_bytes
+    assert any(c.out_channels_after < c.out_channels_before for c in report.layers)
+    assert report.original.accuracy is None and report.pruned.accuracy is None
+    assert report.fidelity.top1_agreement is not None
+    assert 0 < report.ratios.latency_speedup
+    assert set(report.pruned.latency_ms) == {"CPUExecutionProvider"}
+    assert report.environment.device == "cpu"
+    assert report.verification["onnx_max_abs_diff"] < 1e-3
+    assert any("data-free" in note for note in report.notes)
+
+    # Drop-in: same input names and declared dims (dynamic batch kept), same output names.
+    assert _io(result.artifacts["model.onnx"]) == _io(tiny_onnx)
+
+    # The ONNX file computes what the saved torch program computes, at another batch size.
+    x = torch.randn(3, *SHAPE[1:])
+    program = torch.export.load(str(result.artifacts["model.pt2"])).module()
+    session = ort.InferenceSession(str(result.artifacts["model.onnx"]))
+    (onnx_out,) = session.run(None, {"image": x.numpy()})
+    torch_out = program(x).detach().numpy()
+    assert onnx_out.shape == (3, 10)
+    np.testing.assert_allclose(onnx_out, torch_out, atol=1e-4, rtol=1e-4)
+
+    overall = [value for _, value in progress.calls]
+    assert overall == sorted(overall) and overall[-1] == pytest.approx(1.0)
+    assert progress.stages == [
+        "loading", "analyzing", "pruning", "evaluating", "exporting", "benchmarking",
+    ]  # fmt: skip
+    assert sum(stage == "pruning" for stage, _ in progress.calls) > 3
+
+
+@pytest.mark.slow
+def test_with_dataset(tiny_onnx: Path, tiny_npz: Path, tmp_path: Path) -> None:
+    progress = Recorder()
+    spec = _spec(epochs=1, batch_size=16, lr=0.01)
+    result = run_pipeline(
+        tiny_onnx, spec, tmp_path / "out", dataset_path=tiny_npz, on_progress=progress
+    )
+    report = result.report
+    assert "finetuning" in progress.stages
+    assert sum(stage == "finetuning" for stage, _ in progress.calls) > 2
+    overall = [value for _, value in progress.calls]
+    assert overall == sorted(overall) and overall[-1] == pytest.approx(1.0)
+    assert 0.0 <= report.original.accuracy <= 1.0
+    assert 0.0 <= report.pruned.accuracy <= 1.0
+    assert 1 - report.pruned.macs / report.original.macs == pytest.approx(0.5, abs=0.02)
+    assert not any("data-free" in note for note in report.notes)
+    assert "finetuning" in report.timings_s
+
+
+def test_cancel_between_stages(tiny_onnx: Path, tmp_path: Path) -> None:
+    progress = Recorder()
+
+    def cancel_once_analyzed() -> bool:
+        return "analyzing" in progress.stages
+
+    with pytest.raises(JobCancelled):
+        run_pipeline(
+            tiny_onnx,
+            _spec(),
+            tmp_path / "out",
+            on_progress=progress,
+            should_cancel=cancel_once_analyzed,
+        )
+    assert "exporting" not in progress.stages
+    assert not (tmp_path / "out" / "model.onnx").exists()

@@ -1,0 +1,339 @@
+"""One pruning job from model file to verified, benchmarked ONNX and its report.
+
+load → preflight → [regularize] → prune → [finetune] → evaluate → export + verify
+→ benchmark → report. Each stage reports progress through one monotone callback and
+checks for cancellation before it starts; the stages themselves check between batches.
+"""
+
+import copy
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from contract import Fidelity, JobSpec, Report
+from contract.stages import overall_progress
+from worker.engine import benchmark, report
+from worker.engine.data import DatasetSplits, load_dataset
+from worker.engine.errors import JobCancelled, VerificationFailed
+from worker.engine.evaluate import accuracy, fidelity
+from worker.engine.export import export_onnx, save_pt2, verify_onnx
+from worker.engine.finetune import finetune
+from worker.engine.loaders import load_model
+from worker.engine.preflight import run_preflight
+from worker.engine.prune import PruneResult, prune_model
+from worker.engine.regularize import regularize
+from worker.engine.types import CancelFn, LoadedModel, Preflight, ProgressFn
+
+# Samples on which the pruned model's agreement with the original is measured.
+FIDELITY_SAMPLES = 64
+NOTE_DATA_FREE = "no dataset: pruned data-free; fine-tuning and accuracy were skipped"
+
+
+@dataclass
+class PipelineResult:
+    report: Report
+    artifacts: dict[str, Path]
+    # Not an artifact: the unpruned export, timed beside the pruned one.
+    original_onnx: Path | None = None
+
+
+class _Tracker:
+    """Progress that never goes backwards, cancellation checks and per-stage wall times."""
+
+    def __init__(self, on_progress: ProgressFn | None, should_cancel: CancelFn | None) -> None:
+        self._on_progress = on_progress
+        self._should_cancel = should_cancel
+        self._best = 0.0
+        self.timings: dict[str, float] = {}
+
+    def progress(self, stage: str, overall: float) -> None:
+        """The callback handed down to the stages: (stage, overall 0..1), kept monotone."""
+        self._best = max(self._best, min(1.0, overall))
+        if self._on_progress is not None:
+            self._on_progress(stage, self._best)
+
+    def within(self, stage: str, fraction: float) -> None:
+        self.progress(stage, overall_progress(stage, fraction))
+
+    def fraction(self, stage: str) -> Callable[[float], None]:
+        """A callback for progress within `stage` (0..1), as the stage modules report it."""
+        return lambda fraction: self.within(stage, fraction)
+
+    def cancelled(self) -> bool:
+        return bool(self._should_cancel and self._should_cancel())
+
+    def check(self) -> None:
+        if self.cancelled():
+            raise JobCancelled()
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self.check()
+        self.within(name, 0.0)
+        start = time.perf_counter()
+        yield
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+        self.within(name, 1.0)
+
+
+@dataclass
+class _State:
+    """What the stages hand each other."""
+
+    loaded: LoadedModel
+    splits: DatasetSplits | None
+    pre: Preflight | None = None
+    teacher: nn.Module | None = None
+    pruned: PruneResult | None = None
+    accuracy_before: float | None = None
+    accuracy_after: float | None = None
+    fidelity: Fidelity | None = None
+    notes: list[str] = field(default_factory=list)
+    verification: dict[str, float] = field(default_factory=dict)
+
+
+def _fidelity_inputs(state: _State) -> tuple[torch.Tensor, ...]:
+    if state.splits is not None and len(state.splits.val) > 0:
+        return (state.splits.val.tensors[0][:FIDELITY_SAMPLES],)
+    return state.loaded.example_inputs(batch=16, seed=1)
+
+
+def _taylor_loss(state: _State, device: str) -> Callable[[nn.Module], torch.Tensor]:
+    """Loss for gradient-based importance: distance to the original's outputs on samples."""
+    inputs = tuple(x.to(device) for x in _fidelity_inputs(state))
+    assert state.teacher is not None
+    with torch.no_grad():
+        targets = state.teacher(*inputs)
+    targets = targets if isinstance(targets, tuple | list) else (targets,)
+
+    def loss(module: nn.Module) -> torch.Tensor:
+        outputs = module(*inputs)
+        outputs = outputs if isinstance(outputs, tuple | list) else (outputs,)
+        return sum(
+            torch.nn.functional.mse_loss(o, t) for o, t in zip(outputs, targets, strict=True)
+        )
+
+    return loss
+
+
+def _load(model_path: Path, dataset_path: Path | None, arch, input_shape, t: _Tracker) -> _State:
+    with t.stage("loading"):
+        loaded = load_model(model_path, arch=arch, input_shape=input_shape)
+        splits = None
+        if dataset_path is not None:
+            splits = load_dataset(dataset_path, loaded.input_shapes[0])
+    return _State(loaded=loaded, splits=splits, notes=list(loaded.notes))
+
+
+def _analyze(state: _State, spec: JobSpec, t: _Tracker) -> None:
+    with t.stage("analyzing"):
+        state.pre = run_preflight(state.loaded, opset=spec.export.opset)
+        state.notes += state.pre.notes
+        state.verification["original_export_max_abs_diff"] = state.pre.onnx_max_abs_diff
+        # The teacher for distillation and the reference for every comparison.
+        state.teacher = copy.deepcopy(state.loaded.module).eval()
+
+
+def _regularize(state: _State, spec: JobSpec, device: str, t: _Tracker) -> None:
+    if spec.regularize is None or state.splits is None:
+        return
+    with t.stage("regularizing"):
+        module = state.loaded.module.to(device)
+        example = tuple(x.to(device) for x in state.loaded.example_inputs())
+        regularize(
+            module,
+            example,
+            spec.regularize,
+            state.splits,
+            device=device,
+            on_progress=t.fraction("regularizing"),
+            should_cancel=t.cancelled,
+        )
+
+
+def _prune(state: _State, spec: JobSpec, device: str, t: _Tracker) -> None:
+    assert state.pre is not None and state.teacher is not None
+    with t.stage("pruning"):
+        module = state.loaded.module.to(device).eval()
+        state.teacher.to(device)
+        example = tuple(x.to(device) for x in state.loaded.example_inputs())
+        loss_fn = _taylor_loss(state, device) if spec.prune.method == "taylor" else None
+        state.pruned = prune_model(
+            module,
+            example,
+            spec.prune,
+            protected=state.pre.protected,
+            loss_fn=loss_fn,
+            on_progress=t.fraction("pruning"),
+            should_cancel=t.cancelled,
+        )
+        state.notes += state.pruned.notes
+
+
+def _finetune(state: _State, spec: JobSpec, device: str, t: _Tracker) -> None:
+    ft = spec.finetune
+    if state.splits is None or ft is None or ft.epochs == 0:
+        return
+    assert state.teacher is not None
+    with t.stage("finetuning"):
+        finetune(
+            state.loaded.module,
+            state.teacher,
+            state.splits,
+            ft,
+            device=device,
+            on_progress=t.fraction("finetuning"),
+            should_cancel=t.cancelled,
+        )
+
+
+def _evaluate(state: _State, device: str, t: _Tracker) -> None:
+    assert state.teacher is not None
+    with t.stage("evaluating"):
+        student = state.loaded.module.to(device).eval()
+        teacher = state.teacher.to(device).eval()
+        if state.splits is not None and state.splits.labeled:
+            state.accuracy_before = accuracy(teacher, state.splits.val, device=device)
+            t.within("evaluating", 0.4)
+            state.accuracy_after = accuracy(student, state.splits.val, device=device)
+            t.within("evaluating", 0.8)
+        # Agreement is measured on the CPU, where the export runs too.
+        state.fidelity = fidelity(teacher.cpu(), student.cpu(), _fidelity_inputs(state))
+
+
+def _check_drop_in(path: Path, state: _State) -> None:
+    """The pruned file must take the same inputs and give the same outputs' names and shapes."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    want_in = [i.name for i in state.loaded.inputs]
+    want_out = [o.name for o in state.loaded.outputs]
+    got_in = [i.name for i in session.get_inputs()]
+    got_out = [o.name for o in session.get_outputs()]
+    if got_in != want_in or got_out != want_out:
+        raise VerificationFailed(
+            f"input/output names changed: {got_in}->{got_out}, expected {want_in}->{want_out}",
+            code="interface_changed",
+        )
+    feeds = {
+        name: x.numpy() for name, x in zip(want_in, state.loaded.example_inputs(), strict=True)
+    }
+    outputs = session.run(None, feeds)
+    assert state.pre is not None
+    want_shapes = [tuple(r.shape) for r in state.pre.reference_outputs]
+    got_shapes = [tuple(np.shape(o)) for o in outputs]
+    if got_shapes != want_shapes:
+        raise VerificationFailed(
+            f"output shapes changed: {got_shapes}, expected {want_shapes}",
+            code="interface_changed",
+        )
+
+
+def _export(state: _State, spec: JobSpec, out_dir: Path, t: _Tracker) -> dict[str, Path]:
+    assert state.teacher is not None
+    with t.stage("exporting"):
+        module = state.loaded.module.cpu().eval()
+        model_path = export_onnx(module, state.loaded, out_dir / "model.onnx", spec.export)
+        t.within("exporting", 0.3)
+        inputs = state.loaded.example_inputs(batch=2, seed=2)
+        state.verification["onnx_max_abs_diff"] = verify_onnx(model_path, module, inputs)
+        _check_drop_in(model_path, state)
+        t.within("exporting", 0.5)
+        pt2_path = save_pt2(module, state.loaded, out_dir / "model.pt2")
+        t.within("exporting", 0.7)
+        original = export_onnx(
+            state.teacher.cpu().eval(), state.loaded, out_dir / "original.onnx", spec.export
+        )
+    return {"model.onnx": model_path, "model.pt2": pt2_path, "original.onnx": original}
+
+
+def _benchmark(state: _State, spec: JobSpec, paths: dict[str, Path], device: str, t: _Tracker):
+    with t.stage("benchmarking"):
+        shapes = {
+            info.name: shape
+            for info, shape in zip(state.loaded.inputs, state.loaded.input_shapes, strict=True)
+        }
+        threads = benchmark.default_threads()
+        tables = benchmark.benchmark_onnx(
+            {"original": paths["original.onnx"], "pruned": paths["model.onnx"]},
+            shapes,
+            spec.benchmark,
+            device=device,
+            threads=threads,
+        )
+        providers = list(tables["original"])
+        env = benchmark.environment(device, providers, threads=threads)
+    return tables, env
+
+
+def _report(state: _State, spec: JobSpec, paths, tables, env, timings) -> Report:
+    assert state.pruned is not None and state.fidelity is not None
+    pruned = state.pruned
+    notes = [*state.notes] + ([NOTE_DATA_FREE] if state.splits is None else [])
+    return report.build_report(
+        spec=spec,
+        original=report.summarize(
+            params=pruned.params_before,
+            macs=pruned.macs_before,
+            onnx_path=paths["original.onnx"],
+            accuracy=state.accuracy_before,
+            latency=tables["original"],
+        ),
+        pruned=report.summarize(
+            params=pruned.params_after,
+            macs=pruned.macs_after,
+            onnx_path=paths["model.onnx"],
+            accuracy=state.accuracy_after,
+            latency=tables["pruned"],
+        ),
+        fidelity=state.fidelity,
+        layers=pruned.layers,
+        history=pruned.history,
+        environment=env,
+        verification=state.verification,
+        notes=notes,
+        timings_s=timings,
+    )
+
+
+def run_pipeline(
+    model_path: Path,
+    spec: JobSpec,
+    out_dir: Path,
+    *,
+    dataset_path: Path | None = None,
+    arch: str | None = None,
+    input_shape: list[int] | tuple[int, ...] | None = None,
+    device: str = "cpu",
+    on_progress: ProgressFn | None = None,
+    should_cancel: CancelFn | None = None,
+) -> PipelineResult:
+    """Prune one model as `spec` says; write model.onnx, model.pt2 and report.json to out_dir."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t = _Tracker(on_progress, should_cancel)
+    state = _load(Path(model_path), dataset_path and Path(dataset_path), arch, input_shape, t)
+    _analyze(state, spec, t)
+    _regularize(state, spec, device, t)
+    _prune(state, spec, device, t)
+    _finetune(state, spec, device, t)
+    _evaluate(state, device, t)
+    paths = _export(state, spec, out_dir, t)
+    tables, env = _benchmark(state, spec, paths, device, t)
+    result = _report(state, spec, paths, tables, env, t.timings)
+    report_path = report.write_report(result, out_dir / "report.json")
+    t.progress("benchmarking", 1.0)
+    return PipelineResult(
+        report=result,
+        artifacts={
+            "model.onnx": paths["model.onnx"],
+            "model.pt2": paths["model.pt2"],
+            "report.json": report_path,
+        },
+        original_onnx=paths["original.onnx"],
+    )
