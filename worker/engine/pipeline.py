@@ -17,7 +17,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from contract import Fidelity, JobSpec, Report
+from contract import Fidelity, HistoryPoint, JobSpec, PruneSpec, Report, Target
 from contract.stages import overall_progress
 from worker.engine import benchmark, report
 from worker.engine.data import DatasetSplits, load_dataset
@@ -33,6 +33,8 @@ from worker.engine.types import CancelFn, LoadedModel, Preflight, ProgressFn
 
 # Samples on which the pruned model's agreement with the original is measured.
 FIDELITY_SAMPLES = 64
+# Pruning strengths tried by the accuracy-budget search (each: prune a copy, 1 epoch).
+BUDGET_PROBES = 4
 NOTE_DATA_FREE = "no dataset: pruned data-free; fine-tuning and accuracy were skipped"
 
 
@@ -62,9 +64,10 @@ class _Tracker:
     def within(self, stage: str, fraction: float) -> None:
         self.progress(stage, overall_progress(stage, fraction))
 
-    def fraction(self, stage: str) -> Callable[[float], None]:
-        """A callback for progress within `stage` (0..1), as the stage modules report it."""
-        return lambda fraction: self.within(stage, fraction)
+    def fraction(self, stage: str, lo: float = 0.0, hi: float = 1.0) -> Callable[[float], None]:
+        """A callback for progress within `stage` (0..1), as the stage modules report it,
+        mapped onto the part [lo, hi] of that stage."""
+        return lambda fraction: self.within(stage, lo + (hi - lo) * fraction)
 
     def cancelled(self) -> bool:
         return bool(self._should_cancel and self._should_cancel())
@@ -95,12 +98,19 @@ class _State:
     accuracy_before: float | None = None
     accuracy_after: float | None = None
     fidelity: Fidelity | None = None
+    # Accuracy-budget probes, when a budget was set; else the pruning steps are the history.
+    probes: list[HistoryPoint] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     verification: dict[str, float] = field(default_factory=dict)
 
 
+def _has_labels(state: _State) -> bool:
+    """Accuracy is measured only with labels and a held-back part to measure it on."""
+    return state.splits is not None and state.splits.labeled and state.splits.val is not None
+
+
 def _fidelity_inputs(state: _State) -> tuple[torch.Tensor, ...]:
-    if state.splits is not None and len(state.splits.val) > 0:
+    if state.splits is not None and state.splits.val is not None and len(state.splits.val) > 0:
         return (state.splits.val.tensors[0][:FIDELITY_SAMPLES],)
     return state.loaded.example_inputs(batch=16, seed=1)
 
@@ -158,22 +168,135 @@ def _regularize(state: _State, spec: JobSpec, device: str, t: _Tracker) -> None:
         )
 
 
+def _protected_names(state: _State) -> list[str]:
+    assert state.pre is not None
+    by_id = {id(m): name for name, m in state.loaded.module.named_modules()}
+    return [by_id[id(m)] for m in state.pre.protected if id(m) in by_id]
+
+
+def _prune_copy_or_self(
+    state: _State,
+    module: nn.Module,
+    prune: PruneSpec,
+    device: str,
+    t: _Tracker,
+    span: tuple[float, float],
+) -> PruneResult:
+    """Prune `module` (the model itself or a deep copy of it) on `device`."""
+    assert state.teacher is not None
+    modules = dict(module.named_modules())
+    protected = [modules[name] for name in _protected_names(state) if name in modules]
+    module.to(device).eval()
+    example = tuple(x.to(device) for x in state.loaded.example_inputs())
+    loss_fn = _taylor_loss(state, device) if prune.method == "taylor" else None
+    return prune_model(
+        module,
+        example,
+        prune,
+        protected=protected,
+        loss_fn=loss_fn,
+        on_progress=t.fraction("pruning", *span),
+        should_cancel=t.cancelled,
+    )
+
+
+def _with_target(prune: PruneSpec, value: float) -> PruneSpec:
+    return prune.model_copy(update={"target": Target(**{prune.target.kind: value})})
+
+
+def _quality(state: _State, module: nn.Module, device: str) -> tuple[float | None, float]:
+    """(held-back accuracy or None, agreement with the original) of a candidate."""
+    assert state.teacher is not None
+    acc = None
+    if _has_labels(state):
+        assert state.splits is not None and state.splits.val is not None
+        acc = accuracy(module, state.splits.val, device=device)
+    inputs = tuple(x.to(device) for x in _fidelity_inputs(state))
+    fid = fidelity(state.teacher.to(device), module.to(device), inputs)
+    agreement = fid.top1_agreement if fid.top1_agreement is not None else fid.cosine
+    return acc, agreement
+
+
+def _probe(
+    state: _State, spec: JobSpec, value: float, device: str, t: _Tracker, span
+) -> tuple[float | None, float, PruneResult]:
+    """Prune a copy to `value`, fine-tune it one short epoch, measure it."""
+    candidate = copy.deepcopy(state.loaded.module)
+    lo, hi = span
+    result = _prune_copy_or_self(
+        state, candidate, _with_target(spec.prune, value), device, t, (lo, lo + 0.7 * (hi - lo))
+    )
+    ft = spec.finetune
+    if state.splits is not None and ft is not None and ft.epochs > 0:
+        assert state.teacher is not None
+        finetune(
+            candidate,
+            state.teacher,
+            state.splits,
+            ft.model_copy(update={"epochs": 1}),
+            device=device,
+            on_progress=t.fraction("pruning", lo + 0.7 * (hi - lo), hi),
+            should_cancel=t.cancelled,
+        )
+    acc, agreement = _quality(state, candidate, device)
+    return acc, agreement, result
+
+
+def _budget_target(state: _State, spec: JobSpec, device: str, t: _Tracker) -> PruneSpec:
+    """Bisect the target strength (up to the requested one) for the strongest pruning whose
+    measured drop, after a short fine-tune, stays within the accuracy budget."""
+    assert spec.accuracy_budget is not None
+    labeled = _has_labels(state)
+    reference = _quality(state, copy.deepcopy(state.loaded.module), device)
+    base = reference[0] if labeled else 1.0
+    max_drop = spec.accuracy_budget.max_drop
+    lo, hi, value = 0.0, spec.prune.target.value, spec.prune.target.value
+    passing: float | None = None
+    probed: list[float] = []
+    for i in range(BUDGET_PROBES):
+        probed.append(value)
+        span = (i / (BUDGET_PROBES + 1), (i + 1) / (BUDGET_PROBES + 1))
+        acc, agreement, result = _probe(state, spec, value, device, t, span)
+        state.probes.append(
+            HistoryPoint(
+                step=i + 1,
+                macs=result.macs_after,
+                params=result.params_after,
+                accuracy=acc,
+                agreement=agreement,
+            )
+        )
+        measured = acc if labeled else agreement
+        if base - measured <= max_drop:
+            passing, lo = value, value
+            if i == 0:
+                break  # the requested strength already fits the budget
+        else:
+            hi = value
+        value = (lo + hi) / 2
+    if passing is None:
+        passing = min(probed)
+        state.notes.append(
+            f"accuracy budget: no probed strength kept the drop within {max_drop:.3f}; "
+            f"pruned at the mildest probed target {passing:.3f}"
+        )
+    state.notes.append(
+        f"accuracy budget: {spec.prune.target.kind}={passing:.3f} chosen from "
+        f"{len(state.probes)} probes (max drop {max_drop:.3f}, measured on "
+        f"{'held-back accuracy' if labeled else 'agreement with the original'})"
+    )
+    return _with_target(spec.prune, passing)
+
+
 def _prune(state: _State, spec: JobSpec, device: str, t: _Tracker) -> None:
     assert state.pre is not None and state.teacher is not None
     with t.stage("pruning"):
-        module = state.loaded.module.to(device).eval()
-        state.teacher.to(device)
-        example = tuple(x.to(device) for x in state.loaded.example_inputs())
-        loss_fn = _taylor_loss(state, device) if spec.prune.method == "taylor" else None
-        state.pruned = prune_model(
-            module,
-            example,
-            spec.prune,
-            protected=state.pre.protected,
-            loss_fn=loss_fn,
-            on_progress=t.fraction("pruning"),
-            should_cancel=t.cancelled,
-        )
+        prune = spec.prune
+        final_span = (0.0, 1.0)
+        if spec.accuracy_budget is not None and prune.method != "unstructured_l1":
+            prune = _budget_target(state, spec, device, t)
+            final_span = (BUDGET_PROBES / (BUDGET_PROBES + 1), 1.0)
+        state.pruned = _prune_copy_or_self(state, state.loaded.module, prune, device, t, final_span)
         state.notes += state.pruned.notes
 
 
@@ -199,7 +322,8 @@ def _evaluate(state: _State, device: str, t: _Tracker) -> None:
     with t.stage("evaluating"):
         student = state.loaded.module.to(device).eval()
         teacher = state.teacher.to(device).eval()
-        if state.splits is not None and state.splits.labeled:
+        if _has_labels(state):
+            assert state.splits is not None and state.splits.val is not None
             state.accuracy_before = accuracy(teacher, state.splits.val, device=device)
             t.within("evaluating", 0.4)
             state.accuracy_after = accuracy(student, state.splits.val, device=device)
@@ -271,6 +395,28 @@ def _benchmark(state: _State, spec: JobSpec, paths: dict[str, Path], device: str
     return tables, env
 
 
+def _history(state: _State) -> list[HistoryPoint]:
+    """Budget probes then the final model, or the pruning steps; the last point carries the
+    final model's measured accuracy and agreement."""
+    assert state.pruned is not None and state.fidelity is not None
+    final = {
+        "accuracy": state.accuracy_after,
+        "agreement": state.fidelity.top1_agreement,
+    }
+    if state.probes:
+        last = HistoryPoint(
+            step=len(state.probes) + 1,
+            macs=state.pruned.macs_after,
+            params=state.pruned.params_after,
+            **final,
+        )
+        return [*state.probes, last]
+    steps = list(state.pruned.history)
+    if steps:
+        steps[-1] = steps[-1].model_copy(update=final)
+    return steps
+
+
 def _report(state: _State, spec: JobSpec, paths, tables, env, timings) -> Report:
     assert state.pruned is not None and state.fidelity is not None
     pruned = state.pruned
@@ -293,7 +439,7 @@ def _report(state: _State, spec: JobSpec, paths, tables, env, timings) -> Report
         ),
         fidelity=state.fidelity,
         layers=pruned.layers,
-        history=pruned.history,
+        history=_history(state),
         environment=env,
         verification=state.verification,
         notes=notes,

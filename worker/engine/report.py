@@ -92,11 +92,12 @@ def target_record(spec: JobSpec, original: Summary, pruned: Summary, ratios: Rat
     return record
 
 
-def standard_notes(spec: JobSpec, ratios: Ratios) -> list[str]:
+def standard_notes(spec: JobSpec, ratios: Ratios, existing: Sequence[str] = ()) -> list[str]:
     """Notes every reader should see, derived from the spec and the measured ratios."""
     notes = []
     if spec.prune.method == "unstructured_l1":
-        notes.append(NOTE_UNSTRUCTURED)
+        if not any("unstructured sparsity" in note for note in existing):
+            notes.append(NOTE_UNSTRUCTURED)
     elif ratios.latency_speedup is not None and ratios.latency_speedup < 1.0:
         notes.append(
             f"the pruned model measured {1 / ratios.latency_speedup:.2f}x slower than the "
@@ -120,7 +121,7 @@ def build_report(
 ) -> Report:
     """Assemble and validate the contract's report; ratios and target come from the summaries."""
     ratios = compute_ratios(original, pruned)
-    all_notes = list(dict.fromkeys([*notes, *standard_notes(spec, ratios)]))
+    all_notes = list(dict.fromkeys([*notes, *standard_notes(spec, ratios, notes)]))
     return Report(
         original=original,
         pruned=pruned,
