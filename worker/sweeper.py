@@ -114,7 +114,7 @@ class Sweeper:
         settings: Settings,
         sessions: sessionmaker[Session],
         *,
-        queued_age_s: float = 5.0,
+        queued_age_s: float = 3.0,
         lease_s: float = 30.0,
         republish_after_s: float = 60.0,
     ) -> None:
@@ -171,7 +171,7 @@ def _parent_engine(settings: Settings) -> Engine:
     return engine
 
 
-def install(app: Celery, settings: Settings, *, interval_s: float = 15.0) -> None:
+def install(app: Celery, settings: Settings, *, interval_s: float = 5.0) -> None:
     """Start a sweeper when the worker is ready and stop it at shutdown."""
     state: dict[str, SweeperThread] = {}
 

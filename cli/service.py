@@ -1,0 +1,176 @@
+"""`secateurs serve | api | worker | keys create`: running the service.
+
+`serve` is the one-command default (API + one worker, SQLite, embedded broker, files in
+./data); `api` and `worker` run the two halves separately for production, where the
+settings point them at Redis, PostgreSQL and S3. None of these import torch in this
+process: the worker's children import the engine when a job starts.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from sqlalchemy import func, select
+
+from app.core.config import Settings
+from cli.main import app
+
+keys_app = typer.Typer(no_args_is_help=True, help="Manage API keys (stored hashed).")
+app.add_typer(keys_app, name="keys")
+
+# Seconds a stopping worker gets to finish warm (acknowledging its job), then cold.
+WARM_STOP_S = 10.0
+COLD_STOP_S = 5.0
+
+HostOpt = Annotated[str | None, typer.Option(help="Bind address [default: HOST or 127.0.0.1]")]
+PortOpt = Annotated[int | None, typer.Option(help="Port [default: PORT or 8000]")]
+DataOpt = Annotated[Path | None, typer.Option(help="Data directory [default: ./data]")]
+
+
+def _settings(host: str | None = None, port: int | None = None,
+              data_dir: Path | None = None) -> Settings:
+    """Settings from the environment, with command-line overrides exported to it so that
+    child processes (the worker of `serve`) see the same values."""
+    for name, value in (("HOST", host), ("PORT", port), ("SECATEURS_DATA_DIR", data_dir)):
+        if value is not None:
+            os.environ[name] = str(value)
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return settings
+
+
+def _sessions(settings: Settings):  # type: ignore[no-untyped-def]
+    from app.db.session import init_db, make_engine, make_sessionmaker
+
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    return make_sessionmaker(engine)
+
+
+def ensure_first_key(settings: Settings) -> str | None:
+    """With no key configured anywhere, create one for tenant `default` and return it."""
+    from app.core.auth import create_api_key
+    from app.db.models import ApiKey
+    from app.db.session import session_scope
+
+    if settings.parsed_api_keys():
+        return None
+    with session_scope(_sessions(settings)) as session:
+        if session.scalar(select(func.count()).select_from(ApiKey)):
+            return None
+        return create_api_key(session, "default", label="first key, created by serve")
+
+
+def _print_key_banner(key: str, settings: Settings) -> None:
+    typer.echo(
+        "\n  No API key was configured, so one was created for tenant 'default'.\n"
+        "  It is shown once; keep it (only its hash is stored):\n\n"
+        f"      {key}\n\n"
+        f"  Dashboard: http://{settings.host}:{settings.port}/  "
+        f"(API: Authorization: Bearer {key[:6]}…)\n",
+        err=True,
+    )
+
+
+def _run_api(settings: Settings, workers: int = 1) -> None:
+    import uvicorn
+
+    uvicorn.run("app.main:create_app", factory=True, host=settings.host, port=settings.port,
+                workers=workers, log_level="info", proxy_headers=True)
+
+
+def _start_worker_process() -> subprocess.Popen[bytes]:
+    code = "from cli.main import main; main()"
+    # A session of its own: the terminal's Ctrl-C reaches only `serve`, which then stops
+    # the worker in order (warm first, so the job in hand is handed back, then cold).
+    return subprocess.Popen([sys.executable, "-c", code, "worker"], start_new_session=True)
+
+
+def stop_worker_process(proc: subprocess.Popen[bytes]) -> int:
+    """Stop the worker: SIGTERM (warm), then SIGQUIT (cold), then SIGKILL."""
+    for sig, wait_s in ((signal.SIGTERM, WARM_STOP_S), (signal.SIGQUIT, COLD_STOP_S)):
+        if proc.poll() is not None:
+            break
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            continue
+    if proc.poll() is None:
+        proc.kill()
+    return proc.wait()
+
+
+@app.command()
+def serve(host: HostOpt = None, port: PortOpt = None, data_dir: DataOpt = None) -> None:
+    """Run everything on this machine: the API and dashboard plus one worker.
+
+    SQLite job store and an embedded broker in the data directory; no server needed.
+    """
+    settings = _settings(host, port, data_dir)
+    key = ensure_first_key(settings)
+    if key:
+        _print_key_banner(key, settings)
+    worker = _start_worker_process()
+    try:
+        _run_api(settings)
+    finally:
+        typer.echo("stopping the worker…", err=True)
+        stop_worker_process(worker)
+
+
+@app.command()
+def api(
+    host: HostOpt = None,
+    port: PortOpt = None,
+    data_dir: DataOpt = None,
+    workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes")] = 1,
+) -> None:
+    """Run the HTTP API and dashboard only (jobs run in `secateurs worker` processes)."""
+    _run_api(_settings(host, port, data_dir), workers=workers)
+
+
+@app.command()
+def worker(
+    gpu: Annotated[int | None, typer.Option(help="GPU index this worker owns")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="jobs at once (keep 1 per GPU)")] = 1,
+    loglevel: Annotated[str, typer.Option(help="Celery log level")] = "info",
+    data_dir: DataOpt = None,
+) -> None:
+    """Run a job worker: one job at a time on one GPU (or the CPU without one)."""
+    if gpu is not None:
+        # Set before anything can touch CUDA: the children inherit it and see one GPU.
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    _settings(data_dir=data_dir)
+    from worker.celery_app import celery_app
+    from worker.names import QUEUE
+
+    node = f"{'gpu' + str(gpu) if gpu is not None else 'cpu'}-{os.getpid()}@%h"
+    celery_app.worker_main([
+        "worker", "--queues", QUEUE, "--concurrency", str(concurrency), "--pool", "prefork",
+        "--max-tasks-per-child", "1", "--prefetch-multiplier", "1", "--loglevel", loglevel,
+        "--hostname", node, "--without-gossip", "--without-mingle",
+    ])
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="Tenant the key belongs to")],
+    label: Annotated[str | None, typer.Option(help="A note stored with the key")] = None,
+) -> None:
+    """Create an API key for TENANT and print it (once: only its hash is stored)."""
+    from app.core.auth import create_api_key
+    from app.db.session import session_scope
+
+    settings = _settings()
+    try:
+        with session_scope(_sessions(settings)) as session:
+            key = create_api_key(session, tenant, label=label)
+    except ValueError as exc:
+        typer.echo(f"error: invalid_tenant: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(key)
