@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app.api.bodylimit import BodyLimitMiddleware
 from app.api.routes import artifacts, datasets, events, jobs, models, ops
 from app.core.auth import sync_settings_keys
 from app.core.config import Settings
@@ -62,6 +63,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   lifespan=_lifespan)
     _init_state(app, settings)
     install_error_handlers(app)
+    # Uploads cap their own (much larger) bodies while streaming them to disk.
+    app.add_middleware(BodyLimitMiddleware, exempt=frozenset({"/v1/models", "/v1/datasets"}))
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     for module in (models, datasets, jobs, events, artifacts, ops):
         app.include_router(module.router)

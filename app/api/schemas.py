@@ -59,7 +59,8 @@ class ModelOut(BaseModel):
         return cls(
             id=row.id, name=row.name, format=row.format, sha256=row.sha256,
             size_bytes=row.size_bytes, inputs=row.inputs, outputs=row.outputs,
-            stats=row.stats, arch=row.arch, input_shape=row.input_shape,
+            stats=ModelStats.model_validate(row.stats), arch=row.arch,
+            input_shape=row.input_shape,
             created_at=row.created_at,
         )
 

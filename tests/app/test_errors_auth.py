@@ -70,3 +70,18 @@ def test_token_bucket_refills_over_time():
     assert limiter.acquire("t") > 0.0
     now[0] += 3600  # never more than the burst
     assert sum(limiter.acquire("t") == 0.0 for _ in range(100)) == 60
+
+
+def test_oversized_json_bodies_are_413(client):
+    big = {"model_id": "mdl_x", "prune": {"ignored_layers": ["layer" * 20] * 12_000}}
+    assert_problem(client.post("/v1/jobs", headers=AUTH_A, json=big), 413, "payload_too_large")
+
+    def chunks():
+        yield b'{"model_id": "mdl_x", "prune": {"ignored_layers": ['
+        for _ in range(40_000):  # about 1.2 MiB
+            yield b'"layer1.0.conv1.weight.abcdef",'
+        yield b'"x"]}}'
+
+    resp = client.post("/v1/jobs", content=chunks(),
+                       headers={**AUTH_A, "Content-Type": "application/json"})
+    assert_problem(resp, 413, "payload_too_large")
