@@ -83,13 +83,19 @@ class JobPage {
 
   /** Reflect the job's status, stage and progress; called on every event. */
   update(data) {
-    Object.assign(this.job, data);
+    // Progress is monotone; a stale snapshot (e.g. the cancel answer) must not move it back.
+    const progress = Math.max(this.job.progress || 0, data.progress ?? 0);
+    Object.assign(this.job, data, { progress });
     const { job } = this;
     replace(this.statusEl, statusBadge(job.status));
     replace(this.stageEl, TERMINAL.has(job.status) ? '—' : stageName(job.stage));
     setProgress(this.bar, job.progress);
     replace(this.timelineEl, timeline(job));
     this.cancelEl.hidden = TERMINAL.has(job.status);
+    if (job.cancel_requested && !TERMINAL.has(job.status)) {
+      this.cancelEl.disabled = true;
+      this.cancelEl.textContent = 'Cancel requested';
+    }
   }
 
   tick() {
@@ -102,11 +108,14 @@ class JobPage {
       button.disabled = true;
       this.messageEl.textContent = 'Cancelling…';
       try {
-        await api(`/jobs/${encodeURIComponent(this.job.id)}/cancel`, { method: 'POST' });
+        const job = await api(`/jobs/${encodeURIComponent(this.job.id)}/cancel`, { method: 'POST' });
         this.messageEl.textContent = 'Cancel requested: the job stops at its next checkpoint.';
+        if (job && typeof job === 'object') this.update({ ...job, cancel_requested: true });
       } catch (err) {
-        this.messageEl.textContent = `Could not cancel: ${err.message}`;
-        button.disabled = false;
+        // 409: it finished meanwhile; the stream brings its final status.
+        this.messageEl.textContent = err.status === 409
+          ? 'The job had already finished.' : `Could not cancel: ${err.message}`;
+        button.disabled = err.status === 409;
       }
     });
     return button;
@@ -129,8 +138,6 @@ class JobPage {
   async reload() {
     try {
       const job = await api(`/jobs/${encodeURIComponent(this.job.id)}`, { signal: this.signal });
-      // Keep the streamed progress if the stored row lags behind it (it is monotone).
-      job.progress = Math.max(job.progress, this.job.progress);
       this.update(job);
       return job;
     } catch {

@@ -32,9 +32,9 @@ function uuid() {
   return [...b].map((x) => x.toString(16).padStart(2, '0')).join('');
 }
 
-function field(id, label, input, help) {
+function field(id, label, input, help, cls = 'field') {
   if (help) input.setAttribute('aria-describedby', `${id}-help`);
-  return h('div', { class: 'field' },
+  return h('div', { class: cls },
     h('label', { for: id }, label), input,
     help ? h('p', { class: 'help', id: `${id}-help` }, help) : null);
 }
@@ -122,9 +122,9 @@ export function renderSubmit(root, { signal }) {
       h('label', { class: 'check', for: 'finetune' }, el.finetune, ' Fine-tune after pruning (needs a dataset)'),
       ftFields,
       h('label', { class: 'check', for: 'budget' }, el.budget, ' Accuracy budget: prune as hard as the budget allows'),
-      field('max-drop', 'Largest accuracy drop (points)', el.maxDrop, 'Needs a dataset; measured on held-back samples.')),
+      field('max-drop', 'Largest accuracy drop (points)', el.maxDrop, 'Needs a dataset; measured on held-back samples.', 'field short')),
     h('fieldset', { class: 'panel' }, h('legend', null, 'Benchmark'),
-      field('iterations', 'Timed runs per model', el.iterations, 'onnxruntime runs for the p50/p90/p99 latencies.')),
+      field('iterations', 'Timed runs per model', el.iterations, 'onnxruntime runs for the p50/p90/p99 latencies.', 'field short')),
     errorBox, status,
     h('div', { class: 'actions' }, button, h('a', { class: 'button', href: '#/jobs' }, 'Back to jobs')));
   syncFt();
