@@ -19,6 +19,8 @@ from contract.report import LatencyTable
 
 CPU = "CPUExecutionProvider"
 
+# Below this speed-up the pruned model is called slower: smaller gaps are timing noise.
+SLOWER = 0.95
 NOTE_UNSTRUCTURED = (
     "unstructured sparsity gives no speed-up: weights are zeroed, not removed, so the "
     "dense model runs as fast as before"
@@ -98,10 +100,13 @@ def standard_notes(spec: JobSpec, ratios: Ratios, existing: Sequence[str] = ()) 
     if spec.prune.method == "unstructured_l1":
         if not any("unstructured sparsity" in note for note in existing):
             notes.append(NOTE_UNSTRUCTURED)
-    elif ratios.latency_speedup is not None and ratios.latency_speedup < 1.0:
+    elif ratios.latency_speedup is not None and ratios.latency_speedup < SLOWER:
+        advice = ""
+        if spec.prune.round_to is not None and spec.prune.round_to < 8:
+            advice = "; widths in multiples of 8 or 16 (round_to) usually run faster"
         notes.append(
             f"the pruned model measured {1 / ratios.latency_speedup:.2f}x slower than the "
-            "original on this machine; try round_to=8 or 16 for hardware-friendly widths"
+            f"original on this machine{advice}"
         )
     return notes
 
