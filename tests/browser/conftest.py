@@ -46,7 +46,8 @@ class Uploads:
     garbage: Path
 
 
-def _free_port() -> int:
+def free_port_local() -> int:
+    """A TCP port nobody listens on right now (127.0.0.1)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -91,7 +92,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """`secateurs serve` on a free port with a fresh data directory and two tenants."""
     root = tmp_path_factory.mktemp("service")
-    port = _free_port()
+    port = free_port_local()
     env = {**os.environ, "SECATEURS_DATA_DIR": str(root / "data"), "HOST": "127.0.0.1",
            "PORT": str(port), "SECATEURS_API_KEYS": ",".join(f"{t}:{k}" for t, k in KEYS.items()),
            # Keep the two shared cores for the job itself.
@@ -153,7 +154,8 @@ def browser() -> Iterator[object]:
     if not CHROMIUM.exists() and not shutil.which("chromium"):
         warnings.warn("browser tests skipped: /usr/bin/chromium is missing "
                       "(apt-get install -y chromium, or make system-deps)", stacklevel=1)
-        pytest.skip("Chromium not installed at /usr/bin/chromium (make system-deps)")
+        pytest.skip("!!! CHROMIUM UNAVAILABLE: not installed at /usr/bin/chromium — "
+                    "install it with `make system-deps`; only the browser tests are skipped")
     from playwright.sync_api import Error, sync_playwright
 
     executable = str(CHROMIUM) if CHROMIUM.exists() else shutil.which("chromium")
@@ -162,7 +164,7 @@ def browser() -> Iterator[object]:
             chromium = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         except Error as exc:
             warnings.warn(f"browser tests skipped: Chromium failed to start: {exc}", stacklevel=1)
-            pytest.skip(f"Chromium at {executable} cannot be launched: {exc}")
+            pytest.skip(f"!!! CHROMIUM UNAVAILABLE: {executable} cannot be launched: {exc}")
         yield chromium
         chromium.close()
 

@@ -29,6 +29,8 @@ export function renderJobs(root, { signal, params }) {
       h('h1', null, 'Jobs'),
       h('div', { class: 'tools' },
         h('label', { for: 'status-filter' }, 'Status'), filter,
+        h('button', { type: 'button', id: 'refresh-jobs',
+          onclick: () => window.dispatchEvent(new HashChangeEvent('hashchange')) }, 'Refresh'),
         h('a', { class: 'button primary', href: '#/submit' }, 'New job'))),
     body));
   load(body, status, cursors, signal);

@@ -1,0 +1,210 @@
+"""The dashboard against the real API, with the job's life scripted through the same job
+state functions the worker calls (`app.db.jobstate`): fast and exact, so the live views,
+the timeline, the report's numbers and the error panel are checked value by value.
+"""
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from app.core.config import Settings
+from app.db.jobstate import append_event, set_progress, set_status, status_payload
+from app.db.models import Artifact, Job, Model, utcnow
+from app.db.session import session_scope
+from app.main import create_app
+from contract import JobSpec, Report
+from tests.browser.conftest import free_port_local
+
+pytestmark = pytest.mark.browser
+
+KEY = "key-carol"
+STAGES = ["loading", "analyzing", "pruning", "finetuning", "evaluating", "exporting",
+          "benchmarking"]
+REPORT = Report.model_validate({
+    "original": {"params": 11_689_512, "macs": 1_814_073_344, "size_bytes": 46_811_234,
+                 "accuracy": 0.931,
+                 "latency_ms": {"CPUExecutionProvider": {"1": {"p50": 12.3, "p90": 13.1,
+                                                              "p99": 15.2}}}},
+    "pruned": {"params": 3_159_000, "macs": 465_000_000, "size_bytes": 12_650_000,
+               "accuracy": 0.924,
+               "latency_ms": {"CPUExecutionProvider": {"1": {"p50": 3.4, "p90": 3.6,
+                                                            "p99": 4.4}}}},
+    "ratios": {"macs": 3.9, "params": 3.7, "size": 3.7, "latency_speedup": 3.62},
+    "fidelity": {"top1_agreement": 0.962, "max_abs_diff": 0.83, "cosine": 0.9912},
+    "layers": [{"name": f"features.{i}", "out_channels_before": 64, "out_channels_after": 24 + i}
+               for i in range(6)],
+    "history": [{"step": i, "macs": 1_814_073_344 - i * 270_000_000, "accuracy": 0.93 - i * 0.004}
+                for i in range(6)],
+    "environment": {"torch": "2.14.1", "onnxruntime": "1.23.0", "device": "cpu",
+                    "providers": ["CPUExecutionProvider"]},
+}).model_dump(mode="json")
+
+
+class ScriptedService:
+    """The API in a thread of this process; jobs are created and moved on directly."""
+
+    def __init__(self, data_dir: Path) -> None:
+        settings = Settings(data_dir=data_dir, api_keys=f"carol:{KEY}",
+                            rate_limit_per_minute=100_000)
+        self.app = create_app(settings)
+        self.port = free_port_local()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
+                                                    log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.count = 0
+
+    def __enter__(self) -> "ScriptedService":
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, "the API did not start"
+            time.sleep(0.05)
+        with session_scope(self.app.state.sessionmaker) as s:
+            s.add(Model(id="mdl_scripted", tenant="carol", name="scripted-net.onnx",
+                        format="onnx", arch=None, sha256="0" * 64, size_bytes=1000,
+                        storage_key="unused", input_shape=[1, 3, 16, 16], inputs=[], outputs=[],
+                        stats={"params": 1, "macs": 1}))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.app.state.engine.dispose()
+
+    def new_job(self) -> str:
+        self.count += 1
+        job_id = f"job_scripted{self.count}"
+        with session_scope(self.app.state.sessionmaker) as s:
+            job = Job(id=job_id, tenant="carol", model_id="mdl_scripted",
+                      spec=JobSpec().model_dump(mode="json"), status="queued", progress=0.0,
+                      attempts=0, cancel_requested=False, stage_times={}, created_at=utcnow())
+            s.add(job)
+            s.flush()
+            append_event(s, job, "status", status_payload(job))
+        return job_id
+
+    def move(self, job_id: str, fn: Any) -> None:
+        with session_scope(self.app.state.sessionmaker) as s:
+            fn(s, s.get(Job, job_id))
+
+
+@pytest.fixture(scope="module")
+def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScriptedService]:
+    with ScriptedService(tmp_path_factory.mktemp("scripted")) as svc:
+        yield svc
+
+
+@pytest.fixture
+def page(browser: Any, scripted: ScriptedService) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=scripted.url)
+    context.set_default_timeout(15_000)
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto("/")
+    pg.fill("#api-key", KEY)
+    pg.click("#login-form button[type=submit]")
+    pg.wait_for_selector("#nav:not([hidden])")
+    yield pg
+    context.close()
+    assert errors == []
+
+
+def test_progress_streams_into_the_list_and_the_job_page(page: Any,
+                                                         scripted: ScriptedService) -> None:
+    job_id = scripted.new_job()
+    page.click("#refresh-jobs")
+    row = page.locator(f"tr[data-job='{job_id}']")
+    row.wait_for()
+    assert row.get_attribute("data-status") == "queued"
+    time.sleep(0.5)  # let the list's event stream connect
+    scripted.move(job_id, lambda s, j: set_status(s, j, "running"))
+    page.locator(f"tr[data-job='{job_id}'][data-status=running]").wait_for()
+    scripted.move(job_id, lambda s, j: set_progress(s, j, "loading", 0.03))
+    row.locator("[role=progressbar][aria-valuenow='3']").wait_for()
+
+    page.click(f"tr[data-job='{job_id}'] a")
+    bar = page.locator(".live [role=progressbar]")
+    bar.wait_for()
+    seen: list[float] = []
+    for i, stage in enumerate(STAGES[1:], start=1):
+        progress = round(0.1 * i, 2)
+        scripted.move(job_id, lambda s, j, st=stage, p=progress: set_progress(s, j, st, p))
+        page.locator(f".live [role=progressbar][aria-valuenow='{progress * 100:g}']").wait_for()
+        page.locator("#current-stage", has_text=stage.capitalize()).wait_for()
+        seen.append(float(bar.get_attribute("aria-valuenow")))
+    assert seen == [10, 20, 30, 40, 50, 60]
+    assert page.locator(".timeline li").count() == len(STAGES)
+    assert page.locator(".timeline li.running").get_attribute("data-stage") == "benchmarking"
+
+    def succeed(s: Any, job: Job) -> None:
+        job.report = REPORT
+        s.add(Artifact(job_id=job.id, name="report.json", size_bytes=4210, sha256="b" * 64,
+                       media_type="application/json", storage_key="unused"))
+        set_status(s, job, "succeeded")
+
+    scripted.move(job_id, succeed)
+    page.locator("#job-status [data-status=succeeded]").wait_for()
+    page.locator("#report").wait_for()
+    assert bar.get_attribute("aria-valuenow") == "100"
+    assert page.locator("#cancel-job").is_hidden()
+    assert page.locator(".timeline li.running").count() == 0
+
+
+def test_the_report_shows_its_numbers_and_charts(page: Any, scripted: ScriptedService) -> None:
+    job_id = scripted.new_job()
+
+    def done(s: Any, job: Job) -> None:
+        set_status(s, job, "running")
+        set_progress(s, job, "pruning", 0.5)
+        job.report = REPORT
+        set_status(s, job, "succeeded")
+
+    scripted.move(job_id, done)
+    page.goto(f"/#/jobs/{job_id}")
+    page.locator("#report").wait_for()
+    cells = page.locator("#compare-table tbody tr").evaluate_all(
+        "rows => rows.map(r => [...r.children].map(c => c.textContent))")
+    table = {row[0]: row[1:] for row in cells}
+    assert table["Parameters"] == ["11,689,512", "3,159,000", "−73.0%"]
+    assert table["MACs"] == ["1,814,073,344", "465,000,000", "−74.4%"]
+    assert table["Size"] == ["44.6 MiB", "12.1 MiB", "−73.0%"]
+    assert table["Accuracy"] == ["93.1%", "92.4%", "−0.7 points"]
+    assert table["Latency p50 (CPU, batch 1)"] == ["12.3 ms", "3.40 ms", "−72.4%"]
+    assert table["Latency p99 (CPU, batch 1)"] == ["15.2 ms", "4.40 ms", "−71.1%"]
+    assert table["Top-1 agreement with the original"][1] == "96.2%"
+    cards = page.locator(".card").all_inner_texts()
+    assert any("Speed-up" in c and "3.62×" in c for c in cards)
+    # Bars are proportional to the channel counts: 64 before, 24 + i after.
+    widths = page.locator("[data-chart=channels] rect.bar-after").evaluate_all(
+        "rs => rs.map(r => Number(r.getAttribute('width')))")
+    full = float(page.locator("[data-chart=channels] rect.bar-before").first.get_attribute("width"))
+    assert [round(w / full * 64) for w in widths] == [24, 25, 26, 27, 28, 29]
+    # One point per pruning step, x falling with MACs, y with accuracy.
+    pts = page.locator("[data-chart=history] circle.pt").evaluate_all(
+        "cs => cs.map(c => [Number(c.getAttribute('cx')), Number(c.getAttribute('cy'))])")
+    assert len(pts) == 6
+    assert [x for x, _ in pts] == sorted((x for x, _ in pts), reverse=True)
+    assert [y for _, y in pts] == sorted(y for _, y in pts)  # lower accuracy = larger y
+    assert page.locator("[data-chart=latency] rect").count() == 2
+
+
+def test_a_failed_job_shows_its_error(page: Any, scripted: ScriptedService) -> None:
+    job_id = scripted.new_job()
+    page.goto(f"/#/jobs/{job_id}")
+    page.locator("#job-status [data-status=queued]").wait_for()
+    scripted.move(job_id, lambda s, j: set_status(s, j, "running"))
+    scripted.move(job_id, lambda s, j: set_status(
+        s, j, "failed", error_code="unsupported_op",
+        error_message="NonMaxSuppression cannot be pruned structurally"))
+    panel = page.locator(".result .panel.error")
+    panel.wait_for()
+    assert "NonMaxSuppression cannot be pruned structurally" in panel.inner_text()
+    assert panel.locator("code").inner_text() == "unsupported_op"
+    assert page.locator("#cancel-job").is_hidden()
