@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -25,6 +26,8 @@ app.add_typer(keys_app, name="keys")
 # Seconds a stopping worker gets to finish warm (acknowledging its job), then cold.
 WARM_STOP_S = 10.0
 COLD_STOP_S = 5.0
+# A worker that dies under `serve` is restarted, but not in a tight loop.
+MAX_WORKER_RESTARTS = 5
 
 HostOpt = Annotated[str | None, typer.Option(help="Bind address [default: HOST or 127.0.0.1]")]
 PortOpt = Annotated[int | None, typer.Option(help="Port [default: PORT or 8000]")]
@@ -90,6 +93,35 @@ def _start_worker_process() -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", code, "worker"], start_new_session=True)
 
 
+class WorkerKeeper:
+    """Keeps the worker of `serve` running: restarts it when it dies, until stopped."""
+
+    def __init__(self) -> None:
+        self.proc = _start_worker_process()
+        self.restarts = 0
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="worker-keeper", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(1.0):
+            code = self.proc.poll()
+            if code is None or self._stopping.is_set():
+                continue
+            if self.restarts >= MAX_WORKER_RESTARTS:
+                typer.echo(f"the worker exited ({code}) {self.restarts} times; "
+                           "jobs will wait in the queue", err=True)
+                return
+            self.restarts += 1
+            typer.echo(f"the worker exited ({code}); restarting it", err=True)
+            self.proc = _start_worker_process()
+
+    def stop(self) -> int:
+        self._stopping.set()
+        self._thread.join(timeout=5)
+        return stop_worker_process(self.proc)
+
+
 def stop_worker_process(proc: subprocess.Popen[bytes]) -> int:
     """Stop the worker: SIGTERM (warm), then SIGQUIT (cold), then SIGKILL."""
     for sig, wait_s in ((signal.SIGTERM, WARM_STOP_S), (signal.SIGQUIT, COLD_STOP_S)):
@@ -115,12 +147,12 @@ def serve(host: HostOpt = None, port: PortOpt = None, data_dir: DataOpt = None) 
     key = ensure_first_key(settings)
     if key:
         _print_key_banner(key, settings)
-    worker = _start_worker_process()
+    keeper = WorkerKeeper()
     try:
         _run_api(settings)
     finally:
         typer.echo("stopping the worker…", err=True)
-        stop_worker_process(worker)
+        keeper.stop()
 
 
 @app.command()
