@@ -33,8 +33,8 @@ function route() {
   nav.hidden = false;
   const match = ROUTES.map(([re, view, tab]) => [hash.match(re), view, tab]).find(([m]) => m);
   for (const a of nav.querySelectorAll('[data-nav]')) {
-    a.toggleAttribute('aria-current', Boolean(match && a.dataset.nav === match[2]));
     if (match && a.dataset.nav === match[2]) a.setAttribute('aria-current', 'page');
+    else a.removeAttribute('aria-current');
   }
   if (!match) {
     replace(main, h('section', { class: 'panel' }, h('h1', null, 'Page not found'),
