@@ -92,6 +92,14 @@ class JobCreate(JobSpec):
 
     Unknown fields are refused (`extra="forbid"`, inherited from the contract)."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"model_id": "mdl_0123456789abcdefghij", "dataset_id": "ds_0123456789abcdefghij",
+         "prune": {"method": "l2", "target": {"macs_reduction": 0.5}},
+         "finetune": {"epochs": 5, "lr": 0.01, "distill": True}},
+        {"model_id": "mdl_0123456789abcdefghij", "prune": {"target": {"channel_ratio": 0.3}},
+         "finetune": None},
+    ]})
+
     model_id: Id
     dataset_id: Id | None = None
 
