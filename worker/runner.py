@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -193,8 +194,8 @@ def _fetch_inputs(ctx: RunContext, inputs: _Inputs, workdir: Path) -> dict[str, 
         wanted["dataset"] = (inputs.dataset.storage_key, suffix)
     paths: dict[str, Path] = {}
     for role, (key, suffix) in wanted.items():
-        paths[role] = _io(lambda k=key, p=workdir / f"{role}{suffix}":
-                          ctx.store.download_to(k, p), ctx, f"fetching the {role}")
+        fetch = partial(ctx.store.download_to, key, workdir / f"{role}{suffix}")
+        paths[role] = _io(fetch, ctx, f"fetching the {role}")
     return paths
 
 
@@ -242,7 +243,7 @@ def _store_result(ctx: RunContext, job_id: str, attempts: int, result: Any) -> N
         key = artifact_key(job_id, name)
         size, sha = file_digest(Path(path))
         # The store writes atomically under a fixed key, so a rerun overwrites, never doubles.
-        _io(lambda k=key, p=Path(path): ctx.store.put_file(k, p), ctx, f"storing {name}")
+        _io(partial(ctx.store.put_file, key, Path(path)), ctx, f"storing {name}")
         rows.append(Artifact(job_id=job_id, name=name, size_bytes=size, sha256=sha,
                              media_type=MEDIA_TYPES.get(name, "application/octet-stream"),
                              storage_key=key))
