@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.bodylimit import BodyLimitMiddleware
 from app.api.routes import artifacts, datasets, events, jobs, models, ops
@@ -38,13 +40,24 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.engine.dispose()
 
 
+def _sync_keys(factory: sessionmaker[Session], settings: Settings) -> None:
+    keys = settings.parsed_api_keys()
+    try:
+        with session_scope(factory) as session:
+            sync_settings_keys(session, keys)
+    except IntegrityError:
+        # Another API process (uvicorn --workers N) inserted the same keys at the same
+        # moment; once more now sees its rows.
+        with session_scope(factory) as session:
+            sync_settings_keys(session, keys)
+
+
 def _init_state(app: FastAPI, settings: Settings) -> None:
     (settings.data_dir / "tmp").mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.resolved_database_url)
     init_db(engine)
     factory = make_sessionmaker(engine)
-    with session_scope(factory) as session:
-        sync_settings_keys(session, settings.parsed_api_keys())
+    _sync_keys(factory, settings)
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessionmaker = factory
