@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.bodylimit import BodyLimitMiddleware
+from app.api.openapi import install_openapi
 from app.api.routes import artifacts, datasets, events, jobs, models, ops
 from app.core.auth import sync_settings_keys
 from app.core.config import Settings
@@ -82,4 +83,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (models, datasets, jobs, events, artifacts, ops):
         app.include_router(module.router)
     app.include_router(dashboard_router)
+    install_openapi(app)
     return app

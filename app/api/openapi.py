@@ -3,6 +3,8 @@
 from http import HTTPStatus
 from typing import Any
 
+from fastapi import FastAPI
+
 from app.api.schemas import Problem
 from app.core.errors import PROBLEM_MEDIA_TYPE
 
@@ -39,3 +41,27 @@ def multipart_body(fields: dict[str, str], *, required: tuple[str, ...] = ("file
             },
         }
     }
+
+
+def _only_problem_content(schema: dict[str, Any]) -> dict[str, Any]:
+    # FastAPI also lists a `model=` response under application/json; errors are only ever
+    # sent as problem+json, so say just that.
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            for response in operation.get("responses", {}).values():
+                content = response.get("content", {})
+                if PROBLEM_MEDIA_TYPE in content:
+                    content.pop("application/json", None)
+    return schema
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Build the schema once, with error responses documented as problem+json only."""
+    default = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _only_problem_content(default())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -12,7 +12,7 @@ from app.core.errors import NotFound
 from app.db.models import Artifact
 
 router = APIRouter(prefix="/v1/jobs", tags=["artifacts"],
-                   responses=problem_responses(401, 404, 429))
+                   responses=problem_responses(401, 404, 422, 429))
 
 
 @router.get("/{job_id}/artifacts", response_model=list[ArtifactOut],

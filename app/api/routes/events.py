@@ -23,7 +23,7 @@ from app.db.jobstate import TERMINAL, status_payload
 from app.db.models import Job, JobEvent
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"],
-                   responses=problem_responses(401, 404, 429))
+                   responses=problem_responses(401, 404, 422, 429))
 
 POLL_INTERVAL_S = 0.3
 BATCH = 500
