@@ -26,12 +26,15 @@ from app.inspector import Inspector
 from app.metrics import ApiMetrics, MetricsMiddleware
 from app.queue import JobQueue
 from app.storage import make_store
+from app.uploads import remove_stale_uploads
 
 log = logging.getLogger(__name__)
 
 DESCRIPTION = """Structured pruning as a service: upload a CNN, submit a pruning job, download
 a smaller, faster, verified ONNX model. Every `/v1` route needs `Authorization: Bearer <key>`;
 errors are RFC 9457 `application/problem+json` with a stable `code`."""
+# A partial upload older than this belongs to a process that died mid-upload.
+STALE_UPLOAD_S = 24 * 3600
 
 
 @asynccontextmanager
@@ -54,7 +57,10 @@ def _sync_keys(factory: sessionmaker[Session], settings: Settings) -> None:
 
 
 def _init_state(app: FastAPI, settings: Settings) -> None:
-    (settings.data_dir / "tmp").mkdir(parents=True, exist_ok=True)
+    tmp = settings.data_dir / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    if removed := remove_stale_uploads(tmp, STALE_UPLOAD_S):
+        log.info("removed %d stale partial uploads", removed)
     engine = make_engine(settings.resolved_database_url)
     init_db(engine)
     factory = make_sessionmaker(engine)

@@ -6,6 +6,7 @@ as it crosses the cap (with or without a Content-Length) and its partial file re
 """
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -168,3 +169,19 @@ async def receive_upload(
         raise
     sink.close()
     return SavedUpload(dest, sink.hasher.hexdigest(), sink.size, sink.filename, sink.fields)
+
+
+def remove_stale_uploads(directory: Path, older_than_s: float) -> int:
+    """Delete `*.upload` files left by a process that died mid-upload; returns how many.
+
+    Only old files go: another API process may be streaming a fresh one right now."""
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for path in directory.glob("*.upload"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue  # removed by another process meanwhile
+    return removed

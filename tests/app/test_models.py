@@ -156,3 +156,21 @@ def test_weights_upload_passes_arch(client, app):
     assert resp.status_code == 201
     assert app.state.inspector.calls[-1][2]["arch"] == "torchvision:resnet18"
     assert resp.json()["arch"] == "torchvision:resnet18"
+
+
+def test_stale_partial_uploads_are_swept_at_start(settings):
+    import os
+    import time
+
+    from app.main import create_app
+
+    tmp = settings.data_dir / "tmp"
+    tmp.mkdir(parents=True)
+    old, fresh, other = tmp / "mdl_old.upload", tmp / "mdl_new.upload", tmp / "keep.txt"
+    for path in (old, fresh, other):
+        path.write_bytes(b"partial")
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(old, (two_days_ago, two_days_ago))
+    os.utime(other, (two_days_ago, two_days_ago))
+    create_app(settings).state.engine.dispose()
+    assert sorted(p.name for p in tmp.iterdir()) == ["keep.txt", "mdl_new.upload"]
