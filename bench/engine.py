@@ -40,6 +40,7 @@ from _common import (  # noqa: E402
 
 from contract import BenchmarkSpec, FinetuneSpec, JobSpec, PruneSpec, Target  # noqa: E402
 from worker.engine import benchmark  # noqa: E402
+from worker.engine.data import load_dataset  # noqa: E402
 from worker.engine.pipeline import PipelineResult, run_pipeline  # noqa: E402
 
 ALL_MODELS = ["resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0"]
@@ -124,16 +125,22 @@ def accuracy(work: Path, epochs_original: int) -> None:
     )
     ours, wall = _pipeline(src, spec, work / "digits-ours", dataset_path=npz)
 
+    # The baseline fine-tunes on exactly the samples the pipeline trains on (its split
+    # holds some back for validation), so only the method differs.
+    split = load_dataset(npz, (1, *x_tr.shape[1:])).train.tensors
     torch.manual_seed(0)
     example = torch.from_numpy(x_tr[:1])
     baseline, reached = plain_magnitude_prune(original, example, 0.75)
-    train(baseline, x_tr, y_tr, epochs=5, lr=0.01, seed=0)
+    train(baseline, split[0].numpy(), split[1].numpy(), epochs=5, lr=0.01, seed=0)
 
     acc_original = accuracy_torch(original, x_te, y_te)
     acc_ours = accuracy_onnx(ours.artifacts["model.onnx"], x_te, y_te)
     acc_base = accuracy_torch(baseline, x_te, y_te)
     achieved = 1 - ours.report.pruned.macs / ours.report.original.macs
-    print(f"test samples: {len(y_te)}, train samples: {len(y_tr)}")
+    print(
+        f"test samples: {len(y_te)}, training samples: {len(y_tr)} for the original, "
+        f"{len(split[0])} for fine-tuning (both methods)"
+    )
     print(f"original                         test accuracy {100 * acc_original:6.2f}%")
     print(
         f"ours (pipeline, MACs -{achieved:.1%})     test accuracy {100 * acc_ours:6.2f}%"

@@ -23,12 +23,11 @@ from worker.engine import benchmark, report
 from worker.engine.data import DatasetSplits, load_dataset
 from worker.engine.errors import JobCancelled, VerificationFailed
 from worker.engine.evaluate import accuracy, fidelity
-from worker.engine.export import export_onnx, save_pt2, verify_onnx
+from worker.engine.export import RELATIVE_TOLERANCE, export_onnx, save_pt2, verify_onnx
 from worker.engine.finetune import finetune
 from worker.engine.loaders import load_model
 from worker.engine.preflight import run_preflight
 from worker.engine.prune import PruneResult, prune_model
-from worker.engine.regularize import regularize
 from worker.engine.types import CancelFn, LoadedModel, Preflight, ProgressFn
 
 # Samples on which the pruned model's agreement with the original is measured.
@@ -154,6 +153,9 @@ def _analyze(state: _State, spec: JobSpec, t: _Tracker) -> None:
 def _regularize(state: _State, spec: JobSpec, device: str, t: _Tracker) -> None:
     if spec.regularize is None or state.splits is None:
         return
+    # Imported here: only jobs that ask for sparsity training need it.
+    from worker.engine.regularize import regularize
+
     with t.stage("regularizing"):
         module = state.loaded.module.to(device)
         example = tuple(x.to(device) for x in state.loaded.example_inputs())
@@ -366,6 +368,7 @@ def _export(state: _State, spec: JobSpec, out_dir: Path, t: _Tracker) -> dict[st
         t.within("exporting", 0.3)
         inputs = state.loaded.example_inputs(batch=2, seed=2)
         state.verification["onnx_max_abs_diff"] = verify_onnx(model_path, module, inputs)
+        state.verification["onnx_relative_tolerance"] = RELATIVE_TOLERANCE
         _check_drop_in(model_path, state)
         t.within("exporting", 0.5)
         pt2_path = save_pt2(module, state.loaded, out_dir / "model.pt2")
