@@ -2,13 +2,20 @@
 
 import importlib.util
 import io
+import pickle
 
 import numpy as np
 import pytest
 
 from app.core.config import Settings
 from app.inspector import Inspector
-from tests.app.helpers import tiny_onnx, upload_dataset, upload_model
+from tests.app.helpers import (
+    AUTH_A,
+    assert_problem,
+    tiny_onnx,
+    upload_dataset,
+    upload_model,
+)
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("worker.engine.inspect") is None,
                                 reason="the engine's inspector module is not present")
@@ -20,6 +27,7 @@ def real(app, settings: Settings):
     return app
 
 
+@pytest.mark.slow  # the child imports torch and converts the model: about 10 s here
 def test_onnx_upload_is_inspected_for_real(client, real):
     resp = upload_model(client, tiny_onnx())
     assert resp.status_code == 201, resp.text
@@ -33,10 +41,21 @@ def test_onnx_upload_is_inspected_for_real(client, real):
     assert body["stats"]["macs"] == 4 * 3 * 9 * 8 * 8
 
 
-def test_garbage_upload_is_refused(client, real):
-    resp = upload_model(client, b"this is not a model" * 10)
-    assert resp.status_code == 422
-    assert resp.json()["code"] in {"invalid_model", "unsafe_format"}
+def test_garbage_and_pickled_code_are_refused(client, real, app):
+    assert_problem(upload_model(client, b"this is not a model" * 10), 422, "invalid_model")
+    # A pickle that would call os.system when loaded: refused without being unpickled.
+    evil = pickle.dumps(Exploit(), protocol=2)
+    body = assert_problem(upload_model(client, evil), 422, "unsafe_format")
+    assert "pickle" in body["detail"]
+    assert client.get("/v1/models", headers=AUTH_A).json()["items"] == []
+    assert list((app.state.settings.data_dir / "tmp").iterdir()) == []
+
+
+class Exploit:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo pwned",))
 
 
 def test_npz_dataset_is_inspected_for_real(client, real):
