@@ -1,0 +1,307 @@
+"""Recovery training after pruning: labels and/or distillation from the original model.
+
+Distillation compares every output with the original's: a softened KL divergence for
+class scores, a scale-free MSE for anything else (boxes, maps, embeddings), so it needs
+no labels and works for detection, OCR or segmentation heads and for several outputs.
+With labels and distillation both on, the loss mixes them: the original model's soft
+targets carry most of what the pruned one lost, the labels keep it honest.
+"""
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from contract import FinetuneSpec
+from worker.engine.data import DatasetSplits
+from worker.engine.errors import InvalidDataset, JobCancelled
+from worker.engine.evaluate import accuracy, is_classification, output_tensors
+from worker.engine.importance import has_batchnorm
+from worker.engine.renorm import fold_batchnorm, insert_batchnorm
+
+# Samples used to calibrate the temporary BatchNorm of models that have none.
+CALIBRATION_SAMPLES = 256
+TEMPERATURE = 4.0
+# Weight of the distillation term when labels are present too.
+DISTILL_WEIGHT = 0.7
+LABEL_SMOOTHING = 0.1
+WARMUP_FRACTION = 0.03
+MAX_GRAD_NORM = 10.0
+SEED = 0
+
+ProgressFn = Callable[[float], None]
+CancelFn = Callable[[], bool]
+
+
+def distillation_loss(
+    student_out: Any, teacher_out: Any, temperature: float = TEMPERATURE
+) -> torch.Tensor:
+    """Distance of every student output from the teacher's, averaged over outputs."""
+    students, teachers = output_tensors(student_out), output_tensors(teacher_out)
+    terms = []
+    for s, t in zip(students, teachers, strict=True):
+        s, t = s.float(), t.detach().float()
+        if is_classification(t):
+            kl = F.kl_div(
+                F.log_softmax(s / temperature, dim=1),
+                F.log_softmax(t / temperature, dim=1),
+                log_target=True,
+                reduction="batchmean",
+            )
+            terms.append(kl * temperature**2)
+        else:
+            # Relative to the teacher's own scale, so outputs of any magnitude weigh alike.
+            terms.append(F.mse_loss(s, t) / (t.pow(2).mean() + 1e-8))
+    return torch.stack(terms).mean()
+
+
+def _uses_labels(splits: DatasetSplits, student: nn.Module, sample: torch.Tensor) -> bool:
+    """Labels train only a classification-like first output with room for every class."""
+    if not splits.labeled:
+        return False
+    with torch.no_grad():
+        first = output_tensors(student(sample[:1]))[0]
+    return is_classification(first) and first.shape[1] >= (splits.num_classes or 0)
+
+
+def _task_loss(
+    student_out: Any, teacher_out: Any | None, labels: torch.Tensor | None
+) -> torch.Tensor:
+    if labels is None:
+        assert teacher_out is not None
+        return distillation_loss(student_out, teacher_out)
+    scores = output_tensors(student_out)[0].float()
+    ce = F.cross_entropy(scores, labels, label_smoothing=LABEL_SMOOTHING)
+    if teacher_out is None:
+        return ce
+    return (1 - DISTILL_WEIGHT) * ce + DISTILL_WEIGHT * distillation_loss(student_out, teacher_out)
+
+
+def make_optimizer(module: nn.Module, spec: FinetuneSpec) -> torch.optim.Optimizer:
+    """SGD (momentum 0.9, Nesterov) or AdamW; no weight decay on norms and biases."""
+    decay = [p for p in module.parameters() if p.requires_grad and p.dim() > 1]
+    no_decay = [p for p in module.parameters() if p.requires_grad and p.dim() <= 1]
+    if spec.optimizer == "adamw":
+        groups = [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0}]
+        return torch.optim.AdamW(groups, lr=spec.lr)
+    groups = [{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0}]
+    return torch.optim.SGD(groups, lr=spec.lr, momentum=0.9, nesterov=True)
+
+
+def warmup_cosine(total_steps: int) -> Callable[[int], float]:
+    """LR factor: a short linear warm-up, then a cosine decay to zero."""
+    warmup = max(1, int(WARMUP_FRACTION * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _autocast(device: str) -> tuple[Any, torch.amp.GradScaler | None]:
+    """Mixed precision on CUDA only: bfloat16 where supported, else float16 with scaling."""
+    if not device.startswith("cuda"):
+        return nullcontext(), None
+    if torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16), None
+    return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
+
+
+def _batches(loader: DataLoader, device: str) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    for batch in loader:
+        x = batch[0].to(device, non_blocking=True)
+        y = batch[1].to(device, non_blocking=True) if len(batch) > 1 else None
+        yield x, y
+
+
+@torch.no_grad()
+def distance_to_teacher(
+    student: nn.Module,
+    teacher: nn.Module,
+    dataset: TensorDataset,
+    *,
+    device: str,
+    batch_size: int = 256,
+) -> float:
+    """Mean distillation loss of `student` against `teacher` over a dataset."""
+    was_training = student.training
+    student.eval()
+    total, count = 0.0, 0
+    try:
+        for batch in DataLoader(dataset, batch_size=batch_size):
+            x = batch[0].to(device)
+            total += float(distillation_loss(student(x), teacher(x))) * len(x)
+            count += len(x)
+    finally:
+        student.train(was_training)
+    return total / max(count, 1)
+
+
+def finetune(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    splits: DatasetSplits,
+    spec: FinetuneSpec,
+    *,
+    device: str = "cpu",
+    on_progress: ProgressFn | None = None,
+    should_cancel: CancelFn | None = None,
+) -> list[dict]:
+    """Train the pruned `student` in place; returns one dict of statistics per epoch.
+
+    Uses cross-entropy when the data is labeled, distillation from `teacher` (the original
+    model, kept frozen) when `spec.distill`, both mixed when both apply. A model without
+    BatchNorm (folded on export) trains with a temporary one, folded back at the end.
+    Both models end on `device`, the student in eval mode. Seeded: repeated CPU runs give
+    the same weights.
+    `on_progress(fraction)` is called after every batch; `should_cancel()` before each.
+    """
+    if spec.epochs == 0 or len(splits.train) == 0:
+        return []
+    distill = spec.distill and teacher is not None
+    student.to(device)
+    if teacher is not None:
+        teacher.to(device).eval()
+    use_labels = _uses_labels(splits, student, splits.train.tensors[0].to(device))
+    if not use_labels and not distill:
+        raise InvalidDataset(
+            "fine-tuning without distillation needs class labels that fit the model's first "
+            "output; set finetune.distill to true",
+            code="labels_required",
+        )
+    # Folded BatchNorm (ONNX) makes a pruned network hard to retrain: train with a
+    # temporary BatchNorm that restores the original's channel statistics, then fold it.
+    renormed: list[str] = []
+    if not has_batchnorm(student):
+        calibration = splits.train.tensors[0][:CALIBRATION_SAMPLES].to(device)
+        renormed = insert_batchnorm(student, (calibration,), reference=teacher)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(SEED)
+            return _train(
+                student,
+                teacher if distill else None,
+                splits,
+                spec,
+                device,
+                use_labels,
+                on_progress,
+                should_cancel or (lambda: False),
+            )
+    finally:
+        fold_batchnorm(student, renormed)
+        student.eval()
+
+
+def _train(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    splits: DatasetSplits,
+    spec: FinetuneSpec,
+    device: str,
+    use_labels: bool,
+    on_progress: ProgressFn | None,
+    should_cancel: CancelFn,
+) -> list[dict]:
+    loader = DataLoader(
+        splits.train,
+        batch_size=spec.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(SEED),
+        # A last batch of one sample breaks BatchNorm in training mode.
+        drop_last=len(splits.train) > spec.batch_size,
+    )
+    total = spec.epochs * len(loader)
+    optimizer = make_optimizer(student, spec)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total))
+    amp, scaler = _autocast(device)
+    history, done = [], 0
+    for epoch in range(spec.epochs):
+        student.train()
+        started, loss_sum, seen = time.perf_counter(), 0.0, 0
+        for x, y in _batches(loader, device):
+            if should_cancel():
+                raise JobCancelled()
+            with amp:
+                target = None if teacher is None else _no_grad(teacher, x)
+                loss = _task_loss(student(x), target, y if use_labels else None)
+            _step(loss, student, optimizer, scaler)
+            schedule.step()
+            loss_sum += float(loss.detach()) * len(x)
+            seen += len(x)
+            done += 1
+            if on_progress is not None:
+                on_progress(done / total)
+        student.eval()
+        history.append(
+            _epoch_stats(
+                epoch,
+                loss_sum / max(seen, 1),
+                optimizer,
+                started,
+                student,
+                teacher,
+                splits,
+                device,
+                use_labels,
+            )
+        )
+    return history
+
+
+def _no_grad(module: nn.Module, x: torch.Tensor) -> Any:
+    with torch.no_grad():
+        return module(x)
+
+
+def _step(
+    loss: torch.Tensor,
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        nn.utils.clip_grad_norm_(module.parameters(), MAX_GRAD_NORM)
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    nn.utils.clip_grad_norm_(module.parameters(), MAX_GRAD_NORM)
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def _epoch_stats(
+    epoch: int,
+    loss: float,
+    optimizer: torch.optim.Optimizer,
+    started: float,
+    student: nn.Module,
+    teacher: nn.Module | None,
+    splits: DatasetSplits,
+    device: str,
+    use_labels: bool,
+) -> dict:
+    stats: dict[str, Any] = {
+        "epoch": epoch + 1,
+        "loss": loss,
+        "lr": optimizer.param_groups[0]["lr"],
+        "seconds": time.perf_counter() - started,
+    }
+    if splits.val is not None and len(splits.val) > 0:
+        if use_labels:
+            stats["val_accuracy"] = accuracy(student, splits.val, device=device)
+        if teacher is not None:
+            stats["val_distance"] = distance_to_teacher(student, teacher, splits.val, device=device)
+    return stats
