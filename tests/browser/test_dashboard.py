@@ -148,16 +148,16 @@ def test_a_job_runs_live_to_its_report(page: Any, service: Service, uploads: Upl
     assert any(0 < v < 100 for v in seen), f"no intermediate progress in {seen}"
     assert seen == sorted(seen), f"progress went backwards: {seen}"
 
+    with api(service, KEYS["alice"]) as client:
+        report = client.get(f"/jobs/{job_id}/report").json()
+        artifacts = {a["name"]: a for a in client.get(f"/jobs/{job_id}/artifacts").json()}
     page.locator("#report").wait_for()
     bars_after = page.locator("[data-chart=channels] rect.bar-after")
     assert bars_after.count() >= 3  # the tiny net has three prunable convs
     points = page.locator("[data-chart=history] circle.pt")
-    assert points.count() >= 2
+    assert points.count() >= 2, report
     assert page.locator("[data-chart=latency] rect.bar-before").count() >= 1
     assert page.locator("[data-chart=latency] rect.bar-after").count() >= 1
-    with api(service, KEYS["alice"]) as client:
-        report = client.get(f"/jobs/{job_id}/report").json()
-        artifacts = {a["name"]: a for a in client.get(f"/jobs/{job_id}/artifacts").json()}
     pruned_layers = sum(1 for x in report["layers"]
                         if x["out_channels_after"] < x["out_channels_before"])
     assert pruned_layers >= 1

@@ -65,7 +65,7 @@ export function channelsChart(layers) {
 
 /**
  * A line chart with points: `points` are {x, y, label}; connected in the given order.
- * Options: xLabel, yLabel, xFmt, yFmt, caption, name (data-chart), yMin/yMax.
+ * Options: xLabel, yLabel, xFmt, yFmt(value, tickStep), caption, name (data-chart), yMin/yMax.
  */
 export function lineChart(points, opts) {
   const m = { l: 64, r: 20, t: 14, b: 46 };
@@ -86,9 +86,11 @@ export function lineChart(points, opts) {
     viewBox: `0 0 ${W} ${height}`, role: 'img', class: 'chart-svg', 'data-chart': opts.name,
     'aria-label': `${opts.yLabel} against ${opts.xLabel}, ${points.length} points`,
   });
-  for (const t of niceTicks(y0, y1)) {
+  const yTicks = niceTicks(y0, y1);
+  const yStep = yTicks.length > 1 ? yTicks[1] - yTicks[0] : 0;
+  for (const t of yTicks) {
     svg.append(s('line', { x1: m.l, x2: W - m.r, y1: Y(t), y2: Y(t), class: 'grid' }),
-      s('text', { x: m.l - 8, y: Y(t) + 4, class: 'tick', 'text-anchor': 'end' }, opts.yFmt(t)));
+      s('text', { x: m.l - 8, y: Y(t) + 4, class: 'tick', 'text-anchor': 'end' }, opts.yFmt(t, yStep)));
   }
   for (const t of niceTicks(x0, x1)) {
     svg.append(s('line', { x1: X(t), x2: X(t), y1: height - m.b, y2: height - m.b + 5, class: 'axis' }),

@@ -121,11 +121,23 @@ function historyPanel(r) {
   }
   const points = hist.filter((pt) => typeof pt[metric] === 'number')
     .map((pt) => ({ x: pt.macs, y: pt[metric], label: `Step ${pt.step}` }));
+  // Start the curve at the original model: its accuracy, or full agreement with itself.
+  const start = metric === 'accuracy' ? r.original.accuracy : 1;
+  if (typeof start === 'number' && !hist.some((pt) => pt.step === 0)) {
+    points.unshift({ x: r.original.macs, y: start, label: 'Original' });
+  }
   const label = metric === 'accuracy' ? 'Accuracy' : 'Agreement with the original';
   return h('div', { class: 'panel' }, lineChart(points, {
     name: 'history', caption: `${label} against MACs over the pruning steps`,
-    xLabel: 'MACs', yLabel: label, xFmt: compact, yFmt: (v) => pct(v, 0), yMin: 0, yMax: 1,
+    xLabel: 'MACs', yLabel: label, xFmt: compact, yMin: 0, yMax: 1,
+    yFmt: (v, step) => pct(v, decimalsOf(step * 100)),
   }));
+}
+
+// As many decimals as a tick spacing needs: 0.5 needs one, 0.25 two, 5 none.
+function decimalsOf(step) {
+  const text = String(Number(step.toPrecision(6)));
+  return Math.min(3, text.includes('.') ? text.split('.')[1].length : 0);
 }
 
 function hasLatency(r) {
