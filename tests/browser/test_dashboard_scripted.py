@@ -192,7 +192,8 @@ def test_the_report_shows_its_numbers_and_charts(page: Any, scripted: ScriptedSe
     assert len(pts) == 6
     assert [x for x, _ in pts] == sorted((x for x, _ in pts), reverse=True)
     assert [y for _, y in pts] == sorted(y for _, y in pts)  # lower accuracy = larger y
-    y_ticks = page.locator("[data-chart=history] text.tick[text-anchor=end]").all_inner_texts()
+    y_ticks = page.locator("[data-chart=history] text.tick[text-anchor=end]").evaluate_all(
+        "ts => ts.map(t => t.textContent)")
     assert len(y_ticks) >= 3
     assert len(set(y_ticks)) == len(y_ticks), y_ticks
     assert page.locator("[data-chart=latency] rect").count() == 2
