@@ -211,3 +211,21 @@ def test_budget_search_bisects_to_strongest_passing(monkeypatch: pytest.MonkeyPa
     assert chosen.target.params_reduction == pytest.approx(0.3)
     assert [p.macs for p in state.probes] == [200, 600, 800, 700]
     assert [p.step for p in state.probes] == [1, 2, 3, 4]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_with_budget(tiny_onnx: Path, tiny_npz: Path, tmp_path: Path) -> None:
+    """Prune, fine-tune, probe and evaluate on the GPU; export and benchmark from the CPU."""
+    spec = JobSpec(
+        prune=PruneSpec(target=Target(macs_reduction=0.5)),
+        finetune=FinetuneSpec(epochs=1, batch_size=16),
+        accuracy_budget=AccuracyBudget(max_drop=0.05),
+        benchmark=FAST_BENCH,
+    )
+    result = run_pipeline(tiny_onnx, spec, tmp_path / "out", dataset_path=tiny_npz, device="cuda")
+    report = result.report
+    assert report.environment.device.startswith("cuda:0 ")
+    assert report.pruned.accuracy is not None
+    assert 1 - report.pruned.macs / report.original.macs <= 0.5 + 0.02
+    assert result.artifacts["model.onnx"].is_file()

@@ -209,6 +209,7 @@ def _with_target(prune: PruneSpec, value: float) -> PruneSpec:
 def _quality(state: _State, module: nn.Module, device: str) -> tuple[float | None, float]:
     """(held-back accuracy or None, agreement with the original) of a candidate."""
     assert state.teacher is not None
+    module.to(device).eval()
     acc = None
     if _has_labels(state):
         assert state.splits is not None and state.splits.val is not None
@@ -249,7 +250,8 @@ def _budget_target(state: _State, spec: JobSpec, device: str, t: _Tracker) -> Pr
     measured drop, after a short fine-tune, stays within the accuracy budget."""
     assert spec.accuracy_budget is not None
     labeled = _has_labels(state)
-    reference = _quality(state, copy.deepcopy(state.loaded.module), device)
+    assert state.teacher is not None
+    reference = _quality(state, state.teacher, device)
     base = reference[0] if labeled else 1.0
     max_drop = spec.accuracy_budget.max_drop
     lo, hi, value = 0.0, spec.prune.target.value, spec.prune.target.value
