@@ -202,6 +202,7 @@ def test_budget_search_bisects_to_strongest_passing(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(pipeline, "_probe", fake_probe)
     monkeypatch.setattr(pipeline, "_quality", lambda state, module, device: (None, 1.0))
     state = pipeline._State(loaded=SimpleNamespace(module=torch.nn.Linear(2, 2)), splits=None)
+    state.teacher = torch.nn.Linear(2, 2)
     spec = JobSpec(
         prune=PruneSpec(target=Target(params_reduction=0.8)),
         accuracy_budget=AccuracyBudget(max_drop=0.35),
