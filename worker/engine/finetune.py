@@ -61,7 +61,7 @@ def distillation_loss(
     return torch.stack(terms).mean()
 
 
-def _uses_labels(splits: DatasetSplits, student: nn.Module, sample: torch.Tensor) -> bool:
+def uses_labels(splits: DatasetSplits, student: nn.Module, sample: torch.Tensor) -> bool:
     """Labels train only a classification-like first output with room for every class."""
     if not splits.labeled:
         return False
@@ -70,9 +70,10 @@ def _uses_labels(splits: DatasetSplits, student: nn.Module, sample: torch.Tensor
     return is_classification(first) and first.shape[1] >= (splits.num_classes or 0)
 
 
-def _task_loss(
+def task_loss(
     student_out: Any, teacher_out: Any | None, labels: torch.Tensor | None
 ) -> torch.Tensor:
+    """Cross-entropy on the labels, distillation from the teacher's outputs, or their mix."""
     if labels is None:
         assert teacher_out is not None
         return distillation_loss(student_out, teacher_out)
@@ -171,7 +172,7 @@ def finetune(
     student.to(device)
     if teacher is not None:
         teacher.to(device).eval()
-    use_labels = _uses_labels(splits, student, splits.train.tensors[0].to(device))
+    use_labels = uses_labels(splits, student, splits.train.tensors[0].to(device))
     if not use_labels and not distill:
         raise InvalidDataset(
             "fine-tuning without distillation needs class labels that fit the model's first "
@@ -233,7 +234,7 @@ def _train(
                 raise JobCancelled()
             with amp:
                 target = None if teacher is None else _no_grad(teacher, x)
-                loss = _task_loss(student(x), target, y if use_labels else None)
+                loss = task_loss(student(x), target, y if use_labels else None)
             _step(loss, student, optimizer, scaler)
             schedule.step()
             loss_sum += float(loss.detach()) * len(x)
