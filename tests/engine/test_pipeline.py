@@ -76,9 +76,9 @@ def _io(path: Path) -> tuple[list, list]:
     return inputs, outputs
 
 
-def _spec(**finetune) -> JobSpec:
+def _spec(method: str = "l2", **finetune) -> JobSpec:
     return JobSpec(
-        prune=PruneSpec(target=Target(macs_reduction=0.5)),
+        prune=PruneSpec(method=method, target=Target(macs_reduction=0.5)),
         finetune=FinetuneSpec(**finetune) if finetune else None,
         benchmark=FAST_BENCH,
     )
@@ -133,7 +133,8 @@ def test_data_free(tiny_onnx: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_with_dataset(tiny_onnx: Path, tiny_npz: Path, tmp_path: Path) -> None:
     progress = Recorder()
-    spec = _spec(epochs=1, batch_size=16, lr=0.01)
+    # Taylor importance takes its gradients from the labeled samples here.
+    spec = _spec("taylor", epochs=1, batch_size=16, lr=0.01)
     result = run_pipeline(
         tiny_onnx, spec, tmp_path / "out", dataset_path=tiny_npz, on_progress=progress
     )

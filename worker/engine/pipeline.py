@@ -16,13 +16,14 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from contract import Fidelity, HistoryPoint, JobSpec, PruneSpec, Report, Target
 from contract.stages import overall_progress
 from worker.engine import benchmark, report
 from worker.engine.data import DatasetSplits, load_dataset
 from worker.engine.errors import JobCancelled, VerificationFailed
-from worker.engine.evaluate import accuracy, fidelity
+from worker.engine.evaluate import accuracy, fidelity, is_classification, output_tensors
 from worker.engine.export import RELATIVE_TOLERANCE, export_onnx, save_pt2, verify_onnx
 from worker.engine.finetune import finetune
 from worker.engine.loaders import load_model
@@ -109,27 +110,39 @@ def _has_labels(state: _State) -> bool:
 
 
 def _fidelity_inputs(state: _State) -> tuple[torch.Tensor, ...]:
-    if state.splits is not None and state.splits.val is not None and len(state.splits.val) > 0:
-        return (state.splits.val.tensors[0][:FIDELITY_SAMPLES],)
+    """Held-back dataset samples (datasets feed single-input models), else seeded noise."""
+    splits = state.splits
+    if splits is not None and splits.val is not None and len(state.loaded.inputs) == 1:
+        return (splits.val.tensors[0][:FIDELITY_SAMPLES],)
     return state.loaded.example_inputs(batch=16, seed=1)
 
 
-def _taylor_loss(state: _State, device: str) -> Callable[[nn.Module], torch.Tensor]:
-    """Loss for gradient-based importance: distance to the original's outputs on samples."""
-    inputs = tuple(x.to(device) for x in _fidelity_inputs(state))
+def _taylor_loss(state: _State, device: str) -> Callable[[nn.Module], torch.Tensor] | None:
+    """Loss whose gradients rank channels for `taylor`, on real samples when there are any.
+
+    Labeled data: cross-entropy. Unlabeled data: alignment with the original's outputs
+    (a distance to them would be zero, with zero gradient, before anything is pruned).
+    Data-free: None, and the pruner uses its own proxy on random inputs.
+    """
+    if state.splits is None or len(state.loaded.inputs) != 1:
+        return None
     assert state.teacher is not None
+    train = state.splits.train.tensors
+    x = train[0][:FIDELITY_SAMPLES].to(device)
     with torch.no_grad():
-        targets = state.teacher(*inputs)
-    targets = targets if isinstance(targets, tuple | list) else (targets,)
+        reference = [r.detach() for r in output_tensors(state.teacher.to(device).eval()(x))]
+    scores = reference[0] if reference else None
+    classes = state.splits.num_classes or 0
+    if state.splits.labeled and scores is not None and is_classification(scores):
+        if scores.shape[1] >= classes:
+            y = train[1][:FIDELITY_SAMPLES].to(device)
+            return lambda module: F.cross_entropy(output_tensors(module(x))[0], y)
 
-    def loss(module: nn.Module) -> torch.Tensor:
-        outputs = module(*inputs)
-        outputs = outputs if isinstance(outputs, tuple | list) else (outputs,)
-        return sum(
-            torch.nn.functional.mse_loss(o, t) for o, t in zip(outputs, targets, strict=True)
-        )
+    def alignment(module: nn.Module) -> torch.Tensor:
+        outputs = output_tensors(module(x))
+        return torch.stack([(o * r).mean() for o, r in zip(outputs, reference, strict=True)]).sum()
 
-    return loss
+    return alignment
 
 
 def _load(model_path: Path, dataset_path: Path | None, arch, input_shape, t: _Tracker) -> _State:
