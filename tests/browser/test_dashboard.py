@@ -188,7 +188,6 @@ def test_a_job_runs_live_to_its_report(page: Any, service: Service, uploads: Upl
     assert "−50% MACs" in row.inner_text()
     assert "tiny-convnet" in row.inner_text()
     assert len(loads) == loads_before
-    page.screenshot(path=str(screenshots / "jobs-list.png"), full_page=True)
 
 
 def _check_onnx_runs(path: Path) -> None:
@@ -202,13 +201,17 @@ def _check_onnx_runs(path: Path) -> None:
 
 
 def test_a_running_job_is_cancelled_from_its_page(page: Any, service: Service,
-                                                  uploads: Uploads) -> None:
+                                                  uploads: Uploads, screenshots: Path) -> None:
     sign_in(page, KEYS["alice"])
     fill_job(page, uploads, epochs=1000, batch=4, amount=40)
     job_id = submit_and_land(page)
     # The list follows it live too: it turns `running` there without a reload.
     page.click("#nav a[href='#/jobs']")
     page.locator(f"tr[data-job='{job_id}'][data-status=running]").wait_for(timeout=JOB_TIMEOUT_MS)
+    page.wait_for_function(
+        f"Number(document.querySelector(\"tr[data-job='{job_id}'] [role=progressbar]\")"
+        ".getAttribute('aria-valuenow')) > 0", timeout=JOB_TIMEOUT_MS)
+    page.screenshot(path=str(screenshots / "jobs-list.png"), full_page=True)
     page.click(f"tr[data-job='{job_id}'] a")
     page.locator("#current-stage", has_text="Finetuning").wait_for(timeout=JOB_TIMEOUT_MS)
     page.click("#cancel-job")

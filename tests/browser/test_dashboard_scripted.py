@@ -140,6 +140,8 @@ def test_progress_streams_into_the_list_and_the_job_page(page: Any,
         page.locator("#current-stage", has_text=stage.capitalize()).wait_for()
         seen.append(float(bar.get_attribute("aria-valuenow")))
     assert seen == [10, 20, 30, 40, 50, 60]
+    # Each new stage makes the page fetch the job again for the timeline's times.
+    page.locator(".timeline li.running[data-stage=benchmarking]").wait_for()
     assert page.locator(".timeline li").count() == len(STAGES)
     assert page.locator(".timeline li.running").get_attribute("data-stage") == "benchmarking"
 
@@ -155,6 +157,9 @@ def test_progress_streams_into_the_list_and_the_job_page(page: Any,
     assert bar.get_attribute("aria-valuenow") == "100"
     assert page.locator("#cancel-job").is_hidden()
     assert page.locator(".timeline li.running").count() == 0
+    # The run facts follow the stream too: the page was loaded while the job was queued.
+    run = page.locator("#job-run").inner_text()
+    assert "started" in run and "finished" in run and "took" in run, run
 
 
 def test_the_report_shows_its_numbers_and_charts(page: Any, scripted: ScriptedService) -> None:

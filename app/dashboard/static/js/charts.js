@@ -4,7 +4,19 @@
 
 import { h, s } from './dom.js';
 
-const W = 720;
+const WIDE = 720;
+
+/**
+ * The drawing width: 1 SVG unit = 1 CSS pixel on phones (so 12px text stays 12px), the
+ * full 720 units on wider screens where the drawing scales up.
+ */
+export function chartWidth(viewport = window.innerWidth) {
+  return Math.max(340, Math.min(WIDE, viewport - 72));
+}
+
+function narrow(W) {
+  return W < 520;
+}
 
 /** Round, evenly spaced tick values covering [lo, hi]. */
 export function niceTicks(lo, hi, count = 5) {
@@ -35,9 +47,9 @@ function shorten(text, max) {
 }
 
 /** Output channels per layer before and after pruning (report.layers). */
-export function channelsChart(layers) {
-  const labelW = 190;
-  const valueW = 84;
+export function channelsChart(layers, W = chartWidth()) {
+  const labelW = narrow(W) ? 112 : 190;
+  const valueW = narrow(W) ? 70 : 84;
   const row = 20;
   const top = 8;
   const barW = W - labelW - valueW;
@@ -53,7 +65,7 @@ export function channelsChart(layers) {
     const wa = (l.out_channels_after / max) * barW;
     svg.append(s('g', { class: 'row' },
       s('title', null, `${l.name}: ${l.out_channels_before} → ${l.out_channels_after} channels`),
-      s('text', { x: labelW - 8, y: y + row * 0.68, class: 'label', 'text-anchor': 'end' }, shorten(l.name, 26)),
+      s('text', { x: labelW - 8, y: y + row * 0.68, class: 'label', 'text-anchor': 'end' }, shorten(l.name, narrow(W) ? 15 : 26)),
       s('rect', { x: labelW, y: y + 2, width: wb, height: row - 4, class: 'bar-before', rx: 2 }),
       s('rect', { x: labelW, y: y + 5, width: wa, height: row - 10, class: 'bar-after', rx: 2 }),
       s('text', { x: labelW + barW + 6, y: y + row * 0.68, class: 'value' },
@@ -67,9 +79,9 @@ export function channelsChart(layers) {
  * A line chart with points: `points` are {x, y, label}; connected in the given order.
  * Options: xLabel, yLabel, xFmt, yFmt(value, tickStep), caption, name (data-chart), yMin/yMax.
  */
-export function lineChart(points, opts) {
+export function lineChart(points, opts, W = chartWidth()) {
   const m = { l: 64, r: 20, t: 14, b: 46 };
-  const height = 300;
+  const height = narrow(W) ? 240 : 300;
   const xs = points.map((p) => p.x);
   const ys = points.map((p) => p.y);
   const pad = (lo, hi) => (hi > lo ? (hi - lo) * 0.08 : Math.abs(hi) * 0.05 || 1);
@@ -92,7 +104,7 @@ export function lineChart(points, opts) {
     svg.append(s('line', { x1: m.l, x2: W - m.r, y1: Y(t), y2: Y(t), class: 'grid' }),
       s('text', { x: m.l - 8, y: Y(t) + 4, class: 'tick', 'text-anchor': 'end' }, opts.yFmt(t, yStep)));
   }
-  for (const t of niceTicks(x0, x1)) {
+  for (const t of niceTicks(x0, x1, narrow(W) ? 3 : 5)) {
     svg.append(s('line', { x1: X(t), x2: X(t), y1: height - m.b, y2: height - m.b + 5, class: 'axis' }),
       s('text', { x: X(t), y: height - m.b + 19, class: 'tick', 'text-anchor': 'middle' }, opts.xFmt(t)));
   }
@@ -110,7 +122,7 @@ export function lineChart(points, opts) {
 }
 
 /** Latency p50 bars (before vs after) with a whisker to p99, per provider and batch size. */
-export function latencyChart(before, after) {
+export function latencyChart(before, after, W = chartWidth()) {
   const rows = [];
   for (const [provider, batches] of Object.entries(after || {})) {
     for (const [batch, p] of Object.entries(batches)) {
@@ -118,8 +130,8 @@ export function latencyChart(before, after) {
         before: before?.[provider]?.[batch] || null, after: p });
     }
   }
-  const labelW = 170;
-  const valueW = 150;
+  const labelW = narrow(W) ? 100 : 170;
+  const valueW = narrow(W) ? 84 : 150;
   const group = 46;
   const top = 8;
   const barW = W - labelW - valueW;
@@ -142,7 +154,7 @@ export function latencyChart(before, after) {
         s('rect', { x: labelW, y: by, width: Math.max(1, x50 - labelW), height: bh, class: `bar-${cls}`, rx: 2 }),
         s('line', { x1: x50, x2: x99, y1: by + bh / 2, y2: by + bh / 2, class: 'whisker' }),
         s('line', { x1: x99, x2: x99, y1: by + 3, y2: by + bh - 3, class: 'whisker' }),
-        s('text', { x: labelW + barW + 6, y: by + bh - 3, class: 'value' }, `${p.p50.toFixed(2)} ms p50`)));
+        s('text', { x: labelW + barW + 6, y: by + bh - 3, class: 'value' }, narrow(W) ? `${p.p50.toFixed(2)} ms` : `${p.p50.toFixed(2)} ms p50`)));
     });
   });
   return figure('Latency (bar: p50, whisker: up to p99)', svg,

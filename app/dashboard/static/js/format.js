@@ -38,14 +38,20 @@ export function ratio(x) {
   return x === null || x === undefined ? '—' : `${x.toFixed(2)}×`;
 }
 
-/** RFC 3339 -> "2026-11-27 10:00" in the viewer's time zone (seconds with `seconds`). */
+const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
+
+/**
+ * RFC 3339 -> "27 Nov 10:00" in the viewer's time zone; the year only when it is not
+ * this one, the seconds with `seconds`.
+ */
 export function date(iso, { seconds = false } = {}) {
   if (!iso) return '—';
   const d = new Date(iso);
   if (Number.isNaN(d.getTime())) return iso;
   const p = (v) => String(v).padStart(2, '0');
-  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} `
-    + `${p(d.getHours())}:${p(d.getMinutes())}${seconds ? `:${p(d.getSeconds())}` : ''}`;
+  const year = d.getFullYear() === new Date().getFullYear() ? '' : ` ${d.getFullYear()}`;
+  const time = `${p(d.getHours())}:${p(d.getMinutes())}${seconds ? `:${p(d.getSeconds())}` : ''}`;
+  return `${d.getDate()} ${MONTHS[d.getMonth()]}${year} ${time}`;
 }
 
 /** Milliseconds -> "850 ms", "12.3 s", "4 min 05 s", "2 h 03 min". */

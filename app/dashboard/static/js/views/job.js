@@ -51,6 +51,7 @@ class JobPage {
     this.stageEl = h('span', { id: 'current-stage' });
     this.statusEl = h('span', { id: 'job-status' });
     this.timelineEl = h('div', { class: 'timeline-wrap' });
+    this.runEl = h('p', { class: 'run muted', id: 'job-run' });
     this.messageEl = h('p', { class: 'message', role: 'status' });
     this.resultEl = h('div', { class: 'result' });
     this.cancelEl = this.cancelButton();
@@ -65,8 +66,7 @@ class JobPage {
       h('div', { class: 'page-head' },
         h('div', null,
           h('h1', null, 'Job ', h('code', null, job.id)),
-          h('p', { class: 'muted' }, 'Model ', modelEl, ' · target ', target(job.spec),
-            ' · created ', date(job.created_at))),
+          h('p', { class: 'muted' }, 'Model ', modelEl, ' · target ', target(job.spec))),
         h('div', { class: 'actions' }, this.cancelEl)),
       h('section', { class: 'panel live', 'aria-labelledby': 'live-h' },
         h('h2', { id: 'live-h', class: 'sr-only' }, 'Progress'),
@@ -74,6 +74,7 @@ class JobPage {
           h('span', null, 'Status ', this.statusEl),
           h('span', null, 'Stage ', this.stageEl),
           this.bar),
+        this.runEl,
         this.messageEl,
         this.timelineEl),
       this.resultEl,
@@ -90,6 +91,7 @@ class JobPage {
     replace(this.statusEl, statusBadge(job.status));
     replace(this.stageEl, TERMINAL.has(job.status) ? '—' : stageName(job.stage));
     setProgress(this.bar, job.progress);
+    replace(this.runEl, runFacts(job));
     replace(this.timelineEl, timeline(job));
     this.cancelEl.hidden = TERMINAL.has(job.status);
     if (job.cancel_requested && !TERMINAL.has(job.status)) {
@@ -163,6 +165,19 @@ class JobPage {
   }
 }
 
+// When the job ran, how long, and on which attempt; changes with every status event.
+function runFacts(job) {
+  const start = job.started_at ? new Date(job.started_at).getTime() : null;
+  const end = job.finished_at ? new Date(job.finished_at).getTime() : null;
+  return [
+    `Created ${date(job.created_at, { seconds: true })}`,
+    job.started_at ? ` · started ${date(job.started_at, { seconds: true })}` : '',
+    job.finished_at ? ` · finished ${date(job.finished_at, { seconds: true })}` : '',
+    start && end ? ` · took ${duration(end - start)}` : '',
+    job.attempts > 1 ? ` · attempt ${job.attempts}` : '',
+  ].join('');
+}
+
 // Stage timeline: one row per stage the job has entered, bar placed on a shared clock.
 function timeline(job) {
   const times = job.stage_times || {};
@@ -206,10 +221,6 @@ function specPanel(job) {
     ['Export', s.export ? `opset ${s.export.opset}${s.export.dynamic_batch ? ', dynamic batch' : ''}` : '—'],
     ['Benchmark', s.benchmark ? `${s.benchmark.providers.join(', ')} · batch ${s.benchmark.batch_sizes.join(', ')} · ${s.benchmark.iterations} runs` : '—'],
     ['Dataset', job.dataset_id || 'none (data-free)'],
-    ['Attempts', job.attempts],
-    ['Created', date(job.created_at, { seconds: true })],
-    ['Started', date(job.started_at, { seconds: true })],
-    ['Finished', date(job.finished_at, { seconds: true })],
   ];
   const dl = h('dl', { class: 'spec' });
   for (const [k, v] of rows) append(dl, h('dt', null, k), h('dd', null, v ?? '—'));

@@ -87,26 +87,35 @@ function jobRow(job) {
     modelInfo(job.model_id).then((m) => { if (m?.name) replace(model, m.name); });
   }
   const status = h('td', { 'data-label': 'Status' }, statusBadge(job.status));
-  const stage = h('td', { 'data-label': 'Stage' }, stageName(job.stage));
+  const stage = h('td', { 'data-label': 'Stage' }, stageLabel(job));
   const bar = progressBar(job.progress, `Progress of ${job.id}`);
   const finished = h('td', { 'data-label': 'Finished' }, date(job.finished_at));
+  const row = { status: job.status, stage: job.stage };
   const tr = h('tr', { 'data-job': job.id, 'data-status': job.status },
-    h('th', { scope: 'row', 'data-label': 'Job' }, h('a', { href: `#/jobs/${encodeURIComponent(job.id)}` }, job.id)),
+    h('th', { scope: 'row', 'data-label': 'Job' },
+      h('a', { href: `#/jobs/${encodeURIComponent(job.id)}`, class: 'job-id', title: job.id }, job.id)),
     model, status, stage,
     h('td', { 'data-label': 'Progress' }, bar),
     h('td', { 'data-label': 'Target' }, target(job.spec)),
-    h('td', { 'data-label': 'Created', title: job.created_at }, date(job.created_at)),
+    h('td', { 'data-label': 'Created', title: date(job.created_at, { seconds: true }) }, date(job.created_at)),
     finished);
   const update = (data) => {
+    if (data.status) row.status = data.status;
+    if ('stage' in data) row.stage = data.stage;
     if (data.status && data.status !== tr.dataset.status) {
       tr.dataset.status = data.status;
       replace(status, statusBadge(data.status));
     }
-    if ('stage' in data) replace(stage, stageName(data.stage));
+    replace(stage, stageLabel(row));
     if (typeof data.progress === 'number') setProgress(bar, data.progress);
     if (data.finished_at) replace(finished, date(data.finished_at));
   };
   return { job, tr, update };
+}
+
+// Where a job is, or where it stopped; a finished job has no stage left to show.
+function stageLabel({ status, stage }) {
+  return status === 'succeeded' ? '—' : stageName(stage);
 }
 
 async function watch(rows, signal) {
