@@ -3,10 +3,19 @@
 Starlette's form parser spools a whole file before the route runs, with no size limit;
 here the request body is parsed as it arrives, so an oversized upload is refused as soon
 as it crosses the cap (with or without a Content-Length) and its partial file removed.
+
+A partial file is held under an exclusive `flock` by the process receiving it, from its
+creation until the route is done with it; the lock dies with the process, so at start-up
+an unlocked `*.upload` file is known to belong to a process that died mid-upload.
 """
 
+import asyncio
+import errno
+import fcntl
 import hashlib
+import os
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -15,12 +24,16 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from app.core.errors import ApiError, PayloadTooLarge, ValidationFailed
+from app.core.errors import ApiError, InsufficientStorage, PayloadTooLarge, ValidationFailed
 
 # Room for the multipart framing and the small text fields around the file.
 FORM_OVERHEAD_BYTES = 1024 * 1024
 MAX_FIELD_BYTES = 16 * 1024
 FILE_FIELD = "file"
+# A client that sends nothing for this long is dropped (slow-loris uploads hold a worker).
+DEFAULT_IDLE_TIMEOUT_S = 60.0
+# errno values that mean "no room to write": the disk, a quota, or a file-size limit.
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 @dataclass
@@ -32,6 +45,24 @@ class SavedUpload:
     size_bytes: int
     filename: str | None
     fields: dict[str, str] = field(default_factory=dict)
+    lock_fd: int | None = None
+
+    def release(self) -> None:
+        """Drop the ownership lock; call once the partial file is moved or removed."""
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+
+
+def _locked_create(dest: Path) -> tuple[IO[bytes], int]:
+    """Create `dest` already locked: the file is made under a name the start-up sweep
+    ignores, locked, then renamed, so no sweep can see it unlocked."""
+    staging = dest.with_name(dest.name + ".new")
+    fh = staging.open("wb")
+    lock_fd = os.open(staging, os.O_RDONLY)
+    fcntl.flock(lock_fd, fcntl.LOCK_EX)
+    staging.rename(dest)
+    return fh, lock_fd
 
 
 class _FormSink:
@@ -46,6 +77,7 @@ class _FormSink:
         self.size = 0
         self.hasher = hashlib.sha256()
         self.got_file = False
+        self.lock_fd: int | None = None
         self._fh: IO[bytes] | None = None
         self._headers: dict[bytes, bytes] = {}
         self._hname = b""
@@ -86,7 +118,7 @@ class _FormSink:
             self.got_file = True
             raw = options.get(b"filename")
             self.filename = raw.decode("utf-8", "replace") if raw is not None else None
-            self._fh = self.dest.open("wb")
+            self._fh, self.lock_fd = _locked_create(self.dest)
         elif name not in self.allowed:
             raise ValidationFailed(name or "form", "unknown form field")
         self._part = name
@@ -117,6 +149,11 @@ class _FormSink:
             self._fh.close()
             self._fh = None
 
+    def release(self) -> None:
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+
 
 def _boundary(request: Request) -> bytes:
     ctype, options = parse_options_header(request.headers.get("content-type", ""))
@@ -133,53 +170,109 @@ def _check_declared_length(request: Request, limit: int) -> None:
         raise PayloadTooLarge(f"the request is larger than {limit} bytes")
 
 
+async def _chunks(request: Request, idle_timeout_s: float) -> AsyncIterator[bytes]:
+    """The request body, chunk by chunk; 408 when the client stalls past the timeout."""
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), timeout=idle_timeout_s)
+        except StopAsyncIteration:
+            return
+        except TimeoutError as exc:
+            raise ApiError(f"no data from the client for {idle_timeout_s:g} s", status=408,
+                           code="request_timeout") from exc
+        yield chunk
+
+
+async def _parse_body(request: Request, parser: MultipartParser, body_limit: int,
+                      idle_timeout_s: float) -> None:
+    received = 0
+    async for chunk in _chunks(request, idle_timeout_s):
+        received += len(chunk)
+        if received > body_limit:
+            raise PayloadTooLarge(f"the request is larger than {body_limit} bytes")
+        parser.write(chunk)
+    parser.finalize()
+
+
+def _translate(exc: BaseException) -> BaseException:
+    """Map a receive failure to the error the client sees (itself when already typed)."""
+    if isinstance(exc, MultipartParseError):
+        return ApiError(f"malformed multipart body: {exc}", status=400, code="bad_request")
+    if isinstance(exc, ClientDisconnect):
+        return ApiError("the client went away", status=400, code="client_disconnected")
+    if is_out_of_space(exc):
+        return InsufficientStorage("the server has no room to store the upload right now; "
+                                   "retry later")
+    return exc
+
+
+def is_out_of_space(exc: BaseException) -> bool:
+    """True for a write refused for lack of room (full disk, quota, file-size limit)."""
+    return isinstance(exc, OSError) and exc.errno in _NO_SPACE
+
+
 async def receive_upload(
-    request: Request, dest: Path, *, max_file_bytes: int, fields: set[str]
+    request: Request,
+    dest: Path,
+    *,
+    max_file_bytes: int,
+    fields: set[str],
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
 ) -> SavedUpload:
     """Stream the multipart body of `request` into `dest` (the `file` part) and collect the
     text `fields`. Raises PayloadTooLarge (413) past `max_file_bytes`, ValidationFailed
-    (422) for a missing file or unknown fields; `dest` never survives a failure."""
+    (422) for a missing file or unknown fields, 408 when the client stalls for
+    `idle_timeout_s`, 507 when the disk is full; `dest` never survives a failure. The
+    returned upload holds `dest`'s ownership lock until `release()`."""
     boundary = _boundary(request)
     body_limit = max_file_bytes + FORM_OVERHEAD_BYTES
     _check_declared_length(request, body_limit)
     dest.parent.mkdir(parents=True, exist_ok=True)
     sink = _FormSink(dest, max_file_bytes, fields)
     parser = MultipartParser(boundary, sink.callbacks())
-    received = 0
     try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > body_limit:
-                raise PayloadTooLarge(f"the request is larger than {body_limit} bytes")
-            parser.write(chunk)
-        parser.finalize()
+        await _parse_body(request, parser, body_limit, idle_timeout_s)
         if not sink.got_file:
             raise ValidationFailed(FILE_FIELD, "field required")
-    except MultipartParseError as exc:
+        sink.close()
+    except BaseException as exc:
         sink.close()
         dest.unlink(missing_ok=True)
-        raise ApiError(f"malformed multipart body: {exc}", status=400, code="bad_request") from exc
-    except ClientDisconnect as exc:
-        sink.close()
-        dest.unlink(missing_ok=True)
-        raise ApiError("the client went away", status=400, code="client_disconnected") from exc
-    except BaseException:
-        sink.close()
-        dest.unlink(missing_ok=True)
-        raise
-    sink.close()
-    return SavedUpload(dest, sink.hasher.hexdigest(), sink.size, sink.filename, sink.fields)
+        sink.release()
+        mapped = _translate(exc)
+        if mapped is exc:
+            raise
+        raise mapped from exc
+    return SavedUpload(dest, sink.hasher.hexdigest(), sink.size, sink.filename, sink.fields,
+                       lock_fd=sink.lock_fd)
+
+
+def _owned_by_a_live_process(path: Path) -> bool:
+    """True while some process holds the upload's lock (it is still being received)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also drops the lock if we got it
+    return False
 
 
 def remove_stale_uploads(directory: Path, older_than_s: float) -> int:
-    """Delete `*.upload` files left by a process that died mid-upload; returns how many.
+    """Delete partial uploads left by a process that died mid-upload; returns how many.
 
-    Only old files go: another API process may be streaming a fresh one right now."""
+    A `*.upload` file goes when no live process holds its lock (another API process may be
+    streaming one right now, and holds it); a staging `*.upload.new` file, which a
+    process dies holding only between two system calls, goes once `older_than_s` old."""
     cutoff = time.time() - older_than_s
     removed = 0
-    for path in directory.glob("*.upload"):
+    for path in [*directory.glob("*.upload"), *directory.glob("*.upload.new")]:
         try:
-            if path.stat().st_mtime < cutoff:
+            stale = (path.stat().st_mtime < cutoff if path.name.endswith(".new")
+                     else not _owned_by_a_live_process(path))
+            if stale:
                 path.unlink()
                 removed += 1
         except FileNotFoundError:

@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     max_dataset_bytes: int = 4 * GiB
     rate_limit_per_minute: int = 600
     max_concurrent_jobs_per_tenant: int = 16
+    # An upload that sends nothing for this long is dropped with 408 (slow clients).
+    upload_idle_timeout_s: float = 60.0
 
     # Job execution
     job_soft_time_limit_s: int = 6 * 3600

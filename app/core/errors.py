@@ -86,6 +86,12 @@ class TooManyRequests(ApiError):
         super().__init__(detail, code=code, headers={"Retry-After": str(seconds)})
 
 
+class InsufficientStorage(ApiError):
+    """The disk (or its quota) is full: nothing wrong with the request, retry later."""
+
+    status, code = 507, "insufficient_storage"
+
+
 class ServiceUnavailable(ApiError):
     status, code = 503, "not_ready"
 

@@ -159,6 +159,7 @@ def test_weights_upload_passes_arch(client, app):
 
 
 def test_stale_partial_uploads_are_swept_at_start(settings):
+    import fcntl
     import os
     import time
 
@@ -166,11 +167,16 @@ def test_stale_partial_uploads_are_swept_at_start(settings):
 
     tmp = settings.data_dir / "tmp"
     tmp.mkdir(parents=True)
-    old, fresh, other = tmp / "mdl_old.upload", tmp / "mdl_new.upload", tmp / "keep.txt"
-    for path in (old, fresh, other):
+    dead, live, other = tmp / "mdl_dead.upload", tmp / "mdl_live.upload", tmp / "keep.txt"
+    staging_old, staging_new = tmp / "mdl_a.upload.new", tmp / "mdl_b.upload.new"
+    for path in (dead, live, other, staging_old, staging_new):
         path.write_bytes(b"partial")
     two_days_ago = time.time() - 2 * 24 * 3600
-    os.utime(old, (two_days_ago, two_days_ago))
-    os.utime(other, (two_days_ago, two_days_ago))
-    create_app(settings).state.engine.dispose()
-    assert sorted(p.name for p in tmp.iterdir()) == ["keep.txt", "mdl_new.upload"]
+    for path in (other, staging_old):
+        os.utime(path, (two_days_ago, two_days_ago))
+    # A live upload holds its file's lock; a dead process's lock is gone with it.
+    with live.open("rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        create_app(settings).state.engine.dispose()
+    assert sorted(p.name for p in tmp.iterdir()) == [
+        "keep.txt", "mdl_b.upload.new", "mdl_live.upload"]

@@ -14,10 +14,10 @@ from app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate
 from app.api.schemas import ModelOut, Page
 from app.api.uploads_common import display_name, insert_upload_row, parse_arch, parse_input_shape
 from app.core import ids
-from app.core.errors import Conflict
+from app.core.errors import Conflict, InsufficientStorage
 from app.db.models import Job, Model, utcnow
 from app.storage import model_key
-from app.uploads import receive_upload
+from app.uploads import is_out_of_space, receive_upload
 
 router = APIRouter(prefix="/v1/models", tags=["models"],
                    responses=problem_responses(401, 404, 422, 429))
@@ -31,7 +31,7 @@ _FILE_SUFFIX = {"onnx": "onnx", "pt2": "pt2", "safetensors": "safetensors",
     status_code=201,
     response_model=ModelOut,
     summary="Upload a model",
-    responses=problem_responses(400, 413, 415),
+    responses=problem_responses(400, 408, 413, 415, 507),
     openapi_extra=multipart_body({
         "arch": "architecture for weight-only uploads, e.g. torchvision:resnet18",
         "input_shape": "e.g. 1,3,224,224; fills dynamic dimensions",
@@ -50,7 +50,8 @@ async def upload_model(
     model_id = ids.new_id(ids.MODEL)
     tmp = settings.data_dir / "tmp" / f"{model_id}.upload"
     saved = await receive_upload(request, tmp, max_file_bytes=settings.max_model_bytes,
-                                 fields={"arch", "input_shape", "name"})
+                                 fields={"arch", "input_shape", "name"},
+                                 idle_timeout_s=settings.upload_idle_timeout_s)
     try:
         arch = parse_arch(saved.fields.get("arch"))
         input_shape = parse_input_shape(saved.fields.get("input_shape"))
@@ -67,8 +68,14 @@ async def upload_model(
             stats=info.stats.model_dump(mode="json"), created_at=utcnow(),
         )
         await run_in_threadpool(store.put_file, row.storage_key, tmp, move=True)
+    except OSError as exc:
+        if is_out_of_space(exc):
+            raise InsufficientStorage("the server has no room to store the upload right "
+                                      "now; retry later") from exc
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+        saved.release()
     await run_in_threadpool(insert_upload_row, request.app.state.sessionmaker, store, row)
     metrics.upload_bytes.labels(kind="model").inc(saved.size_bytes)
     return ModelOut.from_row(row)
