@@ -213,7 +213,7 @@ def test_a_running_job_is_cancelled_from_its_page(page: Any, service: Service,
         ".getAttribute('aria-valuenow')) > 0", timeout=JOB_TIMEOUT_MS)
     page.screenshot(path=str(screenshots / "jobs-list.png"), full_page=True)
     page.click(f"tr[data-job='{job_id}'] a")
-    page.locator("#current-stage", has_text="Finetuning").wait_for(timeout=JOB_TIMEOUT_MS)
+    page.locator("#job-status [data-status=running]").wait_for()
     page.click("#cancel-job")
     page.locator("#job-status [data-status=cancelled]").wait_for(timeout=120_000)
     assert page.locator("#cancel-job").is_hidden()

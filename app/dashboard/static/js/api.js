@@ -20,14 +20,18 @@ export class ApiError extends Error {
   }
 }
 
-async function toError(res) {
-  let problem = null;
-  try { problem = await res.json(); } catch { /* not JSON: keep the status alone */ }
+function problemError(status, problem) {
   // FastAPI's default body is {"detail": [...]} for validation errors: flatten it.
   if (problem && Array.isArray(problem.detail)) {
     problem.detail = problem.detail.map((d) => `${(d.loc || []).join('.')}: ${d.msg}`).join('; ');
   }
-  return new ApiError(res.status, problem);
+  return new ApiError(status, problem);
+}
+
+async function toError(res) {
+  let problem = null;
+  try { problem = await res.json(); } catch { /* not JSON: keep the status alone */ }
+  return problemError(res.status, problem);
 }
 
 /** Who gets told when the key stops working (the shell shows the sign-in form). */
@@ -59,6 +63,36 @@ export async function api(path, { method = 'GET', json, form, headers = {}, sign
   if (res.status === 204) return null;
   const text = await res.text();
   return text ? JSON.parse(text) : null;
+}
+
+/**
+ * POST a multipart form to `/v1${path}`, reporting upload progress (0..1) to `onProgress`:
+ * fetch() cannot report it, XMLHttpRequest can. Resolves and rejects like api().
+ */
+export function upload(path, form, { onProgress, signal } = {}) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open('POST', `/v1${path}`);
+    for (const [k, v] of Object.entries({ Accept: 'application/json', ...authHeaders() })) {
+      xhr.setRequestHeader(k, v);
+    }
+    xhr.upload.addEventListener('progress', (e) => {
+      if (e.lengthComputable) onProgress?.(e.loaded / e.total);
+    });
+    xhr.addEventListener('load', () => {
+      let body = null;
+      try { body = xhr.responseText ? JSON.parse(xhr.responseText) : null; } catch { body = null; }
+      if (xhr.status >= 200 && xhr.status < 300) { resolve(body); return; }
+      const err = problemError(xhr.status, body);
+      if (xhr.status === 401) onUnauthorized(err);
+      reject(err);
+    });
+    xhr.addEventListener('error', () => reject(new ApiError(0, {
+      detail: 'The upload did not reach the server (connection lost or refused).' })));
+    xhr.addEventListener('abort', () => reject(new DOMException('Upload aborted', 'AbortError')));
+    signal?.addEventListener('abort', () => xhr.abort(), { once: true });
+    xhr.send(form);
+  });
 }
 
 /** Download `/v1${path}` with the auth header and hand it to the browser as `filename`. */

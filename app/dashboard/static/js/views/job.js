@@ -149,8 +149,7 @@ class JobPage {
 
   async finish() {
     await this.reload();
-    if (this.job.status === 'cancelled') this.messageEl.textContent = 'The job was cancelled.';
-    else this.messageEl.textContent = '';
+    this.messageEl.textContent = '';
     this.showResult();
   }
 
@@ -158,6 +157,10 @@ class JobPage {
     if (this.job.status === 'failed') {
       const err = this.job.error || { code: null, message: 'The job failed without a message.' };
       replace(this.resultEl, errorPanel('The job failed', { code: err.code, message: err.message }));
+    } else if (this.job.status === 'cancelled') {
+      replace(this.resultEl, h('div', { class: 'panel note', id: 'cancelled' },
+        h('h2', null, 'Cancelled'),
+        h('p', null, this.job.error?.message || 'The job was cancelled before it finished.')));
     } else if (this.job.status === 'succeeded') {
       replace(this.resultEl, h('p', { class: 'muted' }, 'Loading the report…'));
       renderReport(this.resultEl, this.job, this.signal);

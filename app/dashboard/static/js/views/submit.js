@@ -1,9 +1,10 @@
 // Submit a job: upload a model (and optionally a dataset), choose how to prune, start it,
 // and land on the new job's page.
 
-import { api } from '../api.js';
+import { api, upload as uploadForm } from '../api.js';
 import { h, replace } from '../dom.js';
 import { bytes } from '../format.js';
+import { progressBar, setProgress } from './common.js';
 
 const METHODS = {
   l2: 'Filter L2 norm: removes the channels with the smallest weights. A good default.',
@@ -95,6 +96,10 @@ export function renderSubmit(root, { signal }) {
   el.budget.addEventListener('change', syncBudget);
 
   const status = h('p', { class: 'message', role: 'status', id: 'submit-status' });
+  const bar = progressBar(0, 'Upload progress');
+  bar.id = 'upload-progress';
+  bar.hidden = true;
+  const progress = { status, bar };
   const errorBox = h('div', { id: 'submit-error', role: 'alert' });
   const button = h('button', { type: 'submit', class: 'primary', id: 'submit-job' }, 'Upload and start');
 
@@ -125,7 +130,7 @@ export function renderSubmit(root, { signal }) {
       field('max-drop', 'Largest accuracy drop (points)', el.maxDrop, 'Needs a dataset; measured on held-back samples.', 'field short')),
     h('fieldset', { class: 'panel' }, h('legend', null, 'Benchmark'),
       field('iterations', 'Timed runs per model', el.iterations, 'onnxruntime runs for the p50/p90/p99 latencies.', 'field short')),
-    errorBox, status,
+    errorBox, status, bar,
     h('div', { class: 'actions' }, button, h('a', { class: 'button', href: '#/jobs' }, 'Back to jobs')));
   syncFt();
   syncBudget();
@@ -137,11 +142,12 @@ export function renderSubmit(root, { signal }) {
     if (invalid) { showError(errorBox, invalid.message); invalid.input.focus(); return; }
     button.disabled = true;
     try {
-      const job = await submit(el, status, signal);
+      const job = await submit(el, progress, signal);
       window.location.hash = `#/jobs/${encodeURIComponent(job.id)}`;
     } catch (err) {
       if (signal.aborted) return;
       status.textContent = '';
+      bar.hidden = true;
       showError(errorBox, err.message, err.code, err.stage);
       errorBox.scrollIntoView({ block: 'nearest' });
     } finally {
@@ -169,20 +175,29 @@ function validate(form, el) {
   return null;
 }
 
-async function upload(kind, file, extra, status, signal) {
+async function upload(kind, file, extra, { status, bar }, signal) {
   const key = [kind, file.name, file.size, file.lastModified, JSON.stringify(extra)].join('|');
   if (uploaded.has(key)) return uploaded.get(key);
   status.textContent = `Uploading the ${kind} ${file.name} (${bytes(file.size)})…`;
+  setProgress(bar, 0);
+  bar.hidden = false;
   const form = new FormData();
   form.append('file', file, file.name);
   for (const [k, v] of Object.entries(extra)) if (v) form.append(k, v);
+  const onProgress = (f) => {
+    setProgress(bar, f);
+    // The server inspects the model once it has it all: say so rather than sit at 100%.
+    if (f >= 1) status.textContent = `Checking the ${kind} ${file.name}…`;
+  };
   try {
-    const res = await api(`/${kind === 'model' ? 'models' : 'datasets'}`, { method: 'POST', form, signal });
+    const res = await uploadForm(`/${kind === 'model' ? 'models' : 'datasets'}`, form, { onProgress, signal });
     uploaded.set(key, res);
     return res;
   } catch (err) {
     err.stage = `${kind} upload`;
     throw err;
+  } finally {
+    bar.hidden = true;
   }
 }
 
@@ -207,12 +222,12 @@ function jobBody(el, model, dataset) {
   return body;
 }
 
-async function submit(el, status, signal) {
+async function submit(el, progress, signal) {
   const model = await upload('model', el.modelFile.files[0],
-    { arch: el.arch.value.trim(), input_shape: el.inputShape.value.replace(/\s+/g, '') }, status, signal);
+    { arch: el.arch.value.trim(), input_shape: el.inputShape.value.replace(/\s+/g, '') }, progress, signal);
   const dataset = el.datasetFile.files.length
-    ? await upload('dataset', el.datasetFile.files[0], {}, status, signal) : null;
-  status.textContent = 'Starting the job…';
+    ? await upload('dataset', el.datasetFile.files[0], {}, progress, signal) : null;
+  progress.status.textContent = 'Starting the job…';
   try {
     return await api('/jobs', { method: 'POST', json: jobBody(el, model, dataset), headers: { 'Idempotency-Key': uuid() }, signal });
   } catch (err) {
