@@ -1,0 +1,125 @@
+"""ONNX export with the original names and dynamic dims, onnxruntime verification, .pt2."""
+
+import copy
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from contract import ExportSpec
+from worker.engine.errors import ExportFailed, VerificationFailed
+from worker.engine.export import export_onnx, save_pt2, verify_onnx
+from worker.engine.loaders import load_model
+from worker.engine.preflight import PRUNER_KWARGS, run_preflight
+from worker.engine.sniff import sniff_format
+
+
+def _dims(value) -> list:
+    return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+
+def _pruned(path, **kwargs):
+    loaded = load_model(path, **kwargs)
+    pre = run_preflight(loaded)
+    pruner = tp.pruner.MetaPruner(
+        loaded.module,
+        loaded.example_inputs(),
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=0.5,
+        ignored_layers=pre.protected,
+        **PRUNER_KWARGS,
+    )
+    pruner.step()
+    return loaded
+
+
+def test_pruned_export_keeps_names_and_dynamic_batch_and_verifies(tmp_path, res_concat_onnx):
+    loaded = _pruned(res_concat_onnx)
+    path = export_onnx(loaded.module, loaded, tmp_path / "model.onnx", ExportSpec(opset=17))
+    model = onnx.load(str(path))
+    assert [(i.name, _dims(i)) for i in model.graph.input] == [("input", ["batch", 3, 32, 32])]
+    assert [(o.name, _dims(o)) for o in model.graph.output] == [("output", ["batch", 10])]
+    assert {o.version for o in model.opset_import if o.domain in ("", "ai.onnx")} == {17}
+    assert not list(tmp_path.glob("*.partial*")) and not list(tmp_path.glob("*.data"))
+    for batch in (1, 3):
+        diff = verify_onnx(path, loaded.module, loaded.example_inputs(batch=batch, seed=batch))
+        assert diff < 1e-4
+
+
+def test_tf_style_names_and_symbolic_dims_survive(tmp_path, tf_style_onnx):
+    loaded = _pruned(tf_style_onnx)
+    path = export_onnx(loaded.module, loaded, tmp_path / "tf.onnx", ExportSpec())
+    model = onnx.load(str(path))
+    assert [(i.name, _dims(i)) for i in model.graph.input] == [("input_1:0", ["unk__0", 16, 16, 3])]
+    assert [(o.name, _dims(o)) for o in model.graph.output] == [("dense/BiasAdd:0", ["unk__0", 10])]
+    verify_onnx(path, loaded.module, loaded.example_inputs(batch=4))
+
+
+def test_two_outputs_and_non_batch_dynamic_dims(tmp_path, two_output_onnx, conv1d_onnx):
+    loaded = _pruned(two_output_onnx)
+    path = export_onnx(loaded.module, loaded, tmp_path / "two.onnx", ExportSpec())
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["class_logits", "mask"]
+    verify_onnx(path, loaded.module, loaded.example_inputs(batch=2))
+
+    loaded = _pruned(conv1d_onnx, input_shape="1,4,64")
+    path = export_onnx(loaded.module, loaded, tmp_path / "seq.onnx", ExportSpec())
+    assert _dims(onnx.load(str(path)).graph.input[0]) == ["batch", 4, "time"]
+    longer = (torch.randn(2, 4, 150),)  # another length than the one it was traced at
+    verify_onnx(path, loaded.module, longer)
+
+
+def test_static_batch_on_request(tmp_path, tiny_resnet_onnx):
+    loaded = load_model(tiny_resnet_onnx)
+    path = export_onnx(
+        loaded.module, loaded, tmp_path / "static.onnx", ExportSpec(dynamic_batch=False)
+    )
+    model = onnx.load(str(path))
+    assert _dims(model.graph.input[0]) == [1, 3, 32, 32]
+    assert _dims(model.graph.output[0]) == [1, 10]
+
+
+@pytest.mark.parametrize("opset", [13, 20])
+def test_requested_opset(tmp_path, tiny_resnet_onnx, opset):
+    loaded = load_model(tiny_resnet_onnx)
+    path = export_onnx(loaded.module, loaded, tmp_path / "m.onnx", ExportSpec(opset=opset))
+    model = onnx.load(str(path))
+    assert {o.version for o in model.opset_import if o.domain in ("", "ai.onnx")} == {opset}
+    verify_onnx(path, loaded.module, loaded.example_inputs())
+
+
+def test_verify_catches_a_wrong_model(tmp_path, tiny_resnet_onnx):
+    loaded = load_model(tiny_resnet_onnx)
+    path = export_onnx(loaded.module, loaded, tmp_path / "m.onnx", ExportSpec())
+    other = copy.deepcopy(loaded.module)
+    with torch.no_grad():
+        next(m for m in other.modules() if isinstance(m, nn.Linear)).bias.add_(1.0)
+    with pytest.raises(VerificationFailed):
+        verify_onnx(path, other, loaded.example_inputs())
+    # an explicit tolerance is honoured
+    assert verify_onnx(path, other, loaded.example_inputs(), atol=10.0) == pytest.approx(
+        1.0, abs=1e-4
+    )
+
+
+def test_a_module_with_other_outputs_is_refused(tmp_path, tiny_resnet_onnx, two_output_onnx):
+    loaded = load_model(tiny_resnet_onnx)
+    two = load_model(two_output_onnx)
+    with pytest.raises(ExportFailed):
+        export_onnx(two.module, loaded, tmp_path / "m.onnx", ExportSpec())
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_pt2_of_a_pruned_onnx_model_round_trips(tmp_path, tiny_resnet_onnx):
+    loaded = _pruned(tiny_resnet_onnx)
+    path = save_pt2(loaded.module, loaded, tmp_path / "model.pt2")
+    assert sniff_format(path) == "pt2"  # holds no pickle beyond weights
+    again = load_model(path)
+    assert again.inputs[0].name == "input" and again.inputs[0].shape[0] == "batch"
+    x = loaded.example_inputs(batch=3)
+    with torch.no_grad():
+        np.testing.assert_allclose(again.module(*x).numpy(), loaded.module(*x).numpy(), atol=1e-5)

@@ -1,0 +1,263 @@
+"""Export a (pruned) module as a drop-in replacement of the upload, and check it.
+
+`export_onnx` keeps the original input and output names and declared shapes (dynamic dims
+under their original names; the batch dynamic when `spec.dynamic_batch`), at the requested
+opset. It uses torch's TorchScript exporter (`dynamo=False`), which still ships in torch
+2.14, is fast, and honours onnx2torch's custom export of ONNX-derived modules; the
+torch.export-based exporter is the fallback. The file is written whole (no external data)
+and renamed into place after `onnx.checker` accepts it.
+
+`verify_onnx` runs the file in onnxruntime (CPU) and compares with the module.
+`save_pt2` writes a `torch.export` archive (weights as raw bytes, no pickled classes).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from contract import ExportSpec, TensorInfo
+from worker.engine.errors import ExportFailed, VerificationFailed
+from worker.engine.loaders import flatten_outputs
+from worker.engine.types import LoadedModel
+
+# verify_onnx's default tolerance: this fraction of the largest reference output magnitude
+# (at least 1). float32 graphs exported from the same weights agree to ~1e-5 relative.
+RELATIVE_TOLERANCE = 1e-3
+
+
+def export_onnx(module: nn.Module, loaded: LoadedModel, path: str | Path, spec: ExportSpec) -> Path:
+    """Write `module` as ONNX at `path` with `loaded`'s I/O names and declared shapes."""
+    import onnx
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    module.eval()
+    inputs = loaded.example_inputs(batch=1)
+    with torch.no_grad():
+        produced = len(flatten_outputs(module(*inputs)))
+    if produced != len(loaded.outputs):
+        raise ExportFailed(
+            f"the module returns {produced} outputs, the original {len(loaded.outputs)}"
+        )
+    errors = []
+    for route in (_export_torchscript, _export_dynamo):
+        try:
+            route(module, inputs, tmp, loaded, spec)
+            model = onnx.load(str(tmp))
+            _declare_shapes(model, loaded, spec)
+            onnx.checker.check_model(model)
+            onnx.save(model, str(tmp))
+            os.replace(tmp, path)
+            return path
+        except Exception as exc:  # try the next exporter, report all failures together
+            errors.append(f"{route.__name__.removeprefix('_export_')}: {_short(exc)}")
+        finally:
+            _remove(tmp)
+            _remove(Path(str(tmp) + ".data"))
+    raise ExportFailed("ONNX export failed (" + "; ".join(errors) + ")")
+
+
+def _short(exc: BaseException, limit: int = 400) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _dynamic_dims(info: TensorInfo, spec: ExportSpec) -> dict[int, str]:
+    """The dims to keep dynamic: those declared dynamic, the batch only if spec says so."""
+    dims = {}
+    for j, dim in enumerate(info.shape):
+        if isinstance(dim, int) and dim > 0:
+            continue
+        if j == 0 and not spec.dynamic_batch:
+            continue
+        dims[j] = dim if isinstance(dim, str) and dim else f"{info.name}_dim{j}"
+    return dims
+
+
+def _export_torchscript(
+    module: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    path: Path,
+    loaded: LoadedModel,
+    spec: ExportSpec,
+) -> None:
+    dynamic_axes = {
+        info.name: dims
+        for info in [*loaded.inputs, *loaded.outputs]
+        if (dims := _dynamic_dims(info, spec))
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            inputs,
+            str(path),
+            input_names=[i.name for i in loaded.inputs],
+            output_names=[o.name for o in loaded.outputs],
+            dynamic_axes=dynamic_axes or None,
+            opset_version=spec.opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+
+def _export_dynamo(
+    module: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    path: Path,
+    loaded: LoadedModel,
+    spec: ExportSpec,
+) -> None:
+    dynamic = [_dynamic_dims(info, spec) for info in loaded.inputs]
+    # torch.export specialises dims of size 1; trace at batch 2 when the batch is dynamic.
+    if any(0 in dims for dims in dynamic):
+        inputs = loaded.example_inputs(batch=2)
+    shapes = tuple({j: torch.export.Dim.DYNAMIC for j in dims} or None for dims in dynamic)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module,
+            inputs,
+            input_names=[i.name for i in loaded.inputs],
+            output_names=[o.name for o in loaded.outputs],
+            dynamic_shapes=shapes if any(s is not None for s in shapes) else None,
+            opset_version=spec.opset,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+        if program is None:
+            raise ExportFailed("the exporter returned no program")
+        program.save(str(path), external_data=False)
+
+
+def _declare_shapes(model: Any, loaded: LoadedModel, spec: ExportSpec) -> None:
+    """Give the file's inputs and outputs the upload's declared dims (names included)."""
+    for values, infos in ((model.graph.input, loaded.inputs), (model.graph.output, loaded.outputs)):
+        by_name = {v.name: v for v in values}
+        for info in infos:
+            value = by_name.get(info.name)
+            if value is None:
+                raise ExportFailed(f"the exported graph lost {info.name!r}")
+            dims = value.type.tensor_type.shape.dim
+            if len(info.shape) != len(dims):
+                continue  # declared rank unknown or different: keep what the exporter inferred
+            dynamic = _dynamic_dims(info, spec)
+            for j, (declared, dim) in enumerate(zip(info.shape, dims, strict=True)):
+                if j in dynamic:
+                    dim.dim_param = dynamic[j]
+                elif isinstance(declared, int) and declared > 0:
+                    dim.dim_value = declared
+                elif dim.HasField("dim_param"):  # the batch, fixed at export: batch 1
+                    dim.dim_value = 1
+
+
+# --- verification ---------------------------------------------------------------------------
+
+
+def verify_onnx(
+    path: str | Path,
+    module: nn.Module,
+    inputs: Sequence[torch.Tensor],
+    *,
+    atol: float | None = None,
+) -> float:
+    """Max abs difference between onnxruntime (CPU) on `path` and `module` on `inputs`.
+
+    Raises VerificationFailed when outputs differ in number or shape, are not finite, or
+    differ by more than `atol` (default: RELATIVE_TOLERANCE x the largest reference
+    magnitude, at least 1).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feeds = {
+            spec.name: t.detach().cpu().float().numpy()
+            for spec, t in zip(session.get_inputs(), inputs, strict=True)
+        }
+        got = session.run(None, feeds)
+    except Exception as exc:
+        raise VerificationFailed(
+            f"onnxruntime cannot run the exported model: {_short(exc)}"
+        ) from exc
+    module.eval()
+    with torch.no_grad():
+        ref = flatten_outputs(module(*inputs))
+    if len(got) != len(ref):
+        raise VerificationFailed(f"onnxruntime returns {len(got)} outputs, torch {len(ref)}")
+    worst = 0.0
+    scale = 1.0
+    for i, (ort_out, torch_out) in enumerate(zip(got, ref, strict=True)):
+        theirs = torch.from_numpy(ort_out)
+        if tuple(theirs.shape) != tuple(torch_out.shape):
+            raise VerificationFailed(
+                f"output {i}: onnxruntime shape {list(theirs.shape)}, torch {list(torch_out.shape)}"
+            )
+        if theirs.numel() == 0:
+            continue
+        ours = torch_out.detach().cpu().to(theirs.dtype)
+        if not theirs.is_floating_point():
+            if not torch.equal(theirs, ours):
+                raise VerificationFailed(f"output {i}: onnxruntime and torch disagree")
+            continue
+        if not bool(torch.isfinite(theirs).all()) or not bool(torch.isfinite(ours).all()):
+            raise VerificationFailed(f"output {i} is not finite")
+        worst = max(worst, (theirs.double() - ours.double()).abs().max().item())
+        scale = max(scale, ours.abs().max().item())
+    tolerance = atol if atol is not None else RELATIVE_TOLERANCE * scale
+    if worst > tolerance:
+        raise VerificationFailed(
+            f"onnxruntime and torch outputs differ by {worst:.3g} (tolerance {tolerance:.3g})"
+        )
+    return worst
+
+
+# --- torch.export ---------------------------------------------------------------------------
+
+
+def save_pt2(module: nn.Module, loaded: LoadedModel, path: str | Path) -> Path:
+    """Write `module` as a `torch.export` archive (`torch.export.load` reads it back)."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.stem}.partial{path.suffix or '.pt2'}")
+    module.eval()
+    dynamic_batch = any(not isinstance(i.shape[0], int) for i in loaded.inputs if i.shape)
+    attempts: list[tuple[tuple[torch.Tensor, ...], Any]] = []
+    if dynamic_batch:
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        shapes = tuple(
+            {0: batch} if i.shape and not isinstance(i.shape[0], int) else None
+            for i in loaded.inputs
+        )
+        attempts.append((loaded.example_inputs(batch=2), shapes))
+    attempts.append((loaded.example_inputs(batch=1), None))
+    errors = []
+    for inputs, shapes in attempts:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                program = torch.export.export(module, inputs, dynamic_shapes=shapes, strict=False)
+                torch.export.save(program, str(tmp))
+            os.replace(tmp, path)
+            return path
+        except Exception as exc:
+            errors.append(_short(exc))
+        finally:
+            _remove(tmp)
+    raise ExportFailed("torch.export failed: " + "; ".join(errors))

@@ -1,0 +1,1013 @@
+"""Load any supported upload into a `LoadedModel`: an eval-mode float32 CPU nn.Module that
+torch-pruning's DependencyGraph can analyse, plus the original I/O contract.
+
+- ONNX: checks (external data, non-finite weights), onnxslim clean-up at the concrete
+  input shape (batch kept symbolic), onnx2torch, then `onnx_converters.make_prunable`;
+  the result is checked against onnxruntime on the original bytes.
+- `.pt2` (`torch.export.save`): `ExportedProgram.module()`, with aten convolutions,
+  linears and norms raised back into nn layers (torch-pruning prunes layers, not aten
+  calls) and constant reshapes made channel-agnostic.
+- weights only (safetensors, or a torch.save'd state_dict read with weights_only after
+  `sniff` checked its pickle): `arch` such as `torchvision:resnet18` or `timm:resnet50`,
+  built with random init (no download), `num_classes` taken from the classifier weight.
+"""
+
+from __future__ import annotations
+
+import keyword
+import math
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from contract import TensorInfo
+from worker.engine.errors import EngineError, UnsupportedModel
+from worker.engine.sniff import sniff_format
+from worker.engine.types import LoadedModel
+
+InputShape = str | Sequence[int] | Sequence[Sequence[int]] | None
+
+DEFAULT_ARCH_INPUT_SHAPE = (1, 3, 224, 224)
+MAX_INPUT_ELEMENTS = 1 << 27  # 128 Mi floats (512 MiB) per input at batch 1
+_CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights", "params", "module")
+
+
+def load_model(
+    path: str | Path, *, arch: str | None = None, input_shape: InputShape = None
+) -> LoadedModel:
+    """Load the model at `path` (format detected from its bytes). Raises UnsupportedModel."""
+    path = Path(path)
+    fmt = sniff_format(path)
+    shapes = parse_input_shape(input_shape)
+    if fmt == "onnx":
+        loaded = _load_onnx(path, shapes)
+    elif fmt == "pt2":
+        loaded = _load_pt2(path, shapes)
+    elif fmt in ("safetensors", "state_dict"):
+        loaded = _load_weights(path, fmt, arch, shapes)
+    else:
+        raise UnsupportedModel(f"a {fmt} file is not a model")
+    if arch and fmt in ("onnx", "pt2"):
+        loaded.notes.append(f"arch {arch!r} ignored: a {fmt} file carries its own architecture")
+    loaded.source_path = path
+    loaded.module.eval()
+    return loaded
+
+
+# --- shapes -------------------------------------------------------------------------------
+
+
+def parse_input_shape(value: InputShape) -> list[tuple[int, ...]] | None:
+    """`"1,3,224,224"` (inputs separated by `;`), a list of ints, or a list of lists."""
+    if value is None or value == "" or value == []:
+        return None
+    try:
+        if isinstance(value, str):
+            shapes = [
+                tuple(int(v) for v in re.split(r"[,x ]+", part.strip().strip("[]()")) if v)
+                for part in value.split(";")
+                if part.strip()
+            ]
+        elif all(isinstance(v, int | np.integer) for v in value):
+            shapes = [tuple(int(v) for v in value)]  # type: ignore[arg-type]
+        else:
+            shapes = [tuple(int(v) for v in shape) for shape in value]  # type: ignore[union-attr]
+    except (TypeError, ValueError) as exc:
+        raise UnsupportedModel(
+            f"input_shape {value!r} is not a list of integers such as 1,3,224,224",
+            code="input_shape_mismatch",
+        ) from exc
+    for shape in shapes:
+        if not shape or len(shape) > 8 or any(d < 1 for d in shape):
+            raise UnsupportedModel(
+                f"input_shape {value!r} needs 1 to 8 positive dimensions",
+                code="input_shape_mismatch",
+            )
+        if math.prod(shape[1:]) > MAX_INPUT_ELEMENTS:
+            raise UnsupportedModel(f"input_shape {shape} is too large", code="too_large")
+    return shapes
+
+
+def resolve_input_shapes(
+    inputs: Sequence[TensorInfo], given: list[tuple[int, ...]] | None
+) -> list[tuple[int, ...]]:
+    """Concrete batch-1 shapes: `given` fills dynamic dims and must agree with fixed ones."""
+    if given is not None and len(given) > len(inputs):
+        raise UnsupportedModel(
+            f"input_shape gives {len(given)} shapes but the model has {len(inputs)} input(s)",
+            code="input_shape_mismatch",
+        )
+    concrete = []
+    for i, info in enumerate(inputs):
+        declared = info.shape
+        shape = given[i] if given is not None and i < len(given) else None
+        if shape is not None and len(shape) != len(declared):
+            raise UnsupportedModel(
+                f"input {info.name!r} has {len(declared)} dimensions {_fmt(declared)}, "
+                f"input_shape gives {len(shape)}: {list(shape)}",
+                code="input_shape_mismatch",
+            )
+        dims: list[int] = []
+        for j, dim in enumerate(declared):
+            if isinstance(dim, int) and dim > 0:
+                if shape is not None and shape[j] != dim:
+                    raise UnsupportedModel(
+                        f"input {info.name!r} is declared {_fmt(declared)}: dimension {j} is "
+                        f"fixed at {dim}, input_shape says {shape[j]}",
+                        code="input_shape_mismatch",
+                    )
+                dims.append(dim)
+            elif j == 0:
+                dims.append(1)  # the batch
+            elif shape is not None:
+                dims.append(shape[j])
+            else:
+                example = ",".join(
+                    "1" if k == 0 else str(d) if isinstance(d, int) and d > 0 else "N"
+                    for k, d in enumerate(declared)
+                )
+                raise UnsupportedModel(
+                    f"input {info.name!r} is declared {_fmt(declared)}: dimension {j} is "
+                    f"dynamic, so input_shape is required (e.g. {example})",
+                    code="input_shape_required",
+                )
+        if math.prod(dims[1:]) > MAX_INPUT_ELEMENTS:
+            raise UnsupportedModel(
+                f"input {info.name!r} of shape {dims} is too large", code="too_large"
+            )
+        concrete.append(tuple(dims))
+    return concrete
+
+
+def _fmt(shape: Sequence[Any]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def flatten_outputs(out: Any) -> tuple[torch.Tensor, ...]:
+    """A model's outputs as a flat tuple of tensors (tensor, tuple/list, dict values)."""
+    if isinstance(out, torch.Tensor):
+        return (out,)
+    if isinstance(out, Mapping):
+        out = list(out.values())
+    if isinstance(out, list | tuple):
+        return tuple(t for item in out for t in flatten_outputs(item))
+    raise UnsupportedModel(
+        f"the model returns {type(out).__name__}; only tensors (or tuples/dicts of tensors) "
+        "are supported"
+    )
+
+
+def _run(module: nn.Module, inputs: Sequence[torch.Tensor], what: str) -> tuple[torch.Tensor, ...]:
+    try:
+        with torch.no_grad():
+            return flatten_outputs(module(*inputs))
+    except EngineError:
+        raise
+    except Exception as exc:
+        shapes = ", ".join(str(list(t.shape)) for t in inputs)
+        raise UnsupportedModel(
+            f"{what} does not run at input shape {shapes}: {_short(exc)}",
+            code="input_shape_mismatch",
+        ) from exc
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _example(shapes: Sequence[tuple[int, ...]]) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(0)
+    return tuple(torch.randn(shape, generator=gen) for shape in shapes)
+
+
+def _check_finite_tensors(named: Mapping[str, torch.Tensor] | Sequence[tuple[str, Any]]) -> None:
+    items = named.items() if isinstance(named, Mapping) else named
+    for name, tensor in items:
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            if not bool(torch.isfinite(tensor).all()):
+                raise UnsupportedModel(
+                    f"weight {name!r} contains NaN or infinite values", code="non_finite_weights"
+                )
+
+
+# --- ONNX ---------------------------------------------------------------------------------
+
+_ONNX_FLOAT_TYPES = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16"}
+
+
+def _load_onnx(path: Path, given: list[tuple[int, ...]] | None) -> LoadedModel:
+    import onnx
+
+    data = path.read_bytes()
+    try:
+        model = onnx.load_model_from_string(data)
+    except Exception as exc:
+        raise UnsupportedModel(f"not a valid ONNX model: {_short(exc)}") from exc
+    _check_onnx_tensors(model)
+    graph = model.graph
+    if not graph.node or not graph.output:
+        raise UnsupportedModel("the ONNX graph has no nodes or no outputs")
+    initializer_names = {t.name for t in graph.initializer}
+    inputs = [_tensor_info(v) for v in graph.input if v.name not in initializer_names]
+    outputs = [_tensor_info(v) for v in graph.output]
+    if not inputs:
+        raise UnsupportedModel("the ONNX graph has no inputs")
+    for info in inputs:
+        if info.dtype != "float32":
+            raise UnsupportedModel(
+                f"input {info.name!r} is {info.dtype}; only float32 inputs are supported",
+                code="unsupported_op",
+            )
+    shapes = resolve_input_shapes(inputs, given)
+    example = _example(shapes)
+    reference = _onnxruntime_outputs(model, data, inputs, example)
+
+    prepared = _prepare_onnx(model, shapes)
+    module: Any = _onnx_to_torch(prepared, [o.name for o in outputs], example, reference)
+    _name_placeholders(module, [i.name for i in inputs])
+    notes = [f"ONNX opset {_opset(model)}, producer {model.producer_name or 'unknown'}"]
+    return LoadedModel(module, "onnx", inputs, outputs, shapes, notes=notes)
+
+
+def _opset(model: Any) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _tensor_info(value: Any) -> TensorInfo:
+    tensor_type = value.type.tensor_type
+    dtype = _ONNX_FLOAT_TYPES.get(tensor_type.elem_type)
+    if dtype is None:
+        import onnx
+
+        try:
+            dtype = str(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+        except Exception:
+            dtype = f"onnx:{tensor_type.elem_type}"
+    shape: list[int | str | None] = []
+    if tensor_type.HasField("shape"):
+        for dim in tensor_type.shape.dim:
+            if dim.HasField("dim_value"):
+                shape.append(int(dim.dim_value))
+            elif dim.HasField("dim_param"):
+                shape.append(dim.dim_param)
+            else:
+                shape.append(None)
+    return TensorInfo(name=value.name, shape=shape, dtype=dtype)
+
+
+def _iter_onnx_tensors(graph: Any) -> Any:
+    """Every TensorProto in a graph: initializers, Constant values, subgraphs."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("sparse_tensor"):
+                yield attr.sparse_tensor.values
+            if attr.HasField("g"):
+                yield from _iter_onnx_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _iter_onnx_tensors(sub)
+
+
+def _check_onnx_tensors(model: Any) -> None:
+    """Refuse external data (it would read other files) and non-finite weights."""
+    import onnx
+    from onnx import numpy_helper
+
+    tensors = list(_iter_onnx_tensors(model.graph))
+    for function in model.functions:
+        for node in function.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    tensors.append(attr.t)
+    for tensor in tensors:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
+            raise UnsupportedModel(
+                f"tensor {tensor.name!r} is stored as external data; upload a single-file ONNX "
+                "model with its weights embedded",
+                code="external_data_forbidden",
+            )
+    for tensor in tensors:
+        if tensor.data_type not in (1, 10, 11, 16):
+            continue
+        try:
+            array = numpy_helper.to_array(tensor)
+        except Exception as exc:
+            raise UnsupportedModel(f"tensor {tensor.name!r} is corrupt: {_short(exc)}") from exc
+        if array.size and not np.isfinite(array.astype(np.float32, copy=False)).all():
+            raise UnsupportedModel(
+                f"weight {tensor.name!r} contains NaN or infinite values", code="non_finite_weights"
+            )
+
+
+def _onnxruntime_outputs(
+    model: Any, data: bytes, inputs: Sequence[TensorInfo], example: Sequence[torch.Tensor]
+) -> list[np.ndarray]:
+    """The original model's outputs in onnxruntime: the reference for the conversion."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = 2
+    feeds = {info.name: t.numpy() for info, t in zip(inputs, example, strict=True)}
+    try:
+        try:
+            session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            if "IR version" not in str(exc):
+                raise
+            # A newer onnx package stamped a newer IR version than this onnxruntime reads;
+            # the opsets decide what the graph means, so stamp the oldest that allows them.
+            older = onnx.ModelProto()
+            older.CopyFrom(model)
+            older.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import))
+            session = ort.InferenceSession(
+                older.SerializeToString(), options, providers=["CPUExecutionProvider"]
+            )
+        return list(session.run(None, feeds))
+    except Exception as exc:
+        raise UnsupportedModel(f"onnxruntime cannot run the model: {_short(exc)}") from exc
+
+
+def _prepare_onnx(model: Any, shapes: Sequence[tuple[int, ...]]) -> Any:
+    """Fix the non-batch dims at the concrete shape, then let onnxslim fold constants,
+    infer shapes and fuse (Conv+BN, Conv+Mul/Add, MatMul+Add -> Gemm)."""
+    import onnx
+
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    initializer_names = {t.name for t in work.graph.initializer}
+    graph_inputs = [v for v in work.graph.input if v.name not in initializer_names]
+    for value, shape in zip(graph_inputs, shapes, strict=True):
+        for j, dim in enumerate(value.type.tensor_type.shape.dim):
+            if j > 0 and not dim.HasField("dim_value"):
+                dim.dim_value = shape[j]
+            elif j == 0 and not dim.HasField("dim_value"):
+                dim.dim_param = dim.dim_param or "batch"
+    _drop_reshape_allowzero(work)
+    try:
+        import onnxslim
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            slimmed = onnxslim.slim(work)
+        if slimmed is not None:
+            work = slimmed
+    except Exception:  # onnxslim is an optimisation: convert the unslimmed graph instead
+        pass
+    return work
+
+
+def _drop_reshape_allowzero(model: Any) -> None:
+    """`allowzero=1` only differs from the default when the target shape holds a literal
+    0; real shapes never do, and onnx2torch refuses the attribute."""
+    from onnx import numpy_helper
+
+    constants = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "Reshape":
+            continue
+        for attr in list(node.attribute):
+            if attr.name == "allowzero" and attr.i == 1:
+                shape = constants.get(node.input[1]) if len(node.input) > 1 else None
+                if shape is not None and (numpy_helper.to_array(shape) == 0).any():
+                    continue  # a genuine zero-size reshape: leave it to fail clearly
+                node.attribute.remove(attr)
+
+
+def _onnx_to_torch(
+    model: Any,
+    output_names: list[str],
+    example: tuple[torch.Tensor, ...],
+    reference: list[np.ndarray],
+) -> nn.Module:
+    import onnx2torch
+
+    import worker.engine.onnx_converters as conv
+
+    _check_converters(model)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gm = onnx2torch.convert(model, attach_onnx_mapping=True)
+    except NotImplementedError as exc:
+        raise UnsupportedModel(
+            f"unsupported ONNX construct: {_short(exc)}", code="unsupported_op"
+        ) from exc
+    except Exception as exc:
+        raise UnsupportedModel(f"cannot convert the ONNX graph: {_short(exc)}") from exc
+    try:
+        gm = conv.fix_outputs(gm.float().eval(), output_names)
+    except NotImplementedError as exc:
+        raise UnsupportedModel(
+            f"unsupported ONNX graph: {_short(exc)}", code="unsupported_op"
+        ) from exc
+    _compare(_run(gm, example, "the converted model"), reference, "the converted model")
+    try:
+        prunable = conv.make_prunable(gm, example)
+        _compare(_run(prunable, example, "the rewritten model"), reference, "the rewritten model")
+        return prunable
+    except Exception as exc:
+        # The rewrites only make more of the graph prunable; the plain conversion is right.
+        warnings.warn(f"graph rewrites skipped: {_short(exc)}", stacklevel=2)
+        gm = onnx2torch.convert(model, attach_onnx_mapping=True).float().eval()
+        return conv.fix_outputs(gm, output_names)
+
+
+def _name_placeholders(gm: fx.GraphModule, names: Sequence[str]) -> None:
+    """Name the forward's arguments after the ONNX inputs (torch.export and the .pt2
+    archive show them), as identifiers."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    taken = {n.name for n in gm.graph.nodes if n.op != "placeholder"}
+    for node, name in zip(placeholders, names, strict=False):
+        ident = re.sub(r"\W", "_", name)
+        ident = ident if ident and not ident[0].isdigit() else f"input_{ident}"
+        while ident in taken or keyword.iskeyword(ident):
+            ident += "_"
+        taken.add(ident)
+        node.target = ident
+        node.name = ident
+    gm.recompile()
+
+
+def _check_converters(model: Any) -> None:
+    """Name every op onnx2torch cannot convert, before it fails on the first one."""
+    from onnx2torch.node_converters.registry import get_converter
+
+    import worker.engine.onnx_converters  # noqa: F401  (registers the extra converters)
+
+    opsets = {o.domain or "": o.version for o in model.opset_import}
+    opsets[""] = opsets.get("", opsets.get("ai.onnx", 0))
+    missing = set()
+    for node in model.graph.node:
+        domain = "" if node.domain in ("", "ai.onnx") else node.domain
+        try:
+            get_converter(operation_type=node.op_type, version=opsets.get(domain, 0), domain=domain)
+        except NotImplementedError:
+            missing.add(
+                f"{node.op_type} ({domain + ' ' if domain else ''}opset {opsets.get(domain, 0)})"
+            )
+    if missing:
+        raise UnsupportedModel(
+            "unsupported ONNX op(s): " + ", ".join(sorted(missing)), code="unsupported_op"
+        )
+
+
+def _compare(ours: Sequence[torch.Tensor], reference: Sequence[np.ndarray], what: str) -> None:
+    if len(ours) != len(reference):
+        raise UnsupportedModel(
+            f"{what} returns {len(ours)} outputs, onnxruntime {len(reference)}",
+            code="unsupported_op",
+        )
+    for i, (mine, ref) in enumerate(zip(ours, reference, strict=True)):
+        ref_t = torch.from_numpy(np.asarray(ref))
+        if tuple(mine.shape) != tuple(ref_t.shape):
+            raise UnsupportedModel(
+                f"{what}: output {i} has shape {list(mine.shape)}, onnxruntime gives "
+                f"{list(ref_t.shape)}",
+                code="unsupported_op",
+            )
+        if not ref_t.is_floating_point():
+            if not torch.equal(mine.to(ref_t.dtype), ref_t):
+                raise UnsupportedModel(
+                    f"{what}: output {i} differs from onnxruntime", code="unsupported_op"
+                )
+            continue
+        diff = (mine.float() - ref_t.float()).abs().max().item() if ref_t.numel() else 0.0
+        scale = max(1.0, ref_t.float().abs().max().item() if ref_t.numel() else 0.0)
+        if not diff <= 1e-3 * scale:
+            raise UnsupportedModel(
+                f"{what} disagrees with onnxruntime on output {i} (max abs diff {diff:.3g})",
+                code="unsupported_op",
+            )
+
+
+# --- torch.export archives ------------------------------------------------------------------
+
+
+def _load_pt2(path: Path, given: list[tuple[int, ...]] | None) -> LoadedModel:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.load(str(path))
+        module = program.module()
+    except Exception as exc:
+        raise UnsupportedModel(f"cannot load the torch.export archive: {_short(exc)}") from exc
+    placeholders = [n for n in program.graph.nodes if n.op == "placeholder"]
+    user_inputs = list(program.graph_signature.user_inputs)
+    by_name = {n.name: n for n in placeholders}
+    inputs = []
+    for name in user_inputs:
+        value = by_name[name].meta.get("val") if name in by_name else None
+        if not isinstance(value, torch.Tensor):
+            raise UnsupportedModel(
+                f"input {name!r} is not a tensor; only tensor inputs are supported"
+            )
+        if value.dtype != torch.float32:
+            raise UnsupportedModel(
+                f"input {name!r} is {value.dtype}; only float32 inputs are supported",
+                code="unsupported_op",
+            )
+        inputs.append(TensorInfo(name=name, shape=_symbolic_shape(value), dtype="float32"))
+    output_node = next(n for n in program.graph.nodes if n.op == "output")
+    output_values = [
+        a.meta.get("val") if isinstance(a, fx.Node) else None for a in output_node.args[0]
+    ]
+    user_outputs = list(program.graph_signature.user_outputs)
+    outputs = [
+        TensorInfo(name=str(name), shape=_symbolic_shape(v) if isinstance(v, torch.Tensor) else [])
+        for name, v in zip(user_outputs, output_values[-len(user_outputs) :], strict=False)
+    ]
+    shapes = resolve_input_shapes(inputs, given)
+    _check_finite_tensors(list(module.state_dict().items()))
+    example = _example(shapes)
+    reference = _run(module, example, "the exported program")
+    module = raise_aten_layers(_plain_graph_module(module), example)
+    after = _run(module, example, "the exported program (with layers)")
+    if len(after) != len(reference) or any(
+        a.shape != r.shape or not torch.allclose(a, r, rtol=1e-4, atol=1e-5)
+        for a, r in zip(after, reference, strict=True)
+    ):
+        raise UnsupportedModel("re-expressing the exported program as layers changed its outputs")
+    return LoadedModel(module, "pt2", inputs, outputs, shapes)
+
+
+def _symbolic_shape(value: torch.Tensor) -> list[int | str | None]:
+    shape: list[int | str | None] = []
+    for j, dim in enumerate(value.shape):
+        if isinstance(dim, int):
+            shape.append(dim)
+        else:
+            shape.append("batch" if j == 0 else str(dim))
+    return shape
+
+
+def _plain_graph_module(unlifted: fx.GraphModule) -> fx.GraphModule:
+    """A regular GraphModule (`.eval()`/`.train()` work, flat positional inputs) from
+    `ExportedProgram.module()`, sharing its parameters and buffers."""
+    graph = unlifted.graph
+    for node in list(graph.nodes):
+        if node.op == "call_module" and str(node.target) == "_guards_fn":
+            graph.erase_node(node)
+    graph.set_codegen(fx.graph.CodeGen())
+    output = next(n for n in graph.nodes if n.op == "output")
+    values = output.args[0]
+    if isinstance(values, list | tuple) and len(values) == 1:
+        output.args = (values[0],)
+    elif isinstance(values, list):
+        output.args = (tuple(values),)
+    return fx.GraphModule(unlifted, graph)
+
+
+def raise_aten_layers(gm: fx.GraphModule, example: Sequence[torch.Tensor]) -> fx.GraphModule:
+    """Turn aten convolution/linear/norm calls on parameters back into nn layers."""
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    import worker.engine.onnx_converters as conv
+
+    graph = gm.graph
+    with torch.no_grad():
+        ShapeProp(gm).propagate(*example)
+    aten = torch.ops.aten
+    for node in list(graph.nodes):
+        if node.op != "call_function":
+            continue
+        target = node.target
+        layer: nn.Module | None = None
+        if target in (
+            aten.conv1d.default,
+            aten.conv2d.default,
+            aten.conv3d.default,
+            aten.conv1d.padding,
+            aten.conv2d.padding,
+            aten.conv3d.padding,
+        ):
+            layer = _conv_layer(gm, node, transposed=False)
+        elif target in (
+            aten.conv_transpose1d.default,
+            aten.conv_transpose2d.input,
+            aten.conv_transpose3d.input,
+        ):
+            layer = _conv_layer(gm, node, transposed=True)
+        elif target is aten.linear.default:
+            layer = _linear_layer(gm, node)
+        elif target in (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default):
+            layer = _batch_norm_layer(gm, node)
+        elif target is aten.layer_norm.default:
+            layer = _layer_norm_layer(gm, node)
+        elif target is aten.group_norm.default:
+            layer = _group_norm_layer(gm, node)
+        elif target in (aten.view.default, aten.reshape.default, aten._unsafe_view.default):
+            conv.symbolic_reshape(gm, node, node.args[0], list(node.args[1]))
+            continue
+        if layer is None:
+            continue
+        layer.eval()  # the graph baked eval-mode norms in; .train() later is the caller's choice
+        name = _install(gm, node, layer)
+        with graph.inserting_before(node):
+            new = graph.call_module(name, (node.args[0],))
+        if target is aten._native_batch_norm_legit_no_training.default:
+            for user in list(node.users):
+                if user.op == "call_function" and user.args[1] == 0:
+                    user.replace_all_uses_with(new)
+        else:
+            node.replace_all_uses_with(new)
+    graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    graph.lint()
+    gm.recompile()
+    return gm
+
+
+def _param(gm: fx.GraphModule, node: Any) -> torch.Tensor | None:
+    if node is None:
+        return None
+    if not isinstance(node, fx.Node) or node.op != "get_attr":
+        raise ValueError("not a parameter")
+    obj: Any = gm
+    for part in str(node.target).split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _adopt(layer: nn.Module, name: str, tensor: torch.Tensor | None) -> None:
+    """Give `layer` the very tensor object the graph used (shared, not copied)."""
+    if tensor is None:
+        setattr(layer, name, None)
+    elif isinstance(tensor, nn.Parameter):
+        layer._parameters[name] = tensor
+    else:
+        layer._parameters.pop(name, None)
+        layer._buffers[name] = tensor
+
+
+def _conv_layer(gm: fx.GraphModule, node: fx.Node, transposed: bool) -> nn.Module | None:
+    args: list[Any] = list(node.args) + [None] * 8
+    try:
+        weight, bias = _param(gm, args[1]), _param(gm, args[2])
+    except ValueError:
+        return None
+    assert weight is not None
+    spatial = weight.dim() - 2
+
+    def dims(value: Any, default: int) -> Any:
+        if isinstance(value, str):
+            return value  # padding="same" / "valid"
+        values = (
+            list(value)
+            if isinstance(value, list | tuple)
+            else [default if value is None else value]
+        )
+        return tuple(values * spatial if len(values) == 1 else values)
+
+    if transposed:
+        stride, padding, output_padding, groups, dilation = (
+            dims(args[3], 1),
+            dims(args[4], 0),
+            dims(args[5], 0),
+            args[6] or 1,
+            dims(args[7], 1),
+        )
+        cls: Any = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)[spatial - 1]
+        layer = cls(
+            weight.shape[0],
+            weight.shape[1] * groups,
+            tuple(weight.shape[2:]),
+            stride=stride,
+            padding=padding,
+            output_padding=output_padding,
+            groups=groups,
+            dilation=dilation,
+            bias=bias is not None,
+        )
+    else:
+        stride, padding, dilation, groups = (
+            dims(args[3], 1),
+            dims(args[4], 0),
+            dims(args[5], 1),
+            args[6] or 1,
+        )
+        cls = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[spatial - 1]
+        layer = cls(
+            weight.shape[1] * groups,
+            weight.shape[0],
+            tuple(weight.shape[2:]),
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=bias is not None,
+        )
+    _adopt(layer, "weight", weight)
+    _adopt(layer, "bias", bias)
+    return layer
+
+
+def _linear_layer(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    args: list[Any] = list(node.args) + [None]
+    try:
+        weight, bias = _param(gm, args[1]), _param(gm, args[2])
+    except ValueError:
+        return None
+    assert weight is not None
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    _adopt(layer, "weight", weight)
+    _adopt(layer, "bias", bias)
+    return layer
+
+
+def _batch_norm_layer(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    args: list[Any] = list(node.args)
+    x = args[0]
+    try:
+        weight, bias, mean, var = (_param(gm, a) for a in args[1:5])
+    except ValueError:
+        return None
+    rank = len(x.meta["tensor_meta"].shape) if "tensor_meta" in getattr(x, "meta", {}) else 4
+    if mean is None or var is None:
+        return None
+    if node.target is torch.ops.aten.batch_norm.default:
+        momentum, eps = args[6], args[7]
+    else:
+        momentum, eps = args[5], args[6]
+    cls = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}[rank]
+    layer = cls(mean.shape[0], eps=eps, momentum=momentum, affine=weight is not None)
+    _adopt(layer, "weight", weight)
+    _adopt(layer, "bias", bias)
+    _adopt(layer, "running_mean", mean)
+    _adopt(layer, "running_var", var)
+    return layer
+
+
+def _layer_norm_layer(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    args: list[Any] = list(node.args) + [None] * 4
+    try:
+        weight, bias = _param(gm, args[2]), _param(gm, args[3])
+    except ValueError:
+        return None
+    layer = nn.LayerNorm(
+        list(args[1]),
+        eps=args[4] if args[4] is not None else 1e-5,
+        elementwise_affine=weight is not None,
+        bias=bias is not None,
+    )
+    _adopt(layer, "weight", weight)
+    _adopt(layer, "bias", bias)
+    return layer
+
+
+def _group_norm_layer(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    args: list[Any] = list(node.args) + [None] * 4
+    try:
+        weight, bias = _param(gm, args[2]), _param(gm, args[3])
+    except ValueError:
+        return None
+    channels = args[0].meta["tensor_meta"].shape[1]
+    layer = nn.GroupNorm(
+        args[1], channels, eps=args[4] if args[4] is not None else 1e-5, affine=weight is not None
+    )
+    _adopt(layer, "weight", weight)
+    _adopt(layer, "bias", bias)
+    return layer
+
+
+def _install(gm: fx.GraphModule, node: fx.Node, layer: nn.Module) -> str:
+    """Put `layer` where its weight's owner was (`layer1.0.conv1`), when that owner is a
+    bare container of exactly these tensors; else beside it under a fresh name."""
+    weight = next((a for a in node.args[1:] if isinstance(a, fx.Node) and a.op == "get_attr"), None)
+    path = (
+        str(weight.target).rsplit(".", 1)[0]
+        if weight is not None and "." in str(weight.target)
+        else ""
+    )
+    if path:
+        owner = gm.get_submodule(path)
+        held = set(layer._parameters) | set(layer._buffers)
+        own = set(owner._parameters) | set(owner._buffers)
+        if type(owner) is nn.Module and not owner._modules and own <= held:
+            for name in own:  # e.g. num_batches_tracked: keep the very tensor
+                tensor = getattr(owner, name)
+                if tensor is not None and getattr(layer, name, None) is not tensor:
+                    _adopt(layer, name, tensor)
+            parent, _, leaf = path.rpartition(".")
+            setattr(gm.get_submodule(parent) if parent else gm, leaf, layer)
+            return path
+    base = (path or str(node.name)).replace(".", "_")
+    name, i = base, 1
+    while hasattr(gm, name):
+        name, i = f"{base}_{i}", i + 1
+    gm.add_submodule(name, layer)
+    return name
+
+
+# --- weights + arch -------------------------------------------------------------------------
+
+
+def _load_weights(
+    path: Path, fmt: str, arch: str | None, given: list[tuple[int, ...]] | None
+) -> LoadedModel:
+    if not arch:
+        raise UnsupportedModel(
+            f"a {fmt} file holds weights only: give arch too (e.g. torchvision:resnet18 or "
+            "timm:resnet50)",
+            code="unknown_arch",
+        )
+    weights = _read_weights(path, fmt)
+    _check_finite_tensors(weights)
+    module = build_arch(arch, num_classes=None)
+    num_classes = _infer_num_classes(module, weights)
+    if num_classes is not None:
+        module = build_arch(arch, num_classes=num_classes)
+    weights = _match_prefix(module, weights)
+    _load_state(module, weights, arch)
+    module = module.float().eval()
+    shapes = given or [DEFAULT_ARCH_INPUT_SHAPE]
+    if len(shapes) != 1:
+        raise UnsupportedModel("an arch model has one input", code="input_shape_mismatch")
+    shapes = [(1, *shapes[0][1:])]
+    example = _example(shapes)
+    with torch.no_grad():
+        raw = _run_raw(module, example)
+    names = list(raw.keys()) if isinstance(raw, Mapping) else None
+    if names is not None:
+        module = _DictToTuple(module)
+    out = flatten_outputs(raw)
+    if names is None or len(names) != len(out):
+        names = ["output"] if len(out) == 1 else [f"output_{i}" for i in range(len(out))]
+    inputs = [TensorInfo(name="input", shape=["batch", *shapes[0][1:]])]
+    outputs = [
+        TensorInfo(name=n, shape=["batch", *t.shape[1:]] if t.dim() else [])
+        for n, t in zip(names, out, strict=True)
+    ]
+    notes = [f"{arch} built with random init, weights loaded from the upload"]
+    if num_classes is not None:
+        notes.append(f"num_classes={num_classes} (from the classifier weights)")
+    return LoadedModel(module, fmt, inputs, outputs, shapes, arch=arch, notes=notes)
+
+
+def _run_raw(module: nn.Module, example: Sequence[torch.Tensor]) -> Any:
+    try:
+        return module(*example)
+    except Exception as exc:
+        shapes = ", ".join(str(list(t.shape)) for t in example)
+        raise UnsupportedModel(
+            f"the model does not run at input shape {shapes}: {_short(exc)}",
+            code="input_shape_mismatch",
+        ) from exc
+
+
+class _DictToTuple(nn.Module):
+    """Wraps a model that returns a dict (torchvision segmentation) to return its values."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.model(*args).values())
+
+
+def _read_weights(path: Path, fmt: str) -> dict[str, torch.Tensor]:
+    try:
+        if fmt == "safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except EngineError:
+        raise
+    except Exception as exc:
+        raise UnsupportedModel(f"cannot read the weights: {_short(exc)}") from exc
+    state = _find_state_dict(obj)
+    if state is None:
+        raise UnsupportedModel("the file holds no state_dict (a mapping of names to tensors)")
+    return state
+
+
+def _find_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
+    if not isinstance(obj, Mapping):
+        return None
+    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if tensors and len(tensors) == len(obj):
+        return dict(tensors)
+    for key in _CHECKPOINT_KEYS:  # a checkpoint: {"state_dict": {...}, "epoch": 3, ...}
+        found = _find_state_dict(obj.get(key))
+        if found:
+            return found
+    return dict(tensors) if tensors else None
+
+
+def build_arch(arch: str, *, num_classes: int | None = None) -> nn.Module:
+    """`torchvision:NAME` or `timm:NAME` (a bare NAME tries torchvision, then timm), with
+    random init and no download."""
+    source, _, name = arch.partition(":")
+    if not name:
+        source, name = "", source
+    source = source.strip().lower()
+    name = name.strip()
+    kwargs: dict[str, Any] = {"num_classes": num_classes} if num_classes is not None else {}
+    if source in ("torchvision", "tv", ""):
+        import torchvision
+
+        if name in torchvision.models.list_models():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    return torchvision.models.get_model(name, weights=None, **kwargs)
+                except TypeError as exc:
+                    raise UnsupportedModel(
+                        f"cannot build {arch}: {_short(exc)}", code="unknown_arch"
+                    ) from exc
+        if source:
+            raise UnsupportedModel(
+                f"unknown torchvision architecture {name!r}", code="unknown_arch"
+            )
+    if source in ("timm", ""):
+        import timm
+
+        if timm.is_model(name):
+            try:
+                return timm.create_model(name, pretrained=False, **kwargs)
+            except Exception as exc:
+                raise UnsupportedModel(
+                    f"cannot build {arch}: {_short(exc)}", code="unknown_arch"
+                ) from exc
+        raise UnsupportedModel(f"unknown architecture {arch!r}", code="unknown_arch")
+    raise UnsupportedModel(
+        f"unknown architecture source {source!r} in {arch!r}; use torchvision:NAME or timm:NAME",
+        code="unknown_arch",
+    )
+
+
+def _infer_num_classes(module: nn.Module, weights: Mapping[str, torch.Tensor]) -> int | None:
+    """The class count of the uploaded classifier when it differs from the default."""
+    default = module.state_dict()
+    default_classes = getattr(module, "num_classes", None)
+    candidates = set()
+    for key, tensor in _strip_prefix(default, weights).items():
+        ref = default.get(key)
+        if ref is None or ref.shape == tensor.shape or ref.dim() != tensor.dim() or ref.dim() == 0:
+            continue
+        if ref.shape[1:] == tensor.shape[1:] and (default_classes in (None, ref.shape[0])):
+            candidates.add(int(tensor.shape[0]))
+    return candidates.pop() if len(candidates) == 1 else None
+
+
+def _strip_prefix(
+    default: Mapping[str, Any], weights: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Drop a common wrapper prefix (`module.` from DataParallel, `model.`) when that makes
+    the keys match."""
+    weights = dict(weights)
+    for prefix in ("module.", "model.", "_orig_mod."):
+        if (
+            weights
+            and all(k.startswith(prefix) for k in weights)
+            and not any(k.startswith(prefix) for k in default)
+        ):
+            weights = {k[len(prefix) :]: v for k, v in weights.items()}
+    return weights
+
+
+def _match_prefix(
+    module: nn.Module, weights: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    return _strip_prefix(module.state_dict(), weights)
+
+
+def _load_state(module: nn.Module, weights: Mapping[str, torch.Tensor], arch: str) -> None:
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in weights and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in weights if k not in expected]
+    mismatched = [
+        f"{k} {list(weights[k].shape)} (expected {list(expected[k].shape)})"
+        for k in weights
+        if k in expected and weights[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("wrong shape", mismatched),
+        ):
+            if keys:
+                shown = ", ".join(keys[:5]) + (
+                    f" and {len(keys) - 5} more" if len(keys) > 5 else ""
+                )
+                parts.append(f"{label}: {shown}")
+        raise UnsupportedModel(f"the weights do not fit {arch}: " + "; ".join(parts))
+    module.load_state_dict(dict(weights), strict=False)

@@ -1,0 +1,884 @@
+"""ONNX -> torch: converters onnx2torch lacks, and the rewrites that make its graphs prunable.
+
+Importing this module registers, with onnx2torch's `add_converter`:
+- newer opset versions of ops whose semantics did not change beyond new element types
+  (Conv-22, Shape-21, Reshape-19/21, ... aliased to onnx2torch's own converter);
+- opset-18 forms whose attributes became inputs (Reduce*, Split, Pad, Resize);
+- ops it does not know: LSTM, GRU, Gelu, Mish, GlobalMaxPool, GroupNormalization,
+  Upsample, Size.
+
+`make_prunable(gm, inputs)` then rewrites an onnx2torch GraphModule into
+plain torch where torch-pruning needs it:
+- per-channel constants (`x * c`, `x + c` with `c` of shape (C,1,1), as tf2onnx leaves
+  a BatchNorm) become `ChannelConst` modules, which `preflight.CUSTOM_PRUNERS` teaches
+  torch-pruning to prune together with the channels they scale;
+- `Reshape` by a constant that only flattens becomes `torch.flatten`, and other constant
+  reshapes keep the batch and channel dims symbolic, so pruning channels does not
+  break a shape baked into the graph;
+- `MatMul` by a constant matrix becomes `nn.Linear`;
+
+`fix_outputs` makes the graph return exactly the ONNX outputs, in order.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import onnx.defs
+import torch
+import torch.nn.functional as F
+from onnx2torch.node_converters.pad import OnnxPadStatic
+from onnx2torch.node_converters.reduce import OnnxReduceStaticAxes, OnnxReduceSumStaticAxes
+from onnx2torch.node_converters.registry import (
+    _CONVERTER_REGISTRY,
+    OperationDescription,
+    add_converter,
+)
+from onnx2torch.onnx_graph import OnnxGraph
+from onnx2torch.onnx_node import OnnxNode
+from onnx2torch.utils.common import (
+    OnnxMapping,
+    OperationConverterResult,
+    get_const_value,
+    onnx_mapping_from_node,
+)
+from torch import fx, nn
+
+# --- version aliases ---------------------------------------------------------------------
+
+# Ops whose later versions only added element types (bfloat16, int4, float8, ...): the
+# converter for the newest version onnx2torch knows is still right for float models.
+_TYPE_ONLY_BUMPS = (
+    "Acos",
+    "Asin",
+    "Atan",
+    "Cos",
+    "Sin",
+    "Tan",
+    "Cast",
+    "Celu",
+    "Constant",
+    "ConstantOfShape",
+    "Conv",
+    "ConvTranspose",
+    "DepthToSpace",
+    "Dropout",
+    "Einsum",
+    "Elu",
+    "Equal",
+    "EyeLike",
+    "Flatten",
+    "GlobalAveragePool",
+    "GreaterOrEqual",
+    "HardSigmoid",
+    "HardSwish",
+    "Identity",
+    "InstanceNormalization",
+    "IsInf",
+    "IsNaN",
+    "LessOrEqual",
+    "MaxPool",
+    "Mod",
+    "Range",
+    "Reshape",
+    "RoiAlign",
+    "Round",
+    "ScatterND",
+    "Selu",
+    "Shape",
+    "Softplus",
+    "Softsign",
+    "Squeeze",
+    "TopK",
+    "Transpose",
+    "Unsqueeze",
+)
+
+
+def _schema_versions(op_type: str) -> list[int]:
+    return sorted(
+        {
+            s.since_version
+            for s in onnx.defs.get_all_schemas_with_history()
+            if s.name == op_type and s.domain == ""
+        }
+    )
+
+
+def _registered_versions(op_type: str) -> list[int]:
+    return sorted(
+        d.version for d in _CONVERTER_REGISTRY if d.operation_type == op_type and d.domain == ""
+    )
+
+
+def _existing(op_type: str, version: int | None = None) -> Callable[..., OperationConverterResult]:
+    """onnx2torch's converter for `op_type` at `version` (default: its newest)."""
+    if version is None:
+        version = _registered_versions(op_type)[-1]
+    return _CONVERTER_REGISTRY[OperationDescription("", op_type, version)]
+
+
+def _register(op_type: str, versions: Sequence[int], fn: Callable[..., Any]) -> None:
+    for version in versions:
+        if OperationDescription("", op_type, version) not in _CONVERTER_REGISTRY:
+            add_converter(operation_type=op_type, version=version)(fn)
+
+
+def _newer_than_registered(op_type: str) -> list[int]:
+    known = _registered_versions(op_type)
+    newest = known[-1] if known else 0
+    return [v for v in _schema_versions(op_type) if v > newest]
+
+
+for _op in _TYPE_ONLY_BUMPS:
+    if _registered_versions(_op):
+        _register(_op, _newer_than_registered(_op), _existing(_op))
+
+
+def _attr_is_default(node: OnnxNode, name: str, default: Any) -> bool:
+    value = node.attributes.get(name, default)
+    if isinstance(value, list | tuple):
+        return (
+            all(v == default for v in value)
+            if not isinstance(default, list)
+            else (list(value) == default)
+        )
+    return value == default
+
+
+def _average_pool_19(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    dilations = node.attributes.get("dilations")
+    if dilations and any(d != 1 for d in dilations):
+        raise NotImplementedError("AveragePool with dilations is not implemented")
+    return _existing("AveragePool", 11)(node, graph)
+
+
+_register("AveragePool", [19, 22], _average_pool_19)
+
+
+def _const_ints(name: str, graph: OnnxGraph) -> list[int] | None:
+    """A constant integer input as a Python list, None when absent or computed."""
+    if not name:
+        return None
+    try:
+        value = get_const_value(name, graph)
+    except KeyError:
+        return None
+    if isinstance(value, torch.Tensor):
+        return [int(v) for v in value.flatten().tolist()]
+    if isinstance(value, list | tuple):
+        return [int(v) for v in value]
+    return [int(value)]
+
+
+def _input(node: OnnxNode, i: int) -> str:
+    return node.input_values[i] if len(node.input_values) > i else ""
+
+
+def _rank(name: str, graph: OnnxGraph) -> int | None:
+    info = graph.value_info.get(name)
+    if info is None or not info.type.tensor_type.HasField("shape"):
+        return None
+    return len(info.type.tensor_type.shape.dim)
+
+
+def _only_first_input(node: OnnxNode) -> OnnxMapping:
+    return OnnxMapping(inputs=(node.input_values[0],), outputs=node.output_values)
+
+
+# --- Reduce*, Split, Pad, Resize at opset 18+ (attributes that became inputs) ---------------
+
+
+class _Identity(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def _reduce_18(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    keepdims = node.attributes.get("keepdims", 1)
+    noop = node.attributes.get("noop_with_empty_axes", 0)
+    axes_name = _input(node, 1)
+    axes = _const_ints(axes_name, graph)
+    if axes_name and axes is None:
+        raise NotImplementedError(f"{node.operation_type} with computed axes is not implemented")
+    if not axes and noop:
+        return OperationConverterResult(_Identity(), _only_first_input(node))
+    module: nn.Module
+    if node.operation_type == "ReduceSum":
+        module = OnnxReduceSumStaticAxes(axes=axes or [], keepdims=keepdims)
+    else:
+        module = OnnxReduceStaticAxes(node.operation_type, axes=axes or None, keepdims=keepdims)
+    return OperationConverterResult(module, _only_first_input(node))
+
+
+for _op in (
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "ReduceMax",
+    "ReduceMean",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceSumSquare",
+):
+    _register(_op, [v for v in _newer_than_registered(_op) if v in (18, 20)], _reduce_18)
+
+
+class Split(nn.Module):
+    """ONNX Split with static sizes (or `num_outputs` chunks, the last one smaller)."""
+
+    def __init__(self, axis: int, sizes: list[int] | None, num_outputs: int) -> None:
+        super().__init__()
+        self.axis, self.sizes, self.num_outputs = axis, sizes, num_outputs
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.sizes is not None:
+            return torch.split(x, self.sizes, dim=self.axis)
+        return torch.split(x, math.ceil(x.shape[self.axis] / self.num_outputs), dim=self.axis)
+
+
+def _split_18(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    sizes_name = _input(node, 1)
+    sizes = _const_ints(sizes_name, graph)
+    if sizes_name and sizes is None:
+        raise NotImplementedError("Split with computed split sizes is not implemented")
+    module = Split(node.attributes.get("axis", 0), sizes, len(node.output_values))
+    return OperationConverterResult(module, _only_first_input(node))
+
+
+_register("Split", [18], _split_18)
+
+
+def _pad_18(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    mode = node.attributes.get("mode", "constant")
+    if mode == "wrap":
+        mode = "circular"
+    pads = _const_ints(_input(node, 1), graph)
+    value_name = _input(node, 2)
+    axes_name = _input(node, 3)
+    axes = _const_ints(axes_name, graph)
+    rank = _rank(node.input_values[0], graph)
+    if pads is None or (axes_name and axes is None):
+        if not axes_name:
+            return _existing("Pad", 13)(node, graph)
+        raise NotImplementedError("Pad with computed pads or axes is not implemented")
+    if axes is not None:
+        if rank is None:
+            raise NotImplementedError("Pad with axes needs the input rank")
+        full = [0] * (2 * rank)
+        for i, axis in enumerate(axes):
+            axis %= rank
+            full[axis], full[rank + axis] = pads[i], pads[len(axes) + i]
+        pads = full
+    value = 0.0
+    if value_name:
+        const = get_const_value(value_name, graph)
+        value = float(const.item() if isinstance(const, torch.Tensor) else const)
+    module = OnnxPadStatic.create_from_onnx_params(
+        onnx_pads=pads,
+        onnx_mode="constant" if mode == "circular" else mode,
+        constant_value=value,
+    )
+    if mode == "circular":
+        module.mode = "circular"
+    return OperationConverterResult(module, _only_first_input(node))
+
+
+_register("Pad", _newer_than_registered("Pad"), _pad_18)
+
+
+def _resize_18(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    if node.attributes.get("antialias", 0):
+        raise NotImplementedError("Resize with antialias is not implemented")
+    if node.attributes.get("axes") is not None:
+        raise NotImplementedError("Resize with axes is not implemented")
+    if node.attributes.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+        raise NotImplementedError("Resize with keep_aspect_ratio_policy is not implemented")
+    if node.attributes.get("coordinate_transformation_mode") == "half_pixel_symmetric":
+        raise NotImplementedError("Resize with half_pixel_symmetric is not implemented")
+    return _existing("Resize", 13)(node, graph)
+
+
+_register("Resize", [18, 19], _resize_18)
+
+
+# --- ops onnx2torch does not know ---------------------------------------------------------
+
+
+def _simple(module_factory: Callable[[OnnxNode], nn.Module]) -> Callable[..., Any]:
+    def convert(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+        return OperationConverterResult(module_factory(node), onnx_mapping_from_node(node))
+
+    return convert
+
+
+_register(
+    "Gelu", [20], _simple(lambda n: nn.GELU(approximate=n.attributes.get("approximate", "none")))
+)
+_register("Mish", [18, 22], _simple(lambda n: nn.Mish()))
+
+
+class GlobalMaxPool(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.amax(x, dim=tuple(range(2, x.dim())), keepdim=True)
+
+
+_register("GlobalMaxPool", [1, 22], _simple(lambda n: GlobalMaxPool()))
+
+
+class Size(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(x.numel(), dtype=torch.int64)
+
+
+_register("Size", _schema_versions("Size"), _simple(lambda n: Size()))
+
+
+def _group_norm(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    groups = int(node.attributes["num_groups"])
+    eps = float(node.attributes.get("epsilon", 1e-5))
+    scale = get_const_value(node.input_values[1], graph)
+    bias = get_const_value(node.input_values[2], graph)
+    if not isinstance(scale, torch.Tensor) or not isinstance(bias, torch.Tensor):
+        raise NotImplementedError("GroupNormalization with computed scale or bias")
+    if scale.numel() == groups:  # opset 18: one scale per group
+        rank = _rank(node.input_values[0], graph)
+        info = graph.value_info.get(node.input_values[0])
+        if rank is None or info is None:
+            raise NotImplementedError("GroupNormalization-18 needs the input channel count")
+        channels = info.type.tensor_type.shape.dim[1].dim_value
+        scale = scale.repeat_interleave(channels // groups)
+        bias = bias.repeat_interleave(channels // groups)
+    module = nn.GroupNorm(groups, scale.numel(), eps=eps)
+    with torch.no_grad():
+        module.weight.copy_(scale.float())
+        module.bias.copy_(bias.float())
+    return OperationConverterResult(module, _only_first_input(node))
+
+
+_register("GroupNormalization", [18, 21], _group_norm)
+
+
+class Upsample(nn.Module):
+    def __init__(self, mode: str, scales: list[float]) -> None:
+        super().__init__()
+        self.mode = {"nearest": "nearest", "linear": "bilinear", "bilinear": "bilinear"}[mode]
+        self.scales = scales
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        align = False if self.mode != "nearest" else None
+        return F.interpolate(x, scale_factor=self.scales[2:], mode=self.mode, align_corners=align)
+
+
+def _upsample(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    scales = node.attributes.get("scales")
+    if scales is None:
+        const = get_const_value(node.input_values[1], graph)
+        scales = [float(v) for v in const.flatten().tolist()]
+    if len(scales) < 3 or scales[0] != 1 or scales[1] != 1:
+        raise NotImplementedError("Upsample of the batch or channel dimension")
+    module = Upsample(node.attributes.get("mode", "nearest"), list(scales))
+    return OperationConverterResult(module, _only_first_input(node))
+
+
+_register("Upsample", [7, 9], _upsample)
+
+
+# --- recurrent layers ---------------------------------------------------------------------
+
+
+class RecurrentLayer(nn.Module):
+    """ONNX LSTM/GRU on top of nn.LSTM/nn.GRU: outputs (Y, Y_h[, Y_c]) in ONNX layout."""
+
+    def __init__(self, rnn: nn.LSTM | nn.GRU, reverse: bool, batch_first: bool) -> None:
+        super().__init__()
+        self.rnn = rnn
+        self.reverse = reverse  # direction="reverse": run forward over the flipped sequence
+        self.batch_first = batch_first  # ONNX layout=1
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        initial_h: torch.Tensor | None = None,
+        initial_c: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        if self.batch_first:
+            x = x.transpose(0, 1)
+            initial_h = None if initial_h is None else initial_h.transpose(0, 1)
+            initial_c = None if initial_c is None else initial_c.transpose(0, 1)
+        if self.reverse:
+            x = torch.flip(x, dims=(0,))
+        state: Any = None
+        if isinstance(self.rnn, nn.LSTM):
+            if initial_h is not None and initial_c is not None:
+                state = (initial_h.contiguous(), initial_c.contiguous())
+            elif initial_h is not None or initial_c is not None:
+                given = initial_h if initial_h is not None else initial_c
+                assert given is not None
+                zeros = torch.zeros_like(given)
+                h0, c0 = (given, zeros) if initial_h is not None else (zeros, given)
+                state = (h0.contiguous(), c0.contiguous())
+        elif initial_h is not None:
+            state = initial_h.contiguous()
+        y, final = self.rnn(x, state)
+        if self.reverse:
+            y = torch.flip(y, dims=(0,))
+        seq, batch = y.shape[0], y.shape[1]
+        dirs = 2 if self.rnn.bidirectional else 1
+        y = y.reshape(seq, batch, dirs, self.rnn.hidden_size).permute(0, 2, 1, 3)
+        states = list(final) if isinstance(final, tuple) else [final]
+        if self.batch_first:
+            y = y.permute(2, 0, 1, 3)
+            states = [s.transpose(0, 1) for s in states]
+        return (y, *states)
+
+
+def _gates(weight: torch.Tensor, order: Sequence[int]) -> torch.Tensor:
+    chunks = weight.chunk(len(order), dim=0)
+    return torch.cat([chunks[i] for i in order], dim=0)
+
+
+def _recurrent(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    kind = node.operation_type
+    attrs = node.attributes
+    for unsupported in ("clip", "activations", "activation_alpha", "activation_beta"):
+        if unsupported in attrs:
+            raise NotImplementedError(f"{kind} with {unsupported} is not implemented")
+    if attrs.get("input_forget", 0):
+        raise NotImplementedError(f"{kind} with input_forget is not implemented")
+    if kind == "GRU" and attrs.get("linear_before_reset", 0) != 1:
+        raise NotImplementedError("GRU with linear_before_reset=0 is not implemented")
+    if _input(node, 4):
+        raise NotImplementedError(f"{kind} with sequence_lens is not implemented")
+    if kind == "LSTM" and _input(node, 7):
+        raise NotImplementedError("LSTM with peepholes is not implemented")
+    try:
+        w = get_const_value(node.input_values[1], graph)
+        r = get_const_value(node.input_values[2], graph)
+        b = get_const_value(node.input_values[3], graph) if _input(node, 3) else None
+    except KeyError as exc:
+        raise NotImplementedError(f"{kind} with computed weights is not implemented") from exc
+    direction = attrs.get("direction", "forward")
+    hidden = int(attrs["hidden_size"])
+    dirs, input_size = w.shape[0], w.shape[2]
+    gate_count = 4 if kind == "LSTM" else 3
+    order = (0, 2, 3, 1) if kind == "LSTM" else (1, 0, 2)  # ONNX iofc -> torch ifco; zrh -> rzh
+    cls = nn.LSTM if kind == "LSTM" else nn.GRU
+    rnn = cls(input_size, hidden, bidirectional=direction == "bidirectional")
+    if b is None:
+        b = torch.zeros(dirs, 2 * gate_count * hidden)
+    with torch.no_grad():
+        for d, suffix in enumerate(["", "_reverse"][:dirs]):
+            getattr(rnn, f"weight_ih_l0{suffix}").copy_(_gates(w[d].float(), order))
+            getattr(rnn, f"weight_hh_l0{suffix}").copy_(_gates(r[d].float(), order))
+            wb, rb = b[d].float().chunk(2)
+            getattr(rnn, f"bias_ih_l0{suffix}").copy_(_gates(wb, order))
+            getattr(rnn, f"bias_hh_l0{suffix}").copy_(_gates(rb, order))
+    module = RecurrentLayer(
+        rnn, reverse=direction == "reverse", batch_first=attrs.get("layout", 0) == 1
+    )
+    inputs = [node.input_values[0], _input(node, 5)]
+    if kind == "LSTM":
+        inputs.append(_input(node, 6))
+    # Zero initial states are the default; dropping them frees the batch size.
+    inputs = [
+        name if i == 0 or not _is_zero_const(name, graph) else "" for i, name in enumerate(inputs)
+    ]
+    while inputs and not inputs[-1]:
+        inputs.pop()
+    return OperationConverterResult(
+        module, OnnxMapping(inputs=tuple(inputs), outputs=node.output_values)
+    )
+
+
+def _is_zero_const(name: str, graph: OnnxGraph) -> bool:
+    if not name:
+        return True
+    try:
+        value = get_const_value(name, graph)
+    except KeyError:
+        return False
+    return isinstance(value, torch.Tensor) and not bool(value.any())
+
+
+_register("LSTM", [7, 14, 22], _recurrent)
+_register("GRU", [7, 14, 22], _recurrent)
+
+
+# --- per-channel constants, and torch-pruning's knowledge of them ---------------------------
+
+_BINARY_OPS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "add": torch.add,
+    "sub": torch.sub,
+    "mul": torch.mul,
+    "div": torch.div,
+}
+
+
+class ChannelConst(nn.Module):
+    """`x <op> c` (or `c <op> x`) for a constant `c` with one channel dimension `dim`.
+
+    `c` is a parameter (it is usually a folded BatchNorm's scale or shift), and
+    `preflight.ChannelConstPruner` removes its entries together with the channels of `x`.
+    """
+
+    def __init__(self, op: str, const: torch.Tensor, dim: int, const_first: bool = False) -> None:
+        super().__init__()
+        self.op = op
+        self.weight = nn.Parameter(const.detach().float().clone())
+        self.dim = dim
+        self.const_first = const_first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fn = _BINARY_OPS[self.op]
+        return fn(self.weight, x) if self.const_first else fn(x, self.weight)
+
+    def extra_repr(self) -> str:
+        return f"op={self.op}, shape={tuple(self.weight.shape)}, dim={self.dim}"
+
+
+# --- graph rewrites -------------------------------------------------------------------------
+
+
+def make_prunable(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> fx.GraphModule:
+    """Rewrite an onnx2torch GraphModule in place (see the module docstring); returns it."""
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    with torch.no_grad():
+        ShapeProp(gm).propagate(*inputs)
+    channel_axis = _channel_axes(gm)
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module":
+            continue
+        module = gm.get_submodule(node.target)
+        kind = type(module).__name__
+        if kind == "OnnxBinaryMathOperation":
+            _rewrite_channel_const(gm, node, module, channel_axis)
+        elif kind == "OnnxReshape":
+            _rewrite_reshape(gm, node)
+        elif kind == "OnnxMatMul":
+            _rewrite_matmul(gm, node)
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    _drop_unused_initializers(gm)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def fix_outputs(gm: fx.GraphModule, output_names: Sequence[str]) -> fx.GraphModule:
+    """Make an onnx2torch graph return exactly the ONNX outputs, in order (it returns a
+    multi-output node's whole tuple when several outputs come from one node)."""
+    producers: dict[str, fx.Node] = {}
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            producers[node.target] = node
+        if node.op != "call_module":
+            continue
+        mapping = getattr(gm.get_submodule(node.target), "onnx_mapping", None)
+        if mapping is None:
+            continue
+        if len(mapping.outputs) == 1:
+            producers[mapping.outputs[0]] = node
+        else:
+            for user in node.users:
+                if user.op == "call_function" and user.target is operator.getitem:
+                    producers[mapping.outputs[user.args[1]]] = user
+            for i, name in enumerate(mapping.outputs):
+                if name and name not in producers:
+                    with gm.graph.inserting_after(node):
+                        producers[name] = gm.graph.call_function(operator.getitem, (node, i))
+    missing = [name for name in output_names if name not in producers]
+    if missing:
+        raise NotImplementedError(f"graph outputs not produced by any node: {missing}")
+    out_node = next(n for n in gm.graph.nodes if n.op == "output")
+    values = [producers[name] for name in output_names]
+    out_node.args = (values[0] if len(values) == 1 else tuple(values),)
+    gm.recompile()
+    return gm
+
+
+def _meta_shape(node: Any) -> tuple[int, ...] | None:
+    meta = getattr(node, "meta", {}).get("tensor_meta") if isinstance(node, fx.Node) else None
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+_CHANNELS_FIRST = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.GroupNorm,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+)
+
+
+def _channel_axes(gm: fx.GraphModule) -> dict[fx.Node, int]:
+    """For each node whose output has a known channel axis, that axis.
+
+    Convolutions and norms put channels on axis 1, Linear on the last axis; Transpose moves
+    the axis, and ops that keep their input's shape keep it.
+    """
+    axes: dict[fx.Node, int] = {}
+    for node in gm.graph.nodes:
+        shape = _meta_shape(node)
+        if shape is None or len(shape) < 2:
+            continue
+        module: Any = gm.get_submodule(str(node.target)) if node.op == "call_module" else None
+        kind = type(module).__name__
+        if (
+            isinstance(module, _CHANNELS_FIRST)
+            or kind.startswith("OnnxGlobalAveragePool")
+            or (isinstance(module, GlobalMaxPool))
+        ):
+            axes[node] = 1
+        elif isinstance(module, nn.Linear):
+            axes[node] = len(shape) - 1
+        elif kind == "OnnxTranspose" and node.args and node.args[0] in axes:
+            perm = list(module.perm or range(len(shape))[::-1])
+            axes[node] = perm.index(axes[node.args[0]])
+        else:
+            for arg in node.all_input_nodes:
+                arg_shape = _meta_shape(arg)
+                if arg in axes and arg_shape is not None:
+                    if (
+                        len(arg_shape) == len(shape)
+                        and arg_shape[axes[arg]] == shape[axes[arg]]
+                        and (node.op != "call_module" or _keeps_shape(kind))
+                    ):
+                        axes[node] = axes[arg]
+                        break
+    return axes
+
+
+def _keeps_shape(kind: str) -> bool:
+    """Module kinds that never move data between axes (so a channel axis survives them)."""
+    return not any(
+        word in kind
+        for word in (
+            "Reshape",
+            "Transpose",
+            "Flatten",
+            "Split",
+            "Slice",
+            "Gather",
+            "Squeeze",
+            "Unsqueeze",
+            "Expand",
+            "Tile",
+            "DepthToSpace",
+            "Resize",
+            "Reduce",
+            "MatMul",
+            "Gemm",
+            "Concat",
+            "Pad",
+            "Softmax",
+            "TopK",
+            "Einsum",
+            "Shape",
+            "Range",
+            "Constant",
+        )
+    )
+
+
+def _constant_of(gm: fx.GraphModule, node: Any) -> torch.Tensor | None:
+    """The tensor behind a get_attr node or an argument-less OnnxConstant, else None."""
+    if not isinstance(node, fx.Node):
+        return None
+    if node.op == "get_attr":
+        value = _get_attr(gm, str(node.target))
+        return value if isinstance(value, torch.Tensor) else None
+    if node.op == "call_module" and not node.args:
+        module = gm.get_submodule(str(node.target))
+        value = getattr(module, "value", None)
+        if type(module).__name__ == "OnnxConstant" and isinstance(value, torch.Tensor):
+            return value
+    return None
+
+
+def _get_attr(gm: fx.GraphModule, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _rewrite_channel_const(
+    gm: fx.GraphModule, node: fx.Node, module: nn.Module, channel_axis: dict[fx.Node, int]
+) -> None:
+    if getattr(module, "broadcast", None) == 1 or len(node.args) != 2:
+        return  # legacy (opset < 7) broadcasting: leave as it is
+    first, second = node.args
+    for const_first, act, const_node in ((False, first, second), (True, second, first)):
+        const = _constant_of(gm, const_node)
+        if const is None or not isinstance(act, fx.Node) or act not in channel_axis:
+            continue
+        if not const.is_floating_point() or const.numel() < 2:
+            return
+        act_shape = _meta_shape(act)
+        out_shape = _meta_shape(node)
+        big = [d for d, size in enumerate(const.shape) if size > 1]
+        if (
+            act_shape is None
+            or out_shape != act_shape
+            or len(big) != 1
+            or const.dim() > len(act_shape)
+        ):
+            return
+        dim = big[0]
+        axis = dim + len(act_shape) - const.dim()
+        if axis != channel_axis[act] or const.shape[dim] != act_shape[axis]:
+            return
+        op = {"add": "add", "sub": "sub", "mul": "mul", "_onnx_div": "div", "div": "div"}.get(
+            getattr(module.math_op_function, "__name__", ""), None
+        )
+        if op is None:
+            return
+        replacement = ChannelConst(op, const, dim, const_first)
+        _swap_module(gm, node, replacement, (act,))
+        channel_axis[node] = channel_axis[act]
+        return
+
+
+def _swap_module(gm: fx.GraphModule, node: fx.Node, module: nn.Module, args: tuple) -> None:
+    parent, _, name = str(node.target).rpartition(".")
+    setattr(gm.get_submodule(parent) if parent else gm, name, module)
+    node.args = args
+    node.kwargs = {}
+
+
+def _rewrite_reshape(gm: fx.GraphModule, node: fx.Node) -> None:
+    if len(node.args) != 2:
+        return
+    x, shape_node = node.args
+    target = _constant_of(gm, shape_node)
+    if target is not None and isinstance(x, fx.Node):
+        symbolic_reshape(gm, node, x, [int(v) for v in target.flatten().tolist()], zero_copies=True)
+
+
+def symbolic_reshape(
+    gm: fx.GraphModule,
+    node: fx.Node,
+    x: Any,
+    target: list[Any],
+    *,
+    zero_copies: bool = False,
+) -> bool:
+    """Replace a reshape of `x` to the constant `target` by one that survives pruning.
+
+    The leading dims the reshape keeps unchanged (batch, channels) are taken from `x` at
+    run time instead of the constant; a reshape that flattens the rest becomes
+    `torch.flatten`. `target` items may be ints or graph nodes (symbolic sizes);
+    `zero_copies`: a 0 means "copy this dim" (ONNX). Needs ShapeProp metadata.
+    """
+    in_shape, out_shape = _meta_shape(x), _meta_shape(node)
+    if in_shape is None or out_shape is None or len(target) != len(out_shape):
+        return False
+    copy_values = {-1, 0} if zero_copies else {-1}
+
+    def keeps(j: int) -> bool:
+        item = target[j]
+        return isinstance(item, fx.Node) or item in copy_values or item == in_shape[j]
+
+    prefix = 0
+    while (
+        prefix < min(len(in_shape), len(out_shape))
+        and in_shape[prefix] == out_shape[prefix]
+        and keeps(prefix)
+    ):
+        prefix += 1
+    if prefix == 0:
+        return False
+    graph = gm.graph
+    with graph.inserting_before(node):
+        if prefix == len(out_shape) == len(in_shape):
+            new = x  # reshapes to its own shape
+        elif prefix == len(out_shape) - 1 < len(in_shape) and out_shape[-1] == math.prod(
+            in_shape[prefix:]
+        ):
+            new = graph.call_function(torch.flatten, (x, prefix))
+        else:
+            sizes: list[Any] = [graph.call_method("size", (x, i)) for i in range(prefix)]
+            for i, item in enumerate(target[prefix:], start=prefix):
+                copy = zero_copies and isinstance(item, int) and item == 0
+                sizes.append(graph.call_method("size", (x, i)) if copy else item)
+            new = graph.call_function(torch.reshape, (x, tuple(sizes)))
+    node.replace_all_uses_with(new)
+    graph.erase_node(node)
+    return True
+
+
+def _rewrite_matmul(gm: fx.GraphModule, node: fx.Node) -> None:
+    """x @ W for a constant matrix W -> nn.Linear (which torch-pruning understands)."""
+    if len(node.args) != 2:
+        return
+    x, w_node = node.args
+    weight = _constant_of(gm, w_node)
+    if weight is None or weight.dim() != 2 or not weight.is_floating_point():
+        return
+    x_shape = _meta_shape(x)
+    if x_shape is None or len(x_shape) < 2 or x_shape[-1] != weight.shape[0]:
+        return
+    bias_node, bias = _following_bias(gm, node, weight.shape[1])
+    linear = nn.Linear(weight.shape[0], weight.shape[1], bias=bias is not None)
+    with torch.no_grad():
+        linear.weight.copy_(weight.t().float())
+        if bias is not None:
+            linear.bias.copy_(bias.float())
+    _swap_module(gm, node, linear, (x,))
+    if bias_node is not None:  # MatMul + Add(bias) -> one Linear
+        bias_node.replace_all_uses_with(node)
+        gm.graph.erase_node(bias_node)
+
+
+def _following_bias(gm: fx.GraphModule, node: fx.Node, features: int) -> tuple[Any, Any]:
+    """The `Add` of a constant vector that alone consumes `node`, and that vector."""
+    users = list(node.users)
+    if len(users) != 1 or users[0].op != "call_module" or len(users[0].args) != 2:
+        return None, None
+    add = users[0]
+    module = gm.get_submodule(str(add.target))
+    if (
+        type(module).__name__ != "OnnxBinaryMathOperation"
+        or getattr(module.math_op_function, "__name__", "") != "add"
+        or getattr(module, "broadcast", None) == 1
+    ):
+        return None, None
+    other = add.args[1] if add.args[0] is node else add.args[0]
+    bias = _constant_of(gm, other)
+    if bias is None or not bias.is_floating_point() or tuple(bias.shape) != (features,):
+        return None, None
+    return add, bias
+
+
+def _drop_unused_initializers(gm: fx.GraphModule) -> None:
+    container = getattr(gm, "initializers", None)
+    if container is None:
+        return
+    used = {
+        str(n.target).split(".", 1)[1]
+        for n in gm.graph.nodes
+        if n.op == "get_attr" and str(n.target).startswith("initializers.")
+    }
+    for name in list(container._buffers):
+        if name not in used:
+            del container._buffers[name]

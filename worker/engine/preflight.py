@@ -1,0 +1,326 @@
+"""Before pruning: run the model, prove the export path, and find the layers to protect.
+
+A layer is protected (its output channels are never pruned) when removing channels from
+its group would
+- change the shape of a graph output (classifier, detection and segmentation heads: the
+  group reaches an output of torch-pruning's dependency graph), or
+- crash the model or change an output's shape (a shape baked into the graph: a reshape
+  constant, a head count, flatten -> Linear, a split size, an op torch-pruning does not
+  understand).
+The second kind is found by trial: on a copy of the model, remove a channel from each
+candidate group (one per channel group, as the pruner would) and run a forward pass.
+All candidates are tried together first and bisected only when that fails, at a reduced
+spatial size where the model allows, so the analysis costs a handful of small forward
+passes.
+
+`build_dependency_graph` and `PRUNER_KWARGS` give the pruner the same view of the model
+(custom pruners for the modules `onnx_converters` creates, the same root layer types).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch_pruning import ops
+
+from contract import ExportSpec
+from worker.engine.loaders import flatten_outputs
+from worker.engine.onnx_converters import ChannelConst
+from worker.engine.types import LoadedModel, Preflight
+
+ROOT_MODULE_TYPES = (ops.TORCH_CONV, ops.TORCH_LINEAR, ops.TORCH_LSTM)
+
+# Spatial sizes (dims after the channel dim) tried for the protection trials, smallest first.
+_TRIAL_SIZES = (32, 64)
+
+
+class ChannelConstPruner(tp.pruner.function.BasePruningFunc):
+    """Prunes a `ChannelConst`'s constant together with the channels it applies to."""
+
+    TARGET_MODULES = (ChannelConst,)
+
+    def prune_out_channels(self, layer: Any, idxs: Sequence[int]) -> nn.Module:
+        keep = sorted(set(range(layer.weight.shape[layer.dim])) - set(idxs))
+        layer.weight = self._prune_parameter_and_grad(layer.weight, keep, layer.dim)
+        return layer
+
+    prune_in_channels = prune_out_channels  # channels in == channels out, like BatchNorm
+
+    def get_out_channels(self, layer: Any) -> int:
+        return int(layer.weight.shape[layer.dim])
+
+    def get_in_channels(self, layer: Any) -> int:
+        return int(layer.weight.shape[layer.dim])
+
+
+CUSTOM_PRUNERS: dict[type, tp.pruner.function.BasePruningFunc] = {
+    ChannelConst: ChannelConstPruner()
+}
+
+# Extra keyword arguments for torch_pruning's pruners (tp.pruner.MetaPruner and friends).
+PRUNER_KWARGS: dict[str, Any] = {
+    "customized_pruners": CUSTOM_PRUNERS,
+    "root_module_types": list(ROOT_MODULE_TYPES),
+}
+
+
+def build_dependency_graph(
+    module: nn.Module,
+    example_inputs: Sequence[torch.Tensor],
+    output_transform: Any = None,
+) -> tp.DependencyGraph:
+    """torch-pruning's DependencyGraph of `module`, with this engine's custom pruners."""
+    with torch.enable_grad():
+        return tp.DependencyGraph().build_dependency(
+            module,
+            example_inputs=tuple(example_inputs),
+            output_transform=output_transform,
+            customized_pruners=CUSTOM_PRUNERS,
+            verbose=False,
+        )
+
+
+def run_preflight(loaded: LoadedModel, *, opset: int = 17) -> Preflight:
+    """Run the model, round-trip an unpruned export through onnxruntime, find the layers
+    to protect. Raises ExportFailed/VerificationFailed when the model cannot be exported
+    faithfully (no pruning result could be delivered either)."""
+    from worker.engine.export import export_onnx, verify_onnx
+
+    module = loaded.module.eval()
+    inputs = loaded.example_inputs(seed=0)
+    with torch.no_grad():
+        reference = tuple(t.detach().clone() for t in flatten_outputs(module(*inputs)))
+    notes: list[str] = []
+    if not all(bool(torch.isfinite(t).all()) for t in reference if t.is_floating_point()):
+        notes.append("the model's outputs on random inputs are not all finite")
+
+    spec = ExportSpec(opset=opset, dynamic_batch=True)
+    with tempfile.TemporaryDirectory(prefix="secateurs-preflight-") as tmp:
+        path = export_onnx(module, loaded, Path(tmp) / "unpruned.onnx", spec)
+        diff = verify_onnx(path, module, inputs)
+        if _batch_is_dynamic(loaded):
+            diff = max(diff, verify_onnx(path, module, loaded.example_inputs(batch=2, seed=1)))
+
+    protected, found = find_protected(module, loaded)
+    return Preflight(
+        protected=protected,
+        reference_outputs=reference,
+        onnx_max_abs_diff=diff,
+        notes=notes + found,
+    )
+
+
+def _batch_is_dynamic(loaded: LoadedModel) -> bool:
+    return all(i.shape and not isinstance(i.shape[0], int) for i in loaded.inputs)
+
+
+def find_protected(module: nn.Module, loaded: LoadedModel) -> tuple[list[nn.Module], list[str]]:
+    """The root layers of the pruning groups that must keep their channels, and notes."""
+    started = time.perf_counter()
+    work = copy.deepcopy(module).eval()
+    inputs = _trial_inputs(work, loaded)
+    traced: list[Any] = []
+
+    def keep_outputs(out: Any) -> Any:
+        traced.append(out)
+        return out
+
+    dg = build_dependency_graph(work, inputs, output_transform=keep_outputs)
+    output_fns = {t.grad_fn for t in flatten_outputs(traced[0]) if t.grad_fn is not None}
+    with torch.no_grad():
+        base = flatten_outputs(work(*inputs))
+    groups = list(dg.get_all_groups(root_module_types=ROOT_MODULE_TYPES))
+    names = {m: n for n, m in work.named_modules()}
+
+    to_output, candidates = [], []
+    for group in groups:
+        root = group[0].dep.target.module
+        if any(
+            dep.target.type == ops.OPTYPE.OUTPUT
+            or (dep.target.grad_fn in output_fns and dg.is_out_channel_pruning_fn(dep.handler))
+            for dep, _ in group
+        ):
+            to_output.append(root)
+        elif isinstance(root, nn.Module):
+            candidates.append(root)
+
+    trials = _Trials(dg, work, inputs, base)
+    breaking = trials.failing(candidates)
+    if (
+        breaking
+        and breaking != candidates
+        and not trials.run([m for m in candidates if m not in breaking])
+    ):
+        breaking = trials.one_by_one(candidates)  # only fail together: add them greedily
+    trials.check_restored()
+
+    original = dict(module.named_modules())
+    protected = [original[names[m]] for m in [*to_output, *breaking] if names.get(m) in original]
+    notes = []
+    if to_output:
+        notes.append(
+            f"protected {len(to_output)} layer(s) whose channels reach an output: "
+            + _list(names[m] for m in to_output)
+        )
+    if breaking:
+        notes.append(
+            f"protected {len(breaking)} layer(s) whose pruning would break a shape "
+            "baked into the graph: " + _list(names[m] for m in breaking)
+        )
+    notes.append(
+        f"analysed {len(groups)} pruning groups with {trials.count} trial forward passes at "
+        f"input {[list(t.shape) for t in inputs]} in {time.perf_counter() - started:.1f} s"
+    )
+    return protected, notes
+
+
+def _list(names: Any, limit: int = 8) -> str:
+    names = list(names)
+    return ", ".join(names[:limit]) + (
+        f" and {len(names) - limit} more" if len(names) > limit else ""
+    )
+
+
+def _trial_inputs(module: nn.Module, loaded: LoadedModel) -> tuple[torch.Tensor, ...]:
+    """Example inputs at a reduced spatial size when the model runs there the same way."""
+    full = loaded.example_inputs(seed=0)
+    with torch.no_grad():
+        full_out = flatten_outputs(module(*full))
+    for size in _TRIAL_SIZES:
+        shapes = [(*shape[:2], *(min(d, size) for d in shape[2:])) for shape in loaded.input_shapes]
+        if all(
+            tuple(s) == tuple(shape) for s, shape in zip(shapes, loaded.input_shapes, strict=True)
+        ):
+            break
+        gen = torch.Generator().manual_seed(0)
+        small = tuple(torch.randn(s, generator=gen) for s in shapes)
+        try:
+            with torch.no_grad():
+                out = flatten_outputs(module(*small))
+        except Exception:
+            continue
+        if len(out) == len(full_out) and all(
+            o.dim() == f.dim() and bool(torch.isfinite(o).all())
+            for o, f in zip(out, full_out, strict=True)
+        ):
+            return small
+    return full
+
+
+class _Trials:
+    """Prune one channel per channel group from sets of groups, run, restore."""
+
+    def __init__(
+        self,
+        dg: tp.DependencyGraph,
+        work: nn.Module,
+        inputs: tuple[torch.Tensor, ...],
+        base: tuple[torch.Tensor, ...],
+    ) -> None:
+        self.dg, self.work, self.inputs, self.base = dg, work, inputs, base
+        self.count = 0
+        self._modules = list(work.modules())
+        self._saved = [
+            (m, dict(m.__dict__), dict(m._parameters), dict(m._buffers)) for m in self._modules
+        ]
+        self._module2node = dict(dg.module2node)
+        self._param_to_name = dict(dg._param_to_name)
+        self._node_modules = {node: node.module for node in dg.module2node.values()}
+
+    def failing(self, roots: list[nn.Module]) -> list[nn.Module]:
+        """The roots whose pruning breaks the model (bisecting failed sets)."""
+        if not roots or self.run(roots):
+            return []
+        if len(roots) == 1:
+            return roots
+        mid = len(roots) // 2
+        left, right = self.failing(roots[:mid]), self.failing(roots[mid:])
+        return left + right if left or right else roots
+
+    def one_by_one(self, roots: list[nn.Module]) -> list[nn.Module]:
+        passing: list[nn.Module] = []
+        failing = []
+        for root in roots:
+            if self.run([*passing, root]):
+                passing.append(root)
+            else:
+                failing.append(root)
+        return failing
+
+    def run(self, roots: list[nn.Module]) -> bool:
+        """Whether the model still runs, with the same output shapes, with channels removed
+        from every group in `roots`."""
+        self.count += 1
+        try:
+            for root in roots:
+                self._prune_one(root)
+            # A failing FX graph prints its code to stderr; failing is expected here.
+            with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+                out = flatten_outputs(self.work(*self.inputs))
+            return len(out) == len(self.base) and all(
+                o.shape == b.shape and (not o.is_floating_point() or bool(torch.isfinite(o).all()))
+                for o, b in zip(out, self.base, strict=True)
+            )
+        except Exception:
+            return False
+        finally:
+            self._restore()
+
+    def _prune_one(self, root: nn.Module) -> None:
+        pruner = self.dg.get_pruner_of_module(root)
+        channels = pruner.get_out_channels(root)
+        if not channels or channels < 2:
+            return
+        group = self.dg.get_pruning_group(root, pruner.prune_out_channels, list(range(channels)))
+        ch_groups = _channel_groups(self.dg, group)
+        size = channels // ch_groups
+        if size < 2:
+            return
+        idxs = [g * size + size - 1 for g in range(ch_groups)]
+        self.dg.get_pruning_group(root, pruner.prune_out_channels, idxs).prune(record_history=False)
+
+    def _restore(self) -> None:
+        for module, attrs, params, buffers in self._saved:
+            module.__dict__.clear()
+            module.__dict__.update(attrs)
+            module.__dict__["_parameters"] = dict(params)
+            module.__dict__["_buffers"] = dict(buffers)
+        self.dg.module2node = dict(self._module2node)
+        self.dg._param_to_name = dict(self._param_to_name)
+        for node, module in self._node_modules.items():
+            node.module = module
+
+    def check_restored(self) -> None:
+        with torch.no_grad():
+            out = flatten_outputs(self.work(*self.inputs))
+        if any(not torch.equal(o, b) for o, b in zip(out, self.base, strict=True)):
+            raise RuntimeError("pruning trials did not restore the model")
+
+
+def _channel_groups(dg: tp.DependencyGraph, group: Any) -> int:
+    """Channel groups of a group (grouped convolutions), as torch-pruning's pruners see them."""
+    counts = [1]
+    for dep, _ in group:
+        module = dep.target.module
+        if not isinstance(module, nn.Module):
+            continue
+        if isinstance(module, ops.TORCH_CONV) and module.groups == module.out_channels:
+            continue  # depthwise: pruned channel by channel
+        pruner = dg.get_pruner_of_module(module)
+        if pruner is None:
+            continue
+        if dg.is_out_channel_pruning_fn(dep.handler):
+            counts.append(pruner.get_out_channel_groups(module))
+        else:
+            counts.append(pruner.get_in_channel_groups(module))
+    return max(counts)
