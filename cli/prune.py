@@ -216,6 +216,8 @@ def prune(
         result = _run(model, output, report, spec, options)
     except CliError as exc:
         _fail(exc.code, exc.message)
+    except KeyboardInterrupt:
+        _fail("cancelled", "interrupted", status=130)
     except Exception as exc:  # engine errors carry a stable code; anything else is ours
         _fail(getattr(exc, "code", "internal_error"), getattr(exc, "message", str(exc)))
     console = Console()
@@ -225,7 +227,7 @@ def prune(
     console.print(f"wrote {output}" + (f" and {report}" if report else ""))
 
 
-def _fail(code: str, message: str) -> None:
+def _fail(code: str, message: str, status: int = 1) -> None:
     first_line = (message.strip().splitlines() or [""])[0]
     print(f"error: {code}: {first_line}", file=sys.stderr)
-    raise typer.Exit(1)
+    raise typer.Exit(status)

@@ -70,3 +70,14 @@ def test_prunes_tiny_model(tmp_path: Path) -> None:
     onnx.checker.check_model(onnx.load(str(out)))
     assert [o.name for o in onnx.load(str(out)).graph.output] == ["logits"]
     assert report.is_file()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA")
+def test_unavailable_device(tmp_path: Path) -> None:
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    result = runner.invoke(app, ["prune", str(model), "-o", "o.onnx", "--device", "cuda:3"])
+    assert result.exit_code == 1
+    assert _error_lines(result) == [
+        "error: no_device: cuda:3 is not available here (0 CUDA devices)"
+    ]

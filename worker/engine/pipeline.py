@@ -22,7 +22,7 @@ from contract import Fidelity, HistoryPoint, JobSpec, PruneSpec, Report, Target
 from contract.stages import overall_progress
 from worker.engine import benchmark, report
 from worker.engine.data import DatasetSplits, load_dataset
-from worker.engine.errors import JobCancelled, VerificationFailed
+from worker.engine.errors import EngineError, JobCancelled, VerificationFailed
 from worker.engine.evaluate import accuracy, fidelity, is_classification, output_tensors
 from worker.engine.export import RELATIVE_TOLERANCE, export_onnx, save_pt2, verify_onnx
 from worker.engine.finetune import finetune
@@ -465,6 +465,18 @@ def _report(state: _State, spec: JobSpec, paths, tables, env, timings) -> Report
     )
 
 
+def _check_device(device: str) -> None:
+    """Fail before any work when the job names a device this process cannot use."""
+    if device == "cpu":
+        return
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise EngineError(f"device must be cpu, cuda or cuda:N, not {device!r}", "invalid_device")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if int(index or 0) >= count:
+        raise EngineError(f"{device} is not available here ({count} CUDA devices)", "no_device")
+
+
 def run_pipeline(
     model_path: Path,
     spec: JobSpec,
@@ -478,6 +490,7 @@ def run_pipeline(
     should_cancel: CancelFn | None = None,
 ) -> PipelineResult:
     """Prune one model as `spec` says; write model.onnx, model.pt2 and report.json to out_dir."""
+    _check_device(device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t = _Tracker(on_progress, should_cancel)
