@@ -141,7 +141,7 @@ class Service:
     log_dir: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def client(self, key: str | None = None, timeout: float = 30.0) -> httpx.Client:
+    def client(self, key: str | None = None, timeout: float = 180.0) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key or self.key_a}"}
         return httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
 

@@ -6,8 +6,11 @@ the task: an engine or socket opened in the parent would be shared across the fo
 
 import logging
 import os
+import threading
+from typing import Any
 
 from celery import Task
+from celery.signals import worker_process_init
 
 from app.db.session import init_db, make_engine, make_sessionmaker
 from app.storage import make_store
@@ -32,6 +35,22 @@ def run_context() -> runner.RunContext:
                                 store=make_store(settings))
         _context = (os.getpid(), ctx)
     return _context[1]
+
+
+def _import_engine() -> None:
+    try:
+        import worker.engine.pipeline  # noqa: F401
+    except Exception:  # noqa: BLE001 - the task imports it again and reports the failure
+        log.exception("importing the engine failed")
+
+
+@worker_process_init.connect(weak=False)
+def _warm_up(**_: Any) -> None:
+    """Import torch and the engine in each new pool child, in the background, while it
+    waits for a job. With one job per child this takes seconds off every job; a job that
+    arrives meanwhile simply waits on the import lock. (Importing torch creates no CUDA
+    context, and the parent never runs this.)"""
+    threading.Thread(target=_import_engine, name="engine-import", daemon=True).start()
 
 
 @celery_app.task(name=TASK_NAME, bind=True, max_retries=MAX_TRANSIENT_RETRIES)
