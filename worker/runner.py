@@ -10,6 +10,7 @@ raise `RetryLater` (the job goes back to `queued` until its attempts run out); a
 else fails it with `internal_error` and a message that leaks nothing.
 """
 
+import errno
 import hashlib
 import logging
 import shutil
@@ -43,6 +44,8 @@ MEDIA_TYPES = {
 MODEL_SUFFIX = {"onnx": ".onnx", "pt2": ".pt2", "safetensors": ".safetensors",
                 "state_dict": ".pt"}
 DATASET_SUFFIX = {"npz": ".npz", "imagefolder": ".zip"}
+# errno values of a write refused for lack of room (full disk, quota, file-size limit).
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 # Failures of the store or the network that a later attempt may not meet.
 TRANSIENT: tuple[type[BaseException], ...] = (StoreError, OSError, ConnectionError)
 
@@ -153,6 +156,10 @@ def _run_claimed(job_id: str, attempts: int, ctx: RunContext) -> str:
         if _is_time_limit(exc):
             return _finish(ctx, job_id, attempts, "failed", "time_limit_exceeded",
                            f"the job ran past {ctx.settings.job_soft_time_limit_s} s")
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+            log.error("job %s: out of disk space: %s", job_id, exc)
+            return _finish(ctx, job_id, attempts, "failed", "insufficient_storage",
+                           "the worker ran out of disk space while running the job")
         log.exception("job %s: unexpected error", job_id)
         return _finish(ctx, job_id, attempts, "failed", "internal_error",
                        f"unexpected error in the worker; see the worker log for job {job_id}")
