@@ -150,6 +150,27 @@ def onnx_endless_loop(path: Path) -> Path:
     return _save_model(graph, path)
 
 
+def onnx_crashing_runtime(path: Path) -> Path:
+    """ConvTranspose with `group=0`: found by a seeded fuzz of convolution and pooling
+    attributes, it kills onnxruntime (1.31) with SIGFPE, a division by zero in native
+    code, when the model is first run."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((3, 4, 3, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("ConvTranspose", ["image", "w"], ["c"], group=0),
+        helper.make_node("GlobalAveragePool", ["c"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "crash",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    return _save_model(graph, path)
+
+
 def fuzzed_onnx(path: Path, seed: int) -> Path:
     """The tiny model with a few bytes overwritten at seeded random positions."""
     data = bytearray(tiny_onnx(path).read_bytes())
