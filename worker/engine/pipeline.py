@@ -258,6 +258,14 @@ def _probe(
     return acc, agreement, result
 
 
+def _score(acc: float | None, agreement: float, *, labeled: bool) -> float:
+    """What the budget is measured on: held-back accuracy, else agreement with the original."""
+    if labeled:
+        assert acc is not None
+        return acc
+    return agreement
+
+
 def _budget_target(state: _State, spec: JobSpec, device: str, t: _Tracker) -> PruneSpec:
     """Bisect the target strength (up to the requested one) for the strongest pruning whose
     measured drop, after a short fine-tune, stays within the accuracy budget."""
@@ -265,7 +273,7 @@ def _budget_target(state: _State, spec: JobSpec, device: str, t: _Tracker) -> Pr
     labeled = _has_labels(state)
     assert state.teacher is not None
     reference = _quality(state, state.teacher, device)
-    base = reference[0] if labeled else 1.0
+    base = _score(*reference, labeled=labeled)
     max_drop = spec.accuracy_budget.max_drop
     lo, hi, value = 0.0, spec.prune.target.value, spec.prune.target.value
     passing: float | None = None
@@ -283,7 +291,7 @@ def _budget_target(state: _State, spec: JobSpec, device: str, t: _Tracker) -> Pr
                 agreement=agreement,
             )
         )
-        measured = acc if labeled else agreement
+        measured = _score(acc, agreement, labeled=labeled)
         if base - measured <= max_drop:
             passing, lo = value, value
             if i == 0:
