@@ -56,10 +56,18 @@ def sign_in(page: Any, key: str) -> None:
     page.wait_for_selector("#nav:not([hidden])")
 
 
-def fill_job(page: Any, uploads: Uploads, *, epochs: int, batch: int, amount: int) -> None:
+def fill_job(page: Any, uploads: Uploads, *, epochs: int, batch: int, amount: int,
+             reuse: bool = False) -> None:
+    """Fill the submit form: new uploads, or (`reuse`) the newest model and dataset."""
     page.click("#nav a[href='#/submit']")
-    page.set_input_files("#model-file", str(uploads.model))
-    page.set_input_files("#dataset-file", str(uploads.dataset))
+    if reuse:
+        for pick in ("#model-existing", "#dataset-existing"):
+            page.locator(f"{pick} option").nth(1).wait_for(state="attached")
+            page.select_option(pick, index=1)
+        assert page.locator("#model-file").is_disabled()
+    else:
+        page.set_input_files("#model-file", str(uploads.model))
+        page.set_input_files("#dataset-file", str(uploads.dataset))
     page.fill("#amount", str(amount))
     page.fill("#steps", "3")
     page.fill("#epochs", str(epochs))
@@ -203,7 +211,8 @@ def _check_onnx_runs(path: Path) -> None:
 def test_a_running_job_is_cancelled_from_its_page(page: Any, service: Service,
                                                   uploads: Uploads, screenshots: Path) -> None:
     sign_in(page, KEYS["alice"])
-    fill_job(page, uploads, epochs=1000, batch=4, amount=40)
+    fill_job(page, uploads, epochs=1000, batch=4, amount=40, reuse=True)
+    page.screenshot(path=str(screenshots / "submit.png"), full_page=True)
     job_id = submit_and_land(page)
     # The list follows it live too: it turns `running` there without a reload.
     page.click("#nav a[href='#/jobs']")
@@ -219,8 +228,12 @@ def test_a_running_job_is_cancelled_from_its_page(page: Any, service: Service,
     assert page.locator("#cancel-job").is_hidden()
     with api(service, KEYS["alice"]) as client:
         job = client.get(f"/jobs/{job_id}").json()
+        first = client.get("/jobs?status=succeeded").json()["items"][-1]
     assert job["status"] == "cancelled"
     assert 0 < job["progress"] < 1
+    assert job["spec"]["finetune"]["epochs"] == 1000
+    # The pickers reused the first job's uploads rather than uploading again.
+    assert (job["model_id"], job["dataset_id"]) == (first["model_id"], first["dataset_id"])
 
 
 def test_a_tenant_sees_only_its_own_jobs(page: Any, service: Service) -> None:

@@ -3,7 +3,7 @@
 
 import { api, upload as uploadForm } from '../api.js';
 import { h, replace } from '../dom.js';
-import { bytes } from '../format.js';
+import { bytes, compact } from '../format.js';
 import { progressBar, setProgress } from './common.js';
 
 const METHODS = {
@@ -53,6 +53,10 @@ export function renderSubmit(root, { signal }) {
     inputShape: h('input', { id: 'input-shape', name: 'input-shape', type: 'text', placeholder: '1,3,224,224',
       pattern: '\\s*\\d+(\\s*,\\s*\\d+)*\\s*', autocomplete: 'off' }),
     datasetFile: h('input', { id: 'dataset-file', name: 'dataset-file', type: 'file', accept: '.npz,.zip' }),
+    modelPick: h('select', { id: 'model-existing', name: 'model-existing' },
+      h('option', { value: '' }, 'Upload a new model file')),
+    datasetPick: h('select', { id: 'dataset-existing', name: 'dataset-existing' },
+      h('option', { value: '' }, 'None, or upload a new file')),
     method: h('select', { id: 'method', name: 'method' },
       Object.keys(METHODS).map((m) => h('option', { value: m, selected: m === 'l2' }, m))),
     amount: num('amount', 50, { min: 1, max: 99, step: 1 }),
@@ -106,6 +110,8 @@ export function renderSubmit(root, { signal }) {
   const form = h('form', { id: 'submit-form', class: 'submit', novalidate: true },
     h('h1', null, 'New pruning job'),
     h('fieldset', { class: 'panel' }, h('legend', null, 'Model'),
+      field('model-existing', 'Uploaded before', el.modelPick,
+        'Reuse a model you uploaded earlier, or upload a new one below.', 'field pick'),
       field('model-file', 'Model file', el.modelFile,
         'ONNX, torch.export .pt2, or weights (safetensors / state_dict) together with an architecture. Pickled modules are refused.'),
       h('div', { class: 'grid' },
@@ -113,6 +119,8 @@ export function renderSubmit(root, { signal }) {
         field('input-shape', 'Input shape (optional)', el.inputShape,
           'Needed when a dimension other than the batch is dynamic, e.g. 1,3,224,224.'))),
     h('fieldset', { class: 'panel' }, h('legend', null, 'Data (optional)'),
+      field('dataset-existing', 'Uploaded before', el.datasetPick,
+        'Reuse a dataset you uploaded earlier, or upload a new one below.', 'field pick'),
       field('dataset-file', 'Dataset file', el.datasetFile,
         '.npz with arrays x (and y labels), or a .zip of class folders of images. Without data the job prunes data-free and skips fine-tuning and accuracy.')),
     h('fieldset', { class: 'panel' }, h('legend', null, 'Pruning'),
@@ -134,6 +142,14 @@ export function renderSubmit(root, { signal }) {
     h('div', { class: 'actions' }, button, h('a', { class: 'button', href: '#/jobs' }, 'Back to jobs')));
   syncFt();
   syncBudget();
+  const syncPicks = () => {
+    for (const x of [el.modelFile, el.arch, el.inputShape]) x.disabled = Boolean(el.modelPick.value);
+    el.datasetFile.disabled = Boolean(el.datasetPick.value);
+  };
+  for (const pick of [el.modelPick, el.datasetPick]) pick.closest('.field').hidden = true;
+  el.modelPick.addEventListener('change', syncPicks);
+  el.datasetPick.addEventListener('change', syncPicks);
+  fillPicks(el, signal);
 
   form.addEventListener('submit', async (ev) => {
     ev.preventDefault();
@@ -164,8 +180,32 @@ function showError(box, message, code, stage) {
     code ? h('p', { class: 'code' }, 'Code: ', h('code', null, code)) : null));
 }
 
+// The tenant's earlier uploads, newest first; the pickers stay hidden when there are none.
+async function fillPicks(el, signal) {
+  const lists = await Promise.all([
+    api('/models?limit=200', { signal }).catch(() => null),
+    api('/datasets?limit=200', { signal }).catch(() => null),
+  ]);
+  if (signal.aborted) return;
+  const [models, datasets] = lists.map((page) => page?.items || []);
+  for (const m of models) {
+    const shape = (m.input_shape || []).join('×');
+    el.modelPick.append(h('option', { value: m.id },
+      `${m.name} · ${m.format} · ${shape} · ${compact(m.stats?.macs)} MACs · ${bytes(m.size_bytes)}`));
+  }
+  for (const d of datasets) {
+    const labels = d.labeled ? `${d.num_classes ?? '?'} classes` : 'unlabeled';
+    el.datasetPick.append(h('option', { value: d.id },
+      `${d.name} · ${d.num_samples} samples of ${(d.sample_shape || []).join('×')} · ${labels}`));
+  }
+  el.modelPick.closest('.field').hidden = models.length === 0;
+  el.datasetPick.closest('.field').hidden = datasets.length === 0;
+}
+
 function validate(form, el) {
-  if (!el.modelFile.files.length) return { input: el.modelFile, message: 'Choose a model file to upload.' };
+  if (!el.modelPick.value && !el.modelFile.files.length) {
+    return { input: el.modelFile, message: 'Choose a model file to upload, or one uploaded before.' };
+  }
   for (const input of form.querySelectorAll('input:not([type=file]):not(:disabled), select')) {
     if (!input.checkValidity()) {
       const label = form.querySelector(`label[for="${input.id}"]`)?.textContent || input.name;
@@ -223,10 +263,14 @@ function jobBody(el, model, dataset) {
 }
 
 async function submit(el, progress, signal) {
-  const model = await upload('model', el.modelFile.files[0],
+  const model = el.modelPick.value ? { id: el.modelPick.value } : await upload('model',
+    el.modelFile.files[0],
     { arch: el.arch.value.trim(), input_shape: el.inputShape.value.replace(/\s+/g, '') }, progress, signal);
-  const dataset = el.datasetFile.files.length
-    ? await upload('dataset', el.datasetFile.files[0], {}, progress, signal) : null;
+  let dataset = null;
+  if (el.datasetPick.value) dataset = { id: el.datasetPick.value };
+  else if (el.datasetFile.files.length) {
+    dataset = await upload('dataset', el.datasetFile.files[0], {}, progress, signal);
+  }
   progress.status.textContent = 'Starting the job…';
   try {
     return await api('/jobs', { method: 'POST', json: jobBody(el, model, dataset), headers: { 'Idempotency-Key': uuid() }, signal });
