@@ -65,6 +65,7 @@ def fill_job(page: Any, uploads: Uploads, *, epochs: int, batch: int, amount: in
             page.locator(f"{pick} option").nth(1).wait_for(state="attached")
             page.select_option(pick, index=1)
         assert page.locator("#model-file").is_disabled()
+        assert page.locator("#submit-job").inner_text() == "Start job"
     else:
         page.set_input_files("#model-file", str(uploads.model))
         page.set_input_files("#dataset-file", str(uploads.dataset))

@@ -145,7 +145,12 @@ export function renderSubmit(root, { signal }) {
   const syncPicks = () => {
     for (const x of [el.modelFile, el.arch, el.inputShape]) x.disabled = Boolean(el.modelPick.value);
     el.datasetFile.disabled = Boolean(el.datasetPick.value);
+    const uploading = (!el.modelPick.value && el.modelFile.files.length)
+      || (!el.datasetPick.value && el.datasetFile.files.length);
+    button.textContent = el.modelPick.value && !uploading ? 'Start job' : 'Upload and start';
   };
+  el.modelFile.addEventListener('change', () => syncPicks());
+  el.datasetFile.addEventListener('change', () => syncPicks());
   for (const pick of [el.modelPick, el.datasetPick]) pick.closest('.field').hidden = true;
   el.modelPick.addEventListener('change', syncPicks);
   el.datasetPick.addEventListener('change', syncPicks);
