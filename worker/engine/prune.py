@@ -4,39 +4,47 @@ Everything goes through torch-pruning's dependency graph, so coupled channels (r
 additions, concatenations, depthwise convolutions) are removed together and any
 `nn.Module` works, including the FX graphs onnx2torch builds from ONNX files.
 
-A MACs or parameter target is met by searching the channel pruning ratio: each trial
-prunes a deep copy (with the full iterative schedule) and measures the result; the best
-trial's exact pruning history is then replayed on the model itself. Surviving widths are
-rounded to hardware-friendly multiples (16 for wide layers, 8 otherwise) because odd
-widths run slowly in onnxruntime; when rounding makes the target unreachable within
-`TOLERANCE`, finer multiples are tried.
+Pruning is iterative: step k of n removes channels until the reduction reaches k/n of
+the target, re-ranking channels by importance after each step. Each step's channel ratio
+is searched over priced plans (see `planner.py`), so the target is met within
+`TOLERANCE` without trial copies of the model. Surviving widths are rounded to
+hardware-friendly multiples (16 for wide layers, 8 otherwise) because odd widths run
+slowly in onnxruntime; when rounding makes the target unreachable, the last step tries
+finer multiples.
 """
 
-import copy
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from contract import HistoryPoint, LayerChange, PruneSpec
 from worker.engine.errors import JobCancelled, PruningFailed
 from worker.engine.evaluate import output_tensors
 from worker.engine.importance import make_importance
-from worker.engine.stats import count_macs, count_params
+from worker.engine.planner import (
+    Choice,
+    WidthMultiple,
+    WidthPruner,
+    constant_multiple,
+    hardware_multiple,
+    params_removed,
+    removed_channels,
+    search_ratio,
+)
+from worker.engine.stats import MacProfile, count_macs, count_params
+
+__all__ = ["PruneResult", "hardware_multiple", "prune_model", "TOLERANCE", "UNSTRUCTURED_NOTE"]
 
 # Accepted distance between the achieved and the requested reduction (fraction points).
 TOLERANCE = 0.02
-# The search stops early once this close, to leave room for rounding on the replay.
-_AIM = 0.01
-_MAX_TRIALS = 12
+# How close the last step aims; intermediate steps need not be exact.
+_AIM_FINAL, _AIM_STEP = 0.005, 0.02
+_EVALS_FINAL, _EVALS_STEP = 14, 6
 UNSTRUCTURED_NOTE = "unstructured sparsity gives no speed-up in onnxruntime"
 
 LossFn = Callable[[nn.Module], torch.Tensor]
-WidthMultiple = Callable[[int], int]
 
 
 @dataclass
@@ -52,62 +60,6 @@ class PruneResult:
     notes: list[str] = field(default_factory=list)
     # The figures reached: macs_reduction, params_reduction and the channel ratio used.
     achieved: dict[str, float] = field(default_factory=dict)
-
-
-def hardware_multiple(channels: int) -> int:
-    """The width multiple fast kernels like: 16 for layers of 64+ channels, else 8."""
-    if channels >= 64:
-        return 16
-    if channels >= 8:
-        return 8
-    return 1
-
-
-def _constant(multiple: int) -> WidthMultiple:
-    return lambda _channels: multiple
-
-
-class _WidthPruner(tp.pruner.BasePruner):
-    """BasePruner whose rounding of the surviving width depends on the layer's width."""
-
-    def __init__(self, *args: Any, width_multiple: WidthMultiple, **kwargs: Any) -> None:
-        # A truthy round_to switches on torch-pruning's rounding path, which calls _round_to.
-        super().__init__(*args, round_to=1, **kwargs)
-        self._width_multiple = width_multiple
-
-    def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
-        multiple = max(1, self._width_multiple(current_channels))
-        keep = current_channels - n_pruned
-        keep -= keep % multiple
-        # Never round a layer away entirely: keep at least one multiple.
-        keep = max(keep, min(multiple, current_channels))
-        return max(current_channels - keep, 0)
-
-
-@dataclass
-class _Trial:
-    ratio: float
-    value: float  # the reduction of the targeted quantity (or the ratio for channel_ratio)
-    macs: int
-    params: int
-    steps: list[tuple[int, int]]  # (macs, params) after each iterative step
-    history: list[Any]  # torch-pruning's pruning history, replayable by module name
-
-
-@dataclass
-class _Context:
-    """Everything a trial needs besides the ratio and the width rule."""
-
-    module: nn.Module
-    inputs: tuple[torch.Tensor, ...]
-    spec: PruneSpec
-    ignored_names: list[str]
-    loss_fn: LossFn | None
-    macs_before: int
-    params_before: int
-    notes: list[str]
-    tick: Callable[[float], None]
-    should_cancel: Callable[[], bool]
 
 
 def _as_inputs(example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -179,144 +131,124 @@ def _reduction(before: int, after: int) -> float:
     return 1.0 - after / before if before else 0.0
 
 
-def _trial_value(ctx: _Context, ratio: float, macs: int, params: int) -> float:
-    kind = ctx.spec.target.kind
-    if kind == "params_reduction":
-        return _reduction(ctx.params_before, params)
-    if kind == "channel_ratio":
-        return ratio
-    return _reduction(ctx.macs_before, macs)
-
-
-def _run_trial(ctx: _Context, ratio: float, width_multiple: WidthMultiple | None) -> _Trial:
-    """Prune a deep copy at `ratio` with the full iterative schedule and measure it."""
-    spec = ctx.spec
-    model = copy.deepcopy(ctx.module)
-    importance = make_importance(spec.method, module=model)
-    kwargs: dict[str, Any] = dict(
-        importance=importance,
-        global_pruning=spec.scope == "global",
-        pruning_ratio=ratio,
-        max_pruning_ratio=spec.max_layer_ratio,
-        iterative_steps=spec.iterative_steps,
-        ignored_layers=_resolve(model, ctx.ignored_names),
-    )
-    if width_multiple is None:
-        pruner: tp.pruner.BasePruner = tp.pruner.BasePruner(model, ctx.inputs, **kwargs)
-    else:
-        pruner = _WidthPruner(model, ctx.inputs, width_multiple=width_multiple, **kwargs)
-    steps = []
-    for _ in range(spec.iterative_steps):
-        if ctx.should_cancel():
-            raise JobCancelled()
-        if spec.method == "taylor":
-            _backprop(model, ctx.loss_fn or _taylor_proxy(model, ctx.inputs))
-        pruner.step()
-        steps.append((count_macs(model, ctx.inputs), count_params(model)))
-        ctx.tick(1.0 / spec.iterative_steps)
-    model.zero_grad(set_to_none=True)
-    macs, params = steps[-1]
-    return _Trial(
-        ratio=ratio,
-        value=_trial_value(ctx, ratio, macs, params),
-        macs=macs,
-        params=params,
-        steps=steps,
-        history=list(pruner.pruning_history()),
-    )
-
-
-def _initial_ratio(kind: str, target: float) -> float:
-    # Removing a fraction p of every layer's channels scales a conv's cost by (1 - p)^2.
-    if kind in ("macs_reduction", "params_reduction", "latency_reduction"):
-        return 1.0 - math.sqrt(1.0 - target)
-    return target
-
-
-def _next_ratio(
-    lo: tuple[float, float], hi: tuple[float, float] | None, upper: float, target: float
-) -> float:
-    """Regula falsi inside the bracket, kept away from its ends; bisection towards `upper`."""
-    if hi is None:
-        return (lo[0] + upper) / 2
-    (r0, v0), (r1, v1) = lo, hi
-    width = r1 - r0
-    guess = r0 + (target - v0) * width / (v1 - v0) if v1 > v0 else (r0 + r1) / 2
-    return min(max(guess, r0 + 0.15 * width), r1 - 0.15 * width)
-
-
-def _search(ctx: _Context, width_multiple: WidthMultiple | None, start: float) -> _Trial:
-    """The trial whose reduction is closest to the target."""
-    target = ctx.spec.target.value
-    upper = min(ctx.spec.max_layer_ratio, 0.99)
-    lo: tuple[float, float] = (0.0, 0.0)
-    hi: tuple[float, float] | None = None
-    ratio = min(max(start, 0.01), upper)
-    best: _Trial | None = None
-    for _ in range(_MAX_TRIALS):
-        trial = _run_trial(ctx, ratio, width_multiple)
-        if best is None or abs(trial.value - target) < abs(best.value - target):
-            best = trial
-        if abs(trial.value - target) <= _AIM:
-            break
-        if trial.value < target:
-            lo = (ratio, trial.value)
-            if ratio >= upper:
-                break  # the most we may remove is not enough
-        else:
-            hi = (ratio, trial.value)
-        if hi is not None and hi[0] - lo[0] < 1e-3:
-            break
-        ratio = _next_ratio(lo, hi, upper, target)
-    assert best is not None
-    return best
-
-
-def _width_levels(spec: PruneSpec) -> list[tuple[str, WidthMultiple | None]]:
+def _width_rules(spec: PruneSpec) -> list[tuple[str, WidthMultiple]]:
+    """Width rules to try, coarsest first; an explicit round_to allows no other."""
     if spec.round_to is not None:
-        rule = None if spec.round_to == 1 else _constant(spec.round_to)
-        return [(f"multiples of {spec.round_to}", rule)]
+        return [(f"multiples of {spec.round_to}", constant_multiple(spec.round_to))]
     return [
         ("multiples of 16 (64+ channels) or 8", hardware_multiple),
-        ("multiples of 8", _constant(8)),
-        ("multiples of 4", _constant(4)),
-        ("any width", None),
+        ("multiples of 8", constant_multiple(8)),
+        ("multiples of 4", constant_multiple(4)),
+        ("any width", constant_multiple(1)),
     ]
 
 
-def _best_trial(ctx: _Context) -> _Trial:
-    """Search each width rule, finest last, until one meets the target within TOLERANCE."""
-    spec = ctx.spec
-    target = spec.target.value
-    levels = _width_levels(spec)
-    start = _initial_ratio(spec.target.kind, target)
-    best: _Trial | None = None
-    for index, (label, rule) in enumerate(levels):
+@dataclass
+class _Run:
+    """One in-place iterative pruning run and what it measures."""
+
+    module: nn.Module
+    inputs: tuple[torch.Tensor, ...]
+    spec: PruneSpec
+    pruner: WidthPruner
+    profile: MacProfile
+    macs_before: int
+    params_before: int
+    notes: list[str]
+
+    def value(self, groups: list) -> float:
+        """The reduction of the targeted quantity once `groups` are pruned."""
+        removed = removed_channels(self.pruner, groups)
+        if self.spec.target.kind == "params_reduction":
+            after = count_params(self.module) - params_removed(removed)
+            return _reduction(self.params_before, after)
+        return _reduction(self.macs_before, self.profile.estimate(removed))
+
+    def evaluate(self, step: int) -> Callable[[float], Choice]:
+        def plan(ratio: float) -> Choice:
+            groups = self.pruner.plan(step, ratio)
+            return Choice(ratio=ratio, groups=groups, value=self.value(groups))
+
+        return plan
+
+    def choose(self, step: int, last: bool, floor: float) -> Choice:
+        """The plan for `step`: a fixed ratio, or the one reaching this step's goal."""
+        spec, steps = self.spec, self.spec.iterative_steps
         if spec.target.kind == "channel_ratio":
-            trial = _run_trial(ctx, target, rule)
-        else:
-            trial = _search(ctx, rule, start)
-            start = trial.ratio
-        if best is None or abs(trial.value - target) < abs(best.value - target) - 1e-9:
-            best = trial
-        if spec.target.kind == "channel_ratio" or abs(trial.value - target) <= TOLERANCE:
-            if index > 0:
-                ctx.notes.append(
-                    f"widths rounded to {label}: coarser rounding could not meet the target"
-                )
-            return trial
-    assert best is not None
-    ctx.notes.append(
-        f"target {spec.target.kind}={target:.3f} not reachable: achieved {best.value:.3f} "
-        "(limited by protected layers, ignored layers or max_layer_ratio)"
+            return self.evaluate(step)(spec.target.value * step / steps)
+        goal = spec.target.value * step / steps
+        upper = min(spec.max_layer_ratio, 0.999)
+        if not last:
+            return search_ratio(
+                self.evaluate(step), goal, floor, upper, aim=_AIM_STEP, max_evals=_EVALS_STEP
+            )
+        return self._choose_last(step, goal, floor, upper)
+
+    def _choose_last(self, step: int, goal: float, floor: float, upper: float) -> Choice:
+        best: Choice | None = None
+        first_rule = self.pruner.width_multiple
+        for index, (label, rule) in enumerate(_width_rules(self.spec)):
+            if index > 0 and self.spec.round_to is None:
+                self.pruner.width_multiple = rule
+            choice = search_ratio(
+                self.evaluate(step), goal, floor, upper, aim=_AIM_FINAL, max_evals=_EVALS_FINAL
+            )
+            if best is None or abs(choice.value - goal) < abs(best.value - goal):
+                best = choice
+            if abs(choice.value - goal) <= TOLERANCE - _AIM_FINAL:
+                if index > 0:
+                    self.notes.append(
+                        f"last step rounded widths to {label}: coarser rounding could not "
+                        "meet the target"
+                    )
+                return choice
+        self.pruner.width_multiple = first_rule
+        assert best is not None
+        return best
+
+
+def _apply(run: _Run, choice: Choice) -> None:
+    for group in choice.groups:
+        group.prune()
+    run.pruner.forget_importance()
+
+
+def _iterate(
+    run: _Run,
+    loss_fn: LossFn | None,
+    on_progress: Callable[[float], None] | None,
+    cancel: Callable[[], bool],
+) -> tuple[list[HistoryPoint], float]:
+    """Prune step by step; returns the history and the last channel ratio used."""
+    steps, history, ratio = run.spec.iterative_steps, [], 0.0
+    proxy = None
+    for step in range(1, steps + 1):
+        if cancel():
+            raise JobCancelled()
+        if run.spec.method == "taylor":
+            proxy = loss_fn or proxy or _taylor_proxy(run.module, run.inputs)
+            _backprop(run.module, proxy)
+            run.pruner.forget_importance()
+        choice = run.choose(step, step == steps, ratio)
+        _apply(run, choice)
+        ratio = choice.ratio
+        history.append(
+            HistoryPoint(step=step, macs=run.profile.estimate(), params=count_params(run.module))
+        )
+        if on_progress is not None:
+            on_progress(step / steps)
+    run.module.zero_grad(set_to_none=True)
+    return history, ratio
+
+
+def _unreachable_note(spec: PruneSpec, achieved: float) -> str | None:
+    kind, target = spec.target.kind, spec.target.value
+    if kind == "channel_ratio" or abs(achieved - target) <= TOLERANCE:
+        return None
+    return (
+        f"target {kind}={target:.3f} not reachable: achieved {achieved:.3f} (limited by "
+        "protected layers, ignored layers, max_layer_ratio or channel granularity)"
     )
-    return best
-
-
-def _replay(module: nn.Module, inputs: tuple[torch.Tensor, ...], history: list[Any]) -> None:
-    """Apply a trial's exact channel removals to the model itself."""
-    graph = tp.DependencyGraph().build_dependency(module, example_inputs=inputs)
-    graph.load_pruning_history(history)
 
 
 def _layer_changes(before: dict[str, int], module: nn.Module) -> list[LayerChange]:
@@ -355,18 +287,6 @@ def _prune_unstructured(module: nn.Module, spec: PruneSpec, ignored: list[str]) 
                     w.mul_((w.abs() > threshold).to(w.dtype))
         zeros = sum(int((w == 0).sum()) for w in weights)
     return zeros / sum(w.numel() for w in weights)
-
-
-def _tracker(on_progress: Callable[[float], None] | None, budget: float) -> Callable[[float], None]:
-    """A monotone progress reporter: each tick adds work done, capped below 1 until the end."""
-    done = [0.0]
-
-    def tick(amount: float) -> None:
-        done[0] += amount
-        if on_progress is not None:
-            on_progress(min(0.95, done[0] / budget))
-
-    return tick
 
 
 def prune_model(
@@ -412,60 +332,80 @@ def _prune(
     notes: list[str] = []
     if cancel():
         raise JobCancelled()
-
     if spec.method == "unstructured_l1":
-        sparsity = _prune_unstructured(module, spec, ignored)
-        notes.append(f"{UNSTRUCTURED_NOTE}: {sparsity:.1%} of the conv/linear weights are zero")
-        macs, params = count_macs(module, inputs), count_params(module)
-        if on_progress is not None:
-            on_progress(1.0)
-        return PruneResult(
-            layers=_layer_changes(widths_before, module),
-            history=[HistoryPoint(step=1, macs=macs, params=params)],
-            macs_before=macs_before,
-            macs_after=macs,
-            params_before=params_before,
-            params_after=params,
-            notes=notes,
-            achieved={"sparsity": sparsity},
-        )
+        return _unstructured_result(module, inputs, spec, ignored, widths_before, on_progress)
 
-    make_importance(spec.method, module=module, notes=notes)  # validates, notes fallbacks
+    importance = make_importance(spec.method, module=module, notes=notes)
     if spec.target.kind == "latency_reduction":
         notes.append("latency target approximated by the same MACs reduction")
-    ctx = _Context(
+    rules = _width_rules(spec)
+    pruner = WidthPruner(
+        module,
+        inputs,
+        importance=importance,
+        global_pruning=spec.scope == "global",
+        pruning_ratio=0.0,
+        max_pruning_ratio=spec.max_layer_ratio,
+        iterative_steps=spec.iterative_steps,
+        ignored_layers=_resolve(module, ignored),
+        width_multiple=rules[0][1],
+    )
+    run = _Run(
         module=module,
         inputs=inputs,
         spec=spec,
-        ignored_names=ignored,
-        loss_fn=loss_fn,
+        pruner=pruner,
+        profile=MacProfile(module, inputs),
         macs_before=macs_before,
         params_before=params_before,
         notes=notes,
-        tick=_tracker(on_progress, float(_MAX_TRIALS)),
-        should_cancel=cancel,
     )
     # Seeded so that `random` importance and data-free probes give the same result each run.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        best = _best_trial(ctx)
-    if cancel():
-        raise JobCancelled()
-    _replay(module, inputs, best.history)
+        history, ratio = _iterate(run, loss_fn, on_progress, cancel)
     macs_after, params_after = count_macs(module, inputs), count_params(module)
+    achieved = {
+        "macs_reduction": _reduction(macs_before, macs_after),
+        "params_reduction": _reduction(params_before, params_after),
+        "channel_ratio": ratio,
+    }
+    target_kind = "macs_reduction" if spec.target.kind == "latency_reduction" else spec.target.kind
+    note = _unreachable_note(spec, achieved.get(target_kind, ratio))
+    notes += [note] if note else []
     if on_progress is not None:
         on_progress(1.0)
     return PruneResult(
         layers=_layer_changes(widths_before, module),
-        history=[HistoryPoint(step=i + 1, macs=m, params=p) for i, (m, p) in enumerate(best.steps)],
+        history=history,
         macs_before=macs_before,
         macs_after=macs_after,
         params_before=params_before,
         params_after=params_after,
         notes=notes,
-        achieved={
-            "macs_reduction": _reduction(macs_before, macs_after),
-            "params_reduction": _reduction(params_before, params_after),
-            "channel_ratio": best.ratio,
-        },
+        achieved=achieved,
+    )
+
+
+def _unstructured_result(
+    module: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    spec: PruneSpec,
+    ignored: list[str],
+    widths_before: dict[str, int],
+    on_progress: Callable[[float], None] | None,
+) -> PruneResult:
+    macs_before, params_before = count_macs(module, inputs), count_params(module)
+    sparsity = _prune_unstructured(module, spec, ignored)
+    if on_progress is not None:
+        on_progress(1.0)
+    return PruneResult(
+        layers=_layer_changes(widths_before, module),
+        history=[HistoryPoint(step=1, macs=macs_before, params=params_before)],
+        macs_before=macs_before,
+        macs_after=macs_before,
+        params_before=params_before,
+        params_after=params_before,
+        notes=[f"{UNSTRUCTURED_NOTE}: {sparsity:.1%} of the conv/linear weights are zero"],
+        achieved={"sparsity": sparsity},
     )

@@ -133,3 +133,65 @@ def count_macs(module: nn.Module, example_inputs: torch.Tensor | Sequence[Any]) 
     finally:
         module.train(was_training)
     return counter.macs
+
+
+_Layer = nn.modules.conv._ConvNd | nn.Linear
+
+
+class MacProfile:
+    """MACs as a function of layer widths, from one measured forward pass.
+
+    Channel pruning changes widths, never spatial sizes, so the MACs of each conv and
+    linear layer follow from its current widths and the positions it was applied to;
+    everything else (bare matmuls) is kept as measured. `estimate` then prices a pruning
+    plan without running the model, which makes searching for a target cheap.
+    """
+
+    def __init__(self, module: nn.Module, example_inputs: torch.Tensor | Sequence[Any]) -> None:
+        if isinstance(example_inputs, torch.Tensor):
+            example_inputs = (example_inputs,)
+        self.positions: dict[nn.Module, int] = {}
+        handles = [
+            m.register_forward_hook(self._record)
+            for m in module.modules()
+            if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)
+        ]
+        try:
+            total = count_macs(module, example_inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        self.other = max(0, total - sum(self._layer_macs(m) for m in self.positions))
+
+    def _record(self, layer: nn.Module, inputs: tuple, out: Any) -> None:
+        # Positions a layer is applied to: output positions, or input ones for transposed convs.
+        if isinstance(layer, nn.modules.conv._ConvNd) and layer.transposed:
+            count = inputs[0].numel() // layer.in_channels
+        elif isinstance(layer, nn.Linear):
+            count = out.numel() // layer.out_features
+        else:
+            count = out.numel() // layer.out_channels
+        self.positions[layer] = self.positions.get(layer, 0) + count
+
+    def _layer_macs(self, layer: nn.Module, removed_out: int = 0, removed_in: int = 0) -> int:
+        positions = self.positions[layer]
+        if isinstance(layer, nn.Linear):
+            return positions * (layer.out_features - removed_out) * (layer.in_features - removed_in)
+        assert isinstance(layer, nn.modules.conv._ConvNd)
+        out_ch = layer.out_channels - removed_out
+        in_ch = layer.in_channels - removed_in
+        kernel = math.prod(layer.kernel_size)
+        depthwise = layer.groups == layer.in_channels == layer.out_channels and layer.groups > 1
+        if depthwise:  # pruning a depthwise conv removes whole groups, whichever side names it
+            return positions * (layer.out_channels - max(removed_out, removed_in)) * kernel
+        if layer.transposed:
+            return positions * in_ch * (out_ch // layer.groups) * kernel
+        return positions * out_ch * (in_ch // layer.groups) * kernel
+
+    def estimate(self, removed: dict[tuple[nn.Module, str], int] | None = None) -> int:
+        """MACs at the current widths less `removed[(layer, "out" | "in")]` channels."""
+        removed = removed or {}
+        return self.other + sum(
+            self._layer_macs(m, removed.get((m, "out"), 0), removed.get((m, "in"), 0))
+            for m in self.positions
+        )
