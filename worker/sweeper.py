@@ -25,7 +25,7 @@ from sqlalchemy.pool import NullPool
 
 from app.core.config import Settings
 from app.db.models import Job, utcnow
-from app.db.session import make_engine, make_sessionmaker
+from app.db.session import init_db, make_engine, make_sessionmaker
 from worker import claim
 from worker.names import QUEUE, TASK_NAME
 
@@ -164,8 +164,22 @@ class SweeperThread(threading.Thread):
                 return
 
 
+def ensure_tables(engine: Engine) -> None:
+    """Create the job store's tables if missing: the worker may start before the API.
+    When the API creates them at the same moment, the loser's CREATE fails; try again."""
+    for attempt in range(3):
+        try:
+            init_db(engine)
+            return
+        except Exception:  # noqa: BLE001 - a concurrent CREATE TABLE; the tables now exist
+            if attempt == 2:
+                raise
+            time.sleep(0.5)
+
+
 def _parent_engine(settings: Settings) -> Engine:
     engine = make_engine(settings.resolved_database_url)
+    ensure_tables(engine)
     # Pool children are forked from this process; they must not reuse its connections.
     os.register_at_fork(after_in_child=lambda: engine.dispose(close=False))
     return engine

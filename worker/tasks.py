@@ -10,12 +10,13 @@ import threading
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_process_shutdown
 
-from app.db.session import init_db, make_engine, make_sessionmaker
+from app.db.session import make_engine, make_sessionmaker
 from app.storage import make_store
 from worker import runner
 from worker.celery_app import TASK_NAME, celery_app, settings
+from worker.sweeper import ensure_tables
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def run_context() -> runner.RunContext:
     global _context
     if _context is None or _context[0] != os.getpid():
         engine = make_engine(settings.resolved_database_url)
-        init_db(engine)
+        ensure_tables(engine)
         ctx = runner.RunContext(settings=settings, sessions=make_sessionmaker(engine),
                                 store=make_store(settings))
         _context = (os.getpid(), ctx)
@@ -44,13 +45,27 @@ def _import_engine() -> None:
         log.exception("importing the engine failed")
 
 
+_warm_up_thread: threading.Thread | None = None
+
+
 @worker_process_init.connect(weak=False)
 def _warm_up(**_: Any) -> None:
     """Import torch and the engine in each new pool child, in the background, while it
     waits for a job. With one job per child this takes seconds off every job; a job that
     arrives meanwhile simply waits on the import lock. (Importing torch creates no CUDA
     context, and the parent never runs this.)"""
-    threading.Thread(target=_import_engine, name="engine-import", daemon=True).start()
+    global _warm_up_thread
+    _warm_up_thread = threading.Thread(target=_import_engine, name="engine-import",
+                                       daemon=True)
+    _warm_up_thread.start()
+
+
+@worker_process_shutdown.connect(weak=False)
+def _exit_during_warm_up(**_: Any) -> None:
+    # A child told to stop while still importing has no job and nothing to flush;
+    # interpreter shutdown could otherwise wait on the half-done native import.
+    if _warm_up_thread is not None and _warm_up_thread.is_alive():
+        os._exit(0)
 
 
 @celery_app.task(name=TASK_NAME, bind=True, max_retries=MAX_TRANSIENT_RETRIES)
