@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 import uvicorn
+from sqlalchemy import delete
 
+from app.core.auth import sync_settings_keys
 from app.core.config import Settings
 from app.db.jobstate import append_event, set_progress, set_status, status_payload
-from app.db.models import Artifact, Job, Model, utcnow
+from app.db.models import ApiKey, Artifact, Job, Model, utcnow
 from app.db.session import session_scope
 from app.main import create_app
 from contract import JobSpec, Report
@@ -217,3 +219,22 @@ def test_a_failed_job_shows_its_error(page: Any, scripted: ScriptedService) -> N
     assert "NonMaxSuppression cannot be pruned structurally" in panel.inner_text()
     assert panel.locator("code").inner_text() == "unsupported_op"
     assert page.locator("#cancel-job").is_hidden()
+
+
+def test_a_key_revoked_mid_session_returns_to_sign_in(page: Any,
+                                                      scripted: ScriptedService) -> None:
+    # Let the list and its model names load first, so the refresh is the first refused call.
+    page.locator("tr[data-job] td", has_text="scripted-net.onnx").first.wait_for()
+    factory = scripted.app.state.sessionmaker
+    with session_scope(factory) as s:
+        s.execute(delete(ApiKey).where(ApiKey.tenant == "carol"))
+    try:
+        page.click("#refresh-jobs")
+        message = page.locator("#login-message")
+        message.filter(has_text="refused").wait_for()
+        assert "401" in message.inner_text()
+        assert page.evaluate("sessionStorage.length") == 0
+        assert page.locator("#nav").is_hidden()
+    finally:
+        with session_scope(factory) as s:
+            sync_settings_keys(s, {KEY: "carol"})
