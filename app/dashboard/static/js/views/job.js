@@ -124,23 +124,26 @@ class JobPage {
   }
 
   async follow() {
-    let stage = this.job.stage;
+    let { stage, status } = this.job;
     const done = await followJob(this.job.id, ({ data }) => {
       if (!data || typeof data !== 'object') return;
       this.update(data);
-      // A new stage: fetch the job again for the timeline's start and end times.
-      if (data.stage && data.stage !== stage) {
-        stage = data.stage;
-        this.reload();
-      }
+      // A new stage or status: fetch the job again for the timeline's and the run's times.
+      const moved = (data.stage && data.stage !== stage) || (data.status && data.status !== status);
+      stage = data.stage || stage;
+      status = data.status || status;
+      if (moved) this.reload();
     }, { signal: this.signal });
     if (done && !this.signal.aborted) await this.finish();
   }
 
   async reload() {
+    // Only the newest answer counts: an older one arriving late would show a stale status.
+    this.reloads = (this.reloads || 0) + 1;
+    const mine = this.reloads;
     try {
       const job = await api(`/jobs/${encodeURIComponent(this.job.id)}`, { signal: this.signal });
-      this.update(job);
+      if (mine === this.reloads) this.update(job);
       return job;
     } catch {
       return null;
