@@ -238,3 +238,24 @@ def test_a_key_revoked_mid_session_returns_to_sign_in(page: Any,
     finally:
         with session_scope(factory) as s:
             sync_settings_keys(s, {KEY: "carol"})
+
+
+def test_the_list_pages_with_cursors(page: Any, scripted: ScriptedService) -> None:
+    while scripted.count < 23:  # more than one page of 20
+        scripted.new_job()
+    with session_scope(scripted.app.state.sessionmaker) as s:
+        total = s.query(Job).filter(Job.tenant == "carol").count()
+    page.click("#refresh-jobs")
+    rows = page.locator("tr[data-job]")
+    page.locator("nav.pager", has_text="Page 1").wait_for()
+    first = rows.evaluate_all("rs => rs.map(r => r.dataset.job)")
+    assert len(first) == 20
+    page.click("nav.pager a:has-text('Older')")
+    page.locator("nav.pager", has_text="Page 2").wait_for()
+    second = rows.evaluate_all("rs => rs.map(r => r.dataset.job)")
+    assert len(second) == total - 20
+    assert not set(first) & set(second)
+    assert f"job_scripted{scripted.count}" in first  # newest first
+    page.click("nav.pager a:has-text('Newer')")
+    page.locator("nav.pager", has_text="Page 1").wait_for()
+    assert rows.evaluate_all("rs => rs.map(r => r.dataset.job)") == first

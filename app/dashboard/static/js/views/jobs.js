@@ -15,7 +15,8 @@ const POLL_MS = 3000;
 export function renderJobs(root, { signal, params }) {
   const query = new URLSearchParams(params[0] || '');
   const status = STATUSES.includes(query.get('status')) ? query.get('status') : '';
-  const cursors = (query.get('page') || '').split(',').filter(Boolean);
+  // The cursors of the pages walked so far, so "Newer" can go back without server help.
+  const cursors = (query.get('page') || '').split(',').filter(Boolean).map(decodeURIComponent);
   document.title = 'Secateurs · jobs';
 
   const filter = h('select', { id: 'status-filter', name: 'status' },
@@ -39,7 +40,7 @@ export function renderJobs(root, { signal, params }) {
 function listHash(status, cursors) {
   const q = new URLSearchParams();
   if (status) q.set('status', status);
-  if (cursors.length) q.set('page', cursors.join(','));
+  if (cursors.length) q.set('page', cursors.map(encodeURIComponent).join(','));
   const qs = q.toString();
   return qs ? `#/jobs?${qs}` : '#/jobs';
 }
