@@ -244,7 +244,17 @@ def file_digest(path: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
+def _cancel_requested(ctx: RunContext, job_id: str) -> bool:
+    with session_scope(ctx.sessions) as session:
+        job = session.get(Job, job_id)
+        return job is not None and bool(job.cancel_requested)
+
+
 def _store_result(ctx: RunContext, job_id: str, attempts: int, result: Any) -> None:
+    # A cancel accepted while the job ran wins over its results, also when it landed in a
+    # stage that does not check for cancels itself (the benchmark).
+    if _cancel_requested(ctx, job_id):
+        raise JobCancelled()
     rows = []
     for name, path in sorted(result.artifacts.items()):
         key = artifact_key(job_id, name)
@@ -259,10 +269,14 @@ def _store_result(ctx: RunContext, job_id: str, attempts: int, result: Any) -> N
         if not claim.still_owner(session, job_id, ctx.worker, attempts):
             log.warning("job %s: lost ownership before storing results", job_id)
             return
-        session.execute(delete(Artifact).where(Artifact.job_id == job_id))
-        session.add_all(rows)
         job = session.get(Job, job_id)
         assert job is not None
+        if job.cancel_requested:
+            for row in rows:
+                ctx.store.delete(row.storage_key)
+            raise JobCancelled()
+        session.execute(delete(Artifact).where(Artifact.job_id == job_id))
+        session.add_all(rows)
         job.report = report
         jobstate.set_status(session, job, "succeeded")
 
