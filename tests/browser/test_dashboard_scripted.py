@@ -259,3 +259,17 @@ def test_the_list_pages_with_cursors(page: Any, scripted: ScriptedService) -> No
     page.click("nav.pager a:has-text('Newer')")
     page.locator("nav.pager", has_text="Page 1").wait_for()
     assert rows.evaluate_all("rs => rs.map(r => r.dataset.job)") == first
+
+
+def test_a_deep_link_survives_signing_in(browser: Any, scripted: ScriptedService) -> None:
+    job_id = scripted.new_job()
+    context = browser.new_context(base_url=scripted.url)
+    pg = context.new_page()
+    try:
+        pg.goto(f"/#/jobs/{job_id}")
+        pg.fill("#api-key", KEY)
+        pg.keyboard.press("Enter")
+        pg.locator("h1", has_text=job_id).wait_for()
+        assert pg.evaluate("location.hash") == f"#/jobs/{job_id}"
+    finally:
+        context.close()
