@@ -165,7 +165,9 @@ def prune(
     ] = None,
     target_params: Annotated[float | None, typer.Option(help="fraction of params")] = None,
     channel_ratio: Annotated[float | None, typer.Option(help="fraction of channels")] = None,
-    method: Annotated[str, typer.Option(help="l1 l2 bn_scale taylor fpgm lamp random")] = "l2",
+    method: Annotated[
+        str, typer.Option(help="l1 l2 bn_scale taylor fpgm lamp random unstructured_l1")
+    ] = "l2",
     scope: Annotated[str, typer.Option(help="global or layerwise")] = "global",
     round_to: Annotated[int | None, typer.Option(help="channel multiple (default: auto)")] = None,
     steps: Annotated[int, typer.Option(help="iterative pruning steps")] = 5,
