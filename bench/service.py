@@ -140,9 +140,12 @@ def _ts(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def pickup_latency(client: httpx.Client, model_id: str, jobs: int) -> list[float]:
+def pickup_latency(client: httpx.Client, model_id: str, jobs: int,
+                   idle_s: float) -> list[float]:
     """Seconds from created_at to started_at, one job at a time on an idle worker. Each job
-    is cancelled as soon as it runs, to free the worker for the next."""
+    is cancelled as soon as it runs, to free the worker for the next, which is submitted
+    `idle_s` later (the pool forks a fresh child after each job and it imports the engine
+    while it waits)."""
     body = {"model_id": model_id, "finetune": None,
             "benchmark": {"providers": ["cpu"], "warmup": 0, "iterations": 1}}
     out: list[float] = []
@@ -155,7 +158,7 @@ def pickup_latency(client: httpx.Client, model_id: str, jobs: int) -> list[float
         client.post(f"/v1/jobs/{job['id']}/cancel")
         while client.get(f"/v1/jobs/{job['id']}").json()["status"] == "running":
             time.sleep(0.05)
-        time.sleep(1.0)  # the pool forks a fresh child after each job
+        time.sleep(idle_s)
     return out
 
 
@@ -235,7 +238,8 @@ def machine() -> str:
     import fastapi
     import uvicorn
 
-    return (f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python "
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores (load {load}), Python "
             f"{platform.python_version()}, fastapi {fastapi.__version__}, uvicorn "
             f"{uvicorn.__version__}, celery {celery.__version__}")
 
@@ -248,7 +252,7 @@ def run(args: argparse.Namespace, data_dir: Path, settings: dict[str, str]) -> N
                               headers={"Authorization": f"Bearer {procs.key}"})
         with tiny_onnx(data_dir / "tiny.onnx").open("rb") as fh:
             model = client.post("/v1/models", files={"file": ("tiny.onnx", fh)}).json()
-        lat = pickup_latency(client, model["id"], args.jobs)
+        lat = pickup_latency(client, model["id"], args.jobs, args.idle_s)
         print(f"submit -> running, idle worker, {len(lat)} jobs: median "
               f"{statistics.median(lat) * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms "
               f"(target median <= 1000 ms)")
@@ -278,6 +282,8 @@ def main() -> None:
     parser.add_argument("--embedded", action="store_true",
                         help="SQLite + embedded broker instead of Redis + PostgreSQL")
     parser.add_argument("--jobs", type=int, default=7, help="jobs timed for pick-up")
+    parser.add_argument("--idle-s", type=float, default=5.0,
+                        help="seconds the worker idles before each timed job")
     parser.add_argument("--pollers", type=int, default=100)
     parser.add_argument("--each", type=int, default=20, help="requests per poller")
     parser.add_argument("--upload-mib", type=int, default=1024, help="0 skips the upload")

@@ -1,15 +1,21 @@
 """The core scenario on the server-less defaults: SQLite job store, the embedded broker
 (Kombu's SQLAlchemy transport on SQLite) and the local artifact store."""
 
+import time
 from collections.abc import Iterator
-from pathlib import Path
+from datetime import datetime
+from typing import Any
 
 import pytest
 
 from tests.conftest import Service, running_service
-from tests.e2e.helpers import core_scenario
+from tests.e2e.helpers import core_scenario, job_body, submit, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+# The worker polls the embedded broker every 0.2 s; the sweeper would only find an
+# unpublished job after 3 s or more, so a slower pick-up means the publish was lost.
+PICKUP_LIMIT_S = 2.5
 
 
 @pytest.fixture(scope="module")
@@ -18,12 +24,35 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         yield svc
 
 
-def test_core_scenario_on_embedded_defaults(service: Service, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def core(service: Service, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     with service.client() as client:
         try:
-            result = core_scenario(client, tmp_path)
+            return core_scenario(client, tmp_path_factory.mktemp("core"))
         except AssertionError:
             print(service.logs())
             raise
-    stored = service.log_dir / "artifacts" / "jobs" / result["job"]["id"] / "model.onnx"
-    assert stored.read_bytes() == result["onnx"]
+
+
+def test_core_scenario_on_embedded_defaults(service: Service, core: dict[str, Any]) -> None:
+    stored = service.log_dir / "artifacts" / "jobs" / core["job"]["id"] / "model.onnx"
+    assert stored.read_bytes() == core["onnx"]
+
+
+def _ts(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def test_idle_worker_picks_a_job_up_through_the_embedded_broker(
+    service: Service, core: dict[str, Any]
+) -> None:
+    time.sleep(5)  # let the fresh pool child finish importing the engine: an idle worker
+    with service.client() as client:
+        job_id = submit(client, job_body(core["model"]["id"])).json()["id"]
+        job = wait_for(client, job_id, lambda j: j["status"] != "queued", timeout_s=60,
+                       interval_s=0.05)
+        client.post(f"/v1/jobs/{job_id}/cancel")
+    waited = _ts(job["started_at"]) - _ts(job["created_at"])
+    assert waited < PICKUP_LIMIT_S, (
+        f"picked up after {waited:.1f} s: the API's publish to the embedded broker failed "
+        f"and the sweeper found the job\n{service.logs()}")
