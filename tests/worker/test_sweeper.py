@@ -67,3 +67,16 @@ def test_embedded_broker_queue_is_read_and_known_jobs_are_not_republished(sessio
     recorder = RecordingApp()
     sweeper = Sweeper(recorder, settings, sessions)  # type: ignore[arg-type]
     assert sweeper.sweep_once() == ["job_gone"]
+
+
+def test_redis_queue_is_read(redis_url: str) -> None:
+    settings = Settings(broker_url=redis_url)
+    app = Celery("t")
+    app.conf.update(celery_config(settings))
+    app.send_task(TASK_NAME, args=["job_waiting"], queue=QUEUE)
+    app.send_task("other.task", args=["job_other"], queue=QUEUE)
+    try:
+        assert broker_job_ids(app, redis_url) == {"job_waiting"}
+    finally:
+        with app.connection_for_write() as conn:
+            conn.default_channel.client.delete(QUEUE)
