@@ -231,3 +231,19 @@ def test_on_cuda_with_budget(tiny_onnx: Path, tiny_npz: Path, tmp_path: Path) ->
     assert report.pruned.accuracy is not None
     assert 1 - report.pruned.macs / report.original.macs <= 0.5 + 0.02
     assert result.artifacts["model.onnx"].is_file()
+
+
+@pytest.mark.slow
+def test_pt2_failure_still_ships_onnx(
+    tiny_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.engine import pipeline
+    from worker.engine.errors import ExportFailed
+
+    def refuse(*args, **kwargs):
+        raise ExportFailed("torch.export cannot trace this model")
+
+    monkeypatch.setattr(pipeline, "save_pt2", refuse)
+    result = run_pipeline(tiny_onnx, _spec(), tmp_path / "out")
+    assert set(result.artifacts) == {"model.onnx", "report.json"}
+    assert "model.pt2 not written: torch.export cannot trace this model" in result.report.notes

@@ -22,7 +22,7 @@ from contract import Fidelity, HistoryPoint, JobSpec, PruneSpec, Report, Target
 from contract.stages import overall_progress
 from worker.engine import benchmark, report
 from worker.engine.data import DatasetSplits, load_dataset
-from worker.engine.errors import EngineError, JobCancelled, VerificationFailed
+from worker.engine.errors import EngineError, ExportFailed, JobCancelled, VerificationFailed
 from worker.engine.evaluate import accuracy, fidelity, is_classification, output_tensors
 from worker.engine.export import RELATIVE_TOLERANCE, export_onnx, save_pt2, verify_onnx
 from worker.engine.finetune import finetune
@@ -394,12 +394,17 @@ def _export(state: _State, spec: JobSpec, out_dir: Path, t: _Tracker) -> dict[st
         state.verification["onnx_relative_tolerance"] = RELATIVE_TOLERANCE
         _check_drop_in(model_path, state)
         t.within("exporting", 0.5)
-        pt2_path = save_pt2(module, state.loaded, out_dir / "model.pt2")
+        paths = {"model.onnx": model_path}
+        try:
+            paths["model.pt2"] = save_pt2(module, state.loaded, out_dir / "model.pt2")
+        except ExportFailed as exc:
+            # The ONNX file is the product; a model torch.export cannot trace still ships.
+            state.notes.append(f"model.pt2 not written: {exc.message}")
         t.within("exporting", 0.7)
-        original = export_onnx(
+        paths["original.onnx"] = export_onnx(
             state.teacher.cpu().eval(), state.loaded, out_dir / "original.onnx", spec.export
         )
-    return {"model.onnx": model_path, "model.pt2": pt2_path, "original.onnx": original}
+    return paths
 
 
 def _benchmark(state: _State, spec: JobSpec, paths: dict[str, Path], device: str, t: _Tracker):
@@ -516,8 +521,7 @@ def run_pipeline(
     return PipelineResult(
         report=result,
         artifacts={
-            "model.onnx": paths["model.onnx"],
-            "model.pt2": paths["model.pt2"],
+            **{name: paths[name] for name in ("model.onnx", "model.pt2") if name in paths},
             "report.json": report_path,
         },
         original_onnx=paths["original.onnx"],
