@@ -175,7 +175,7 @@ def test_folded_model_recovers_and_keeps_its_layout(
     student = _pruned(teacher)
     convs = [m for m in student.modules() if isinstance(m, nn.Conv2d)]
     before = accuracy(student, digits.val)
-    finetune(student, teacher, digits, FinetuneSpec(epochs=2, batch_size=128))
+    finetune(student, teacher, digits, FinetuneSpec(epochs=4, batch_size=64))
     assert [m for m in student.modules() if isinstance(m, nn.Conv2d)] == convs  # same objects
     assert not any(isinstance(m, ConvNorm | nn.BatchNorm2d) for m in student.modules())
     assert accuracy(student, digits.val) > before + 0.3
