@@ -31,8 +31,20 @@ def upload_inputs(client: httpx.Client, tmp: Path) -> tuple[str, str]:
     return ids[0], ids[1]
 
 
+def upload_big_dataset(client: httpx.Client, tmp: Path, n: int = 8192) -> str:
+    """`n` labelled samples: enough to make evaluation a stage one can catch."""
+    rng = np.random.default_rng(1)
+    path = tmp / "big.npz"
+    np.savez(path, x=rng.standard_normal((n, 3, 8, 8), dtype=np.float32),
+             y=rng.integers(0, 4, n))
+    with path.open("rb") as fh:
+        resp = client.post("/v1/datasets", files={"file": (path.name, fh)}, timeout=120)
+    assert resp.status_code == 201, resp.text
+    return str(resp.json()["id"])
+
+
 def body(model_id: str, dataset_id: str | None = None, *, epochs: int = 2,
-         iterations: int = 3) -> dict[str, Any]:
+         iterations: int = 3, batch_size: int = 8) -> dict[str, Any]:
     out: dict[str, Any] = {
         "model_id": model_id,
         "prune": {"target": {"channel_ratio": 0.5}, "iterative_steps": 1},
@@ -42,7 +54,8 @@ def body(model_id: str, dataset_id: str | None = None, *, epochs: int = 2,
     }
     if dataset_id:
         out["dataset_id"] = dataset_id
-        out["finetune"] = {"epochs": epochs, "batch_size": 8, "lr": 0.01, "distill": False}
+        out["finetune"] = {"epochs": epochs, "batch_size": batch_size, "lr": 0.01,
+                           "distill": False}
     return out
 
 

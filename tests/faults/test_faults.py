@@ -13,7 +13,16 @@ import pytest
 from tests.conftest import Service
 from tests.e2e.helpers import wait_for
 from tests.faults.conftest import RedisServer, status_events
-from tests.faults.jobs import body, finish, kill_run, submit, upload_inputs, wait_running
+from tests.faults.jobs import (
+    TERMINAL,
+    body,
+    finish,
+    kill_run,
+    submit,
+    upload_big_dataset,
+    upload_inputs,
+    wait_running,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -114,25 +123,40 @@ STAGES = ["queued", "loading", "analyzing", "pruning", "finetuning", "evaluating
           "exporting", "benchmarking"]
 
 
-def _cancel_in(client: httpx.Client, inputs, stage: str) -> tuple[str, str]:
-    """Submit a job, cancel it once it reports `stage`; returns (job id, stage at cancel)."""
-    job_id = submit(client, body(*inputs, epochs=30, iterations=3000))
+@pytest.fixture(scope="module")
+def big_dataset(service: Service, tmp_path_factory: pytest.TempPathFactory) -> str:
+    with service.client() as client:
+        return upload_big_dataset(client, tmp_path_factory.mktemp("big"))
+
+
+def _cancel_in(client: httpx.Client, job: dict, stage: str) -> tuple[str, str]:
+    """Submit `job`, cancel it once it reports `stage` (or has gone past it); returns the job
+    id and the stage the cancel found it in."""
+    job_id = submit(client, job)
+    target = STAGES.index(stage)
+
+    def reached(j: dict) -> bool:
+        return j["status"] in TERMINAL or STAGES.index(j["stage"] or "queued") >= target
+
     if stage != "queued":
-        wait_for(client, job_id, lambda j: j["stage"] == stage or j["status"] != "running"
-                 and j["status"] != "queued", timeout_s=180, interval_s=0.03)
+        wait_for(client, job_id, reached, timeout_s=180, interval_s=0.02)
     resp = client.post(f"/v1/jobs/{job_id}/cancel")
     assert resp.status_code in (202, 409), resp.text
     if resp.status_code == 409:
         return job_id, "finished"
-    job = resp.json()
-    return job_id, "queued" if job["status"] == "cancelled" else job["stage"]
+    got = resp.json()
+    return job_id, "queued" if got["status"] == "cancelled" else got["stage"]
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_cancel_in_every_stage_frees_the_worker(service: Service, client: httpx.Client,
-                                                inputs, stage: str) -> None:
-    for _ in range(3):  # a short stage may be over before the cancel lands: try again
-        job_id, seen = _cancel_in(client, inputs, stage)
+                                                inputs, big_dataset: str, stage: str) -> None:
+    if STAGES.index(stage) <= STAGES.index("finetuning"):
+        job = body(*inputs, epochs=30, iterations=3000)
+    else:  # one quick pass of fine-tuning, then a long evaluation and benchmark
+        job = body(inputs[0], big_dataset, epochs=1, batch_size=256, iterations=3000)
+    for _ in range(4):  # a short stage may be over before the cancel lands: try again
+        job_id, seen = _cancel_in(client, job, stage)
         done = finish(client, job_id)
         if seen == stage:
             break
