@@ -224,3 +224,12 @@ def test_cancel_raises_and_progress_is_monotone() -> None:
     seen.clear()
     prune_model(model, x, PruneSpec(), protected=[head], on_progress=seen.append)
     assert seen == sorted(seen) and seen[-1] == 1.0 and all(0 <= f <= 1 for f in seen)
+
+
+def test_unreachable_target_is_reported() -> None:
+    model, x, head = _model("resconcat")
+    spec = PruneSpec(target=Target(macs_reduction=0.8), max_layer_ratio=0.3)
+    result = prune_model(model, x, spec, protected=[head])
+    assert result.achieved["macs_reduction"] < 0.78
+    assert any("not reachable" in n for n in result.notes)
+    assert model(x).shape == (1, 10)

@@ -327,7 +327,8 @@ def _prune(
     on_progress: Callable[[float], None] | None,
     cancel: Callable[[], bool],
 ) -> PruneResult:
-    macs_before, params_before = count_macs(module, inputs), count_params(module)
+    profile = MacProfile(module, inputs)
+    macs_before, params_before = profile.total, count_params(module)
     widths_before = _prunable_layers(module)
     notes: list[str] = []
     if cancel():
@@ -355,7 +356,7 @@ def _prune(
         inputs=inputs,
         spec=spec,
         pruner=pruner,
-        profile=MacProfile(module, inputs),
+        profile=profile,
         macs_before=macs_before,
         params_before=params_before,
         notes=notes,

@@ -161,6 +161,7 @@ class MacProfile:
         finally:
             for handle in handles:
                 handle.remove()
+        self.total = total  # as measured, before any pruning
         self.other = max(0, total - sum(self._layer_macs(m) for m in self.positions))
 
     def _record(self, layer: nn.Module, inputs: tuple, out: Any) -> None:
