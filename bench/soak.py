@@ -1,7 +1,7 @@
 """Soak test: N mixed tiny jobs while the worker is SIGKILLed every k seconds and Redis
 is restarted once; then drain and count what went wrong.
 
-    python -m bench.soak [--jobs 200] [--kill-every 20] [--drain-timeout 1800]
+    python -m bench.soak [--jobs 200] [--kill-every 20] [--max-kills 0] [--drain-timeout 1800]
 
 Starts its own redis-server (free port, no persistence, so the restart loses every
 queued message), the API and one worker on a temporary data directory. Prints jobs
@@ -63,6 +63,13 @@ class Redis:
 
 class Soak(Processes):
     """The service, plus what the soak does to its worker."""
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        # Append: the worker log of every restart is kept, for the duplicate-run count.
+        log = (self.data_dir / f"{name}.log").open("ab")
+        self.procs[name] = subprocess.Popen(argv, cwd=Path(__file__).resolve().parents[1],
+                                            env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
 
     def restart_worker(self) -> None:
         self._spawn("worker", [sys.executable, "-c", "from cli.main import main; main()",
@@ -139,6 +146,8 @@ def _chaos(soak: Soak, redis: Redis, args: argparse.Namespace, total: int,
     while not done.wait(args.kill_every):
         if _terminal_count(soak) >= total * args.chaos_until:
             return
+        if args.max_kills and len(kills) >= args.max_kills:
+            return
         kills.append(soak.kill_worker())
         if not restarted and len(kills) == 2:
             redis.stop()
@@ -154,13 +163,18 @@ def _report(soak: Soak, accepted: list[str], kills: list[float], elapsed: float)
         rows = {r["id"]: dict(r) for r in db.execute("SELECT * FROM jobs")}
         events = db.execute("SELECT job_id, data FROM job_events WHERE kind = 'status'").fetchall()
         artifacts = Counter(r[0] for r in db.execute("SELECT job_id FROM artifacts"))
+        names = db.execute("SELECT count(*), count(DISTINCT job_id || '/' || name) "
+                           "FROM artifacts").fetchone()
     ends: Counter[str] = Counter()
     for job_id, data in events:
         if json.loads(data)["status"] in ("succeeded", "failed"):
             ends[job_id] += 1
+    # A second run that reached the end finds the job taken and says so in the worker log.
+    log = (soak.data_dir / "worker.log").read_text(errors="replace")
+    overtaken = {j for j in accepted if f"job {j}: lost ownership" in log}
     lost = [j for j in accepted if j not in rows]
     stuck = [j for j in accepted if j in rows and rows[j]["status"] not in TERMINAL]
-    duplicates = [j for j in accepted if ends[j] > 1 or artifacts[j] > 2]
+    duplicates = [j for j in accepted if ends[j] > 1 or j in overtaken]
     statuses = Counter(rows[j]["status"] for j in accepted if j in rows)
     errors = Counter((rows[j]["error_code"] or "") for j in accepted
                      if j in rows and rows[j]["status"] == "failed")
@@ -170,6 +184,10 @@ def _report(soak: Soak, accepted: list[str], kills: list[float], elapsed: float)
           f"worker kills {len(kills)}   redis restarts 1")
     print(f"jobs lost            {len(lost)}")
     print(f"duplicate runs       {len(duplicates)}")
+    bare = sum(1 for j in accepted
+               if rows.get(j, {}).get("status") == "succeeded" and artifacts[j] == 0)
+    print(f"artifacts            {names[0]} rows, {names[0] - names[1]} duplicated; "
+          f"{bare} succeeded jobs without artifacts")
     print(f"stuck after draining {len(stuck)}")
     print(f"outcomes             {dict(sorted(statuses.items()))}")
     if errors:
@@ -186,6 +204,7 @@ def main() -> None:
     parser.add_argument("--kill-every", type=float, default=20.0)
     parser.add_argument("--chaos-until", type=float, default=0.8,
                         help="stop killing once this fraction of jobs has ended")
+    parser.add_argument("--max-kills", type=int, default=0, help="0: no cap")
     parser.add_argument("--drain-timeout", type=float, default=1800.0)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="secateurs-soak-"))
