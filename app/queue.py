@@ -14,6 +14,15 @@ RUN_JOB_TASK = "secateurs.run_job"
 JOBS_QUEUE = "jobs"
 
 
+def _transport_options(broker_url: str, timeout_s: float) -> dict[str, float]:
+    """Redis: give up on a silent server instead of blocking the request. Other transports
+    get none: Kombu's SQLAlchemy transport passes every option on to `create_engine`, which
+    refuses socket options, so no publish would ever succeed on the embedded broker."""
+    if broker_url.startswith(("redis://", "rediss://")):
+        return {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
+    return {}
+
+
 class JobQueue:
     """Enqueues jobs by task name and checks that the broker answers."""
 
@@ -26,9 +35,7 @@ class JobQueue:
             accept_content=["json"],
             broker_connection_timeout=connect_timeout_s,
             broker_connection_retry_on_startup=False,
-            # Redis: give up on a silent server instead of blocking the request.
-            broker_transport_options={"socket_timeout": connect_timeout_s,
-                                      "socket_connect_timeout": connect_timeout_s},
+            broker_transport_options=_transport_options(broker_url, connect_timeout_s),
         )
 
     def enqueue(self, job_id: str) -> bool:
