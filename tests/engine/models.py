@@ -17,6 +17,7 @@ from torch import nn
 from tests.engine.tiny_nets import Conv1dNet, ResConcatNet, TinyResNet, TwoOutputNet, seeded
 
 __all__ = [
+    "C2fNet",
     "Conv1dNet",
     "ReshapeBakedNet",
     "ResConcatNet",
@@ -46,6 +47,26 @@ class ReshapeBakedNet(nn.Module):
         x = x.reshape(n, 2, 4, h, w).sum(dim=1)
         x = torch.relu(self.conv3(torch.relu(self.conv2(x))))
         return self.fc(x.mean(dim=(2, 3)))
+
+
+class C2fNet(nn.Module):
+    """YOLOv8's C2f block: the first conv's output is split in two along the channels, one
+    half feeds a residual bottleneck *and* the concatenation (a split torch-pruning cannot
+    follow as it is), then a classifier."""
+
+    def __init__(self, num_classes: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.SiLU())
+        self.cv1 = nn.Sequential(nn.Conv2d(16, 32, 1), nn.BatchNorm2d(32), nn.SiLU())
+        self.m1 = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.SiLU())
+        self.m2 = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.SiLU())
+        self.cv2 = nn.Sequential(nn.Conv2d(48, 32, 1), nn.SiLU())
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = list(self.cv1(self.stem(x)).chunk(2, 1))
+        y.append(y[-1] + self.m2(self.m1(y[-1])))
+        return self.fc(self.cv2(torch.cat(y, 1)).mean(dim=(2, 3)))
 
 
 def to_onnx(

@@ -123,3 +123,21 @@ def test_pt2_of_a_pruned_onnx_model_round_trips(tmp_path, tiny_resnet_onnx):
     x = loaded.example_inputs(batch=3)
     with torch.no_grad():
         np.testing.assert_allclose(again.module(*x).numpy(), loaded.module(*x).numpy(), atol=1e-5)
+
+
+def test_dynamic_spatial_dims_stay_dynamic_after_pruning(tmp_path, two_output):
+    from tests.engine import models
+
+    path = models.to_onnx(
+        two_output,
+        tmp_path / "fcn.onnx",
+        (1, 3, 32, 32),
+        output_names=("class_logits", "mask"),
+        dynamic={2: "height", 3: "width"},
+    )
+    loaded = _pruned(path, input_shape="1,3,32,32")
+    out = export_onnx(loaded.module, loaded, tmp_path / "pruned.onnx", ExportSpec())
+    model = onnx.load(str(out))
+    assert _dims(model.graph.input[0]) == ["batch", 3, "height", "width"]
+    # another size than the one it was loaded and pruned at
+    verify_onnx(out, loaded.module, (torch.randn(2, 3, 48, 40),))

@@ -102,3 +102,29 @@ def test_pruning_after_preflight_keeps_the_outputs(tf_style_onnx):
     with torch.no_grad():
         out = module(*x)
     assert [out.shape[1:]] == [s[1:] for s in shapes]
+
+
+def test_a_yolo_style_channel_split_becomes_prunable(tmp_path):
+    torch.manual_seed(0)
+    net = models.seeded(models.C2fNet)
+    path = models.to_onnx(net, tmp_path / "c2f.onnx", (1, 3, 32, 32))
+    loaded = load_model(path)
+    modules = dict(loaded.module.named_modules())
+    # the split conv became one conv per half, so each half is an ordinary group
+    halves = sorted(n for n in modules if n.startswith("cv1/cv1/0/Conv__part"))
+    assert [modules[n].out_channels for n in halves] == [16, 16]
+    pre = run_preflight(loaded)
+    assert _names(loaded, pre.protected) == {"fc/Gemm"}
+    x = loaded.example_inputs(batch=2)
+    pruner = tp.pruner.MetaPruner(
+        loaded.module,
+        loaded.example_inputs(),
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=0.5,
+        ignored_layers=pre.protected,
+        **PRUNER_KWARGS,
+    )
+    pruner.step()
+    assert [modules[n].out_channels for n in halves] == [8, 8]
+    with torch.no_grad():
+        assert loaded.module(*x).shape == (2, 3)

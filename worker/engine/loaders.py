@@ -163,7 +163,10 @@ def flatten_outputs(out: Any) -> tuple[torch.Tensor, ...]:
     )
 
 
-def _run(module: nn.Module, inputs: Sequence[torch.Tensor], what: str) -> tuple[torch.Tensor, ...]:
+def _run(
+    module: nn.Module, inputs: Sequence[torch.Tensor], what: str, code: str = "invalid_model"
+) -> tuple[torch.Tensor, ...]:
+    """The module's outputs on `inputs`; a failure is an UnsupportedModel with `code`."""
     try:
         with torch.no_grad():
             return flatten_outputs(module(*inputs))
@@ -172,8 +175,7 @@ def _run(module: nn.Module, inputs: Sequence[torch.Tensor], what: str) -> tuple[
     except Exception as exc:
         shapes = ", ".join(str(list(t.shape)) for t in inputs)
         raise UnsupportedModel(
-            f"{what} does not run at input shape {shapes}: {_short(exc)}",
-            code="input_shape_mismatch",
+            f"{what} does not run at input shape {shapes}: {_short(exc)}", code=code
         ) from exc
 
 
@@ -229,7 +231,7 @@ def _load_onnx(path: Path, given: list[tuple[int, ...]] | None) -> LoadedModel:
     example = _example(shapes)
     reference = _onnxruntime_outputs(model, data, inputs, example)
 
-    prepared = _prepare_onnx(model, shapes)
+    prepared = _prepare_onnx(model)
     module: Any = _onnx_to_torch(prepared, [o.name for o in outputs], example, reference)
     _name_placeholders(module, [i.name for i in inputs])
     notes = [f"ONNX opset {_opset(model)}, producer {model.producer_name or 'unknown'}"]
@@ -341,21 +343,26 @@ def _onnxruntime_outputs(
         raise UnsupportedModel(f"onnxruntime cannot run the model: {_short(exc)}") from exc
 
 
-def _prepare_onnx(model: Any, shapes: Sequence[tuple[int, ...]]) -> Any:
-    """Fix the non-batch dims at the concrete shape, then let onnxslim fold constants,
-    infer shapes and fuse (Conv+BN, Conv+Mul/Add, MatMul+Add -> Gemm)."""
+def _prepare_onnx(model: Any) -> Any:
+    """Let onnxslim fold constants, infer shapes and fuse (Conv+BN, Conv+Mul/Add,
+    MatMul+Add -> Gemm).
+
+    Dynamic dims stay symbolic (unnamed ones get a name so that shape inference can
+    follow them): fixing them at the concrete input shape would fold sizes such as a
+    detector's anchor count into constants, and the pruned model would then only run at
+    that one shape while it still declares the dims dynamic.
+    """
     import onnx
 
     work = onnx.ModelProto()
     work.CopyFrom(model)
     initializer_names = {t.name for t in work.graph.initializer}
-    graph_inputs = [v for v in work.graph.input if v.name not in initializer_names]
-    for value, shape in zip(graph_inputs, shapes, strict=True):
+    for value in work.graph.input:
+        if value.name in initializer_names:
+            continue
         for j, dim in enumerate(value.type.tensor_type.shape.dim):
-            if j > 0 and not dim.HasField("dim_value"):
-                dim.dim_value = shape[j]
-            elif j == 0 and not dim.HasField("dim_value"):
-                dim.dim_param = dim.dim_param or "batch"
+            if not dim.HasField("dim_value") and not dim.dim_param:
+                dim.dim_param = "batch" if j == 0 else f"{value.name}_dim{j}"
     _drop_reshape_allowzero(work)
     try:
         import onnxslim
@@ -414,7 +421,9 @@ def _onnx_to_torch(
         raise UnsupportedModel(
             f"unsupported ONNX graph: {_short(exc)}", code="unsupported_op"
         ) from exc
-    _compare(_run(gm, example, "the converted model"), reference, "the converted model")
+    # onnxruntime ran the original at this shape: a failure here is the conversion's.
+    converted = _run(gm, example, "the converted model", code="unsupported_op")
+    _compare(converted, reference, "the converted model")
     try:
         prunable = conv.make_prunable(gm, example)
         _compare(_run(prunable, example, "the rewritten model"), reference, "the rewritten model")
@@ -422,7 +431,9 @@ def _onnx_to_torch(
     except Exception as exc:
         # The rewrites only make more of the graph prunable; the plain conversion is right.
         warnings.warn(f"graph rewrites skipped: {_short(exc)}", stacklevel=2)
-        gm = onnx2torch.convert(model, attach_onnx_mapping=True).float().eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gm = onnx2torch.convert(model, attach_onnx_mapping=True).float().eval()
         return conv.fix_outputs(gm, output_names)
 
 
@@ -533,7 +544,8 @@ def _load_pt2(path: Path, given: list[tuple[int, ...]] | None) -> LoadedModel:
     shapes = resolve_input_shapes(inputs, given)
     _check_finite_tensors(list(module.state_dict().items()))
     example = _example(shapes)
-    reference = _run(module, example, "the exported program")
+    code = "input_shape_mismatch" if given else "invalid_model"
+    reference = _run(module, example, "the exported program", code=code)
     module = raise_aten_layers(_plain_graph_module(module), example)
     after = _run(module, example, "the exported program (with layers)")
     if len(after) != len(reference) or any(

@@ -47,6 +47,18 @@ from onnx2torch.utils.common import (
 )
 from torch import fx, nn
 
+# onnx2torch's custom ONNX export reads the opset from `torch.onnx.symbolic_helper.GLOBALS`,
+# which torch 2.9+ only keeps inside its TorchScript exporter package: put it back.
+try:
+    from torch.onnx import symbolic_helper as _symbolic_helper
+
+    if not hasattr(_symbolic_helper, "GLOBALS"):
+        from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+
+        _symbolic_helper.GLOBALS = GLOBALS  # type: ignore[attr-defined]
+except ImportError:  # an older torch: onnx2torch finds it by itself
+    pass
+
 # --- version aliases ---------------------------------------------------------------------
 
 # Ops whose later versions only added element types (bfloat16, int4, float8, ...): the
@@ -562,6 +574,7 @@ def make_prunable(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> fx.Grap
             _rewrite_reshape(gm, node)
         elif kind == "OnnxMatMul":
             _rewrite_matmul(gm, node)
+    split_channel_producers(gm)
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
     _drop_unused_initializers(gm)
@@ -882,3 +895,224 @@ def _drop_unused_initializers(gm: fx.GraphModule) -> None:
     for name in list(container._buffers):
         if name not in used:
             del container._buffers[name]
+
+
+# --- channel splits -------------------------------------------------------------------------
+
+_SPLIT_MODULES = ("OnnxSplit13", "OnnxSplit", "Split")
+
+
+def split_channel_producers(gm: fx.GraphModule) -> int:
+    """`conv -> (per-channel ops) -> split along channels` becomes one conv (and one copy
+    of the per-channel ops) per part; returns how many producers were rewritten.
+
+    torch-pruning cannot follow a channel split whose parts are used more than once (the
+    C2f blocks of YOLOv8 split their first conv's output and use one half twice), and it
+    cannot move the bounds of a channel slice. Split into separate convolutions, each part
+    is an ordinary prunable group, and the model computes exactly the same. A split is an
+    ONNX Split, or Slices along the channels. Needs ShapeProp metadata.
+    """
+    rewritten = 0
+    for node in list(gm.graph.nodes):
+        parts = _channel_parts(gm, node)
+        if parts is None:
+            continue
+        chain = _per_channel_chain(gm, node)
+        if chain is None:
+            continue
+        _split_chain(gm, chain, parts)
+        rewritten += 1
+    if rewritten:
+        gm.graph.eliminate_dead_code()
+        gm.delete_all_unused_submodules()
+        gm.recompile()
+    return rewritten
+
+
+def _module_kind(gm: fx.GraphModule, node: fx.Node) -> str:
+    return type(gm.get_submodule(str(node.target))).__name__ if node.op == "call_module" else ""
+
+
+def _channel_parts(gm: fx.GraphModule, x: fx.Node) -> list[tuple[fx.Node, int, int]] | None:
+    """When every use of `x` takes a static channel range (Split outputs, channel
+    Slices): (the node that yields the range, first channel, end), else None."""
+    shape = _meta_shape(x)
+    if shape is None or len(shape) < 3 or not x.users:
+        return None
+    channels = shape[1]
+    parts: list[tuple[fx.Node, int, int]] = []
+    for user in x.users:
+        kind = _module_kind(gm, user)
+        if kind in _SPLIT_MODULES and user.args[0] is x:
+            sizes = _split_sizes(user, shape)
+            if sizes is None or any(
+                u.op != "call_function" or u.target is not operator.getitem for u in user.users
+            ):
+                return None
+            offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+            for getter in user.users:
+                index: Any = getter.args[1]
+                parts.append((getter, offsets[index], offsets[index + 1]))
+        elif kind == "OnnxSlice" and user.args[0] is x:
+            bounds = _channel_slice_bounds(gm, user, channels)
+            if bounds is None:
+                return None
+            parts.append((user, *bounds))
+        else:
+            return None
+    if all((start, stop) == (0, channels) for _, start, stop in parts):
+        return None
+    return parts
+
+
+def _split_sizes(split: fx.Node, in_shape: tuple[int, ...]) -> list[int] | None:
+    """The part sizes of a split along dim 1 (from the traced output shapes)."""
+    meta = split.meta.get("tensor_meta")
+    if not isinstance(meta, list | tuple):
+        return None
+    shapes = [tuple(m.shape) for m in meta]
+    if any(s[:1] + s[2:] != in_shape[:1] + in_shape[2:] for s in shapes):
+        return None  # not a split along the channels
+    sizes = [s[1] for s in shapes]
+    return sizes if sum(sizes) == in_shape[1] else None
+
+
+def _channel_slice_bounds(
+    gm: fx.GraphModule, node: fx.Node, channels: int
+) -> tuple[int, int] | None:
+    """(start, stop) of an OnnxSlice taking a static step-1 range of channels only."""
+    args = list(node.args) + [None] * 3
+    values = [_constant_of(gm, a) if a is not None else None for a in args[1:5]]
+    starts, ends, axes, steps = values
+    if starts is None or ends is None or starts.numel() != 1 or ends.numel() != 1:
+        return None
+    if (axes is None and args[3] is not None) or (steps is None and args[4] is not None):
+        return None  # computed axes or steps
+    rank = len(_meta_shape(node) or ())
+    axis = int(axes.item()) if axes is not None else 0
+    if axis % max(rank, 1) != 1 or (steps is not None and int(steps.item()) != 1):
+        return None
+    start, stop, _ = slice(int(starts.item()), int(ends.item())).indices(channels)
+    out = _meta_shape(node)
+    return (start, stop) if out is not None and out[1] == stop - start > 0 else None
+
+
+def _per_channel_chain(gm: fx.GraphModule, x: Any) -> list[fx.Node] | None:
+    """`x` and the nodes between it and the one convolution it comes from, in graph order,
+    when all of them act channel by channel and nothing else uses them; else None."""
+    if not isinstance(x, fx.Node):
+        return None
+    shape = _meta_shape(x)
+    seen: set[fx.Node] = set()
+    stack = [x]
+    conv = None
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        module = gm.get_submodule(str(node.target)) if node.op == "call_module" else None
+        if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d) and module.groups == 1:
+            if conv is not None and conv is not node:
+                return None
+            conv = node
+            continue
+        if not _acts_per_channel(gm, node, module, shape):
+            return None
+        stack.extend(a for a in node.all_input_nodes if a.op != "get_attr")
+    if conv is None or _meta_shape(conv) != shape:
+        return None
+    chain = [n for n in gm.graph.nodes if n in seen]
+    for n in chain:  # nothing outside the chain may use its intermediate results
+        if n is not x and any(u not in seen for u in n.users):
+            return None
+    return chain
+
+
+def _acts_per_channel(gm: fx.GraphModule, node: fx.Node, module: Any, shape: Any) -> bool:
+    if _meta_shape(node) != shape or node.op not in ("call_module", "call_function"):
+        return False
+    if isinstance(module, nn.modules.batchnorm._BatchNorm | ChannelConst):
+        return True
+    if module is not None and (
+        any(True for _ in module.parameters()) or any(b.numel() > 1 for b in module.buffers())
+    ):
+        return False
+    if getattr(module, "broadcast", None) == 1:
+        return False
+    for arg in node.all_input_nodes:
+        if arg.op == "get_attr":
+            const = _constant_of(gm, arg)
+            if const is None or const.numel() > 1:
+                return False
+        elif _meta_shape(arg) != shape:
+            return False
+    return True
+
+
+def _split_chain(
+    gm: fx.GraphModule, chain: list[fx.Node], parts: list[tuple[fx.Node, int, int]]
+) -> None:
+    """Give each channel range its own copy of `chain`, and use it where the range was."""
+    graph = gm.graph
+    copies: dict[tuple[int, int], fx.Node] = {}
+    first_use = min((part for part, _, _ in parts), key=lambda n: list(graph.nodes).index(n))
+    for part, start, stop in parts:
+        if (start, stop) not in copies:
+            copies[(start, stop)] = _copy_chain(
+                gm, chain, slice(start, stop), first_use, len(copies)
+            )
+        part.replace_all_uses_with(copies[(start, stop)])
+    for part, _, _ in parts:
+        split = part.args[0] if part.op == "call_function" else None
+        graph.erase_node(part)
+        if isinstance(split, fx.Node) and not split.users:
+            graph.erase_node(split)
+
+
+def _copy_chain(
+    gm: fx.GraphModule, chain: list[fx.Node], channels: slice, before: fx.Node, k: int
+) -> fx.Node:
+    graph = gm.graph
+    clones: dict[fx.Node, fx.Node] = {}
+
+    def renamed(arg: fx.Node, clones: dict[fx.Node, fx.Node] = clones) -> fx.Node:
+        return clones.get(arg, arg)
+
+    with graph.inserting_before(before):
+        for node in chain:
+            args = fx.map_arg(node.args, renamed)
+            kwargs = fx.map_arg(node.kwargs, renamed)
+            if node.op == "call_module":
+                name = f"{node.target}__part{k}"
+                gm.add_submodule(name, _channel_slice(gm.get_submodule(str(node.target)), channels))
+                clones[node] = graph.call_module(name, args, kwargs)
+            else:
+                clones[node] = graph.call_function(node.target, args, kwargs)  # type: ignore[arg-type]
+    return clones[chain[-1]]
+
+
+def _channel_slice(module: nn.Module, channels: slice) -> nn.Module:
+    """A copy of a per-channel module (conv, norm, constant) for some of its channels."""
+    import copy
+
+    part = copy.deepcopy(module)
+    with torch.no_grad():
+        if isinstance(part, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+            part.weight = nn.Parameter(part.weight[channels].clone())
+            if part.bias is not None:
+                part.bias = nn.Parameter(part.bias[channels].clone())
+            part.out_channels = part.weight.shape[0]
+        elif isinstance(part, nn.modules.batchnorm._BatchNorm):
+            for name in ("weight", "bias"):
+                if getattr(part, name) is not None:
+                    setattr(part, name, nn.Parameter(getattr(part, name)[channels].clone()))
+            for name in ("running_mean", "running_var"):
+                if getattr(part, name) is not None:
+                    setattr(part, name, getattr(part, name)[channels].clone())
+            part.num_features = channels.stop - channels.start
+        elif isinstance(part, ChannelConst):
+            index = [slice(None)] * part.weight.dim()
+            index[part.dim] = channels
+            part.weight = nn.Parameter(part.weight[tuple(index)].clone())
+    return part

@@ -229,9 +229,18 @@ class _Trials:
     ) -> None:
         self.dg, self.work, self.inputs, self.base = dg, work, inputs, base
         self.count = 0
+        self._ch_groups: dict[nn.Module, int] = {}
         self._modules = list(work.modules())
         self._saved = [
             (m, dict(m.__dict__), dict(m._parameters), dict(m._buffers)) for m in self._modules
+        ]
+        # torch-pruning's own op records (concat and split sizes, slice bounds) change as
+        # groups are pruned, some lists in place: keep copies of them too.
+        own = set(map(id, self._modules))
+        self._ops = [
+            (op, {k: list(v) if isinstance(v, list) else v for k, v in op.__dict__.items()})
+            for op in (node.module for node in dg.module2node.values())
+            if isinstance(op, nn.Module) and id(op) not in own
         ]
         self._module2node = dict(dg.module2node)
         self._param_to_name = dict(dg._param_to_name)
@@ -245,7 +254,9 @@ class _Trials:
             return roots
         mid = len(roots) // 2
         left, right = self.failing(roots[:mid]), self.failing(roots[mid:])
-        return left + right if left or right else roots
+        if left or right:
+            return left + right
+        return self.one_by_one(roots)  # the halves only fail together
 
     def one_by_one(self, roots: list[nn.Module]) -> list[nn.Module]:
         passing: list[nn.Module] = []
@@ -281,8 +292,12 @@ class _Trials:
         channels = pruner.get_out_channels(root)
         if not channels or channels < 2:
             return
-        group = self.dg.get_pruning_group(root, pruner.prune_out_channels, list(range(channels)))
-        ch_groups = _channel_groups(self.dg, group)
+        if root not in self._ch_groups:  # the same for every trial: work it out once
+            group = self.dg.get_pruning_group(
+                root, pruner.prune_out_channels, list(range(channels))
+            )
+            self._ch_groups[root] = _channel_groups(self.dg, group)
+        ch_groups = self._ch_groups[root]
         size = channels // ch_groups
         if size < 2:
             return
@@ -295,6 +310,9 @@ class _Trials:
             module.__dict__.update(attrs)
             module.__dict__["_parameters"] = dict(params)
             module.__dict__["_buffers"] = dict(buffers)
+        for op, state in self._ops:
+            op.__dict__.clear()
+            op.__dict__.update({k: list(v) if isinstance(v, list) else v for k, v in state.items()})
         self.dg.module2node = dict(self._module2node)
         self.dg._param_to_name = dict(self._param_to_name)
         for node, module in self._node_modules.items():
