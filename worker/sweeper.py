@@ -71,12 +71,17 @@ def _ids(payloads: Iterable[str | bytes]) -> set[str]:
     return found
 
 
-def _redis_ids(app: Celery) -> set[str]:
+def _redis_ids(app: Celery, fresh_s: float) -> set[str]:
     with app.connection_for_read() as conn:
         client = conn.default_channel.client
         waiting = client.lrange(QUEUE, 0, -1)
         # Reserved by a worker but not yet acknowledged: [message, exchange, routing_key].
-        unacked = [json.dumps(json.loads(v)[0]) for v in client.hvals("unacked")]
+        # Only recent deliveries count: a worker killed between receiving a message and
+        # claiming its job leaves it here, and Redis hands it out again only after the
+        # visibility timeout (hours); its job must be published again meanwhile.
+        recent = client.zrangebyscore("unacked_index", time.time() - fresh_s, "+inf")
+        held = client.hmget("unacked", recent) if recent else []
+        unacked = [json.dumps(json.loads(v)[0]) for v in held if v]
     return _ids([*waiting, *unacked])
 
 
@@ -93,11 +98,12 @@ def _sql_ids(broker_url: str) -> set[str]:
     return _ids(rows)
 
 
-def broker_job_ids(app: Celery, broker_url: str) -> set[str] | None:
-    """Ids of jobs with a message waiting in the broker, or None when it cannot be read."""
+def broker_job_ids(app: Celery, broker_url: str, *, fresh_s: float = 30.0) -> set[str] | None:
+    """Ids of jobs with a message waiting in the broker, or delivered to a worker less than
+    `fresh_s` ago; None when the broker cannot be read."""
     try:
         if broker_url.startswith(("redis://", "rediss://")):
-            return _redis_ids(app)
+            return _redis_ids(app, fresh_s)
         if broker_url.startswith(("sqla+", "sqlalchemy+")):
             return _sql_ids(broker_url)
     except Exception as exc:  # noqa: BLE001 - an unreadable broker only means more duplicates
@@ -130,7 +136,8 @@ class Sweeper:
                                      lease_s=self.lease_s)
         if not queued and not dead:
             return []
-        known = broker_job_ids(self.app, self.settings.resolved_broker_url) or set()
+        known = broker_job_ids(self.app, self.settings.resolved_broker_url,
+                               fresh_s=self.lease_s) or set()
         now = time.monotonic()
         self._forget_older_than(now - self.republish_after_s)
         chosen = [j for j in queued if j not in known] + dead
