@@ -31,6 +31,13 @@ class Target(Frozen):
                 "prune.target needs exactly one of macs_reduction, params_reduction, "
                 f"channel_ratio, latency_reduction (got {chosen or 'none'})"
             )
+        if self.latency_reduction is not None:
+            # Reserved by the contract ("where supported"): refusing it is honest, while
+            # quietly pruning by MACs instead would miss a latency target on most networks.
+            raise ValueError(
+                "prune.target.latency_reduction is not supported yet; use macs_reduction, "
+                "params_reduction or channel_ratio"
+            )
         return self
 
     @property

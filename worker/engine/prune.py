@@ -337,8 +337,6 @@ def _prune(
         return _unstructured_result(module, inputs, spec, ignored, widths_before, on_progress)
 
     importance = make_importance(spec.method, module=module, notes=notes)
-    if spec.target.kind == "latency_reduction":
-        notes.append("latency target approximated by the same MACs reduction")
     rules = _width_rules(spec)
     pruner = WidthPruner(
         module,
@@ -371,8 +369,7 @@ def _prune(
         "params_reduction": _reduction(params_before, params_after),
         "channel_ratio": ratio,
     }
-    target_kind = "macs_reduction" if spec.target.kind == "latency_reduction" else spec.target.kind
-    note = _unreachable_note(spec, achieved.get(target_kind, ratio))
+    note = _unreachable_note(spec, achieved.get(spec.target.kind, ratio))
     notes += [note] if note else []
     if on_progress is not None:
         on_progress(1.0)
