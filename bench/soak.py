@@ -231,11 +231,14 @@ def main() -> None:
                     accepted.append(resp.json()["id"])
                 else:
                     print(f"job {i} refused: {resp.status_code} {resp.text[:200]}")
+            # The chaos ends by itself (most jobs ended, or the kill cap); draining starts
+            # after the last kill, so a job killed late still has its time to finish.
+            chaos.join(args.drain_timeout)
+            done.set()
+            chaos.join()
             deadline = time.monotonic() + args.drain_timeout
             while _terminal_count(soak) < len(accepted) and time.monotonic() < deadline:
                 time.sleep(1)
-            done.set()
-            chaos.join()
             _report(soak, accepted, kills, time.monotonic() - started)
     finally:
         soak.stop()
