@@ -18,6 +18,7 @@ from tests.engine.tiny_nets import Conv1dNet, ResConcatNet, TinyResNet, TwoOutpu
 
 __all__ = [
     "C2fNet",
+    "CRNN",
     "Conv1dNet",
     "ReshapeBakedNet",
     "ResConcatNet",
@@ -67,6 +68,33 @@ class C2fNet(nn.Module):
         y = list(self.cv1(self.stem(x)).chunk(2, 1))
         y.append(y[-1] + self.m2(self.m1(y[-1])))
         return self.fc(self.cv2(torch.cat(y, 1)).mean(dim=(2, 3)))
+
+
+class CRNN(nn.Module):
+    """A text-line recogniser: conv features pooled over the height, a bidirectional LSTM
+    over the width, per-step class scores (time, batch, classes)."""
+
+    def __init__(self, num_classes: int = 12) -> None:
+        super().__init__()
+        self.cnn = nn.Sequential(
+            nn.Conv2d(1, 16, 3, 1, 1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, 1, 1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.MaxPool2d((2, 1)),
+            nn.Conv2d(32, 48, 3, 1, 1),
+            nn.BatchNorm2d(48),
+            nn.ReLU(),
+        )
+        self.rnn = nn.LSTM(48, 32, bidirectional=True)
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.cnn(x).mean(dim=2).permute(2, 0, 1)  # (width, batch, channels)
+        return self.fc(self.rnn(features)[0])
 
 
 def to_onnx(

@@ -141,3 +141,31 @@ def test_dynamic_spatial_dims_stay_dynamic_after_pruning(tmp_path, two_output):
     assert _dims(model.graph.input[0]) == ["batch", 3, "height", "width"]
     # another size than the one it was loaded and pruned at
     verify_onnx(out, loaded.module, (torch.randn(2, 3, 48, 40),))
+
+
+def test_an_ocr_recogniser_with_an_lstm_head(tmp_path):
+    """Conv channels feeding the LSTM are pruned (its input shrinks with them); the
+    classifier is kept; the export runs at other text widths."""
+    import torch.nn as nn
+
+    from tests.engine import models
+
+    torch.manual_seed(0)
+    net = models.seeded(models.CRNN)
+    path = tmp_path / "crnn.onnx"
+    torch.onnx.export(
+        net,
+        (torch.randn(1, 1, 32, 100),),
+        str(path),
+        input_names=["image"],
+        output_names=["logits"],
+        opset_version=17,
+        dynamo=False,
+        dynamic_axes={"image": {0: "batch", 3: "width"}, "logits": {0: "time", 1: "batch"}},
+    )
+    loaded = _pruned(path, input_shape="1,1,32,100")
+    lstm = next(m for m in loaded.module.modules() if isinstance(m, nn.LSTM))
+    assert lstm.input_size == 24 and lstm.hidden_size == 32
+    out = export_onnx(loaded.module, loaded, tmp_path / "pruned.onnx", ExportSpec())
+    assert _dims(onnx.load(str(out)).graph.output[0]) == ["time", "batch", 12]
+    verify_onnx(out, loaded.module, (torch.randn(2, 1, 32, 140),))

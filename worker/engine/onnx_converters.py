@@ -835,6 +835,8 @@ def symbolic_reshape(
                 copy = zero_copies and isinstance(item, int) and item == 0
                 sizes.append(graph.call_method("size", (x, i)) if copy else item)
             new = graph.call_function(torch.reshape, (x, tuple(sizes)))
+    if new is not x:
+        new.meta = dict(node.meta)  # same output: later rewrites read its shape
     node.replace_all_uses_with(new)
     graph.erase_node(node)
     return True

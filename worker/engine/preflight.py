@@ -38,7 +38,10 @@ from worker.engine.loaders import flatten_outputs
 from worker.engine.onnx_converters import ChannelConst
 from worker.engine.types import LoadedModel, Preflight
 
-ROOT_MODULE_TYPES = (ops.TORCH_CONV, ops.TORCH_LINEAR, ops.TORCH_LSTM)
+# The layers whose output channels are pruned. Not nn.LSTM: torch-pruning's LSTM pruner
+# mishandles the gate weights, and building an LSTM's group can loop without end; an
+# LSTM's input channels are still pruned with the convolution that feeds it.
+ROOT_MODULE_TYPES = (ops.TORCH_CONV, ops.TORCH_LINEAR)
 
 # Spatial sizes (dims after the channel dim) tried for the protection trials, smallest first.
 _TRIAL_SIZES = (32, 64)
@@ -231,17 +234,16 @@ class _Trials:
         self.count = 0
         self._ch_groups: dict[nn.Module, int] = {}
         self._modules = list(work.modules())
-        self._saved = [
-            (m, dict(m.__dict__), dict(m._parameters), dict(m._buffers)) for m in self._modules
-        ]
-        # torch-pruning's own op records (concat and split sizes, slice bounds) change as
-        # groups are pruned, some lists in place: keep copies of them too.
+        # Pruning replaces parameters and attributes, and changes some lists in place (an
+        # LSTM's flat weights, torch-pruning's own records of concat and split sizes):
+        # keep each object's attributes, with copies of its lists and dicts.
         own = set(map(id, self._modules))
-        self._ops = [
-            (op, {k: list(v) if isinstance(v, list) else v for k, v in op.__dict__.items()})
+        ops = [
+            op
             for op in (node.module for node in dg.module2node.values())
             if isinstance(op, nn.Module) and id(op) not in own
         ]
+        self._saved = [(m, _state(m)) for m in [*self._modules, *ops]]
         self._module2node = dict(dg.module2node)
         self._param_to_name = dict(dg._param_to_name)
         self._node_modules = {node: node.module for node in dg.module2node.values()}
@@ -305,14 +307,9 @@ class _Trials:
         self.dg.get_pruning_group(root, pruner.prune_out_channels, idxs).prune(record_history=False)
 
     def _restore(self) -> None:
-        for module, attrs, params, buffers in self._saved:
-            module.__dict__.clear()
-            module.__dict__.update(attrs)
-            module.__dict__["_parameters"] = dict(params)
-            module.__dict__["_buffers"] = dict(buffers)
-        for op, state in self._ops:
-            op.__dict__.clear()
-            op.__dict__.update({k: list(v) if isinstance(v, list) else v for k, v in state.items()})
+        for obj, state in self._saved:
+            obj.__dict__.clear()
+            obj.__dict__.update(_state_copy(state))
         self.dg.module2node = dict(self._module2node)
         self.dg._param_to_name = dict(self._param_to_name)
         for node, module in self._node_modules.items():
@@ -323,6 +320,16 @@ class _Trials:
             out = flatten_outputs(self.work(*self.inputs))
         if any(not torch.equal(o, b) for o, b in zip(out, self.base, strict=True)):
             raise RuntimeError("pruning trials did not restore the model")
+
+
+def _state(obj: Any) -> dict[str, Any]:
+    return _state_copy(obj.__dict__)
+
+
+def _state_copy(state: dict[str, Any]) -> dict[str, Any]:
+    """A copy of an object's attributes one level deep (lists and dicts copied, not the
+    tensors and modules in them)."""
+    return {k: v.copy() if isinstance(v, list | dict) else v for k, v in state.items()}
 
 
 def _channel_groups(dg: tp.DependencyGraph, group: Any) -> int:
