@@ -508,12 +508,21 @@ def _recurrent(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
 
 
 def _is_zero_const(name: str, graph: OnnxGraph) -> bool:
+    """Whether `name` is all zeros whatever the input: a zero constant, or zeros of a
+    computed shape (exporters build zero initial states from the batch size)."""
     if not name:
         return True
     try:
         value = get_const_value(name, graph)
     except KeyError:
-        return False
+        try:
+            node, _ = graph.value_as_node_output(name)
+        except KeyError:
+            return False
+        if node.operation_type != "ConstantOfShape":
+            return False
+        fill = node.attributes.get("value")
+        return fill is None or not bool(fill.to_torch().any())
     return isinstance(value, torch.Tensor) and not bool(value.any())
 
 
@@ -574,6 +583,8 @@ def make_prunable(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> fx.Grap
             _rewrite_reshape(gm, node)
         elif kind == "OnnxMatMul":
             _rewrite_matmul(gm, node)
+        elif kind == "OnnxResize":
+            _rewrite_resize(gm, node, module)
     split_channel_producers(gm)
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
@@ -883,6 +894,39 @@ def _following_bias(gm: fx.GraphModule, node: fx.Node, features: int) -> tuple[A
     if bias is None or not bias.is_floating_point() or tuple(bias.shape) != (features,):
         return None, None
     return add, bias
+
+
+def _rewrite_resize(gm: fx.GraphModule, node: fx.Node, module: Any) -> None:
+    """Resize by constant scales or sizes -> `F.interpolate` with them as Python numbers:
+    the same computation, without the check that `sizes` repeats the channel count (which
+    pruning changes) and without reading tensors at run time (which torch.export cannot)."""
+    from onnx2torch.node_converters.resize import _onnx_mode_to_torch_mode
+
+    names = ("roi", "scales", "sizes")
+    given = dict(zip(names, node.args[1:], strict=False)) | dict(node.kwargs)
+    roi = _constant_of(gm, given.get("roi"))
+    if given.get("roi") is not None and (roi is None or (roi.numel() and not module.ignore_roi)):
+        return
+    x = node.args[0]
+    shape = _meta_shape(x)
+    if shape is None or len(shape) < 3:
+        return
+    kwargs: dict[str, Any] = {
+        "mode": _onnx_mode_to_torch_mode(module.onnx_mode, len(shape) - 2),
+        "align_corners": module.align_corners,
+    }
+    sizes, scales = _constant_of(gm, given.get("sizes")), _constant_of(gm, given.get("scales"))
+    if sizes is not None and sizes.numel():
+        kwargs["size"] = tuple(int(v) for v in sizes.tolist()[2:])
+    elif scales is not None and scales.numel() and scales.tolist()[:2] == [1, 1]:
+        kwargs["scale_factor"] = tuple(float(v) for v in scales.tolist()[2:])
+    else:
+        return
+    with gm.graph.inserting_before(node):
+        new = gm.graph.call_function(F.interpolate, (x,), kwargs)
+    new.meta = dict(node.meta)
+    node.replace_all_uses_with(new)
+    gm.graph.erase_node(node)
 
 
 def _drop_unused_initializers(gm: fx.GraphModule) -> None:
