@@ -85,6 +85,13 @@ def test_unknown_form_field(service: Service) -> None:
     assert_ready(service)
 
 
+def _read_until_closed(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def test_slow_client_is_dropped(service: Service) -> None:
     """A client that starts an upload and then stalls gets 408 after the idle timeout; its
     partial file is removed."""
@@ -99,7 +106,7 @@ def test_slow_client_is_dropped(service: Service) -> None:
     started = time.monotonic()
     with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
         sock.sendall(request)
-        reply = sock.recv(65536).decode("latin-1")
+        reply = _read_until_closed(sock).decode("latin-1")
     waited = time.monotonic() - started
     assert reply.startswith("HTTP/1.1 408"), reply[:300]
     assert '"code":"request_timeout"' in reply.replace(" ", "")

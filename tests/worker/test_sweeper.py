@@ -70,6 +70,9 @@ def test_embedded_broker_queue_is_read_and_known_jobs_are_not_republished(sessio
 
 
 def test_redis_queue_is_read(redis_url: str) -> None:
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()  # earlier tests share this database
     settings = Settings(broker_url=redis_url)
     app = Celery("t")
     app.conf.update(celery_config(settings))

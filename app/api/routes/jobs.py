@@ -95,7 +95,7 @@ def _check_capacity(session: Session, tenant: str, cap: int) -> None:
     response_model=JobOut,
     summary="Submit a pruning job",
     responses={200: {"model": JobOut, "description": "replay of an Idempotency-Key"},
-               **problem_responses(409)},
+               **problem_responses(400, 409, 413)},
 )
 def create_job(
     body: JobCreate,
