@@ -324,3 +324,53 @@ def test_unsupported_op_is_named(tmp_path):
         load_model(tmp_path / "hardmax.onnx")
     assert err.value.code == "unsupported_op"
     assert "Hardmax" in err.value.message
+
+
+def test_onnx_loading_does_not_import_torchvision(tiny_resnet_onnx, tmp_path):
+    """The upload inspector loads ONNX without torchvision (and torch._dynamo), yet a
+    model using torchvision's NMS still converts and runs."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    nms = tmp_path / "nms.onnx"
+    boxes = np.array([[[0, 0, 1, 1], [0, 0.1, 1, 1.1], [0, 0.9, 1, 1.9]]], np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"]),
+            helper.make_node("ReduceMean", ["c"], ["m"], axes=[1, 2, 3], keepdims=0),
+            helper.make_node("Reshape", ["m", "shape"], ["m3"]),
+            helper.make_node("Mul", ["m3", "base"], ["scores"]),
+            helper.make_node("NonMaxSuppression", ["boxes", "scores", "top", "iou"], ["selected"]),
+        ],
+        "nms",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("selected", TensorProto.INT64, [None, 3])],
+        [
+            numpy_helper.from_array(boxes, "boxes"),
+            numpy_helper.from_array(np.ones((2, 3, 3, 3), np.float32), "w"),
+            numpy_helper.from_array(np.array([1, 1, 1], np.int64), "shape"),
+            numpy_helper.from_array(np.array([[[0.9, 0.8, 0.7]]], np.float32), "base"),
+            numpy_helper.from_array(np.array([3], np.int64), "top"),
+            numpy_helper.from_array(np.array([0.5], np.float32), "iou"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 7
+    onnx.save(model, str(nms))
+    script = (
+        "import sys\n"
+        "from worker.engine.loaders import load_model\n"
+        f"load_model({str(tiny_resnet_onnx)!r})\n"
+        "print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules))\n"
+        f"loaded = load_model({str(nms)!r})\n"
+        "print(loaded.module(*loaded.example_inputs()).tolist())\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=root, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == "[]"
+    assert lines[1] == "[[0, 0, 0], [0, 0, 2]]"

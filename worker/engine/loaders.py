@@ -1,9 +1,9 @@
 """Load any supported upload into a `LoadedModel`: an eval-mode float32 CPU nn.Module that
 torch-pruning's DependencyGraph can analyse, plus the original I/O contract.
 
-- ONNX: checks (external data, non-finite weights), onnxslim clean-up at the concrete
-  input shape (batch kept symbolic), onnx2torch, then `onnx_converters.make_prunable`;
-  the result is checked against onnxruntime on the original bytes.
+- ONNX: checks (external data, non-finite weights), onnxslim clean-up (dynamic dims
+  kept symbolic), onnx2torch, then `onnx_converters.make_prunable`; the result is
+  checked against onnxruntime on the original bytes.
 - `.pt2` (`torch.export.save`): `ExportedProgram.module()`, with aten convolutions,
   linears and norms raised back into nn layers (torch-pruning prunes layers, not aten
   calls) and constant reshapes made channel-agnostic.
@@ -14,9 +14,12 @@ torch-pruning's DependencyGraph can analyse, plus the original I/O contract.
 
 from __future__ import annotations
 
+import importlib
 import keyword
 import math
 import re
+import sys
+import types
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -400,8 +403,7 @@ def _onnx_to_torch(
     example: tuple[torch.Tensor, ...],
     reference: list[np.ndarray],
 ) -> nn.Module:
-    import onnx2torch
-
+    onnx2torch = _import_onnx2torch()
     import worker.engine.onnx_converters as conv
 
     _check_converters(model)
@@ -435,6 +437,42 @@ def _onnx_to_torch(
             warnings.simplefilter("ignore")
             gm = onnx2torch.convert(model, attach_onnx_mapping=True).float().eval()
         return conv.fix_outputs(gm, output_names)
+
+
+def _import_onnx2torch() -> Any:
+    """onnx2torch, without importing torchvision for it.
+
+    onnx2torch imports torchvision at start-up for its NMS and RoiAlign converters, and
+    torchvision brings torch._dynamo: two seconds of every upload's inspection. Those
+    two names are stood in for while onnx2torch loads, by functions that import the real
+    torchvision when a model that uses them runs.
+    """
+    if "onnx2torch.converter" in sys.modules or "torchvision" in sys.modules:
+        import onnx2torch
+
+        return onnx2torch
+
+    def lazy(name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)  # module machinery (__file__, __spec__, ...)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return getattr(importlib.import_module("torchvision.ops"), name)(*args, **kwargs)
+
+        return call
+
+    stand_in = types.ModuleType("torchvision")
+    ops = types.ModuleType("torchvision.ops")
+    ops.__dict__["__getattr__"] = lazy
+    stand_in.__dict__.update(ops=ops, __path__=[])
+    sys.modules.update({"torchvision": stand_in, "torchvision.ops": ops})
+    try:
+        import onnx2torch
+    finally:
+        for name, module in (("torchvision", stand_in), ("torchvision.ops", ops)):
+            if sys.modules.get(name) is module:
+                del sys.modules[name]
+    return onnx2torch
 
 
 def _name_placeholders(gm: fx.GraphModule, names: Sequence[str]) -> None:

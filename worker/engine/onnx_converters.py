@@ -22,6 +22,7 @@ plain torch where torch-pruning needs it:
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from collections.abc import Callable, Sequence
@@ -110,14 +111,17 @@ _TYPE_ONLY_BUMPS = (
 )
 
 
+@functools.cache
+def _all_schema_versions() -> dict[str, list[int]]:
+    versions: dict[str, set[int]] = {}
+    for schema in onnx.defs.get_all_schemas_with_history():
+        if schema.domain == "":
+            versions.setdefault(schema.name, set()).add(schema.since_version)
+    return {name: sorted(v) for name, v in versions.items()}
+
+
 def _schema_versions(op_type: str) -> list[int]:
-    return sorted(
-        {
-            s.since_version
-            for s in onnx.defs.get_all_schemas_with_history()
-            if s.name == op_type and s.domain == ""
-        }
-    )
+    return _all_schema_versions().get(op_type, [])
 
 
 def _registered_versions(op_type: str) -> list[int]:
