@@ -42,7 +42,7 @@ def inspect_model(
 
     fmt = sniff_format(path)  # refuse garbage and pickles before paying for the torch import
     if fmt not in MODEL_FORMATS:
-        raise UnsupportedModel(f"a {fmt} file is not a model")
+        raise UnsupportedModel(f"the file holds {fmt} data, not a model")
     from worker.engine.loaders import load_model
     from worker.engine.stats import count_macs, count_params
 

@@ -55,7 +55,7 @@ def load_model(
     elif fmt in ("safetensors", "state_dict"):
         loaded = _load_weights(path, fmt, arch, shapes)
     else:
-        raise UnsupportedModel(f"a {fmt} file is not a model")
+        raise UnsupportedModel(f"the file holds {fmt} data, not a model")
     if arch and fmt in ("onnx", "pt2"):
         loaded.notes.append(f"arch {arch!r} ignored: a {fmt} file carries its own architecture")
     loaded.source_path = path
@@ -258,12 +258,12 @@ def _tensor_info(value: Any) -> TensorInfo:
     shape: list[int | str | None] = []
     if tensor_type.HasField("shape"):
         for dim in tensor_type.shape.dim:
-            if dim.HasField("dim_value"):
+            if dim.HasField("dim_value") and dim.dim_value > 0:
                 shape.append(int(dim.dim_value))
-            elif dim.HasField("dim_param"):
+            elif dim.dim_param:
                 shape.append(dim.dim_param)
             else:
-                shape.append(None)
+                shape.append(None)  # unnamed, or -1 as some exporters write a dynamic dim
     return TensorInfo(name=value.name, shape=shape, dtype=dtype)
 
 
@@ -364,7 +364,7 @@ def _prepare_onnx(model: Any) -> Any:
         if value.name in initializer_names:
             continue
         for j, dim in enumerate(value.type.tensor_type.shape.dim):
-            if not dim.HasField("dim_value") and not dim.dim_param:
+            if not dim.dim_param and not (dim.HasField("dim_value") and dim.dim_value > 0):
                 dim.dim_param = "batch" if j == 0 else f"{value.name}_dim{j}"
     _drop_reshape_allowzero(work)
     try:
