@@ -29,7 +29,7 @@ services:
 	@bash scripts/services.sh
 
 test: $(STAMP) system-deps services
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
 
 lint: $(STAMP)
 	$(BIN)/ruff check app worker contract cli tests bench
