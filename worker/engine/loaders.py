@@ -584,7 +584,13 @@ def _load_pt2(path: Path, given: list[tuple[int, ...]] | None) -> LoadedModel:
     example = _example(shapes)
     code = "input_shape_mismatch" if given else "invalid_model"
     reference = _run(module, example, "the exported program", code=code)
-    module = raise_aten_layers(_plain_graph_module(module), example)
+    try:
+        module = raise_aten_layers(_plain_graph_module(module), example)
+    except Exception as exc:
+        raise UnsupportedModel(
+            f"cannot re-express the exported program as layers: {_short(exc)}",
+            code="unsupported_op",
+        ) from exc
     after = _run(module, example, "the exported program (with layers)")
     if len(after) != len(reference) or any(
         a.shape != r.shape or not torch.allclose(a, r, rtol=1e-4, atol=1e-5)

@@ -34,6 +34,7 @@ from torch import nn
 from torch_pruning import ops
 
 from contract import ExportSpec
+from worker.engine.errors import PruningFailed
 from worker.engine.loaders import flatten_outputs
 from worker.engine.onnx_converters import ChannelConst
 from worker.engine.types import LoadedModel, Preflight
@@ -138,11 +139,17 @@ def find_protected(module: nn.Module, loaded: LoadedModel) -> tuple[list[nn.Modu
         traced.append(out)
         return out
 
-    dg = build_dependency_graph(work, inputs, output_transform=keep_outputs)
+    try:
+        dg = build_dependency_graph(work, inputs, output_transform=keep_outputs)
+        groups = list(dg.get_all_groups(root_module_types=ROOT_MODULE_TYPES))
+    except Exception as exc:  # torch-pruning's tracing gives up on this graph
+        raise PruningFailed(
+            f"torch-pruning cannot follow the channels of this model: {type(exc).__name__}: "
+            f"{str(exc)[:300]}"
+        ) from exc
     output_fns = {t.grad_fn for t in flatten_outputs(traced[0]) if t.grad_fn is not None}
     with torch.no_grad():
         base = flatten_outputs(work(*inputs))
-    groups = list(dg.get_all_groups(root_module_types=ROOT_MODULE_TYPES))
     names = {m: n for n, m in work.named_modules()}
 
     to_output, candidates = [], []
@@ -233,17 +240,17 @@ class _Trials:
         self.dg, self.work, self.inputs, self.base = dg, work, inputs, base
         self.count = 0
         self._ch_groups: dict[nn.Module, int] = {}
-        self._modules = list(work.modules())
         # Pruning replaces parameters and attributes, and changes some lists in place (an
         # LSTM's flat weights, torch-pruning's own records of concat and split sizes):
         # keep each object's attributes, with copies of its lists and dicts.
-        own = set(map(id, self._modules))
-        ops = [
+        layers = list(work.modules())
+        own = set(map(id, layers))
+        records = [
             op
             for op in (node.module for node in dg.module2node.values())
             if isinstance(op, nn.Module) and id(op) not in own
         ]
-        self._saved = [(m, _state(m)) for m in [*self._modules, *ops]]
+        self._saved = [(m, _state(m)) for m in [*layers, *records]]
         self._module2node = dict(dg.module2node)
         self._param_to_name = dict(dg._param_to_name)
         self._node_modules = {node: node.module for node in dg.module2node.values()}
@@ -319,7 +326,7 @@ class _Trials:
         with torch.no_grad():
             out = flatten_outputs(self.work(*self.inputs))
         if any(not torch.equal(o, b) for o, b in zip(out, self.base, strict=True)):
-            raise RuntimeError("pruning trials did not restore the model")
+            raise PruningFailed("the layer analysis could not restore the model between trials")
 
 
 def _state(obj: Any) -> dict[str, Any]:
