@@ -33,6 +33,7 @@ from worker.engine.planner import (
     removed_channels,
     search_ratio,
 )
+from worker.engine.preflight import PRUNER_KWARGS
 from worker.engine.stats import MacProfile, count_macs, count_params
 
 __all__ = ["PruneResult", "hardware_multiple", "prune_model", "TOLERANCE", "UNSTRUCTURED_NOTE"]
@@ -348,6 +349,9 @@ def _prune(
         iterative_steps=spec.iterative_steps,
         ignored_layers=_resolve(module, ignored),
         width_multiple=rules[0][1],
+        # The same view of the model as preflight: pruners for the loader's per-channel
+        # constants, and root types without nn.LSTM (torch-pruning's LSTM pruner breaks).
+        **PRUNER_KWARGS,
     )
     run = _Run(
         module=module,
