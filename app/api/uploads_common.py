@@ -1,13 +1,16 @@
 """What the model and dataset upload routes share: form-field parsing and storing."""
 
 import re
-from pathlib import PurePosixPath, PureWindowsPath
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.core.errors import ValidationFailed
+from app.core.errors import InsufficientStorage, ValidationFailed
 from app.db.models import Dataset, Model
 from app.storage import ArtifactStore
+from app.uploads import SavedUpload, is_out_of_space
 
 _ARCH_RE = re.compile(r"^[A-Za-z0-9_.-]+:[A-Za-z0-9_.\-/]+$")
 MAX_NAME = 256
@@ -63,3 +66,19 @@ def insert_upload_row(
     except BaseException:
         store.delete(row.storage_key)
         raise
+
+
+@contextmanager
+def scratch_upload(tmp: Path, saved: SavedUpload) -> Iterator[None]:
+    """Around inspecting and storing a received upload: a full disk answers 507, and the
+    scratch file and its ownership lock are released whatever happens."""
+    try:
+        yield
+    except OSError as exc:
+        if is_out_of_space(exc):
+            raise InsufficientStorage("the server has no room to store the upload right "
+                                      "now; retry later") from exc
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+        saved.release()

@@ -11,12 +11,12 @@ from app.api.lookups import find_dataset
 from app.api.openapi import multipart_body, problem_responses
 from app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate
 from app.api.schemas import DatasetOut, Page
-from app.api.uploads_common import display_name, insert_upload_row
+from app.api.uploads_common import display_name, insert_upload_row, scratch_upload
 from app.core import ids
-from app.core.errors import Conflict, InsufficientStorage
+from app.core.errors import Conflict
 from app.db.models import Dataset, Job, utcnow
 from app.storage import dataset_key
-from app.uploads import is_out_of_space, receive_upload
+from app.uploads import receive_upload
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"],
                    responses=problem_responses(401, 404, 422, 429))
@@ -44,7 +44,7 @@ async def upload_dataset(
     saved = await receive_upload(request, tmp, max_file_bytes=settings.max_dataset_bytes,
                                  fields={"name"},
                                  idle_timeout_s=settings.upload_idle_timeout_s)
-    try:
+    with scratch_upload(tmp, saved):
         info = await run_in_threadpool(inspector.dataset, tmp)
         row = Dataset(
             id=dataset_id, tenant=tenant,
@@ -55,14 +55,6 @@ async def upload_dataset(
             labeled=info.labeled, created_at=utcnow(),
         )
         await run_in_threadpool(store.put_file, row.storage_key, tmp, move=True)
-    except OSError as exc:
-        if is_out_of_space(exc):
-            raise InsufficientStorage("the server has no room to store the upload right "
-                                      "now; retry later") from exc
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
-        saved.release()
     await run_in_threadpool(insert_upload_row, request.app.state.sessionmaker, store, row)
     metrics.upload_bytes.labels(kind="dataset").inc(saved.size_bytes)
     return DatasetOut.from_row(row)

@@ -12,12 +12,18 @@ from app.api.lookups import find_model
 from app.api.openapi import multipart_body, problem_responses
 from app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate
 from app.api.schemas import ModelOut, Page
-from app.api.uploads_common import display_name, insert_upload_row, parse_arch, parse_input_shape
+from app.api.uploads_common import (
+    display_name,
+    insert_upload_row,
+    parse_arch,
+    parse_input_shape,
+    scratch_upload,
+)
 from app.core import ids
-from app.core.errors import Conflict, InsufficientStorage
+from app.core.errors import Conflict
 from app.db.models import Job, Model, utcnow
 from app.storage import model_key
-from app.uploads import is_out_of_space, receive_upload
+from app.uploads import receive_upload
 
 router = APIRouter(prefix="/v1/models", tags=["models"],
                    responses=problem_responses(401, 404, 422, 429))
@@ -52,7 +58,7 @@ async def upload_model(
     saved = await receive_upload(request, tmp, max_file_bytes=settings.max_model_bytes,
                                  fields={"arch", "input_shape", "name"},
                                  idle_timeout_s=settings.upload_idle_timeout_s)
-    try:
+    with scratch_upload(tmp, saved):
         arch = parse_arch(saved.fields.get("arch"))
         input_shape = parse_input_shape(saved.fields.get("input_shape"))
         info = await run_in_threadpool(inspector.model, tmp, arch=arch,
@@ -68,14 +74,6 @@ async def upload_model(
             stats=info.stats.model_dump(mode="json"), created_at=utcnow(),
         )
         await run_in_threadpool(store.put_file, row.storage_key, tmp, move=True)
-    except OSError as exc:
-        if is_out_of_space(exc):
-            raise InsufficientStorage("the server has no room to store the upload right "
-                                      "now; retry later") from exc
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
-        saved.release()
     await run_in_threadpool(insert_upload_row, request.app.state.sessionmaker, store, row)
     metrics.upload_bytes.labels(kind="model").inc(saved.size_bytes)
     return ModelOut.from_row(row)
