@@ -44,10 +44,10 @@ def upload_big_dataset(client: httpx.Client, tmp: Path, n: int = 8192) -> str:
 
 
 def body(model_id: str, dataset_id: str | None = None, *, epochs: int = 2,
-         iterations: int = 3, batch_size: int = 8) -> dict[str, Any]:
+         iterations: int = 3, batch_size: int = 8, steps: int = 1) -> dict[str, Any]:
     out: dict[str, Any] = {
         "model_id": model_id,
-        "prune": {"target": {"channel_ratio": 0.5}, "iterative_steps": 1},
+        "prune": {"target": {"channel_ratio": 0.5}, "iterative_steps": steps},
         "benchmark": {"providers": ["cpu"], "batch_sizes": [1], "warmup": 1,
                       "iterations": iterations},
         "finetune": None,

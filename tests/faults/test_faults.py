@@ -152,7 +152,9 @@ def _cancel_in(client: httpx.Client, job: dict, stage: str) -> tuple[str, str]:
 def test_cancel_in_every_stage_frees_the_worker(service: Service, client: httpx.Client,
                                                 inputs, big_dataset: str, stage: str) -> None:
     if STAGES.index(stage) <= STAGES.index("finetuning"):
-        job = body(*inputs, epochs=30, iterations=3000)
+        # Many pruning steps keep the (otherwise sub-second) pruning stage long enough to
+        # be caught on a fast machine.
+        job = body(*inputs, epochs=30, iterations=3000, steps=100)
     else:  # one quick pass of fine-tuning, then a long evaluation and benchmark
         job = body(inputs[0], big_dataset, epochs=1, batch_size=256, iterations=3000)
     for _ in range(4):  # a short stage may be over before the cancel lands: try again
