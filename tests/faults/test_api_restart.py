@@ -62,7 +62,8 @@ def test_api_killed_mid_upload_leaves_no_partial_file(service: Service) -> None:
 def test_job_past_its_time_limit(service: Service, tmp_path: Path) -> None:
     with service.client() as client:
         model_id, dataset_id = upload_inputs(client, tmp_path)
-        job_id = submit(client, body(model_id, dataset_id, epochs=1000))
+        # batch 1: 64,000 steps, far past the limit even on a fast machine
+        job_id = submit(client, body(model_id, dataset_id, epochs=1000, batch_size=1))
         done = finish(client, job_id, timeout_s=300)
         assert done["status"] == "failed", done
         assert done["error"]["code"] == "time_limit_exceeded", done
