@@ -2,7 +2,8 @@
 
 Parsing untrusted files runs native code (protobuf, onnxruntime, zip readers); a crash or
 hang there must fail the upload, not the API. The child is
-`python -m worker.engine.inspect {model,dataset} PATH …` under memory and CPU limits; it
+`python -m worker.engine.inspect {model,dataset} PATH …` under memory and CPU limits and
+without network (the child cuts itself off first thing: `worker.engine.sandbox`); it
 prints one JSON line `{"ok": true, "info": {…}}` or `{"ok": false, "code", "message"}`.
 """
 

@@ -6,7 +6,8 @@
 
 print exactly one JSON line on stdout, `{"ok": true, "info": {...}}` or
 `{"ok": false, "code": "...", "message": "..."}`, and exit 0 either way (non-zero only on
-a crash). The limits are applied first thing, so parsing runs under them. Imports are
+a crash). The network is cut off (`worker.engine.sandbox`) and the limits applied first
+thing, so parsing runs without network and under the limits. Imports are
 lazy: a dataset never imports torch, a model imports it only once the file looks right.
 """
 
@@ -25,6 +26,7 @@ from typing import Any
 
 from contract import DatasetInfo, ModelInfo, ModelStats
 from worker.engine.errors import EngineError, InvalidDataset, UnsupportedModel
+from worker.engine.sandbox import deny_network
 
 MAX_ARCHIVE_MEMBERS = 100_000
 MAX_ARCHIVE_BYTES = 4 << 30  # uncompressed, all members together
@@ -313,6 +315,8 @@ def _inspect(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # Before the file is touched; while the process is single-threaded, as unshare needs.
+    deny_network()
     _apply_limits(args.max_memory_bytes, args.max_cpu_s)
     # Native libraries may print; keep stdout for the one result line.
     stdout = os.dup(1)
