@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from worker.engine import inspect
 from worker.engine.data import load_dataset
 from worker.engine.errors import InvalidDataset
 
@@ -119,3 +120,87 @@ def test_links_are_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidDataset) as err:
         load_dataset(path, (1, 3, 8, 8))
     assert err.value.code == "unsafe_archive"
+
+
+# The loader runs the upload inspector's archive check (one implementation), on image
+# folders and on .npz files alike.
+
+
+def _special(path: Path, mode: int) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("cls/ok.png", _png((1, 2, 3)))
+        info = zipfile.ZipInfo("cls/dev.png")
+        info.external_attr = (mode | 0o666) << 16
+        archive.writestr(info, b"")
+    return path
+
+
+def _bomb(path: Path) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("cls/bomb.png", bytes(8 << 20))  # 8 MiB of zeros: over 100:1
+    return path
+
+
+def _npz_bomb(path: Path) -> Path:
+    with path.open("wb") as fh:  # a file object: savez would add ".npz" to a name
+        np.savez_compressed(fh, x=np.zeros((1024, 1024, 2), dtype=np.float32))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "phrase"),
+    [
+        (lambda p: _special(p, stat.S_IFCHR), "special files"),
+        (lambda p: _special(p, stat.S_IFIFO), "special files"),
+        (_bomb, "compressed more than 100:1"),
+        (_npz_bomb, "compressed more than 100:1"),
+    ],
+    ids=["char_device", "fifo", "zip_bomb", "npz_bomb"],
+)
+def test_inspector_archive_rules_apply(tmp_path: Path, make, phrase: str) -> None:
+    with pytest.raises(InvalidDataset) as err:
+        load_dataset(make(tmp_path / "bad.zip"), (1, 3, 8, 8))
+    assert err.value.code == "unsafe_archive"
+    assert phrase in err.value.message
+
+
+def test_archive_limits_are_the_inspectors(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "images.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        for i in range(3):
+            archive.writestr(f"cls/{i}.png", _png((1, 2, 3)))
+    npz = _npz(tmp_path, x=np.zeros((3, 2), np.float32), y=np.arange(3), mean=np.zeros(1))
+    assert len(load_dataset(path, (1, 3, 8, 8)).train) == 2  # within the limits
+    monkeypatch.setattr(inspect, "MAX_ARCHIVE_MEMBERS", 2)
+    for data in (path, npz):
+        with pytest.raises(InvalidDataset, match="members \\(at most 2\\)") as err:
+            load_dataset(data, (1, 3, 8, 8) if data == path else (1, 2))
+        assert err.value.code == "unsafe_archive"
+    monkeypatch.setattr(inspect, "MAX_ARCHIVE_MEMBERS", 100)
+    monkeypatch.setattr(inspect, "MAX_ARCHIVE_BYTES", 100)
+    with pytest.raises(InvalidDataset, match="unpacks to") as err:
+        load_dataset(path, (1, 3, 8, 8))
+    assert err.value.code == "unsafe_archive"
+
+
+@pytest.mark.parametrize("content", [b"not an archive", b"PK\x03\x04truncated"])
+def test_files_that_are_no_archive_are_invalid(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "data.npz"
+    path.write_bytes(content)
+    with pytest.raises(InvalidDataset) as err:
+        load_dataset(path, (1, 2))
+    assert err.value.code == "invalid_dataset"
+
+
+def test_truncated_image_zip_is_invalid(tmp_path: Path) -> None:
+    path = tmp_path / "images.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        for i in range(4):
+            archive.writestr(f"cls/{i}.png", _png((1, 2, 3)) * 50)
+    data = path.read_bytes()
+    # Keep the central directory, cut into the members' data: the listing reads fine,
+    # the images do not.
+    path.write_bytes(data[:200] + bytes(len(data) - 200 - 300) + data[-300:])
+    with pytest.raises(InvalidDataset) as err:
+        load_dataset(path, (1, 3, 8, 8))
+    assert err.value.code == "invalid_dataset"

@@ -5,8 +5,10 @@
 `(x - mean) / std`. Pickled (object) arrays are refused.
 
 Zipped image folders: `class_name/image.png|jpg` (optionally under one top-level folder),
-resized to the model's input. Members are read in memory, never extracted, and links,
-absolute paths and `..` are refused.
+resized to the model's input. Members are read in memory, never extracted. Both kinds
+pass the upload inspector's archive check (`worker.engine.inspect.check_archive`: links,
+devices, absolute paths, `..`, member count, compression ratio, bytes unpacked) again here,
+so a file that reached the store some other way meets the same rules.
 
 Labeled data is split into train and a seeded held-back validation part. Unlabeled data
 is all used for distillation; its validation part (a seeded sample of the same images)
@@ -14,7 +16,6 @@ only serves to measure agreement with the original model.
 """
 
 import io
-import stat
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,12 +27,11 @@ from PIL import Image
 from torch.utils.data import TensorDataset
 
 from worker.engine.errors import InvalidDataset
+from worker.engine.inspect import check_archive
 
 VAL_FRACTION = 0.2
 SPLIT_SEED = 0
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
-MAX_IMAGES = 200_000
-MAX_UNCOMPRESSED_BYTES = 4 << 30
 
 
 @dataclass
@@ -52,19 +52,25 @@ def load_dataset(path: str | Path, input_shape: Sequence[int]) -> DatasetSplits:
     """
     path = Path(path)
     sample_shape = tuple(int(d) for d in input_shape[1:])
-    if _is_image_zip(path):
-        x, y = _read_image_zip(path, sample_shape)
-    else:
-        x, y = _read_npz(path, sample_shape)
+    try:
+        x, y = _read_archive(path, sample_shape)
+    except (zipfile.BadZipFile, EOFError) as exc:
+        raise InvalidDataset(f"corrupt or truncated archive: {exc}") from exc
     return _split(torch.from_numpy(x), None if y is None else torch.from_numpy(y))
 
 
-def _is_image_zip(path: Path) -> bool:
-    """A zip that is not an .npz (itself a zip of .npy members); stored names carry no suffix."""
+def _read_archive(
+    path: Path, sample_shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Check the archive once, then read it as an .npz (a zip holding `x.npy`; stored names
+    carry no suffix) or as zipped image folders."""
     if not zipfile.is_zipfile(path):
-        return False
+        raise InvalidDataset("a dataset is an .npz file or a .zip of class folders of images")
     with zipfile.ZipFile(path) as archive:
-        return "x.npy" not in archive.namelist()
+        members = check_archive(archive)
+        if any(m.filename == "x.npy" for m in members):
+            return _read_npz(path, sample_shape)
+        return _read_image_zip(archive, members, sample_shape)
 
 
 def _read_npz(path: Path, sample_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray | None]:
@@ -137,25 +143,15 @@ def _labels(y: np.ndarray, n: int) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def _safe_members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
-    """The archive's image members, refusing links and paths that escape the archive."""
-    members, total = [], 0
-    for info in archive.infolist():
+def _images(members: list[zipfile.ZipInfo]) -> list[zipfile.ZipInfo]:
+    """The images among checked members, skipping folders, hidden files and anything else."""
+    images = []
+    for info in members:
         name = PurePosixPath(info.filename.replace("\\", "/"))
-        mode = info.external_attr >> 16
-        first = name.parts[0] if name.parts else ""
-        if name.is_absolute() or ".." in name.parts or ":" in first:
-            raise InvalidDataset(f"unsafe path in archive: {info.filename}", code="unsafe_archive")
-        if stat.S_ISLNK(mode):
-            raise InvalidDataset(f"links are refused: {info.filename}", code="unsafe_archive")
         hidden = any(p.startswith((".", "__MACOSX")) for p in name.parts)
-        if info.is_dir() or hidden or name.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        total += info.file_size
-        members.append(info)
-    if len(members) > MAX_IMAGES or total > MAX_UNCOMPRESSED_BYTES:
-        raise InvalidDataset("the archive is too large", code="unsafe_archive")
-    return members
+        if not (info.is_dir() or hidden) and name.suffix.lower() in IMAGE_SUFFIXES:
+            images.append(info)
+    return images
 
 
 def _class_of(members: list[zipfile.ZipInfo]) -> list[str]:
@@ -172,22 +168,23 @@ def _class_of(members: list[zipfile.ZipInfo]) -> list[str]:
     return [p[0] for p in parts]
 
 
-def _read_image_zip(path: Path, sample_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+def _read_image_zip(
+    archive: zipfile.ZipFile, members: list[zipfile.ZipInfo], sample_shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
     if len(sample_shape) != 3 or sample_shape[0] not in (1, 3):
         raise InvalidDataset(
             f"image folders need a model taking (1 or 3, H, W) images, not {list(sample_shape)}",
             code="dataset_shape_mismatch",
         )
     channels, height, width = sample_shape
-    with zipfile.ZipFile(path) as archive:
-        members = _safe_members(archive)
-        if not members:
-            raise InvalidDataset("the archive holds no .png or .jpg images")
-        classes = _class_of(members)
-        names = sorted(set(classes))
-        x = np.empty((len(members), channels, height, width), dtype=np.float32)
-        for i, info in enumerate(members):
-            x[i] = _decode(archive.read(info), channels, (width, height), info.filename)
+    images = _images(members)
+    if not images:
+        raise InvalidDataset("the archive holds no .png or .jpg images")
+    classes = _class_of(images)
+    names = sorted(set(classes))
+    x = np.empty((len(images), channels, height, width), dtype=np.float32)
+    for i, info in enumerate(images):
+        x[i] = _decode(archive.read(info), channels, (width, height), info.filename)
     y = np.array([names.index(c) for c in classes], dtype=np.int64)
     return x, y
 
@@ -195,8 +192,9 @@ def _read_image_zip(path: Path, sample_shape: tuple[int, ...]) -> tuple[np.ndarr
 def _decode(data: bytes, channels: int, size: tuple[int, int], name: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as image:
-            image = image.convert("L" if channels == 1 else "RGB").resize(size, Image.BILINEAR)
-            pixels = np.asarray(image, dtype=np.float32) / 255.0
+            mode = "L" if channels == 1 else "RGB"
+            resized = image.convert(mode).resize(size, Image.Resampling.BILINEAR)
+            pixels = np.asarray(resized, dtype=np.float32) / 255.0
     except (OSError, Image.DecompressionBombError) as exc:
         raise InvalidDataset(f"unreadable image {name}: {exc}") from exc
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
