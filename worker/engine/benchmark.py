@@ -181,6 +181,30 @@ def benchmark_onnx(
     return tables
 
 
+def median_ms(
+    models: Mapping[str, Path],
+    feeds: dict[str, np.ndarray],
+    provider: str,
+    *,
+    device: str = "cpu",
+    threads: int | None = None,
+    seconds: float = 3.0,
+) -> dict[str, float]:
+    """Median milliseconds per model on one provider, timed interleaved for about `seconds`."""
+    threads = threads or default_threads()
+    runners = {
+        name: _runner(_open_session(path, provider, device, threads), feeds, provider, device)
+        for name, path in models.items()
+    }
+    start = time.perf_counter()
+    for run in runners.values():  # one untimed round sizes the run
+        run()
+    round_s = max(time.perf_counter() - start, 1e-6)
+    iterations = int(min(60, max(15, seconds / round_s)))
+    times = interleaved_timings(runners, warmup=3, iterations=iterations)
+    return {name: float(np.median(t) * 1000.0) for name, t in times.items()}
+
+
 def _version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)

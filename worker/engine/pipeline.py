@@ -6,6 +6,7 @@ checks for cancellation before it starts; the stages themselves check between ba
 """
 
 import copy
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,9 +27,12 @@ from worker.engine.errors import EngineError, ExportFailed, JobCancelled, Verifi
 from worker.engine.evaluate import accuracy, fidelity, is_classification, output_tensors
 from worker.engine.export import RELATIVE_TOLERANCE, export_onnx, save_pt2, verify_onnx
 from worker.engine.finetune import finetune
+from worker.engine.latency import LatencyTable
+from worker.engine.latency_search import LatencyProbe
 from worker.engine.loaders import load_model
 from worker.engine.preflight import run_preflight
 from worker.engine.prune import PruneResult, prune_model
+from worker.engine.prune_alloc import sensitivity_weights
 from worker.engine.types import CancelFn, LoadedModel, Preflight, ProgressFn
 
 # Samples on which the pruned model's agreement with the original is measured.
@@ -102,6 +106,10 @@ class _State:
     probes: list[HistoryPoint] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     verification: dict[str, float] = field(default_factory=dict)
+    # Latency targets: the runtime to measure on. Sensitivity scope: weights, scanned once.
+    latency: LatencyProbe | None = None
+    sensitivity: dict[str, float] | None = None
+    target_figures: dict[str, float] = field(default_factory=dict)
 
 
 def _has_labels(state: _State) -> bool:
@@ -212,7 +220,66 @@ def _prune_copy_or_self(
         loss_fn=loss_fn,
         on_progress=t.fraction("pruning", *span),
         should_cancel=t.cancelled,
+        latency=state.latency,
+        sensitivity=state.sensitivity,
+        probe_inputs=_probe_inputs(state, device),
     )
+
+
+def _probe_inputs(state: _State, device: str) -> tuple[torch.Tensor, ...]:
+    """Inputs for the sensitivity scan: held-back samples, else seeded noise (at most 16)."""
+    return tuple(x[:16].to(device) for x in _fidelity_inputs(state))
+
+
+def _scan_once(state: _State, spec: JobSpec, device: str, t: _Tracker) -> None:
+    """Sensitivity weights of the unpruned model, shared by every probe and the final prune."""
+    if spec.prune.scope != "sensitivity" or state.sensitivity is not None:
+        return
+    module = state.loaded.module.to(device).eval()
+    modules = dict(module.named_modules())
+    protected = [modules[name] for name in _protected_names(state) if name in modules]
+    ignored = protected + [modules[n] for n in spec.prune.ignored_layers if n in modules]
+    example = tuple(x.to(device) for x in state.loaded.example_inputs())
+    state.sensitivity = sensitivity_weights(
+        module, example, spec.prune, ignored, _probe_inputs(state, device), t.cancelled
+    )
+
+
+def _latency_probe(
+    state: _State, spec: JobSpec, device: str, workdir: Path, cache_dir: Path | None
+) -> LatencyProbe:
+    """The worker's own runtime, for a latency target: its first benchmark provider."""
+    assert state.teacher is not None
+    provider = benchmark.resolve_providers(spec.benchmark.providers, device)[0]
+    threads = benchmark.default_threads()
+    table = LatencyTable(provider, device=device, threads=threads, cache_dir=cache_dir)
+    original = export_onnx(
+        copy.deepcopy(state.teacher).cpu().eval(),
+        state.loaded,
+        workdir / "original.onnx",
+        spec.export,
+    )
+    shapes = {
+        i.name: s for i, s in zip(state.loaded.inputs, state.loaded.input_shapes, strict=True)
+    }
+    feeds = benchmark.feeds_from_shapes(shapes)(1)
+
+    def measure(candidates: dict[str, nn.Module]) -> dict[str, float]:
+        paths = {"original": original}
+        for i, (name, module) in enumerate(candidates.items()):
+            paths[name] = export_onnx(
+                copy.deepcopy(module).cpu().eval(),
+                state.loaded,
+                workdir / f"candidate-{i}.onnx",
+                spec.export,
+            )
+        # A single candidate is being tuned; several are being compared for the final choice.
+        seconds = 1.5 if len(candidates) == 1 else 4.0
+        return benchmark.median_ms(
+            paths, feeds, provider, device=device, threads=threads, seconds=seconds
+        )
+
+    return LatencyProbe(table=table, measure=measure)
 
 
 def _with_target(prune: PruneSpec, value: float) -> PruneSpec:
@@ -313,9 +380,12 @@ def _budget_target(state: _State, spec: JobSpec, device: str, t: _Tracker) -> Pr
     return _with_target(spec.prune, passing)
 
 
-def _prune(state: _State, spec: JobSpec, device: str, t: _Tracker) -> None:
+def _prune(state: _State, spec: JobSpec, device: str, t: _Tracker, cache_dir: Path | None) -> None:
     assert state.pre is not None and state.teacher is not None
-    with t.stage("pruning"):
+    with t.stage("pruning"), tempfile.TemporaryDirectory(prefix="latency-") as workdir:
+        if spec.prune.target.kind == "latency_reduction":
+            state.latency = _latency_probe(state, spec, device, Path(workdir), cache_dir)
+        _scan_once(state, spec, device, t)
         prune = spec.prune
         final_span = (0.0, 1.0)
         if spec.accuracy_budget is not None and prune.method != "unstructured_l1":
@@ -323,6 +393,9 @@ def _prune(state: _State, spec: JobSpec, device: str, t: _Tracker) -> None:
             final_span = (BUDGET_PROBES / (BUDGET_PROBES + 1), 1.0)
         state.pruned = _prune_copy_or_self(state, state.loaded.module, prune, device, t, final_span)
         state.notes += state.pruned.notes
+        state.target_figures.update(
+            {k: v for k, v in state.pruned.achieved.items() if k.startswith("latency_")}
+        )
 
 
 def _finetune(state: _State, spec: JobSpec, device: str, t: _Tracker) -> None:
@@ -473,6 +546,7 @@ def _report(state: _State, spec: JobSpec, paths, tables, env, timings) -> Report
         history=_history(state),
         environment=env,
         verification=state.verification,
+        target_figures=state.target_figures,
         notes=notes,
         timings_s=timings,
     )
@@ -501,8 +575,12 @@ def run_pipeline(
     device: str = "cpu",
     on_progress: ProgressFn | None = None,
     should_cancel: CancelFn | None = None,
+    cache_dir: Path | None = None,
 ) -> PipelineResult:
-    """Prune one model as `spec` says; write model.onnx, model.pt2 and report.json to out_dir."""
+    """Prune one model as `spec` says; write model.onnx, model.pt2 and report.json to out_dir.
+
+    `cache_dir` keeps the per-layer latency tables of latency targets between jobs.
+    """
     _check_device(device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -510,7 +588,7 @@ def run_pipeline(
     state = _load(Path(model_path), dataset_path and Path(dataset_path), arch, input_shape, t)
     _analyze(state, spec, t)
     _regularize(state, spec, device, t)
-    _prune(state, spec, device, t)
+    _prune(state, spec, device, t, cache_dir)
     _finetune(state, spec, device, t)
     _evaluate(state, device, t)
     paths = _export(state, spec, out_dir, t)

@@ -23,6 +23,7 @@ from contract import HistoryPoint, LayerChange, PruneSpec
 from worker.engine.errors import JobCancelled, PruningFailed
 from worker.engine.evaluate import output_tensors
 from worker.engine.importance import make_importance
+from worker.engine.latency_search import LatencyProbe, prune_to_latency
 from worker.engine.planner import (
     Choice,
     WidthMultiple,
@@ -34,6 +35,7 @@ from worker.engine.planner import (
     search_ratio,
 )
 from worker.engine.preflight import PRUNER_KWARGS
+from worker.engine.prune_alloc import prune_by_cost
 from worker.engine.stats import MacProfile, count_macs, count_params
 
 __all__ = ["PruneResult", "hardware_multiple", "prune_model", "TOLERANCE", "UNSTRUCTURED_NOTE"]
@@ -299,6 +301,9 @@ def prune_model(
     loss_fn: LossFn | None = None,
     on_progress: Callable[[float], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    latency: LatencyProbe | None = None,
+    sensitivity: dict[str, float] | None = None,
+    probe_inputs: Sequence[torch.Tensor] | None = None,
 ) -> PruneResult:
     """Prune `module` in place to `spec.target`; see the module docstring.
 
@@ -307,6 +312,11 @@ def prune_model(
     whichever copy it is given; without it a data-free proxy is used.
     `on_progress(fraction)` reports progress within this stage; `should_cancel()` is
     checked between pruning steps and raises JobCancelled when it returns True.
+
+    A `latency_reduction` target needs `latency` (a latency table and a way to time
+    candidates on the runtime). `prune.scope: "sensitivity"` scans the layers on
+    `probe_inputs` (seeded noise when None) unless `sensitivity` gives the weights
+    already (from `prune_alloc.sensitivity_weights`).
     """
     inputs = _as_inputs(example_inputs)
     cancel = should_cancel or (lambda: False)
@@ -314,9 +324,72 @@ def prune_model(
     was_training = module.training
     module.eval()  # tracing runs forward passes: BatchNorm statistics must not move
     try:
+        if spec.target.kind == "latency_reduction" or spec.scope == "sensitivity":
+            allocated = _Allocated(latency, sensitivity, probe_inputs)
+            return allocated.prune(module, inputs, spec, ignored, loss_fn, on_progress, cancel)
         return _prune(module, inputs, spec, ignored, loss_fn, on_progress, cancel)
     finally:
         module.train(was_training)
+
+
+@dataclass
+class _Allocated:
+    """Pruning by per-layer allocation: latency targets and the sensitivity scope."""
+
+    latency: LatencyProbe | None
+    weights: dict[str, float] | None
+    probe_inputs: Sequence[torch.Tensor] | None
+
+    def prune(self, module, inputs, spec, ignored, loss_fn, on_progress, cancel) -> PruneResult:
+        macs_before, params_before = count_macs(module, inputs), count_params(module)
+        widths_before = _prunable_layers(module)
+        notes: list[str] = []
+        options = dict(
+            notes=notes,
+            loss_fn=loss_fn,
+            weights=self.weights,
+            probe_inputs=self.probe_inputs,
+            on_progress=on_progress,
+            should_cancel=cancel,
+        )
+        layers = _resolve(module, ignored)
+        achieved: dict[str, float] = {}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            if spec.target.kind == "latency_reduction":
+                if self.latency is None:
+                    raise PruningFailed(
+                        "a latency target needs the runtime to measure on",
+                        code="invalid_spec",
+                    )
+                history, achieved = prune_to_latency(
+                    module, inputs, spec, layers, self.latency, **options
+                )
+            else:
+                history, allocation = prune_by_cost(module, inputs, spec, layers, **options)
+                kept = sum(allocation.keep.values())
+                achieved["channel_ratio"] = 1.0 - kept / max(1, _units_before(allocation))
+        macs_after, params_after = count_macs(module, inputs), count_params(module)
+        achieved["macs_reduction"] = _reduction(macs_before, macs_after)
+        achieved["params_reduction"] = _reduction(params_before, params_after)
+        note = _unreachable_note(spec, achieved.get(spec.target.kind, 0.0))
+        notes += [note] if note and spec.target.kind != "latency_reduction" else []
+        if on_progress is not None:
+            on_progress(1.0)
+        return PruneResult(
+            layers=_layer_changes(widths_before, module),
+            history=history,
+            macs_before=macs_before,
+            macs_after=macs_after,
+            params_before=params_before,
+            params_after=params_after,
+            notes=notes,
+            achieved=achieved,
+        )
+
+
+def _units_before(allocation) -> int:
+    return sum(allocation.units.values())
 
 
 def _prune(

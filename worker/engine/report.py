@@ -123,6 +123,7 @@ def build_report(
     verification: Mapping[str, float] | None = None,
     notes: Sequence[str] = (),
     timings_s: Mapping[str, float] | None = None,
+    target_figures: Mapping[str, float] | None = None,
 ) -> Report:
     """Assemble and validate the contract's report; ratios and target come from the summaries."""
     ratios = compute_ratios(original, pruned)
@@ -135,7 +136,7 @@ def build_report(
         layers=list(layers),
         history=list(history),
         environment=environment,
-        target=target_record(spec, original, pruned, ratios),
+        target={**target_record(spec, original, pruned, ratios), **(target_figures or {})},
         verification=dict(verification or {}),
         notes=all_notes,
         timings_s={k: round(v, 3) for k, v in (timings_s or {}).items()},

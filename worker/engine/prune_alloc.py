@@ -1,0 +1,200 @@
+"""Pruning by allocation: per-layer widths chosen by importance per unit of cost.
+
+Used for `prune.scope: "sensitivity"` (MACs, parameter and channel targets) and by the
+latency search (`latency_search.py`). One dependency graph is built, every group is
+scored once (importance, and sensitivity when asked), the allocator chooses how many
+units each group keeps, and the groups are pruned once. `iterative_steps` does not
+apply: the widths are chosen for the whole model at once.
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from contract import HistoryPoint, PruneSpec
+from worker.engine import sensitivity
+from worker.engine.allocate import (
+    Allocation,
+    LayerCost,
+    Slot,
+    allocate,
+    apply_allocation,
+    collect_slots,
+)
+from worker.engine.costs import ChannelCost, MacCost, ParamCost
+from worker.engine.errors import JobCancelled, PruningFailed
+from worker.engine.importance import make_importance
+from worker.engine.planner import WidthMultiple, WidthPruner, constant_multiple, hardware_multiple
+from worker.engine.preflight import PRUNER_KWARGS
+from worker.engine.stats import MacProfile, count_params
+
+LossFn = Callable[[nn.Module], torch.Tensor]
+CancelFn = Callable[[], bool]
+
+
+def width_rule(spec: PruneSpec) -> WidthMultiple:
+    return constant_multiple(spec.round_to) if spec.round_to is not None else hardware_multiple
+
+
+@dataclass
+class Scored:
+    """A model's dependency graph with every group scored, ready to allocate."""
+
+    pruner: WidthPruner
+    slots: list[Slot]
+    profile: MacProfile
+    params_before: int
+
+
+def seeded_probes(inputs: Sequence[torch.Tensor], batch: int = 8) -> tuple[torch.Tensor, ...]:
+    """Seeded standard-normal inputs shaped like `inputs`, for data-free measurements."""
+    gen = torch.Generator().manual_seed(0)
+    return tuple(
+        torch.randn((batch, *x.shape[1:]), generator=gen, dtype=x.dtype).to(x.device)
+        for x in inputs
+    )
+
+
+def score(
+    module: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    spec: PruneSpec,
+    ignored: Sequence[nn.Module],
+    *,
+    rule: WidthMultiple,
+    notes: list[str],
+    loss_fn: LossFn | None = None,
+    weights: dict[str, float] | None = None,
+    probe_inputs: Sequence[torch.Tensor] | None = None,
+    on_progress: Callable[[float], None] | None = None,
+    should_cancel: CancelFn | None = None,
+) -> Scored:
+    """Build the graph and score every group; sensitivity-weighted when the scope says so."""
+    if spec.method == "unstructured_l1":
+        raise PruningFailed(
+            "unstructured_l1 removes no channels: it cannot serve a sensitivity scope or a "
+            "latency target",
+            code="invalid_spec",
+        )
+    profile = MacProfile(module, inputs)
+    pruner = WidthPruner(
+        module,
+        inputs,
+        importance=make_importance(spec.method, module=module, notes=notes),
+        global_pruning=False,
+        pruning_ratio=0.0,
+        max_pruning_ratio=spec.max_layer_ratio,
+        iterative_steps=1,
+        ignored_layers=list(ignored),
+        width_multiple=rule,
+        **PRUNER_KWARGS,
+    )
+    if spec.method == "taylor":
+        _backprop(module, loss_fn or _alignment_loss(module, inputs))
+    slots = collect_slots(pruner, width_multiple=rule, max_layer_ratio=spec.max_layer_ratio)
+    module.zero_grad(set_to_none=True)
+    if not slots:
+        raise PruningFailed("no prunable layer groups left", code="nothing_to_prune")
+    if spec.scope == "sensitivity":
+        if weights is None:
+            probes = tuple(probe_inputs) if probe_inputs is not None else seeded_probes(inputs)
+            changes = sensitivity.scan(
+                module,
+                pruner.DG,
+                slots,
+                probes,
+                on_progress=on_progress,
+                should_cancel=should_cancel,
+            )
+            weights = sensitivity.weights(changes)
+        for slot in slots:
+            slot.weight = weights.get(slot.name, 1.0)
+    return Scored(pruner, slots, profile, count_params(module))
+
+
+def sensitivity_weights(
+    module: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    spec: PruneSpec,
+    ignored: Sequence[nn.Module],
+    probe_inputs: Sequence[torch.Tensor] | None = None,
+    should_cancel: CancelFn | None = None,
+) -> dict[str, float]:
+    """The scan's weights alone, to reuse across several prunings of copies of `module`."""
+    scored = score(
+        module,
+        inputs,
+        spec.model_copy(update={"scope": "sensitivity"}),
+        ignored,
+        rule=width_rule(spec),
+        notes=[],
+        probe_inputs=probe_inputs,
+        should_cancel=should_cancel,
+    )
+    return {slot.name: slot.weight for slot in scored.slots}
+
+
+def _alignment_loss(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> LossFn:
+    # Imported here: prune.py imports this module.
+    from worker.engine.prune import _taylor_proxy
+
+    return _taylor_proxy(module, inputs)
+
+
+def _backprop(module: nn.Module, loss_fn: LossFn) -> None:
+    module.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        loss_fn(module).backward()
+
+
+def target_cost(scored: Scored, spec: PruneSpec, module: nn.Module) -> tuple[LayerCost, float]:
+    """The cost the target counts and the budget it allows, for a non-latency target."""
+    kind, value = spec.target.kind, spec.target.value
+    if kind == "macs_reduction":
+        cost: LayerCost = MacCost(scored.profile)
+        return cost, (1.0 - value) * scored.profile.total
+    if kind == "params_reduction":
+        cost = ParamCost(module)
+        return cost, (1.0 - value) * cost.total()
+    cost = ChannelCost(module)
+    return cost, (1.0 - value) * cost.total()
+
+
+def prune_by_cost(
+    module: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    spec: PruneSpec,
+    ignored: Sequence[nn.Module],
+    *,
+    notes: list[str],
+    loss_fn: LossFn | None = None,
+    weights: dict[str, float] | None = None,
+    probe_inputs: Sequence[torch.Tensor] | None = None,
+    on_progress: Callable[[float], None] | None = None,
+    should_cancel: CancelFn | None = None,
+) -> tuple[list[HistoryPoint], Allocation]:
+    """Prune `module` in place to a MACs, parameter or channel target by allocation."""
+    report = on_progress or (lambda _f: None)
+    scored = score(
+        module,
+        inputs,
+        spec,
+        ignored,
+        rule=width_rule(spec),
+        notes=notes,
+        loss_fn=loss_fn,
+        weights=weights,
+        probe_inputs=probe_inputs,
+        on_progress=lambda f: report(0.8 * f),
+        should_cancel=should_cancel,
+    )
+    if should_cancel is not None and should_cancel():
+        raise JobCancelled()
+    cost, budget = target_cost(scored, spec, module)
+    allocation = allocate(scored.slots, cost, budget)
+    apply_allocation(scored.pruner.DG, scored.slots, allocation.keep)
+    report(1.0)
+    point = HistoryPoint(step=1, macs=scored.profile.estimate(), params=count_params(module))
+    return [point], allocation
