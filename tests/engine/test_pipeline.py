@@ -178,7 +178,7 @@ def test_accuracy_budget_keeps_strongest_passing_probe(tiny_onnx: Path, tmp_path
     )
     report = run_pipeline(tiny_onnx, spec, tmp_path / "out").report
     *probes, final = report.history
-    assert 1 <= len(probes) <= 4
+    assert 1 <= len(probes) <= spec.accuracy_budget.probes
     assert all(p.agreement is not None for p in probes)
     passing = [p for p in probes if p.agreement >= 1 - 0.25]
     assert passing, [p.agreement for p in probes]
@@ -188,17 +188,22 @@ def test_accuracy_budget_keeps_strongest_passing_probe(tiny_onnx: Path, tmp_path
     assert any(note.startswith("accuracy budget") for note in report.notes)
 
 
-def test_budget_search_bisects_to_strongest_passing(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With agreement falling as 1 - strength, the search must settle on 0.3 for a 0.35
-    budget: 0.8 fails, 0.4 fails, 0.2 passes, 0.3 passes."""
+def test_budget_probes_become_history_and_the_strongest_fitting_one_wins(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With agreement falling as 1 - strength and a 0.35 budget, every probe is recorded
+    in order and the target becomes the strongest probed strength that fitted."""
     from worker.engine import pipeline
+    from worker.engine.budget import ProbeResult
 
     tried: list[float] = []
 
     def fake_probe(state, spec, value, device, t, span):
-        tried.append(round(value, 6))
-        result = SimpleNamespace(macs_after=round(1000 * (1 - value)), params_after=10)
-        return None, 1.0 - value, result
+        tried.append(value)
+        return ProbeResult(
+            strength=value, score=1.0 - value, macs=round(1000 * (1 - value)), params=10,
+            agreement=1.0 - value,
+        )
 
     monkeypatch.setattr(pipeline, "_probe", fake_probe)
     monkeypatch.setattr(pipeline, "_quality", lambda state, module, device: (None, 1.0))
@@ -206,13 +211,17 @@ def test_budget_search_bisects_to_strongest_passing(monkeypatch: pytest.MonkeyPa
     state.teacher = torch.nn.Linear(2, 2)
     spec = JobSpec(
         prune=PruneSpec(target=Target(params_reduction=0.8)),
-        accuracy_budget=AccuracyBudget(max_drop=0.35),
+        accuracy_budget=AccuracyBudget(max_drop=0.35, probes=5),
     )
     chosen = pipeline._budget_target(state, spec, "cpu", pipeline._Tracker(None, None))
-    assert tried == [0.8, 0.4, 0.2, 0.3]
-    assert chosen.target.params_reduction == pytest.approx(0.3)
-    assert [p.macs for p in state.probes] == [200, 600, 800, 700]
-    assert [p.step for p in state.probes] == [1, 2, 3, 4]
+    assert tried[0] == pytest.approx(0.8)
+    assert 2 <= len(tried) <= 5
+    fitted = [v for v in tried if 1.0 - (1.0 - v) <= 0.35]
+    assert chosen.target.params_reduction == pytest.approx(max(fitted))
+    assert 0.3 <= chosen.target.params_reduction <= 0.35
+    assert [p.macs for p in state.probes] == [round(1000 * (1 - v)) for v in tried]
+    assert [p.step for p in state.probes] == list(range(1, len(tried) + 1))
+    assert any("chosen from" in note for note in state.notes)
 
 
 @pytest.mark.gpu

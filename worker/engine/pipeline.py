@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from contract import Fidelity, HistoryPoint, JobSpec, PruneSpec, Report, Target
 from contract.stages import overall_progress
 from worker.engine import benchmark, report
+from worker.engine.budget import ProbeResult, search_strength
 from worker.engine.data import DatasetSplits, load_dataset
 from worker.engine.errors import EngineError, ExportFailed, JobCancelled, VerificationFailed
 from worker.engine.evaluate import accuracy, fidelity, is_classification, output_tensors
@@ -37,8 +38,6 @@ from worker.engine.types import CancelFn, LoadedModel, Preflight, ProgressFn
 
 # Samples on which the pruned model's agreement with the original is measured.
 FIDELITY_SAMPLES = 64
-# Pruning strengths tried by the accuracy-budget search (each: prune a copy, 1 epoch).
-BUDGET_PROBES = 4
 NOTE_DATA_FREE = "no dataset: pruned data-free; fine-tuning and accuracy were skipped"
 
 
@@ -302,8 +301,8 @@ def _quality(state: _State, module: nn.Module, device: str) -> tuple[float | Non
 
 def _probe(
     state: _State, spec: JobSpec, value: float, device: str, t: _Tracker, span
-) -> tuple[float | None, float, PruneResult]:
-    """Prune a copy to `value`, fine-tune it one short epoch, measure it."""
+) -> ProbeResult:
+    """Prune a copy to `value`, distil it one short epoch, measure it."""
     candidate = copy.deepcopy(state.loaded.module)
     lo, hi = span
     result = _prune_copy_or_self(
@@ -316,13 +315,20 @@ def _probe(
             candidate,
             state.teacher,
             state.splits,
-            ft.model_copy(update={"epochs": 1}),
+            ft.model_copy(update={"epochs": 1, "distill": True}),
             device=device,
             on_progress=t.fraction("pruning", lo + 0.7 * (hi - lo), hi),
             should_cancel=t.cancelled,
         )
     acc, agreement = _quality(state, candidate, device)
-    return acc, agreement, result
+    return ProbeResult(
+        strength=value,
+        score=_score(acc, agreement, labeled=_has_labels(state)),
+        macs=result.macs_after,
+        params=result.params_after,
+        accuracy=acc,
+        agreement=agreement,
+    )
 
 
 def _score(acc: float | None, agreement: float, *, labeled: bool) -> float:
@@ -334,50 +340,50 @@ def _score(acc: float | None, agreement: float, *, labeled: bool) -> float:
 
 
 def _budget_target(state: _State, spec: JobSpec, device: str, t: _Tracker) -> PruneSpec:
-    """Bisect the target strength (up to the requested one) for the strongest pruning whose
-    measured drop, after a short fine-tune, stays within the accuracy budget."""
-    assert spec.accuracy_budget is not None
+    """The strongest target strength, up to the requested one, whose measured drop after a
+    short distillation stays within the accuracy budget (see `budget.py`)."""
+    assert spec.accuracy_budget is not None and state.teacher is not None
     labeled = _has_labels(state)
-    assert state.teacher is not None
-    reference = _quality(state, state.teacher, device)
-    base = _score(*reference, labeled=labeled)
-    max_drop = spec.accuracy_budget.max_drop
-    lo, hi, value = 0.0, spec.prune.target.value, spec.prune.target.value
-    passing: float | None = None
-    probed: list[float] = []
-    for i in range(BUDGET_PROBES):
-        probed.append(value)
-        span = (i / (BUDGET_PROBES + 1), (i + 1) / (BUDGET_PROBES + 1))
-        acc, agreement, result = _probe(state, spec, value, device, t, span)
+    base = _score(*_quality(state, state.teacher, device), labeled=labeled)
+    budget = spec.accuracy_budget
+    share = 1.0 / (budget.probes + 1)  # of the pruning stage, per probe
+
+    def probe(value: float) -> ProbeResult:
+        i = len(state.probes)
+        found = _probe(state, spec, value, device, t, (i * share, (i + 1) * share))
         state.probes.append(
             HistoryPoint(
                 step=i + 1,
-                macs=result.macs_after,
-                params=result.params_after,
-                accuracy=acc,
-                agreement=agreement,
+                macs=found.macs,
+                params=found.params,
+                accuracy=found.accuracy,
+                agreement=found.agreement,
             )
         )
-        measured = _score(acc, agreement, labeled=labeled)
-        if base - measured <= max_drop:
-            passing, lo = value, value
-            if i == 0:
-                break  # the requested strength already fits the budget
-        else:
-            hi = value
-        value = (lo + hi) / 2
-    if passing is None:
-        passing = min(probed)
-        state.notes.append(
-            f"accuracy budget: no probed strength kept the drop within {max_drop:.3f}; "
-            f"pruned at the mildest probed target {passing:.3f}"
-        )
-    state.notes.append(
-        f"accuracy budget: {spec.prune.target.kind}={passing:.3f} chosen from "
-        f"{len(state.probes)} probes (max drop {max_drop:.3f}, measured on "
-        f"{'held-back accuracy' if labeled else 'agreement with the original'})"
+        return found
+
+    search = search_strength(
+        probe,
+        reference=base,
+        max_drop=budget.max_drop,
+        upper=spec.prune.target.value,
+        probes=budget.probes,
     )
-    return _with_target(spec.prune, passing)
+    measured_on = "held-back accuracy" if labeled else "agreement with the original"
+    chosen = search.chosen
+    if chosen is None:
+        chosen = min(p.strength for p in search.probes)
+        state.notes.append(
+            f"accuracy budget: no probed strength kept the drop within {budget.max_drop:.3f}; "
+            f"pruned at the mildest probed target {chosen:.3f}"
+        )
+    drops = ", ".join(f"{p.strength:.3f}: {base - p.score:+.3f}" for p in search.probes)
+    state.notes.append(
+        f"accuracy budget: {spec.prune.target.kind}={chosen:.3f} chosen from "
+        f"{len(search.probes)} probes (max drop {budget.max_drop:.3f} on {measured_on}; "
+        f"drop per probed strength after one epoch of distillation: {drops})"
+    )
+    return _with_target(spec.prune, chosen)
 
 
 def _prune(state: _State, spec: JobSpec, device: str, t: _Tracker, cache_dir: Path | None) -> None:
@@ -390,7 +396,7 @@ def _prune(state: _State, spec: JobSpec, device: str, t: _Tracker, cache_dir: Pa
         final_span = (0.0, 1.0)
         if spec.accuracy_budget is not None and prune.method != "unstructured_l1":
             prune = _budget_target(state, spec, device, t)
-            final_span = (BUDGET_PROBES / (BUDGET_PROBES + 1), 1.0)
+            final_span = (len(state.probes) / (spec.accuracy_budget.probes + 1), 1.0)
         state.pruned = _prune_copy_or_self(state, state.loaded.module, prune, device, t, final_span)
         state.notes += state.pruned.notes
         state.target_figures.update(
