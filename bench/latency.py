@@ -1,0 +1,412 @@
+"""Latency-targeted against MACs-targeted pruning, measured side by side in one run.
+
+For each torchvision model (random weights, BatchNorm statistics recalibrated on seeded
+inputs), data-free through the pipeline:
+
+  A  prune.target.latency_reduction = --target (method l2, scope global)
+  B  prune.target.macs_reduction    = --target
+  C  macs_reduction at the --curve strengths: with B and the original, a curve of
+     (fidelity, speed-up) on which A is compared at equal fidelity
+
+then the original, A, B and C are timed interleaved in one onnxruntime call (CPU provider,
+and CUDA too when onnxruntime can use it). Fidelity is measured here, in onnxruntime, on
+FIDELITY_SAMPLES seeded standard-normal inputs, two ways: top-1 agreement with the
+original, and the cosine of all the logits with the original's (as the report's
+fidelity.cosine). Both are printed because a network with random weights has no
+redundancy to lose gracefully: its top-1 agreement falls to about zero after even mild
+pruning, whichever method prunes, and then says nothing; the cosine still falls smoothly.
+
+    python bench/latency.py                       # all six models
+    python bench/latency.py --quick               # resnet18 + mobilenet_v3_small
+    python bench/latency.py --models mobilenet_v2 --target 0.5 --curve 0.3,0.4,0.6,0.7
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import torchvision
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import export_onnx_file  # noqa: E402
+
+from contract import BenchmarkSpec, JobSpec, PruneSpec, Target  # noqa: E402
+from worker.engine import benchmark  # noqa: E402
+from worker.engine.errors import EngineError  # noqa: E402
+from worker.engine.pipeline import PipelineResult, run_pipeline  # noqa: E402
+
+ALL_MODELS = [
+    "resnet18",
+    "resnet50",
+    "mobilenet_v2",
+    "efficientnet_b0",
+    "mobilenet_v3_small",
+    "regnet_y_400mf",
+]
+QUICK_MODELS = ["resnet18", "mobilenet_v3_small"]
+# Depthwise or grouped convolutions: where MACs are the poorest proxy for time.
+DEPTHWISE = {"mobilenet_v2", "efficientnet_b0", "mobilenet_v3_small", "regnet_y_400mf"}
+SHAPE = (1, 3, 224, 224)
+CALIBRATION_SHAPE = (16, 3, 224, 224)
+FIDELITY_SAMPLES = 64
+FIDELITY_SEED = 7  # not the calibration seed: fidelity is measured on unseen inputs
+METRICS = {"top1": "top-1 agreement", "cosine": "cosine of the logits"}
+LATENCY_TOLERANCE = 0.05  # A passes when its latency <= (1 + this) x the target latency
+RATIO_TARGET = 1.3  # A's speed-up ÷ the MACs curve's at equal fidelity, depthwise nets
+
+
+@dataclass
+class Variant:
+    """One pruned model: which target produced it, and its file (None when it failed)."""
+
+    label: str
+    kind: str  # "latency" or "macs"
+    value: float
+    result: PipelineResult | None = None
+    error: str | None = None
+    wall_s: float = 0.0
+    fidelity: dict[str, float] = field(default_factory=dict)  # METRICS -> value
+
+    @property
+    def onnx(self) -> Path | None:
+        return self.result.artifacts["model.onnx"] if self.result else None
+
+
+@torch.no_grad()
+def _recalibrate_batchnorm(
+    model: nn.Module, shape: tuple[int, ...], *, batches: int = 4, seed: int = 0
+) -> nn.Module:
+    """Re-estimate BatchNorm running statistics on seeded standard-normal inputs.
+
+    Randomly initialised networks keep running mean 0 / variance 1, which in eval mode lets
+    activations explode or collapse layer after layer, so every input gets the same class
+    and agreement with the original means nothing. A cumulative average (momentum None)
+    over a few batches gives statistics that keep the eval-mode activations alive. Only the
+    BatchNorm layers go to train mode: dropout and stochastic depth stay off so they do not
+    bias the statistics.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    model.eval()
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+        norm.train()
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(batches):
+        model(torch.randn(*shape, generator=gen))
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+    return model.eval()
+
+
+def _original(name: str, work: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    model = getattr(torchvision.models, name)(weights=None)
+    _recalibrate_batchnorm(model, CALIBRATION_SHAPE, seed=seed)
+    return export_onnx_file(model, work / f"{name}.onnx", SHAPE)
+
+
+def _spec(kind: str, value: float) -> JobSpec:
+    # The pipeline's own benchmark is only a by-product here; the comparison is timed
+    # below, all files in one interleaved call.
+    return JobSpec(
+        prune=PruneSpec(target=Target(**{f"{kind}_reduction": value})),
+        finetune=None,
+        benchmark=BenchmarkSpec(providers=["cpu"], warmup=3, iterations=10),
+    )
+
+
+def _prune(src: Path, variant: Variant, work: Path) -> Variant:
+    """Run the pipeline; a latency target the engine refuses or fails on is recorded, not
+    raised, so the MACs columns still print."""
+    start = time.perf_counter()
+    try:
+        spec = _spec(variant.kind, variant.value)
+        variant.result = run_pipeline(src, spec, work / variant.label)
+    except (ValueError, EngineError) as exc:
+        if variant.kind != "latency":
+            raise
+        variant.error = str(exc).strip().splitlines()[-1][:120]
+    variant.wall_s = time.perf_counter() - start
+    return variant
+
+
+def _logits(path: Path, x: np.ndarray, threads: int) -> np.ndarray:
+    session = ort.InferenceSession(
+        str(path), sess_options=benchmark.session_options(threads), providers=[benchmark.CPU]
+    )
+    name = session.get_inputs()[0].name
+    return np.concatenate(
+        [session.run(None, {name: x[i : i + 16]})[0] for i in range(0, len(x), 16)]
+    )
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Over all samples' logits flattened, as the report's fidelity.cosine."""
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
+
+
+def _measure_fidelity(original: Path, variants: list[Variant], threads: int) -> None:
+    rng = np.random.default_rng(FIDELITY_SEED)
+    x = rng.standard_normal((FIDELITY_SAMPLES, *SHAPE[1:])).astype(np.float32)
+    reference = _logits(original, x, threads)
+    classes = len(np.unique(reference.argmax(1)))
+    print(f"  the original predicts {classes} distinct classes on the {len(x)} inputs")
+    for v in variants:
+        if v.onnx is not None:
+            logits = _logits(v.onnx, x, threads)
+            v.fidelity = {
+                "top1": float((logits.argmax(1) == reference.argmax(1)).mean()),
+                "cosine": _cosine(logits, reference),
+            }
+
+
+def _time_all(
+    original: Path, variants: list[Variant], iterations: int, threads: int
+) -> dict[str, dict[str, float]]:
+    """provider -> label -> p50 ms, from one interleaved benchmark_onnx call."""
+    files = {"original": original, **{v.label: v.onnx for v in variants if v.onnx is not None}}
+    providers = ["cpu", "cuda"] if _cuda_usable() else ["cpu"]
+    spec = BenchmarkSpec(providers=providers, warmup=5, iterations=iterations)
+    device = "cuda" if "cuda" in providers else "cpu"
+    tables = benchmark.benchmark_onnx(files, {"input": SHAPE}, spec, device=device, threads=threads)
+    by_provider: dict[str, dict[str, float]] = {}
+    for label, table in tables.items():
+        for provider, batches in table.items():
+            by_provider.setdefault(provider, {})[label] = batches["1"].p50
+    return by_provider
+
+
+def _cuda_usable() -> bool:
+    return benchmark.CUDA in benchmark.resolve_providers(["cuda"], "cuda")
+
+
+def _speedup_at(points: list[tuple[float, float, str]], fidelity: float) -> tuple[float, str]:
+    """The MACs curve's speed-up at `fidelity`, linear in fidelity; points are
+    (fidelity, speed-up, label). Where several points share a fidelity the fastest is kept
+    (the MACs side's best case); outside the curve the value is clamped, and said so."""
+    best: dict[float, tuple[float, str]] = {}
+    for x, y, label in points:
+        if x not in best or y > best[x][0]:
+            best[x] = (y, label)
+    xs = sorted(best)
+    ys = [best[x][0] for x in xs]
+    if fidelity <= xs[0]:
+        clamped = "" if fidelity == xs[0] else "clamped, below the curve: "
+        return ys[0], f"{clamped}at {best[xs[0]][1]}"
+    if fidelity >= xs[-1]:
+        return ys[-1], f"at {best[xs[-1]][1]}"
+    upper = next(i for i, x in enumerate(xs) if x >= fidelity)
+    span = f"interpolated between {best[xs[upper - 1]][1]} and {best[xs[upper]][1]}"
+    return float(np.interp(fidelity, xs, ys)), span
+
+
+@dataclass
+class Outcome:
+    """What the summary needs from one model, on the provider A was pruned for (CPU)."""
+
+    model: str
+    speedup_a: float | None
+    speedup_b: float
+    within: bool | None
+    # fidelity metric -> A's speed-up ÷ the MACs curve's at A's fidelity
+    ratios: dict[str, float]
+
+
+def _print_table(variants: list[Variant], p50: dict[str, float], provider: str) -> None:
+    print(f"  {provider}")
+    print(
+        f"  {'variant':<14}{'MACs ratio':>11}{'p50 ms':>9}{'speed-up':>10}"
+        f"{'top-1 agr.':>12}{'cosine':>9}{'prune s':>9}"
+    )
+    print(
+        f"  {'original':<14}{1.0:>11.2f}{p50['original']:>9.2f}{1.0:>10.2f}{1.0:>12.3f}{1.0:>9.3f}"
+    )
+    for v in variants:
+        if v.result is None:
+            print(f"  {v.label:<14}  not supported: {v.error}")
+            continue
+        gain = p50["original"] / p50[v.label]
+        print(
+            f"  {v.label:<14}{v.result.report.ratios.macs:>11.2f}{p50[v.label]:>9.2f}"
+            f"{gain:>10.2f}{v.fidelity['top1']:>12.3f}{v.fidelity['cosine']:>9.3f}"
+            f"{v.wall_s:>9.0f}"
+        )
+
+
+def _latency_check(a: Variant, p50: dict[str, float], target: float) -> bool:
+    target_ms = (1 - target) * p50["original"]
+    limit_ms = (1 + LATENCY_TOLERANCE) * target_ms
+    measured = p50[a.label]
+    within = measured <= limit_ms
+    print(
+        f"  A vs its target: {target:.0%} less time -> target {target_ms:.2f} ms; measured "
+        f"{measured:.2f} ms ({1 - measured / p50['original']:.1%} less); within 5% "
+        f"(measured <= 1.05 x target = {limit_ms:.2f} ms): {'yes' if within else 'NO'}"
+    )
+    assert a.result is not None
+    found = a.result.report.target
+    if "latency_ms_measured" in found:
+        print(
+            "  A's pruning search (its own timing): original "
+            f"{found.get('latency_ms_original', float('nan')):.2f} ms, target "
+            f"{found.get('latency_ms_target', float('nan')):.2f} ms, measured "
+            f"{found['latency_ms_measured']:.2f} ms"
+        )
+    return within
+
+
+def _equal_fidelity(a: Variant, macs: list[Variant], p50: dict[str, float], metric: str) -> float:
+    """A's speed-up ÷ the MACs curve's at A's fidelity; the curve starts at the original."""
+    points = [(1.0, 1.0, "original")] + [
+        (v.fidelity[metric], p50["original"] / p50[v.label], v.label) for v in macs if v.fidelity
+    ]
+    at = a.fidelity[metric]
+    curve_speedup, how = _speedup_at(points, at)
+    gain_a = p50["original"] / p50[a.label]
+    ratio = gain_a / curve_speedup
+    print(
+        f"  at equal {METRICS[metric]} ({at:.3f}): A {gain_a:.2f}x, MACs curve "
+        f"{curve_speedup:.2f}x ({how}); A / curve = {ratio:.2f}"
+    )
+    return ratio
+
+
+def compare(name: str, args: argparse.Namespace, work: Path) -> Outcome:
+    print(f"\n== {name} ==")
+    src = _original(name, work, args.seed)
+    a = Variant(f"latency-{args.target:.2f}", "latency", args.target)
+    b = Variant(f"macs-{args.target:.2f}", "macs", args.target)
+    curve = [Variant(f"macs-{s:.2f}", "macs", s) for s in args.curve if s != args.target]
+    variants = [a, b, *sorted(curve, key=lambda v: v.value)]
+    for v in variants:
+        _prune(src, v, work / name)
+    # Time and compare against the pipeline's own export of the original, made the same
+    # way as the pruned files, so only the pruning differs.
+    assert b.result is not None and b.result.original_onnx is not None
+    original = b.result.original_onnx
+    _measure_fidelity(original, variants, args.threads)
+    timings = _time_all(original, variants, args.iterations, args.threads)
+    outcome = None
+    for provider, p50 in timings.items():
+        _print_table(variants, p50, provider)
+        if provider != benchmark.CPU:
+            continue  # A was pruned for the CPU provider; its checks are made there
+        within, ratios = None, {}
+        if a.result is not None:
+            within = _latency_check(a, p50, args.target)
+            ratios = {m: _equal_fidelity(a, [b, *curve], p50, m) for m in METRICS}
+        outcome = Outcome(
+            model=name,
+            speedup_a=p50["original"] / p50[a.label] if a.result else None,
+            speedup_b=p50["original"] / p50[b.label],
+            within=within,
+            ratios=ratios,
+        )
+    assert outcome is not None
+    return outcome
+
+
+def _fmt(value: float | bool | None, spec: str = ".2f") -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    return format(value, spec)
+
+
+def summarize(outcomes: list[Outcome], target: float) -> None:
+    print(f"\n== summary: CPU provider, {target:.0%} latency target vs {target:.0%} fewer MACs ==")
+    print(
+        "A / MACs curve: A's speed-up ÷ the MACs-targeted curve's at A's top-1 agreement / cosine"
+    )
+    print(
+        f"{'model':<20}{'A speed-up':>11}{'B speed-up':>11}{'A within 5%':>12}"
+        f"{'A/curve top-1':>15}{'A/curve cos':>13}{'target':>9}"
+    )
+    for o in outcomes:
+        wanted = f">= {RATIO_TARGET}" if o.model in DEPTHWISE else "-"
+        print(
+            f"{o.model:<20}{_fmt(o.speedup_a):>11}{_fmt(o.speedup_b):>11}{_fmt(o.within):>12}"
+            f"{_fmt(o.ratios.get('top1')):>15}{_fmt(o.ratios.get('cosine')):>13}{wanted:>9}"
+        )
+    within = [o.within for o in outcomes]
+    print(
+        "every model within 5% of its latency target: "
+        + ("n/a (latency target not supported)" if None in within else _fmt(all(within)))
+    )
+    depthwise = [o for o in outcomes if o.model in DEPTHWISE]
+    for metric, words in METRICS.items():
+        if not depthwise:
+            break
+        ratios = [o.ratios.get(metric) for o in depthwise]
+        met = None if None in ratios else all(r >= RATIO_TARGET for r in ratios)  # type: ignore[operator]
+        print(f"depthwise nets, A / MACs curve at equal {words} >= {RATIO_TARGET}: {_fmt(met)}")
+
+
+def _machine(threads: int) -> None:
+    providers = benchmark.resolve_providers(["cuda"], "cuda")
+    env = benchmark.environment(
+        "cuda" if benchmark.CUDA in providers else "cpu", providers, threads=threads
+    )
+    print(
+        f"machine: {env.cpu}, {os.cpu_count()} cores, device {env.device}, providers "
+        f"{', '.join(providers)}, {env.threads} intra-op threads"
+    )
+    print(
+        f"versions: torch {env.torch}, onnxruntime {env.onnxruntime}, onnx {env.onnx}, "
+        f"torch-pruning {env.torch_pruning}"
+    )
+    print(
+        "fidelity: top-1 agreement and cosine of the logits with the original, onnxruntime "
+        f"CPU, {FIDELITY_SAMPLES} seeded standard-normal inputs; p50 of one interleaved run "
+        "per model"
+    )
+
+
+def _parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="two small models, fewer iterations")
+    parser.add_argument("--models", help=f"comma-separated subset of {','.join(ALL_MODELS)}")
+    parser.add_argument("--target", type=float, default=0.5, help="reduction for A and B")
+    parser.add_argument(
+        "--curve", default="0.3,0.4,0.6,0.7", help="extra MACs reductions for the C curve"
+    )
+    parser.add_argument("--iterations", type=int, default=None, help="timed runs per model")
+    parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
+    parser.add_argument("--seed", type=int, default=0, help="weights and calibration seed")
+    args = parser.parse_args()
+    args.models = (
+        args.models.split(",") if args.models else QUICK_MODELS if args.quick else ALL_MODELS
+    )
+    args.curve = [float(s) for s in args.curve.split(",") if s]
+    args.iterations = args.iterations or (20 if args.quick else 50)
+    args.threads = args.threads or benchmark.default_threads()
+    return args
+
+
+def main() -> None:
+    args = _parse()
+    torch.set_num_threads(args.threads)
+    _machine(args.threads)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="secateurs-latency-") as tmp:
+        outcomes = [compare(name, args, Path(tmp)) for name in args.models]
+    summarize(outcomes, args.target)
+    print(f"\ntotal: {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
