@@ -46,6 +46,7 @@ def build_spec(
     target_params: float | None,
     channel_ratio: float | None,
     method: str,
+    target_latency: float | None = None,
     scope: str,
     round_to: int | None,
     steps: int,
@@ -64,6 +65,7 @@ def build_spec(
         "macs_reduction": target_macs,
         "params_reduction": target_params,
         "channel_ratio": channel_ratio,
+        "latency_reduction": target_latency,
     }
     target = {k: v for k, v in chosen.items() if v is not None} or {"macs_reduction": 0.5}
     body = {
@@ -165,10 +167,14 @@ def prune(
     ] = None,
     target_params: Annotated[float | None, typer.Option(help="fraction of params")] = None,
     channel_ratio: Annotated[float | None, typer.Option(help="fraction of channels")] = None,
+    target_latency: Annotated[
+        float | None,
+        typer.Option(help="fraction of onnxruntime latency to remove, measured on this machine"),
+    ] = None,
     method: Annotated[
         str, typer.Option(help="l1 l2 bn_scale taylor fpgm lamp random unstructured_l1")
     ] = "l2",
-    scope: Annotated[str, typer.Option(help="global or layerwise")] = "global",
+    scope: Annotated[str, typer.Option(help="global, layerwise or sensitivity")] = "global",
     round_to: Annotated[int | None, typer.Option(help="channel multiple (default: auto)")] = None,
     steps: Annotated[int, typer.Option(help="iterative pruning steps")] = 5,
     data: Annotated[Path | None, typer.Option(help=".npz or zipped image folders")] = None,
@@ -197,6 +203,7 @@ def prune(
             target_macs=target_macs,
             target_params=target_params,
             channel_ratio=channel_ratio,
+            target_latency=target_latency,
             method=method,
             scope=scope,
             round_to=round_to,
@@ -214,6 +221,8 @@ def prune(
             "arch": arch,
             "input_shape": parse_shape(input_shape),
             "device": device,
+            # Latency targets keep their per-layer timings here between runs.
+            "cache_dir": Path.home() / ".cache" / "secateurs",
         }
         result = _run(model, output, report, spec, options)
     except CliError as exc:

@@ -57,6 +57,17 @@ class PruneSpec(Frozen):
     ignored_layers: list[str] = Field(default_factory=list, max_length=10_000)
     max_layer_ratio: float = Field(default=0.9, gt=0.0, le=1.0)
 
+    @model_validator(mode="after")
+    def _channels_for_speed(self) -> "PruneSpec":
+        if self.method == "unstructured_l1" and (
+            self.target.kind == "latency_reduction" or self.scope == "sensitivity"
+        ):
+            raise ValueError(
+                "method unstructured_l1 removes no channels: it cannot take a "
+                "latency_reduction target or the sensitivity scope"
+            )
+        return self
+
 
 class RegularizeSpec(Frozen):
     kind: Literal["l1_bn", "group_l2"] = "l1_bn"

@@ -81,3 +81,17 @@ def test_unavailable_device(tmp_path: Path) -> None:
     assert _error_lines(result) == [
         "error: no_device: cuda:3 is not available here (0 CUDA devices)"
     ]
+
+
+def test_unstructured_cannot_take_a_latency_target(tmp_path: Path) -> None:
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    result = runner.invoke(
+        app,
+        ["prune", str(model), "-o", str(tmp_path / "o.onnx"), "--target-latency", "0.5",
+         "--method", "unstructured_l1"],
+    )
+    assert result.exit_code == 1
+    [line] = _error_lines(result)
+    assert line.startswith("error: invalid_spec: prune: ")
+    assert "unstructured_l1 removes no channels" in line

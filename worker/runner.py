@@ -228,6 +228,8 @@ def _call_engine(ctx: RunContext, job_id: str, attempts: int, inputs: _Inputs,
         arch=model.arch,
         input_shape=tuple(model.input_shape) if model.input_shape else None,
         device=ctx.device(),
+        # Per-layer latency timings of this machine, reused by later latency-target jobs.
+        cache_dir=ctx.settings.data_dir / "cache",
         on_progress=ProgressWriter(ctx.sessions, job_id, min_interval_s=ctx.progress_interval_s),
         should_cancel=CancelCheck(ctx.sessions, job_id, worker=ctx.worker, attempts=attempts,
                                   min_interval_s=ctx.cancel_interval_s),

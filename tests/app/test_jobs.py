@@ -54,12 +54,27 @@ def test_enqueue_failure_still_accepts_the_job(client, app, model_id):
     ({"finetune": {"epochs": -1}}, "finetune.epochs"),
     ({"prune": {"target": {"macs_reduction": 0.5, "params_reduction": 0.5}}}, "prune.target"),
     ({"prune": {"method": "magic"}}, "prune.method"),
+    ({"prune": {"scope": "everywhere"}}, "prune.scope"),
+    ({"prune": {"method": "unstructured_l1", "target": {"latency_reduction": 0.5}}}, "prune"),
+    ({"accuracy_budget": {"max_drop": 0.01, "probes": 1}}, "accuracy_budget.probes"),
 ])
 def test_invalid_bodies_name_the_field(client, model_id, body, field):
     resp = client.post("/v1/jobs", headers=AUTH_A, json={"model_id": model_id, **body})
     problem = assert_problem(resp, 422, "validation_error")
     assert problem["detail"].startswith(field + ":"), problem["detail"]
     assert problem["errors"][0]["field"] == field
+
+
+def test_latency_target_and_sensitivity_scope_are_accepted(client, model_id):
+    body = {"model_id": model_id, "prune": {"target": {"latency_reduction": 0.6},
+                                            "scope": "sensitivity"},
+            "accuracy_budget": {"max_drop": 0.02, "probes": 8}}
+    resp = client.post("/v1/jobs", headers=AUTH_A, json=body)
+    assert resp.status_code == 202, resp.text
+    spec = resp.json()["spec"]
+    assert spec["prune"]["target"]["latency_reduction"] == 0.6
+    assert spec["prune"]["scope"] == "sensitivity"
+    assert spec["accuracy_budget"] == {"max_drop": 0.02, "probes": 8}
 
 
 def test_missing_model_id_and_bad_json(client):

@@ -1,0 +1,143 @@
+"""The per-layer latency table and the latency-target search, on tiny networks.
+
+Timings on a shared machine are noisy, so only the table's plain measurements use the
+clock (with a 64x difference in work); the search is tested against a made-up runtime.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from contract import PruneSpec, Target
+from tests.engine.tiny_nets import TinyMobileNet, TinyResNet, seeded
+from worker.engine import latency
+from worker.engine.allocate import Allocation
+from worker.engine.latency import LatencyTable, LayerShape, layer_shape
+from worker.engine.latency_search import LATENCY_SLACK, Candidate, LatencyProbe, _choose
+from worker.engine.prune import prune_model
+from worker.engine.stats import count_macs
+
+X = torch.randn(1, 3, 32, 32)
+CONV = LayerShape("conv", 64, 64, (32, 32), (3, 3), (1, 1), (1, 1), (1, 1))
+
+
+def _work_ms(shape: LayerShape, in_ch: int, out_ch: int) -> float:
+    """A deterministic stand-in for the clock: time proportional to the layer's MACs."""
+    kernel = 1
+    for k in shape.kernel:
+        kernel *= k
+    per_out = 1 if shape.depthwise else in_ch
+    return out_ch * per_out * kernel * (shape.spatial[0] if shape.spatial else 1) * 1e-4
+
+
+def test_a_wide_conv_measures_slower_than_a_narrow_one() -> None:
+    table = LatencyTable()
+    assert table.point_ms(CONV, 64, 64) > 4 * table.point_ms(CONV, 8, 8)
+    assert table.measured == 2
+
+
+def test_widths_between_grid_points_are_interpolated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(LatencyTable, "_time", lambda self, s, i, o: float(i * o))
+    table = LatencyTable()
+    # Bilinear interpolation of in x out is exact.
+    assert table.layer_ms(CONV, 40, 50) == pytest.approx(2000.0)
+    assert table.layer_ms(CONV, 64, 64) == pytest.approx(4096.0)
+    # Only grid points were timed, however many widths were asked about.
+    assert table.measured <= len(latency._grid(64)) ** 2
+
+
+def test_depthwise_layers_depend_on_one_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(LatencyTable, "_time", lambda self, s, i, o: float(i))
+    dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+    shape = layer_shape(dw, (1, 32, 16, 16))
+    assert shape is not None and shape.depthwise
+    table = LatencyTable()
+    assert table.layer_ms(shape, 16, 16) == pytest.approx(16.0)
+    assert layer_shape(nn.Conv2d(32, 32, 3, groups=4), (1, 32, 16, 16)) is None
+
+
+def test_the_cache_file_keeps_measurements_between_tables(tmp_path: Path) -> None:
+    first = LatencyTable(cache_dir=tmp_path)
+    first.point_ms(CONV, 16, 16)
+    first.save()
+    [cache] = list(tmp_path.glob("latency-*CPUExecutionProvider*.json"))
+    assert len(json.loads(cache.read_text())) == 1
+    second = LatencyTable(cache_dir=tmp_path)
+    assert second.point_ms(CONV, 16, 16) == first.point_ms(CONV, 16, 16)
+    assert second.measured == 0
+    cache.write_text("{not json")
+    assert LatencyTable(cache_dir=tmp_path).point_ms(CONV, 16, 16) > 0  # re-measured
+
+
+def _candidate(label: str, ratio: float, damage: float) -> Candidate:
+    allocation = Allocation(keep={}, cost=0.0, removed_importance=damage, reached=True)
+    return Candidate(label, [], allocation, ratio, nn.Identity())
+
+
+def test_choice_prefers_meeting_the_target_then_the_least_damage() -> None:
+    goal = 0.5
+    picks = [
+        _candidate("misses", 0.6, 0.1),
+        _candidate("meets, more damage", 0.49, 3.0),
+        _candidate("meets within slack", goal * (1 + LATENCY_SLACK) - 1e-6, 2.0),
+    ]
+    assert _choose(picks, goal).label == "meets within slack"
+
+
+def test_choice_never_returns_a_dominated_candidate() -> None:
+    # Both meet the target; "simple" is faster and removes less: it must win.
+    picks = [_candidate("fancy", 0.5, 2.0), _candidate("simple", 0.45, 1.5)]
+    assert _choose(picks, 0.5).label == "simple"
+    # Nothing meets the target: the fastest is returned.
+    assert _choose([_candidate("a", 0.8, 1.0), _candidate("b", 0.7, 5.0)], 0.5).label == "b"
+
+
+def _made_up_runtime(example: torch.Tensor, overhead_ms: float = 0.3):
+    """Latency = MACs-proportional work + a fixed overhead, deterministic."""
+
+    def ms(module: nn.Module) -> float:
+        return count_macs(module, example) * 1e-6 + overhead_ms
+
+    return ms
+
+
+@pytest.mark.parametrize("net", [TinyResNet, TinyMobileNet])
+def test_latency_target_is_met_on_the_made_up_runtime(
+    net, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(LatencyTable, "_time", lambda self, s, i, o: _work_ms(s, i, o))
+    model = seeded(net)
+    original = seeded(net)
+    head = model.fc if hasattr(model, "fc") else model.classifier
+    runtime = _made_up_runtime(X)
+    calls: list[int] = []
+
+    def measure(candidates: dict[str, nn.Module]) -> dict[str, float]:
+        calls.append(len(candidates))
+        return {"original": runtime(original), **{k: runtime(m) for k, m in candidates.items()}}
+
+    probe = LatencyProbe(table=LatencyTable(), measure=measure)
+    result = prune_model(
+        model, X, PruneSpec(target=Target(latency_reduction=0.4)), protected=[head],
+        latency=probe,
+    )
+    figures = result.achieved
+    assert figures["latency_ms_target"] == pytest.approx(0.6 * figures["latency_ms_original"])
+    assert figures["latency_ms_measured"] <= figures["latency_ms_target"] * (1 + LATENCY_SLACK)
+    # The model itself is what was measured last.
+    assert runtime(model) == pytest.approx(figures["latency_ms_measured"])
+    assert calls[-1] >= 2  # the finalists were timed side by side
+    assert any(note.startswith("latency target 40.0% less time") for note in result.notes)
+    assert model(X).shape == (1, 10)
+
+
+def test_latency_target_without_a_runtime_is_refused() -> None:
+    from worker.engine.errors import PruningFailed
+
+    model = seeded(TinyResNet)
+    with pytest.raises(PruningFailed) as err:
+        prune_model(model, X, PruneSpec(target=Target(latency_reduction=0.4)), protected=[model.fc])
+    assert err.value.code == "invalid_spec"
