@@ -37,12 +37,13 @@ def test_linear_drop_settles_just_inside_the_budget() -> None:
 
 
 def test_chosen_is_the_strongest_probe_that_fitted_even_when_drops_are_noisy() -> None:
-    drops = iter([0.5, 0.005, 0.3, 0.02, 0.001, 0.2])
+    sequence = [0.5, 0.005, 0.3, 0.02, 0.001, 0.2]
+    drops = iter(sequence)
     tried: list[float] = []
     found = search_strength(
         _probe_with(lambda s: next(drops), tried), reference=0.9, max_drop=0.01, upper=0.95
     )
-    fitted = [s for s, d in zip(tried, [0.5, 0.005, 0.3, 0.02, 0.001, 0.2], strict=False) if d <= 0.01]
+    fitted = [s for s, d in zip(tried, sequence, strict=False) if d <= 0.01]
     assert found.chosen == max(fitted)
 
 
