@@ -256,3 +256,27 @@ def test_pt2_failure_still_ships_onnx(
     result = run_pipeline(tiny_onnx, _spec(), tmp_path / "out")
     assert set(result.artifacts) == {"model.onnx", "report.json"}
     assert "model.pt2 not written: torch.export cannot trace this model" in result.report.notes
+
+
+@pytest.mark.slow
+def test_latency_target_on_the_real_runtime(tiny_onnx: Path, tmp_path: Path) -> None:
+    """The whole path on onnxruntime: table timed and cached, candidates measured, the
+    report carries the target beside what was measured. (Whether a tiny model meets its
+    target depends on the machine's noise; bench/latency.py measures that on real ones.)"""
+    spec = JobSpec(
+        prune=PruneSpec(target=Target(latency_reduction=0.3)), finetune=None, benchmark=FAST_BENCH
+    )
+    cache = tmp_path / "cache"
+    report = run_pipeline(tiny_onnx, spec, tmp_path / "out", cache_dir=cache).report
+    target = report.target
+    assert target["latency_reduction"] == 0.3
+    assert target["latency_ms_target"] == pytest.approx(0.7 * target["latency_ms_original"])
+    assert 0 < target["latency_ms_measured"] < target["latency_ms_original"]
+    assert target["latency_reduction_measured"] == pytest.approx(
+        1 - target["latency_ms_measured"] / target["latency_ms_original"]
+    )
+    assert report.pruned.macs < report.original.macs
+    assert any(n.startswith("latency target 30.0% less time on CPUExecutionProvider")
+               for n in report.notes)
+    [table] = cache.glob("latency-*.json")
+    assert table.stat().st_size > 2
