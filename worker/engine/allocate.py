@@ -179,9 +179,12 @@ def allocate(slots: list[Slot], cost: LayerCost, budget: float) -> Allocation:
     keep = [s.units for s in slots]
     ascending = [s.damage_curve() for s in slots]
     neighbours = _neighbours(slots)
+    priced = set(cost.layers())
     total = cost.total()
     lost = 0.0
-    proposals = {i: _propose(i, slots, keep, ascending, removed, cost) for i in range(len(slots))}
+    proposals = {
+        i: _propose(i, slots, keep, ascending, removed, cost, priced) for i in range(len(slots))
+    }
     while total > budget:
         best = min(
             (i for i, p in proposals.items() if p is not None and p[1] > 0),
@@ -198,7 +201,7 @@ def allocate(slots: list[Slot], cost: LayerCost, budget: float) -> Allocation:
         total -= saved
         lost += value
         for i in neighbours[best]:
-            proposals[i] = _propose(i, slots, keep, ascending, removed, cost)
+            proposals[i] = _propose(i, slots, keep, ascending, removed, cost, priced)
     return Allocation(
         keep={s.name: k for s, k in zip(slots, keep, strict=True)},
         cost=total,
@@ -221,7 +224,7 @@ def _neighbours(slots: list[Slot]) -> dict[int, set[int]]:
     }
 
 
-def _propose(i, slots, keep, ascending, removed, cost):
+def _propose(i, slots, keep, ascending, removed, cost, priced):
     """(importance lost, cost saved, new keep) of shrinking slot i by one width step."""
     slot = slots[i]
     current = keep[i]
@@ -232,7 +235,7 @@ def _propose(i, slots, keep, ascending, removed, cost):
     value = float(ascending[i][stop] - ascending[i][start])
     gone = current - new_keep
     saved = 0.0
-    for layer in {layer for layer, _ in slot.touches}:
+    for layer in {layer for layer, _ in slot.touches} & priced:
         out_now, in_now = removed[(layer, "out")], removed[(layer, "in")]
         out_new = out_now + gone * slot.touches.get((layer, "out"), 0.0)
         in_new = in_now + gone * slot.touches.get((layer, "in"), 0.0)
