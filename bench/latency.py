@@ -42,7 +42,6 @@ from _common import export_onnx_file  # noqa: E402
 
 from contract import BenchmarkSpec, JobSpec, PruneSpec, Target  # noqa: E402
 from worker.engine import benchmark  # noqa: E402
-from worker.engine.errors import EngineError  # noqa: E402
 from worker.engine.pipeline import PipelineResult, run_pipeline  # noqa: E402
 
 ALL_MODELS = [
@@ -128,16 +127,18 @@ def _spec(kind: str, value: float) -> JobSpec:
 
 
 def _prune(src: Path, variant: Variant, work: Path) -> Variant:
-    """Run the pipeline; a latency target the engine refuses or fails on is recorded, not
-    raised, so the MACs columns still print."""
+    """Run the pipeline. A latency target the engine refuses or fails on, however it
+    fails, is recorded, not raised, so the MACs columns still print; a MACs target that
+    fails is a real failure and stops the benchmark."""
     start = time.perf_counter()
     try:
         spec = _spec(variant.kind, variant.value)
         variant.result = run_pipeline(src, spec, work / variant.label)
-    except (ValueError, EngineError) as exc:
+    except Exception as exc:
         if variant.kind != "latency":
             raise
-        variant.error = str(exc).strip().splitlines()[-1][:120]
+        message = str(exc).strip().splitlines() or [""]
+        variant.error = f"{type(exc).__name__}: {message[-1][:120]}"
     variant.wall_s = time.perf_counter() - start
     return variant
 
@@ -204,7 +205,7 @@ def _speedup_at(points: list[tuple[float, float, str]], fidelity: float) -> tupl
     xs = sorted(best)
     ys = [best[x][0] for x in xs]
     if fidelity <= xs[0]:
-        clamped = "" if fidelity == xs[0] else "clamped, below the curve: "
+        clamped = "" if fidelity == xs[0] else "clamped, below the curve, favours A: "
         return ys[0], f"{clamped}at {best[xs[0]][1]}"
     if fidelity >= xs[-1]:
         return ys[-1], f"at {best[xs[-1]][1]}"
