@@ -209,6 +209,8 @@ def _speedup_at(points: list[tuple[float, float, str]], fidelity: float) -> tupl
         return ys[0], f"{clamped}at {best[xs[0]][1]}"
     if fidelity >= xs[-1]:
         return ys[-1], f"at {best[xs[-1]][1]}"
+    if fidelity in best:
+        return best[fidelity][0], f"at {best[fidelity][1]}"
     upper = next(i for i, x in enumerate(xs) if x >= fidelity)
     span = f"interpolated between {best[xs[upper - 1]][1]} and {best[xs[upper]][1]}"
     return float(np.interp(fidelity, xs, ys)), span
