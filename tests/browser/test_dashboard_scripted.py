@@ -44,6 +44,8 @@ REPORT = Report.model_validate({
                 for i in range(6)],
     "environment": {"torch": "2.14.1", "onnxruntime": "1.23.0", "device": "cpu",
                     "providers": ["CPUExecutionProvider"]},
+    "target": {"latency_reduction": 0.7, "latency_ms_original": 12.3,
+               "latency_ms_target": 3.69, "latency_ms_measured": 3.5},
 }).model_dump(mode="json")
 
 
@@ -188,6 +190,8 @@ def test_the_report_shows_its_numbers_and_charts(page: Any, scripted: ScriptedSe
     assert table["Top-1 agreement with the original"][1] == "96.2%"
     cards = page.locator(".card").all_inner_texts()
     assert any("Speed-up" in c and "3.62×" in c for c in cards)
+    assert any("Latency" in c and "3.50 ms" in c and "target 3.69 ms, was 12.30 ms" in c
+               for c in cards), cards
     # Bars are proportional to the channel counts: 64 before, 24 + i after.
     widths = page.locator("[data-chart=channels] rect.bar-after").evaluate_all(
         "rs => rs.map(r => Number(r.getAttribute('width')))")

@@ -55,6 +55,12 @@ function headline(r) {
     ['File size', ratio(r.ratios.size), `${bytes(r.original.size_bytes)} → ${bytes(r.pruned.size_bytes)}`],
     ['Speed-up', ratio(r.ratios.latency_speedup), 'batch 1, first provider'],
   ];
+  const t = r.target || {};
+  if (typeof t.latency_ms_target === 'number') {
+    // A latency target: what was asked beside what the pruning search measured.
+    cards.push(['Latency', `${t.latency_ms_measured.toFixed(2)} ms`,
+      `target ${t.latency_ms_target.toFixed(2)} ms, was ${t.latency_ms_original.toFixed(2)} ms`]);
+  }
   if (r.original.accuracy !== null && r.original.accuracy !== undefined) {
     cards.push(['Accuracy', pct(r.pruned.accuracy), `was ${pct(r.original.accuracy)}`]);
   }
@@ -110,6 +116,7 @@ function compareTable(r) {
 
 function historyPanel(r) {
   const hist = r.history || [];
+  const t = r.target || {};
   if (!hist.length) return null;
   const metric = ['accuracy', 'agreement'].find((k) => hist.some((pt) => typeof pt[k] === 'number'));
   if (!metric) {
@@ -119,8 +126,10 @@ function historyPanel(r) {
       xLabel: 'Step', yLabel: 'MACs', xFmt: (v) => String(v), yFmt: compact, yMin: 0,
     }));
   }
+  // Accuracy-budget probes come in search order, not by strength: draw them by MACs.
   const points = hist.filter((pt) => typeof pt[metric] === 'number')
-    .map((pt) => ({ x: pt.macs, y: pt[metric], label: `Step ${pt.step}` }));
+    .map((pt) => ({ x: pt.macs, y: pt[metric], label: `Step ${pt.step}` }))
+    .sort((a, b) => b.x - a.x);
   // Start the curve at the original model: its accuracy, or full agreement with itself.
   const start = metric === 'accuracy' ? r.original.accuracy : 1;
   if (typeof start === 'number' && !hist.some((pt) => pt.step === 0)) {
@@ -128,7 +137,10 @@ function historyPanel(r) {
   }
   const label = metric === 'accuracy' ? 'Accuracy' : 'Agreement with the original';
   return h('div', { class: 'panel' }, lineChart(points, {
-    name: 'history', caption: `${label} against MACs over the pruning steps`,
+    name: 'history',
+    caption: typeof t.max_accuracy_drop === 'number'
+      ? `${label} against MACs: accuracy-budget probes and the final model`
+      : `${label} against MACs over the pruning steps`,
     xLabel: 'MACs', yLabel: label, xFmt: compact, yMin: 0, yMax: 1,
     yFmt: (v, step) => pct(v, decimalsOf(step * 100)),
   }));
