@@ -6,6 +6,7 @@ checks for cancellation before it starts; the stages themselves check between ba
 """
 
 import copy
+import math
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from contract import Fidelity, HistoryPoint, JobSpec, PruneSpec, Report, Target
+from contract import Fidelity, FinetuneSpec, HistoryPoint, JobSpec, PruneSpec, Report, Target
 from contract.stages import overall_progress
 from worker.engine import benchmark, report
 from worker.engine.budget import ProbeResult, search_strength
@@ -38,6 +39,8 @@ from worker.engine.types import CancelFn, LoadedModel, Preflight, ProgressFn
 
 # Samples on which the pruned model's agreement with the original is measured.
 FIDELITY_SAMPLES = 64
+# Fewest optimizer steps a budget probe's distillation takes (see _probe_epochs).
+PROBE_STEPS = 300
 NOTE_DATA_FREE = "no dataset: pruned data-free; fine-tuning and accuracy were skipped"
 
 
@@ -302,7 +305,7 @@ def _quality(state: _State, module: nn.Module, device: str) -> tuple[float | Non
 def _probe(
     state: _State, spec: JobSpec, value: float, device: str, t: _Tracker, span
 ) -> ProbeResult:
-    """Prune a copy to `value`, distil it one short epoch, measure it."""
+    """Prune a copy to `value`, distil it briefly (see _probe_epochs), measure it."""
     candidate = copy.deepcopy(state.loaded.module)
     lo, hi = span
     result = _prune_copy_or_self(
@@ -315,7 +318,7 @@ def _probe(
             candidate,
             state.teacher,
             state.splits,
-            ft.model_copy(update={"epochs": 1, "distill": True}),
+            ft.model_copy(update={"epochs": _probe_epochs(state.splits, ft), "distill": True}),
             device=device,
             on_progress=t.fraction("pruning", lo + 0.7 * (hi - lo), hi),
             should_cancel=t.cancelled,
@@ -329,6 +332,15 @@ def _probe(
         accuracy=acc,
         agreement=agreement,
     )
+
+
+def _probe_epochs(splits: DatasetSplits, ft: FinetuneSpec) -> int:
+    """Epochs of a probe's distillation: one, or as many as make PROBE_STEPS optimizer
+    steps on a small dataset (never more than the final fine-tune's). One epoch of a few
+    hundred samples is a handful of steps: too few to tell a recoverable pruning from a
+    broken one, and the search would stop far short of what the final model reaches."""
+    steps_per_epoch = max(1, math.ceil(len(splits.train) / ft.batch_size))
+    return max(1, min(ft.epochs, math.ceil(PROBE_STEPS / steps_per_epoch)))
 
 
 def _score(acc: float | None, agreement: float, *, labeled: bool) -> float:
@@ -381,7 +393,7 @@ def _budget_target(state: _State, spec: JobSpec, device: str, t: _Tracker) -> Pr
     state.notes.append(
         f"accuracy budget: {spec.prune.target.kind}={chosen:.3f} chosen from "
         f"{len(search.probes)} probes (max drop {budget.max_drop:.3f} on {measured_on}; "
-        f"drop per probed strength after one epoch of distillation: {drops})"
+        f"drop per probed strength after its short distillation: {drops})"
     )
     return _with_target(spec.prune, chosen)
 
