@@ -411,6 +411,8 @@ def _parse() -> argparse.Namespace:
 
 
 def main() -> None:
+    # A full run takes many minutes: show each model as it finishes, even through a pipe.
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     args = _parse()
     torch.set_num_threads(args.threads)
     _machine(args.threads)
