@@ -4,7 +4,8 @@ Two tasks, each a small model trained here (seeded, CPU): the digits ResNet and 
 net on generated two-channel sequences. For each, side by side in one run:
 
 - ours: the pipeline with an accuracy budget (`prune.scope` "sensitivity", l2
-  importance, distillation fine-tuning), asked for up to `--upper` fewer MACs;
+  importance, distillation fine-tuning, any channel width unless `--round-to`), asked
+  for up to `--upper` fewer MACs;
 - baseline: plain torch-pruning L2 magnitude pruning, uniform per layer
   (`global_pruning=False`), on the PyTorch original; its strength chosen by the same
   `search_strength` with the same number of probes, each probe fine-tuned one epoch
@@ -85,6 +86,7 @@ class Settings:
     probes: int
     epochs: int  # fine-tuning epochs of the chosen model, both methods
     epochs_original: int
+    round_to: int | None  # ours' channel multiple; None: the engine's hardware-friendly widths
 
 
 @dataclass
@@ -145,7 +147,12 @@ def make_task(name: str, work: Path, epochs: int) -> Task:
 
 def run_ours(task: Task, settings: Settings, work: Path) -> Outcome:
     spec = JobSpec(
-        prune=PruneSpec(method="l2", scope=SCOPE, target=Target(macs_reduction=settings.upper)),
+        prune=PruneSpec(
+            method="l2",
+            scope=SCOPE,
+            target=Target(macs_reduction=settings.upper),
+            round_to=settings.round_to,
+        ),
         accuracy_budget=AccuracyBudget(max_drop=settings.max_drop, probes=settings.probes),
         finetune=FinetuneSpec(epochs=settings.epochs, lr=FINETUNE_LR),
         benchmark=BenchmarkSpec(providers=["cpu"], warmup=1, iterations=3),
@@ -288,7 +295,8 @@ def print_table(rows: list[str], settings: Settings) -> None:
     print(
         f"\n== compression within a {100 * settings.max_drop:.0f}-point drop of held-back "
         f"accuracy, up to {settings.upper:.0%} fewer MACs, {settings.probes} probes, "
-        f"{settings.epochs} fine-tuning epochs; ours: scope {SCOPE!r} =="
+        f"{settings.epochs} fine-tuning epochs; ours: scope {SCOPE!r}, "
+        f"round_to {settings.round_to or 'auto'} =="
     )
     print(_line([group for group, _, _ in COLUMNS]))
     print(_line([name for _, name, _ in COLUMNS]))
@@ -308,6 +316,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         probes=args.probes or (4 if args.quick else 6),
         epochs=args.epochs or (2 if args.quick else 8),
         epochs_original=6 if args.quick else 10,
+        round_to=args.round_to or None,
     )
 
 
@@ -319,6 +328,11 @@ def main() -> None:
     parser.add_argument("--probes", type=int, help="strengths probed by each search")
     parser.add_argument("--max-drop", type=float, default=0.01, help="accuracy budget (0..1)")
     parser.add_argument("--upper", type=float, default=0.98, help="largest MACs reduction")
+    # Default 1 (any width, as the baseline): the engine's own multiples of 8 leave the
+    # width-16 digits ResNet at least 8 channels a layer, at most 7.4x fewer MACs.
+    parser.add_argument(
+        "--round-to", type=int, default=1, help="ours' channel multiple; 0: the engine's choice"
+    )
     args = parser.parse_args()
     tasks = args.tasks.split(",")
     if unknown := set(tasks) - set(TASKS):
