@@ -14,7 +14,6 @@ from torch import nn
 from contract import PruneSpec, Target
 from tests.engine.tiny_nets import TinyMobileNet, TinyResNet, seeded
 from worker.engine import latency
-from worker.engine.allocate import Allocation
 from worker.engine.latency import LatencyTable, LayerShape, layer_shape
 from worker.engine.latency_search import LATENCY_SLACK, Candidate, LatencyProbe, _choose
 from worker.engine.prune import prune_model
@@ -72,23 +71,22 @@ def test_the_cache_file_keeps_measurements_between_tables(tmp_path: Path) -> Non
     assert LatencyTable(cache_dir=tmp_path).point_ms(CONV, 16, 16) > 0  # re-measured
 
 
-def _candidate(label: str, ratio: float, damage: float) -> Candidate:
-    allocation = Allocation(keep={}, cost=0.0, removed_importance=damage, reached=True)
-    return Candidate(label, [], allocation, ratio, nn.Identity())
+def _candidate(label: str, ratio: float, error: float) -> Candidate:
+    return Candidate(label, lambda module: None, ratio, nn.Identity(), error)
 
 
-def test_choice_prefers_meeting_the_target_then_the_least_damage() -> None:
+def test_choice_prefers_meeting_the_target_then_the_closest_outputs() -> None:
     goal = 0.5
     picks = [
         _candidate("misses", 0.6, 0.1),
-        _candidate("meets, more damage", 0.49, 3.0),
+        _candidate("meets, outputs further off", 0.49, 3.0),
         _candidate("meets within slack", goal * (1 + LATENCY_SLACK) - 1e-6, 2.0),
     ]
     assert _choose(picks, goal).label == "meets within slack"
 
 
 def test_choice_never_returns_a_dominated_candidate() -> None:
-    # Both meet the target; "simple" is faster and removes less: it must win.
+    # Both meet the target; "simple" is faster and closer to the original: it must win.
     picks = [_candidate("fancy", 0.5, 2.0), _candidate("simple", 0.45, 1.5)]
     assert _choose(picks, 0.5).label == "simple"
     # Nothing meets the target: the fastest is returned.
@@ -129,8 +127,10 @@ def test_latency_target_is_met_on_the_made_up_runtime(
     assert figures["latency_ms_measured"] <= figures["latency_ms_target"] * (1 + LATENCY_SLACK)
     # The model itself is what was measured last.
     assert runtime(model) == pytest.approx(figures["latency_ms_measured"])
-    assert calls[-1] >= 2  # the finalists were timed side by side
-    assert any(note.startswith("latency target 40.0% less time") for note in result.notes)
+    assert calls[-1] == 3  # the finalists were timed side by side
+    [note] = [n for n in result.notes if n.startswith("latency target 40.0% less time")]
+    assert "global pruning to MACs" in note and "latency-priced, x16/x8" in note
+    assert note.count("(chosen)") == 1
     assert model(X).shape == (1, 10)
 
 

@@ -8,10 +8,12 @@
    changes), so the budget is corrected by the measured ratio and the allocation redone,
    a few rounds, until the measured reduction is on target.
 4. This is done for several width multiples (`round_to` sweep: the hardware rule, 8)
-   and, as the simpler reference, for widths priced by MACs instead of milliseconds.
-   All finalists are timed once more side by side. The one that meets the target while
-   removing the least importance wins; a candidate is never chosen when another one is
-   both faster and removes less.
+   and, as the simpler reference, for plain global pruning to a MACs target, whose MACs
+   reduction is searched the same way until its measured latency is on target.
+5. All finalists are timed once more side by side, and their outputs compared with the
+   original's on the probe inputs. The one that meets the target with the outputs
+   closest to the original's wins; a candidate is never chosen when another one is both
+   faster and closer.
 """
 
 import copy
@@ -23,19 +25,20 @@ from torch import nn
 
 from contract import HistoryPoint, PruneSpec
 from worker.engine.allocate import (
-    Allocation,
     LayerCost,
     Slot,
     allocate,
     apply_allocation,
     with_rule,
 )
-from worker.engine.costs import LatencyCost, MacCost, input_shapes
+from worker.engine.costs import LatencyCost, input_shapes
 from worker.engine.errors import JobCancelled
+from worker.engine.evaluate import output_tensors
 from worker.engine.latency import LatencyTable
 from worker.engine.planner import WidthMultiple, constant_multiple, hardware_multiple
 from worker.engine.preflight import build_dependency_graph
-from worker.engine.prune_alloc import LossFn, score
+from worker.engine.prune_alloc import LossFn, score, seeded_probes
+from worker.engine.sensitivity import relative_change
 from worker.engine.stats import count_macs, count_params
 
 # Measured latency may exceed the target latency by this fraction and still meet it.
@@ -59,73 +62,99 @@ class LatencyProbe:
     measure: MeasureFn
 
 
+# Prunes a module (the model or a copy of it) in place; given the knob of a family.
+ApplyFn = Callable[[nn.Module], None]
+# A family of candidates: knob in (0, 1] (the share of cost kept) -> how to prune, and
+# whether the knob could be reached.
+FamilyFn = Callable[[float], tuple[ApplyFn, bool]]
+
+
 @dataclass
 class Candidate:
     label: str
-    slots: list[Slot]
-    allocation: Allocation
+    apply: ApplyFn
     ratio: float  # measured latency ÷ the original's, in the same timing run
     module: nn.Module
+    error: float = 0.0  # relative output change against the original on the probe inputs
 
 
-def _variants(spec: PruneSpec) -> list[tuple[str, str, WidthMultiple]]:
-    """(label, cost, width rule) of each candidate family, the simplest first."""
-    if spec.round_to is not None:
-        rule = constant_multiple(spec.round_to)
-        return [
-            (f"MACs-priced, x{spec.round_to}", "macs", rule),
-            (f"latency-priced, x{spec.round_to}", "latency", rule),
-        ]
-    return [
-        ("MACs-priced, x16/x8", "macs", hardware_multiple),
-        ("latency-priced, x16/x8", "latency", hardware_multiple),
-        ("latency-priced, x8", "latency", constant_multiple(8)),
-    ]
+def _allocation_family(
+    slots: list[Slot], cost: LayerCost, inputs: tuple[torch.Tensor, ...]
+) -> FamilyFn:
+    full = cost.total()
+
+    def make(fraction: float) -> tuple[ApplyFn, bool]:
+        allocation = allocate(slots, cost, fraction * full)
+
+        def apply(module: nn.Module) -> None:
+            dg = build_dependency_graph(module, inputs)
+            apply_allocation(dg, slots, allocation.keep, modules=dict(module.named_modules()))
+
+        return apply, allocation.reached
+
+    return make
 
 
-def _build(
-    module: nn.Module, inputs: tuple[torch.Tensor, ...], slots: list[Slot], keep: dict[str, int]
-) -> nn.Module:
-    """A pruned copy of `module` under an allocation."""
+def _plain_family(plain: Callable[[nn.Module, float], None]) -> FamilyFn:
+    def make(fraction: float) -> tuple[ApplyFn, bool]:
+        reduction = min(0.99, max(0.01, 1.0 - fraction))
+        return (lambda module: plain(module, reduction)), True
+
+    return make
+
+
+def _families(
+    spec: PruneSpec, slots: list[Slot], latency: LayerCost, inputs: tuple[torch.Tensor, ...], plain
+) -> list[tuple[str, FamilyFn]]:
+    """(label, family) of each candidate family, the simplest first."""
+    rules: list[tuple[str, WidthMultiple]] = (
+        [(f"x{spec.round_to}", constant_multiple(spec.round_to))]
+        if spec.round_to is not None
+        else [("x16/x8", hardware_multiple), ("x8", constant_multiple(8))]
+    )
+    families = [("global pruning to MACs", _plain_family(plain))]
+    for label, rule in rules:
+        ruled = with_rule(slots, rule, spec.max_layer_ratio)
+        families.append((f"latency-priced, {label}", _allocation_family(ruled, latency, inputs)))
+    return families
+
+
+def _build(module: nn.Module, apply: ApplyFn) -> nn.Module:
     candidate = copy.deepcopy(module).eval()
-    dg = build_dependency_graph(candidate, inputs)
-    apply_allocation(dg, slots, keep, modules=dict(candidate.named_modules()))
+    apply(candidate)
     return candidate
 
 
 def _search_family(
-    module,
-    inputs,
-    slots,
-    cost: LayerCost,
+    module: nn.Module,
+    family: FamilyFn,
     goal_ratio: float,
     label: str,
     probe: LatencyProbe,
-    cancel,
+    cancel: Callable[[], bool],
     start: float,
 ) -> tuple[Candidate | None, float]:
-    """Correct the budget by measurement until the candidate's latency ratio is on goal.
+    """Correct the family's knob by measurement until the latency ratio is on goal.
 
-    Returns the closest candidate and the budget fraction that produced it, from which
-    the next family of the same cost starts."""
-    full = cost.total()
-    fraction, best, best_fraction = start, None, start
-    tried: list[tuple[float, float]] = []  # (budget fraction, measured ratio)
+    Returns the closest candidate and the knob that produced it, from which the next
+    family of the same kind starts."""
+    knob, best, best_knob = start, None, start
+    tried: list[tuple[float, float]] = []  # (knob, measured ratio)
     for _ in range(_ROUNDS):
         if cancel():
             raise JobCancelled()
-        allocation = allocate(slots, cost, fraction * full)
-        candidate = _build(module, inputs, slots, allocation.keep)
+        apply, reached = family(knob)
+        candidate = _build(module, apply)
         times = probe.measure({label: candidate})
         ratio = times[label] / times["original"]
-        found = Candidate(label, slots, allocation, ratio, candidate)
+        found = Candidate(label, apply, ratio, candidate)
         if best is None or _closer(found, best, goal_ratio):
-            best, best_fraction = found, fraction
-        if abs(ratio - goal_ratio) <= _AIM or not allocation.reached and ratio > goal_ratio:
+            best, best_knob = found, knob
+        if abs(ratio - goal_ratio) <= _AIM or not reached and ratio > goal_ratio:
             break
-        tried.append((fraction, ratio))
-        fraction = _next_fraction(tried, goal_ratio)
-    return best, best_fraction
+        tried.append((knob, ratio))
+        knob = _next_fraction(tried, goal_ratio)
+    return best, best_knob
 
 
 def _next_fraction(tried: list[tuple[float, float]], goal: float) -> float:
@@ -150,19 +179,25 @@ def _closer(a: Candidate, b: Candidate, goal: float) -> bool:
 
 
 def _choose(finalists: list[Candidate], goal_ratio: float) -> Candidate:
-    """Meets the target, then least importance removed; never one that another candidate
-    beats on both speed and importance kept."""
+    """Meets the target, then the outputs closest to the original's; never one that
+    another candidate beats on both speed and closeness."""
     limit = goal_ratio * (1 + LATENCY_SLACK)
     meeting = [c for c in finalists if c.ratio <= limit]
     pool = meeting or [min(finalists, key=lambda c: c.ratio)]
-    best = min(pool, key=lambda c: c.allocation.removed_importance)
+    best = min(pool, key=lambda c: c.error)
     for other in finalists:
-        if (
-            other.ratio < best.ratio
-            and other.allocation.removed_importance <= best.allocation.removed_importance
-        ):
+        if other.ratio < best.ratio and other.error <= best.error:
             best = other
     return best
+
+
+@torch.no_grad()
+def _errors(
+    original: nn.Module, finalists: list[Candidate], probes: Sequence[torch.Tensor]
+) -> None:
+    reference = output_tensors(original.eval()(*probes))
+    for c in finalists:
+        c.error = relative_change(output_tensors(c.module.eval()(*probes)), reference)
 
 
 def prune_to_latency(
@@ -171,6 +206,7 @@ def prune_to_latency(
     spec: PruneSpec,
     ignored: Sequence[nn.Module],
     probe: LatencyProbe,
+    plain: Callable[[nn.Module, float], None],
     *,
     notes: list[str],
     loss_fn: LossFn | None = None,
@@ -180,7 +216,10 @@ def prune_to_latency(
     should_cancel: Callable[[], bool] | None = None,
 ) -> tuple[list[HistoryPoint], dict[str, float]]:
     """Prune `module` in place to `spec.target.latency_reduction`; returns the history and
-    the latency figures reached (ms of the original, the target and the pruned model)."""
+    the latency figures reached (ms of the original, the target and the pruned model).
+
+    `plain(module, macs_reduction)` prunes a module in place the ordinary way (global
+    ranking to a MACs target): the simpler reference every candidate is held against."""
     cancel = should_cancel or (lambda: False)
     report = on_progress or (lambda _f: None)
     scored = score(
@@ -197,18 +236,17 @@ def prune_to_latency(
         should_cancel=cancel,
     )
     latency_cost = LatencyCost(probe.table, scored.profile, input_shapes(module, inputs))
-    costs = {"latency": latency_cost, "macs": MacCost(scored.profile)}
     goal = 1.0 - spec.target.value
     # Candidates aim a little faster than the target: timings move by a few percent from
     # one run to the next on a shared machine, and the target must hold in the next run.
     aim = goal * (1.0 - AIM_MARGIN)
-    families = _variants(spec)
+    families = _families(spec, scored.slots, latency_cost, inputs, plain)
     finalists = []
-    starts = {kind: aim for kind in costs}
-    for i, (label, kind, rule) in enumerate(families):
-        slots = with_rule(scored.slots, rule, spec.max_layer_ratio)
+    starts = {"plain": aim, "latency": aim}
+    for i, (label, family) in enumerate(families):
+        kind = "plain" if label.startswith("global") else "latency"
         found, starts[kind] = _search_family(
-            module, inputs, slots, costs[kind], aim, label, probe, cancel, starts[kind]
+            module, family, aim, label, probe, cancel, starts[kind]
         )
         if found is not None:
             finalists.append(found)
@@ -217,8 +255,10 @@ def prune_to_latency(
     times = probe.measure({c.label: c.module for c in finalists})
     for c in finalists:
         c.ratio = times[c.label] / times["original"]
+    probes = tuple(probe_inputs) if probe_inputs is not None else seeded_probes(inputs)
+    _errors(module, finalists, probes)
     chosen = _choose(finalists, goal)
-    apply_allocation(scored.pruner.DG, chosen.slots, chosen.allocation.keep)
+    chosen.apply(module)
     notes.append(_summary(finalists, chosen, goal, probe.table))
     original_ms = times["original"]
     figures = {
@@ -236,7 +276,8 @@ def _summary(
     finalists: list[Candidate], chosen: Candidate, goal: float, table: LatencyTable
 ) -> str:
     listed = "; ".join(
-        f"{c.label}: {1 - c.ratio:.1%} less time" + (" (chosen)" if c is chosen else "")
+        f"{c.label}: {1 - c.ratio:.1%} less time, output change {c.error:.3g}"
+        + (" (chosen)" if c is chosen else "")
         for c in finalists
     )
     return (

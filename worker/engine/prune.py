@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from contract import HistoryPoint, LayerChange, PruneSpec
+from contract import HistoryPoint, LayerChange, PruneSpec, Target
 from worker.engine.errors import JobCancelled, PruningFailed
 from worker.engine.evaluate import output_tensors
 from worker.engine.importance import make_importance
@@ -363,7 +363,13 @@ class _Allocated:
                         code="invalid_spec",
                     )
                 history, achieved = prune_to_latency(
-                    module, inputs, spec, layers, self.latency, **options
+                    module,
+                    inputs,
+                    spec,
+                    layers,
+                    self.latency,
+                    _plain_pruning(inputs, spec, ignored, loss_fn, cancel),
+                    **options,
                 )
             else:
                 history, allocation = prune_by_cost(module, inputs, spec, layers, **options)
@@ -386,6 +392,17 @@ class _Allocated:
             notes=notes,
             achieved=achieved,
         )
+
+
+def _plain_pruning(inputs, spec: PruneSpec, ignored: list[str], loss_fn, cancel):
+    """Prunes a module (or a copy) in place the ordinary way: global ranking, iterative
+    steps, to a MACs reduction. The latency search's simpler reference."""
+
+    def plain(module: nn.Module, macs_reduction: float) -> None:
+        update = {"target": Target(macs_reduction=macs_reduction), "scope": "global"}
+        _prune(module, inputs, spec.model_copy(update=update), ignored, loss_fn, None, cancel)
+
+    return plain
 
 
 def _units_before(allocation) -> int:

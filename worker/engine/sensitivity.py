@@ -74,7 +74,7 @@ def _restore(saved: _Saved) -> None:
         tensor.data.copy_(original)
 
 
-def _relative_change(outputs: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
+def relative_change(outputs: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
     num = sum(
         float((o.float() - r.float()).pow(2).sum()) for o, r in zip(outputs, reference, strict=True)
     )
@@ -104,7 +104,7 @@ def scan(
             units = min(max(slot.step, round(slot.units * SCAN_FRACTION)), slot.units - 1)
             saved = _zero_group(dg, slot, units)
             try:
-                changes[slot.name] = _relative_change(
+                changes[slot.name] = relative_change(
                     output_tensors(module(*probe_inputs)), reference
                 )
             finally:
