@@ -8,9 +8,9 @@ net on generated two-channel sequences. For each, side by side in one run:
   for up to `--upper` fewer MACs;
 - baseline: plain torch-pruning L2 magnitude pruning, uniform per layer
   (`global_pruning=False`), on the PyTorch original; its strength chosen by the same
-  `search_strength` with the same number of probes, each probe fine-tuned one epoch
-  with plain cross-entropy, then the chosen strength pruned again and fine-tuned as
-  many epochs as ours gets.
+  `search_strength` with the same number of probes, each probe fine-tuned as long as
+  the engine's probes (`probe_epochs`) with plain cross-entropy, then the chosen
+  strength pruned again and fine-tuned as many epochs as ours gets.
 
 A strength is a MACs reduction. The baseline bisects torch-pruning's per-layer ratio
 until its MACs (torch-pruning's count) drop by the probed strength; the factor printed
@@ -67,7 +67,7 @@ from contract.spec import Scope  # noqa: E402
 from worker.engine import benchmark  # noqa: E402
 from worker.engine.budget import ProbeResult, search_strength  # noqa: E402
 from worker.engine.data import load_dataset  # noqa: E402
-from worker.engine.pipeline import run_pipeline  # noqa: E402
+from worker.engine.pipeline import probe_epochs, run_pipeline  # noqa: E402
 from worker.engine.stats import count_macs, count_params  # noqa: E402
 
 TASKS = ("digits", "seq")
@@ -194,9 +194,12 @@ def _magnitude(task: Task, strength: float, epochs: int) -> nn.Module:
     return train(pruned, *task.train, epochs=epochs, lr=FINETUNE_LR, seed=0)
 
 
-def _baseline_probe(task: Task) -> Callable[[float], ProbeResult]:
+def _baseline_probe(task: Task, settings: Settings) -> Callable[[float], ProbeResult]:
+    # The same probe length as the engine's probes get: a fair search.
+    epochs = probe_epochs(len(task.train[0]), FinetuneSpec(epochs=settings.epochs))
+
     def probe(strength: float) -> ProbeResult:
-        model = _magnitude(task, strength, epochs=1)
+        model = _magnitude(task, strength, epochs=epochs)
         acc = accuracy_torch(model, *task.val)
         macs = count_macs(model, task.example)
         return ProbeResult(strength, acc, macs, count_params(model), accuracy=acc)
@@ -207,7 +210,7 @@ def _baseline_probe(task: Task) -> Callable[[float], ProbeResult]:
 def run_baseline(task: Task, settings: Settings) -> Outcome:
     start = time.perf_counter()
     search = search_strength(
-        _baseline_probe(task),
+        _baseline_probe(task, settings),
         reference=task.reference,
         max_drop=settings.max_drop,
         upper=settings.upper,

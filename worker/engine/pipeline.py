@@ -39,7 +39,7 @@ from worker.engine.types import CancelFn, LoadedModel, Preflight, ProgressFn
 
 # Samples on which the pruned model's agreement with the original is measured.
 FIDELITY_SAMPLES = 64
-# Fewest optimizer steps a budget probe's distillation takes (see _probe_epochs).
+# Fewest optimizer steps a budget probe's distillation takes (see probe_epochs).
 PROBE_STEPS = 300
 NOTE_DATA_FREE = "no dataset: pruned data-free; fine-tuning and accuracy were skipped"
 
@@ -305,7 +305,7 @@ def _quality(state: _State, module: nn.Module, device: str) -> tuple[float | Non
 def _probe(
     state: _State, spec: JobSpec, value: float, device: str, t: _Tracker, span
 ) -> ProbeResult:
-    """Prune a copy to `value`, distil it briefly (see _probe_epochs), measure it."""
+    """Prune a copy to `value`, distil it briefly (see probe_epochs), measure it."""
     candidate = copy.deepcopy(state.loaded.module)
     lo, hi = span
     result = _prune_copy_or_self(
@@ -318,7 +318,9 @@ def _probe(
             candidate,
             state.teacher,
             state.splits,
-            ft.model_copy(update={"epochs": _probe_epochs(state.splits, ft), "distill": True}),
+            ft.model_copy(
+                update={"epochs": probe_epochs(len(state.splits.train), ft), "distill": True}
+            ),
             device=device,
             on_progress=t.fraction("pruning", lo + 0.7 * (hi - lo), hi),
             should_cancel=t.cancelled,
@@ -334,12 +336,12 @@ def _probe(
     )
 
 
-def _probe_epochs(splits: DatasetSplits, ft: FinetuneSpec) -> int:
+def probe_epochs(train_samples: int, ft: FinetuneSpec) -> int:
     """Epochs of a probe's distillation: one, or as many as make PROBE_STEPS optimizer
     steps on a small dataset (never more than the final fine-tune's). One epoch of a few
     hundred samples is a handful of steps: too few to tell a recoverable pruning from a
     broken one, and the search would stop far short of what the final model reaches."""
-    steps_per_epoch = max(1, math.ceil(len(splits.train) / ft.batch_size))
+    steps_per_epoch = max(1, math.ceil(train_samples / ft.batch_size))
     return max(1, min(ft.epochs, math.ceil(PROBE_STEPS / steps_per_epoch)))
 
 
