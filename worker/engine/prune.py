@@ -375,22 +375,16 @@ class _Allocated:
                 history, allocation = prune_by_cost(module, inputs, spec, layers, **options)
                 kept = sum(allocation.keep.values())
                 achieved["channel_ratio"] = 1.0 - kept / max(1, _units_before(allocation))
-        macs_after, params_after = count_macs(module, inputs), count_params(module)
-        achieved["macs_reduction"] = _reduction(macs_before, macs_after)
-        achieved["params_reduction"] = _reduction(params_before, params_after)
-        note = _unreachable_note(spec, achieved.get(spec.target.kind, 0.0))
-        notes += [note] if note and spec.target.kind != "latency_reduction" else []
-        if on_progress is not None:
-            on_progress(1.0)
-        return PruneResult(
-            layers=_layer_changes(widths_before, module),
-            history=history,
-            macs_before=macs_before,
-            macs_after=macs_after,
-            params_before=params_before,
-            params_after=params_after,
-            notes=notes,
-            achieved=achieved,
+        return _finish(
+            module,
+            inputs,
+            spec,
+            widths_before,
+            (macs_before, params_before),
+            history,
+            notes,
+            achieved,
+            on_progress,
         )
 
 
@@ -457,14 +451,39 @@ def _prune(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         history, ratio = _iterate(run, loss_fn, on_progress, cancel)
+    return _finish(
+        module,
+        inputs,
+        spec,
+        widths_before,
+        (macs_before, params_before),
+        history,
+        notes,
+        {"channel_ratio": ratio},
+        on_progress,
+    )
+
+
+def _finish(
+    module,
+    inputs,
+    spec: PruneSpec,
+    widths_before: dict[str, int],
+    before: tuple[int, int],
+    history: list[HistoryPoint],
+    notes: list[str],
+    achieved: dict[str, float],
+    on_progress,
+) -> PruneResult:
+    """The result of a structured pruning: counts after, reductions reached, and a note
+    when a MACs, parameter or channel target could not be reached."""
+    (macs_before, params_before) = before
     macs_after, params_after = count_macs(module, inputs), count_params(module)
-    achieved = {
-        "macs_reduction": _reduction(macs_before, macs_after),
-        "params_reduction": _reduction(params_before, params_after),
-        "channel_ratio": ratio,
-    }
-    note = _unreachable_note(spec, achieved.get(spec.target.kind, ratio))
-    notes += [note] if note else []
+    achieved["macs_reduction"] = _reduction(macs_before, macs_after)
+    achieved["params_reduction"] = _reduction(params_before, params_after)
+    if spec.target.kind != "latency_reduction":
+        note = _unreachable_note(spec, achieved[spec.target.kind])
+        notes += [note] if note else []
     if on_progress is not None:
         on_progress(1.0)
     return PruneResult(
