@@ -128,3 +128,20 @@ def test_sensitivity_scope_meets_a_macs_target(net) -> None:
     assert result.achieved["macs_reduction"] == pytest.approx(0.5, abs=0.05)
     assert count_macs(model, X) == result.macs_after < before
     assert model(X).shape == (1, 10)
+
+
+def test_tilted_allocation_is_uniform_without_weights_and_leans_with_them() -> None:
+    from worker.engine.allocate import allocate_tilted
+
+    model = seeded(TinyResNet, width=64)
+    _, slots = _scored(model, rule=constant_multiple(1))
+    profile = MacProfile(model, X)
+    even = allocate_tilted(slots, MacCost(profile), 0.25 * profile.total)
+    assert even.reached and even.cost <= 0.25 * profile.total
+    shares = [even.keep[s.name] / s.units for s in slots]
+    # One share for every group (uniform), give or take the steps topped up after it.
+    assert max(shares) - min(shares) < 0.1
+    slots[0].weight = 16.0  # the first group is sensitive ...
+    leaning = allocate_tilted(slots, MacCost(profile), 0.25 * profile.total)
+    assert leaning.reached
+    assert leaning.keep[slots[0].name] > even.keep[slots[0].name]  # ... and keeps more

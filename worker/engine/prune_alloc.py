@@ -1,10 +1,11 @@
-"""Pruning by allocation: per-layer widths chosen by importance per unit of cost.
+"""Pruning by allocation: per-layer widths chosen for the whole model at once.
 
-Used for `prune.scope: "sensitivity"` (MACs, parameter and channel targets) and by the
-latency search (`latency_search.py`). One dependency graph is built, every group is
-scored once (importance, and sensitivity when asked), the allocator chooses how many
-units each group keeps, and the groups are pruned once. `iterative_steps` does not
-apply: the widths are chosen for the whole model at once.
+Used for `prune.scope: "sensitivity"` (MACs, parameter and channel targets: uniform
+pruning tilted by each group's measured sensitivity, `allocate.allocate_tilted`) and by
+the latency search (`latency_search.py`: widths by importance per millisecond). One
+dependency graph is built, every group is scored once (importance, and sensitivity when
+asked), the allocation chooses how many units each group keeps, and the groups are
+pruned once. `iterative_steps` does not apply.
 """
 
 from collections.abc import Callable, Sequence
@@ -19,7 +20,7 @@ from worker.engine.allocate import (
     Allocation,
     LayerCost,
     Slot,
-    allocate,
+    allocate_tilted,
     apply_allocation,
     collect_slots,
 )
@@ -193,7 +194,7 @@ def prune_by_cost(
     if should_cancel is not None and should_cancel():
         raise JobCancelled()
     cost, budget = target_cost(scored, spec, module)
-    allocation = allocate(scored.slots, cost, budget)
+    allocation = allocate_tilted(scored.slots, cost, budget)
     apply_allocation(scored.pruner.DG, scored.slots, allocation.keep)
     report(1.0)
     point = HistoryPoint(step=1, macs=scored.profile.estimate(), params=count_params(module))
