@@ -71,3 +71,18 @@ def test_searches_compression_not_strength() -> None:
     compression = 1 / (1 - found.chosen)
     assert 12 / 1.5 <= compression < 12
     assert math.isclose(found.probes[0].strength, 0.98)
+
+
+def test_a_cliff_far_above_the_budget_does_not_pin_the_search_low() -> None:
+    """The strongest probe breaks the model (90 points down); plain interpolation would
+    creep up from the unpruned end by a sixth of the bracket per probe."""
+    cliff = 1 - 1 / 12
+    found = search_strength(
+        _probe_with(lambda s: 0.0 if s < cliff else 0.9, []),
+        reference=1.0,
+        max_drop=0.01,
+        upper=0.98,
+        probes=6,
+    )
+    assert found.chosen is not None
+    assert 1 / (1 - found.chosen) >= 12 / 1.5

@@ -3,9 +3,10 @@
 Strength is the target's fraction removed (0.9 = 90% fewer MACs). What matters at high
 strengths is the compression factor 1 / (1 - strength): 90% → 95% doubles it. So the
 search runs on log(compression), where the drop curve of a network is closer to smooth,
-and it aims at the budget by interpolating the measured drops rather than plain halving
-(a safeguarded regula falsi, kept at least 15% inside the bracket). The first probe is
-the strongest allowed; if that fits, nothing else is tried.
+and it aims at the budget by interpolating the measured drops (kept 15% off the failing
+end), halving the bracket instead when interpolation lands within 15% of the fitting end
+(a cliff far above the budget would otherwise pin it there). The first probe is the strongest
+allowed; if that fits, nothing else is tried.
 
 The search is pure: `probe(strength)` prunes a copy, fine-tunes it briefly and measures
 it; the caller decides how.
@@ -44,11 +45,16 @@ def _strength(x: float) -> float:
 
 
 def _next_x(low: tuple[float, float], high: tuple[float, float], max_drop: float) -> float:
-    """Where the drop is expected to reach the budget, between a fitting and a failing probe."""
+    """Where the drop is expected to reach the budget, between a fitting and a failing
+    probe, kept off the failing end; the middle when it lands near the fitting end (a
+    cliff: the failing probe's drop is far above the budget, and interpolation would
+    creep up from the fitting end)."""
     (x_lo, d_lo), (x_hi, d_hi) = low, high
     width = x_hi - x_lo
     guess = x_lo + (max_drop - d_lo) * width / max(d_hi - d_lo, 1e-12)
-    return min(max(guess, x_lo + _GUARD * width), x_hi - _GUARD * width)
+    if guess < x_lo + _GUARD * width:
+        return (x_lo + x_hi) / 2
+    return min(guess, x_hi - _GUARD * width)
 
 
 def search_strength(
