@@ -141,3 +141,12 @@ def test_latency_target_without_a_runtime_is_refused() -> None:
     with pytest.raises(PruningFailed) as err:
         prune_model(model, X, PruneSpec(target=Target(latency_reduction=0.4)), protected=[model.fc])
     assert err.value.code == "invalid_spec"
+
+
+def test_choice_does_not_take_a_far_faster_candidate_for_closer_outputs() -> None:
+    # Random-weight outputs barely tell candidates apart; speed beyond the target does.
+    picks = [_candidate("over-pruned", 0.3, 0.99), _candidate("on target", 0.49, 1.0)]
+    assert _choose(picks, 0.5).label == "on target"
+    # Nothing on target: the one meeting the target most narrowly.
+    picks = [_candidate("far", 0.2, 0.5), _candidate("less far", 0.35, 0.9)]
+    assert _choose(picks, 0.5).label == "less far"

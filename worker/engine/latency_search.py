@@ -43,6 +43,8 @@ from worker.engine.stats import count_macs, count_params
 
 # Measured latency may exceed the target latency by this fraction and still meet it.
 LATENCY_SLACK = 0.05
+# A candidate more than this fraction faster than the target is over-pruned (see _choose).
+OVERSHOOT = 0.15
 # Candidates aim this fraction below the target latency (see prune_to_latency).
 AIM_MARGIN = 0.03
 # How close (fraction points of reduction) a candidate must come before the search stops.
@@ -179,13 +181,21 @@ def _closer(a: Candidate, b: Candidate, goal: float) -> bool:
 
 
 def _choose(finalists: list[Candidate], goal_ratio: float) -> Candidate:
-    """Meets the target, then the outputs closest to the original's; never one that
-    another candidate beats on both speed and closeness."""
+    """On target (meeting it, not far faster), then the outputs closest to the
+    original's; never one that another candidate beats on both speed and closeness.
+
+    Far faster than asked means far more pruned than asked: when no candidate is on
+    target, the one meeting it most narrowly wins."""
     limit = goal_ratio * (1 + LATENCY_SLACK)
     meeting = [c for c in finalists if c.ratio <= limit]
-    pool = meeting or [min(finalists, key=lambda c: c.ratio)]
-    best = min(pool, key=lambda c: c.error)
-    for other in finalists:
+    on_target = [c for c in meeting if c.ratio >= goal_ratio * (1 - OVERSHOOT)]
+    if on_target:
+        best = min(on_target, key=lambda c: c.error)
+    elif meeting:
+        best = max(meeting, key=lambda c: c.ratio)
+    else:
+        best = min(finalists, key=lambda c: c.ratio)
+    for other in on_target:
         if other.ratio < best.ratio and other.error <= best.error:
             best = other
     return best
