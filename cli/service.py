@@ -137,6 +137,10 @@ def stop_worker_process(proc: subprocess.Popen[bytes]) -> int:
     return proc.wait()
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 @app.command()
 def serve(host: HostOpt = None, port: PortOpt = None, data_dir: DataOpt = None) -> None:
     """Run everything on this machine: the API and dashboard plus one worker.
@@ -147,6 +151,9 @@ def serve(host: HostOpt = None, port: PortOpt = None, data_dir: DataOpt = None) 
     key = ensure_first_key(settings)
     if key:
         _print_key_banner(key, settings)
+    # uvicorn re-raises the SIGTERM it caught once it has shut down; with the default
+    # action the process would die there and leave the worker (its own session) running.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     keeper = WorkerKeeper()
     try:
         _run_api(settings)
