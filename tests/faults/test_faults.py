@@ -155,6 +155,10 @@ def test_cancel_in_every_stage_frees_the_worker(service: Service, client: httpx.
         # Many pruning steps keep the (otherwise sub-second) pruning stage long enough to
         # be caught on a fast machine.
         job = body(*inputs, epochs=30, iterations=3000, steps=100)
+        if stage == "pruning":
+            # Taylor importance backpropagates before each of the 100 steps: a pruning
+            # stage of seconds, where 100 plain steps can pass between two polls.
+            job["prune"]["method"] = "taylor"
     else:  # one quick pass of fine-tuning, then a long evaluation and benchmark
         job = body(inputs[0], big_dataset, epochs=1, batch_size=256, iterations=3000)
     for _ in range(4):  # a short stage may be over before the cancel lands: try again
@@ -163,7 +167,7 @@ def test_cancel_in_every_stage_frees_the_worker(service: Service, client: httpx.
         if seen == stage:
             break
     assert seen == stage, f"never caught a job in {stage}"
-    assert done["status"] == "cancelled", done
+    assert done["status"] == "cancelled", done.get("error") or done
     assert client.get(f"/v1/jobs/{job_id}/artifacts").json() == []
     # The worker is free again: a quick job starts and finishes after the cancel.
     started = time.monotonic()
