@@ -85,4 +85,5 @@ def test_a_cliff_far_above_the_budget_does_not_pin_the_search_low() -> None:
         probes=6,
     )
     assert found.chosen is not None
-    assert 1 / (1 - found.chosen) >= 12 / 1.5
+    # Creeping by the guard ends at 8.8x in six probes; halving reaches past 10x.
+    assert 1 / (1 - found.chosen) >= 10
