@@ -242,6 +242,35 @@ def test_on_cuda_with_budget(tiny_onnx: Path, tiny_npz: Path, tmp_path: Path) ->
     assert result.artifacts["model.onnx"].is_file()
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_latency_target_with_sensitivity(
+    tiny_onnx: Path, tiny_npz: Path, tmp_path: Path
+) -> None:
+    """The sensitivity scan and the fine-tune run on the GPU; the latency table and the
+    candidates are timed on the provider the job is benchmarked on (CUDA where
+    onnxruntime has it, else the CPU), and the table is cached under that provider."""
+    from worker.engine import benchmark
+
+    spec = JobSpec(
+        prune=PruneSpec(target=Target(latency_reduction=0.3), scope="sensitivity"),
+        finetune=FinetuneSpec(epochs=1, batch_size=16),
+        benchmark=BenchmarkSpec(providers=["auto"], batch_sizes=[1], warmup=1, iterations=5),
+    )
+    cache = tmp_path / "cache"
+    result = run_pipeline(
+        tiny_onnx, spec, tmp_path / "out", dataset_path=tiny_npz, device="cuda", cache_dir=cache
+    )
+    report = result.report
+    provider = benchmark.resolve_providers(["auto"], "cuda")[0]
+    assert report.environment.device.startswith("cuda:0 ")
+    assert 0 < report.target["latency_ms_measured"] < report.target["latency_ms_original"]
+    assert any(n.startswith(f"latency target 30.0% less time on {provider}") for n in report.notes)
+    assert provider in report.pruned.latency_ms
+    assert report.pruned.accuracy is not None
+    assert [t.name for t in cache.glob("latency-*.json")]
+
+
 @pytest.mark.slow
 def test_pt2_failure_still_ships_onnx(
     tiny_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
