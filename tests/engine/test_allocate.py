@@ -145,3 +145,16 @@ def test_tilted_allocation_is_uniform_without_weights_and_leans_with_them() -> N
     leaning = allocate_tilted(slots, MacCost(profile), 0.25 * profile.total)
     assert leaning.reached
     assert leaning.keep[slots[0].name] > even.keep[slots[0].name]  # ... and keeps more
+
+
+def test_grouped_layers_follow_the_width_rule_per_group() -> None:
+    """13 groups of 8 channels (a RegNet stage) cannot keep a total multiple of 16 short
+    of keeping all or nothing, so the rule applies to one group's channels: any count
+    of the 8 here, and multiples of 8 for groups of 32. Dense layers keep the rule on
+    their whole width."""
+    from worker.engine.allocate import _steps
+
+    assert _steps(8, 13, hardware_multiple, 0.9) == (1, 1)
+    assert _steps(32, 4, hardware_multiple, 1.0) == (8, 8)
+    assert _steps(104, 1, hardware_multiple, 1.0) == (16, 16)
+    assert _steps(104, 1, hardware_multiple, 0.5) == (16, 64)

@@ -55,7 +55,30 @@ def test_depthwise_layers_depend_on_one_width(monkeypatch: pytest.MonkeyPatch) -
     assert shape is not None and shape.depthwise
     table = LatencyTable()
     assert table.layer_ms(shape, 16, 16) == pytest.approx(16.0)
-    assert layer_shape(nn.Conv2d(32, 32, 3, groups=4), (1, 32, 16, 16)) is None
+
+
+def test_grouped_convs_are_timed_at_widths_their_groups_divide(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pruning keeps a grouped conv's group count and shrinks every group alike, so only
+    widths that are multiples of the groups exist, and only those are built and timed."""
+    timed: list[tuple[int, int]] = []
+
+    def fake(self, shape, in_ch, out_ch):
+        model = latency._conv_graph(shape, in_ch, out_ch)  # must be a valid grouped conv
+        group = next(a.i for a in model.graph.node[0].attribute if a.name == "group")
+        assert group == 6
+        timed.append((in_ch, out_ch))
+        return float(in_ch * out_ch)
+
+    monkeypatch.setattr(LatencyTable, "_time", fake)
+    shape = layer_shape(nn.Conv2d(48, 48, 3, padding=1, groups=6), (1, 48, 16, 16))
+    assert shape is not None and not shape.depthwise and shape.groups == 6
+    table = LatencyTable()
+    assert table.layer_ms(shape, 48, 48) == pytest.approx(48.0 * 48.0)
+    assert table.layer_ms(shape, 24, 24) < table.layer_ms(shape, 36, 36)
+    assert timed and all(i % 6 == 0 and o % 6 == 0 for i, o in timed)
+    assert "g6" in shape.key(48, 48)
 
 
 def test_the_cache_file_keeps_measurements_between_tables(tmp_path: Path) -> None:

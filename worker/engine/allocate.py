@@ -155,10 +155,16 @@ def _steps(
     """(units per width step, fewest units kept) under a width rule and max_layer_ratio.
 
     The rule sees the group's original width, so a layer of 64+ channels keeps multiples
-    of 16 however far it shrinks.
+    of 16 however far it shrinks. A grouped conv (`ch_groups` > 1) keeps its number of
+    groups and runs one small product per group, so the rule is applied to the channels
+    of one group, and waived when it would leave a group only all or nothing: asking 13
+    groups of 8 for a total multiple of 16 would make them unprunable.
     """
-    multiple = max(1, width_multiple(units * ch_groups))
-    step = multiple // math.gcd(multiple, ch_groups)
+    if ch_groups > 1:
+        multiple = max(1, width_multiple(units))
+        step = multiple if multiple < units else 1
+    else:
+        step = max(1, width_multiple(units))
     floor = math.ceil(units * (1.0 - max_layer_ratio))
     return step, max(step, math.ceil(floor / step) * step)
 

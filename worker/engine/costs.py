@@ -87,7 +87,7 @@ def input_shapes(module: nn.Module, inputs: Sequence[torch.Tensor]) -> dict[nn.M
 class LatencyCost(LayerCost):
     """Milliseconds on the runtime, from a `LatencyTable` of per-layer timings.
 
-    Layers the table cannot time alone (grouped but not depthwise, transposed) are priced
+    Layers the table cannot time alone (transposed convs, string paddings) are priced
     by their MACs at the median milliseconds per MAC of the layers it did time.
     """
 

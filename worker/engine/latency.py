@@ -39,6 +39,9 @@ class LayerShape:
 
     `spatial` is the input's spatial size for a conv, and the number of rows (positions)
     for a linear layer. `depthwise`: one filter per channel, so a single width matters.
+    `groups` of a grouped (not depthwise) conv stays fixed when it is pruned: the
+    dependency graph removes the same channels from every group, so its widths are
+    multiples of `groups`.
     """
 
     kind: str  # "conv" or "linear"
@@ -50,21 +53,22 @@ class LayerShape:
     padding: tuple[int, ...] = ()
     dilation: tuple[int, ...] = ()
     depthwise: bool = False
+    groups: int = 1
 
     def key(self, in_ch: int, out_ch: int) -> str:
         geometry = ",".join(
             "x".join(map(str, part))
             for part in (self.spatial, self.kernel, self.stride, self.padding, self.dilation)
         )
-        dw = "dw" if self.depthwise else ""
+        dw = "dw" if self.depthwise else f"g{self.groups}" if self.groups > 1 else ""
         return f"{self.kind}{dw}|{in_ch}|{out_ch}|{geometry}"
 
 
 def layer_shape(layer: nn.Module, input_shape: tuple[int, ...]) -> LayerShape | None:
     """The shape of `layer` as it was applied (input shape with batch); None if not timed.
 
-    Transposed and grouped (not depthwise) convolutions are left out: the planner prices
-    them by their MACs instead.
+    Transposed convolutions and string paddings are left out: the planner prices them
+    by their MACs instead.
     """
     if isinstance(layer, nn.Linear):
         rows = math.prod(input_shape[:-1])
@@ -74,8 +78,6 @@ def layer_shape(layer: nn.Module, input_shape: tuple[int, ...]) -> LayerShape | 
     if isinstance(layer.padding, str):
         return None
     depthwise = layer.groups == layer.in_channels == layer.out_channels and layer.groups > 1
-    if layer.groups > 1 and not depthwise:
-        return None
     return LayerShape(
         "conv",
         layer.in_channels,
@@ -86,11 +88,17 @@ def layer_shape(layer: nn.Module, input_shape: tuple[int, ...]) -> LayerShape | 
         padding=tuple(layer.padding),
         dilation=tuple(layer.dilation),
         depthwise=depthwise,
+        groups=1 if depthwise else layer.groups,
     )
 
 
-def _grid(full: int) -> list[int]:
-    """Widths timed for a layer of `full` channels: multiples of 8 where the layer allows."""
+def _grid(full: int, groups: int = 1) -> list[int]:
+    """Widths timed for a layer of `full` channels: multiples of 8 where the layer allows,
+    and of its `groups` for a grouped conv (the channels per group shrink, not their
+    number)."""
+    if groups > 1:
+        per_group = full // groups
+        return sorted({max(1, round(per_group * f)) * groups for f in GRID} | {full})
     multiple = 8 if full >= 16 else 1
     widths = {max(multiple, round(full * f / multiple) * multiple) for f in GRID}
     widths.add(full)
@@ -98,7 +106,7 @@ def _grid(full: int) -> list[int]:
 
 
 def _conv_graph(shape: LayerShape, in_ch: int, out_ch: int) -> onnx.ModelProto:
-    groups = in_ch if shape.depthwise else 1
+    groups = in_ch if shape.depthwise else shape.groups
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((out_ch, in_ch // groups, *shape.kernel)).astype(np.float32)
     bias = np.zeros(out_ch, dtype=np.float32)
@@ -197,7 +205,7 @@ class LatencyTable:
             channels = min(in_ch, out_ch)
             widths = _grid(shape.out_full)
             return _interp1(widths, [self.point_ms(shape, w, w) for w in widths], channels)
-        ins, outs = _grid(shape.in_full), _grid(shape.out_full)
+        ins, outs = _grid(shape.in_full, shape.groups), _grid(shape.out_full, shape.groups)
         if shape.kind == "conv" and shape.in_full <= 4:
             ins = [shape.in_full]  # the image channels: never pruned
         i0, i1, ti = _bracket(ins, in_ch)
