@@ -6,13 +6,23 @@ the latency search (`latency_search.py`: widths by importance per millisecond). 
 dependency graph is built, every group is scored once (importance, and sensitivity when
 asked), the allocation chooses how many units each group keeps, and the groups are
 pruned once. `iterative_steps` does not apply.
+
+On a model without BatchNorm (an ONNX export folds it into the convolutions), `l1` and
+`l2` rank a group's channels by the weights that read them (`ConsumerMagnitude`) for
+these targets: a folded filter carries its norm's scale gamma / sigma, so channels of
+small running variance look important whatever the next layers do with them. Pruned
+to 30-60x fewer MACs and fine-tuned, the bench's digits ResNet kept 2-13 points more
+accuracy this way (about what the same network pruned before folding keeps), its
+Conv1d sequence net 1-2 points more at 20-40x; at 15-25x the two rankings tie.
 """
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch_pruning as tp
 from torch import nn
+from torch_pruning.pruner import function
 
 from contract import HistoryPoint, PruneSpec
 from worker.engine import sensitivity
@@ -26,7 +36,7 @@ from worker.engine.allocate import (
 )
 from worker.engine.costs import ChannelCost, MacCost, ParamCost
 from worker.engine.errors import JobCancelled, PruningFailed
-from worker.engine.importance import make_importance
+from worker.engine.importance import has_batchnorm, make_importance
 from worker.engine.planner import WidthMultiple, WidthPruner, constant_multiple, hardware_multiple
 from worker.engine.preflight import PRUNER_KWARGS
 from worker.engine.stats import MacProfile, count_params
@@ -47,6 +57,42 @@ class Scored:
     slots: list[Slot]
     profile: MacProfile
     params_before: int
+
+
+class ConsumerMagnitude(tp.importance.GroupMagnitudeImportance):
+    """Lp magnitude of each channel's consumers: the input columns of the convolutions and
+    linear layers that read it, summed over the group. Invariant to how a folded norm
+    scaled the channel's own filter. A group with no plain consumer (grouped or
+    transposed ones only) is ranked by torch-pruning's whole-group magnitude."""
+
+    @torch.no_grad()
+    def __call__(self, group):  # noqa: ANN001, ANN204
+        imps, roots = [], []
+        for i, (dep, idxs) in enumerate(group):
+            layer, fn = dep.layer, dep.pruning_fn
+            if fn not in (function.prune_conv_in_channels, function.prune_linear_in_channels):
+                continue
+            if isinstance(layer, nn.modules.conv._ConvNd) and (
+                layer.groups != 1 or layer.transposed
+            ):
+                return super().__call__(group)
+            if not isinstance(layer, nn.modules.conv._ConvNd | nn.Linear):
+                continue
+            columns = layer.weight.data.transpose(0, 1).flatten(1)
+            imps.append(columns[idxs].abs().pow(self.p).sum(1))
+            roots.append(group[i].root_idxs)
+        if not imps:
+            return super().__call__(group)
+        return self._normalize(self._reduce(imps, roots), self.normalizer)
+
+
+def ranking(spec: PruneSpec, module: nn.Module, notes: list[str]) -> tp.importance.Importance:
+    """The importance that ranks channels for an allocation to a MACs, parameter or channel
+    target: `ConsumerMagnitude` for l1/l2 on a model without BatchNorm, else the method's."""
+    folded = not has_batchnorm(module)
+    if spec.method in ("l1", "l2") and folded and spec.target.kind != "latency_reduction":
+        return ConsumerMagnitude(p=1 if spec.method == "l1" else 2)
+    return make_importance(spec.method, module=module, notes=notes)
 
 
 def seeded_probes(inputs: Sequence[torch.Tensor], batch: int = 8) -> tuple[torch.Tensor, ...]:
@@ -71,8 +117,10 @@ def score(
     probe_inputs: Sequence[torch.Tensor] | None = None,
     on_progress: Callable[[float], None] | None = None,
     should_cancel: CancelFn | None = None,
+    importance: tp.importance.Importance | None = None,
 ) -> Scored:
-    """Build the graph and score every group; sensitivity-weighted when the scope says so."""
+    """Build the graph and score every group; sensitivity-weighted when the scope says so.
+    `importance` ranks the channels; the method's own when None."""
     if spec.method == "unstructured_l1":
         raise PruningFailed(
             "unstructured_l1 removes no channels: it cannot serve a sensitivity scope or a "
@@ -83,7 +131,11 @@ def score(
     pruner = WidthPruner(
         module,
         inputs,
-        importance=make_importance(spec.method, module=module, notes=notes),
+        importance=(
+            importance
+            if importance is not None
+            else make_importance(spec.method, module=module, notes=notes)
+        ),
         global_pruning=False,
         pruning_ratio=0.0,
         max_pruning_ratio=spec.max_layer_ratio,
@@ -124,15 +176,17 @@ def sensitivity_weights(
     should_cancel: CancelFn | None = None,
 ) -> dict[str, float]:
     """The scan's weights alone, to reuse across several prunings of copies of `module`."""
+    notes: list[str] = []
     scored = score(
         module,
         inputs,
         spec.model_copy(update={"scope": "sensitivity"}),
         ignored,
         rule=width_rule(spec),
-        notes=[],
+        notes=notes,
         probe_inputs=probe_inputs,
         should_cancel=should_cancel,
+        importance=ranking(spec, module, notes),
     )
     return {slot.name: slot.weight for slot in scored.slots}
 
@@ -190,6 +244,7 @@ def prune_by_cost(
         probe_inputs=probe_inputs,
         on_progress=lambda f: report(0.8 * f),
         should_cancel=should_cancel,
+        importance=ranking(spec, module, notes),
     )
     if should_cancel is not None and should_cancel():
         raise JobCancelled()
