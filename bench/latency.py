@@ -16,9 +16,17 @@ fidelity.cosine). Both are printed because a network with random weights has no
 redundancy to lose gracefully: its top-1 agreement falls to about zero after even mild
 pruning, whichever method prunes, and then says nothing; the cosine still falls smoothly.
 
+With --trained, each model is first trained (on --device, a GPU where there is one) on a
+labelled task made here (digits in cluttered colour scenes, bench/_scenes.py) at
+--size pixels, and every variant is fine-tuned by the pipeline on it (--ft-epochs,
+distillation); fidelity is then test-set accuracy, top-1 agreement and cosine on the
+task's test images, which nothing trained on. Training from scratch takes many epochs:
+practical on a GPU, slow on a CPU except at low resolution.
+
     python bench/latency.py                       # all six models
     python bench/latency.py --quick               # resnet18 + mobilenet_v3_small
     python bench/latency.py --models mobilenet_v2 --target 0.5 --curve 0.3,0.4,0.6,0.7
+    python bench/latency.py --trained --models mobilenet_v2,efficientnet_b0 --device cuda
 """
 
 import argparse
@@ -39,8 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import export_onnx_file  # noqa: E402
+from _scenes import Scenes, accuracy, make_scenes, train_on  # noqa: E402
 
-from contract import BenchmarkSpec, JobSpec, PruneSpec, Target  # noqa: E402
+from contract import BenchmarkSpec, FinetuneSpec, JobSpec, PruneSpec, Target  # noqa: E402
 from worker.engine import benchmark  # noqa: E402
 from worker.engine.pipeline import PipelineResult, run_pipeline  # noqa: E402
 
@@ -55,13 +64,29 @@ ALL_MODELS = [
 QUICK_MODELS = ["resnet18", "mobilenet_v3_small"]
 # Depthwise or grouped convolutions: where MACs are the poorest proxy for time.
 DEPTHWISE = {"mobilenet_v2", "efficientnet_b0", "mobilenet_v3_small", "regnet_y_400mf"}
-SHAPE = (1, 3, 224, 224)
-CALIBRATION_SHAPE = (16, 3, 224, 224)
+CALIBRATION_BATCH = 16
 FIDELITY_SAMPLES = 64
 FIDELITY_SEED = 7  # not the calibration seed: fidelity is measured on unseen inputs
 METRICS = {"top1": "top-1 agreement", "cosine": "cosine of the logits"}
+TRAINED_METRICS = {"accuracy": "test accuracy", **METRICS}
 LATENCY_TOLERANCE = 0.05  # A passes when its latency <= (1 + this) x the target latency
 RATIO_TARGET = 1.3  # A's speed-up ÷ the MACs curve's at equal fidelity, depthwise nets
+
+
+@dataclass
+class Setup:
+    """How originals are made and variants fine-tuned and judged, for one run."""
+
+    shape: tuple[int, ...]  # the model input, batch 1
+    device: str  # where the pipeline (and --trained's training) runs
+    scenes: Scenes | None = None  # --trained: the task; None: random weights, data-free
+    npz: Path | None = None  # the scenes' training part, as uploaded to the pipeline
+    train_epochs: int = 0
+    ft_epochs: int = 0
+
+    @property
+    def metrics(self) -> dict[str, str]:
+        return TRAINED_METRICS if self.scenes is not None else METRICS
 
 
 @dataclass
@@ -109,31 +134,45 @@ def _recalibrate_batchnorm(
     return model.eval()
 
 
-def _original(name: str, work: Path, seed: int) -> Path:
+def _original(name: str, work: Path, seed: int, setup: Setup) -> Path:
     torch.manual_seed(seed)
-    model = getattr(torchvision.models, name)(weights=None)
-    _recalibrate_batchnorm(model, CALIBRATION_SHAPE, seed=seed)
-    return export_onnx_file(model, work / f"{name}.onnx", SHAPE)
+    if setup.scenes is None:
+        model = getattr(torchvision.models, name)(weights=None)
+        _recalibrate_batchnorm(model, (CALIBRATION_BATCH, *setup.shape[1:]), seed=seed)
+    else:
+        model = getattr(torchvision.models, name)(weights=None, num_classes=10)
+        start = time.perf_counter()
+        scenes = setup.scenes
+        model = train_on(
+            model, scenes.x_train, scenes.y_train, epochs=setup.train_epochs, device=setup.device
+        )
+        print(
+            f"  trained {setup.train_epochs} epochs in {time.perf_counter() - start:.0f} s: "
+            f"test accuracy {accuracy(model, scenes.x_test, scenes.y_test):.3f}"
+        )
+    return export_onnx_file(model, work / f"{name}.onnx", setup.shape)
 
 
-def _spec(kind: str, value: float) -> JobSpec:
+def _spec(kind: str, value: float, setup: Setup) -> JobSpec:
     # The pipeline's own benchmark is only a by-product here; the comparison is timed
     # below, all files in one interleaved call.
     return JobSpec(
         prune=PruneSpec(target=Target(**{f"{kind}_reduction": value})),
-        finetune=None,
+        finetune=FinetuneSpec(epochs=setup.ft_epochs) if setup.scenes is not None else None,
         benchmark=BenchmarkSpec(providers=["cpu"], warmup=3, iterations=10),
     )
 
 
-def _prune(src: Path, variant: Variant, work: Path) -> Variant:
+def _prune(src: Path, variant: Variant, work: Path, setup: Setup) -> Variant:
     """Run the pipeline. A latency target the engine refuses or fails on, however it
     fails, is recorded, not raised, so the MACs columns still print; a MACs target that
     fails is a real failure and stops the benchmark."""
     start = time.perf_counter()
     try:
-        spec = _spec(variant.kind, variant.value)
-        variant.result = run_pipeline(src, spec, work / variant.label)
+        spec = _spec(variant.kind, variant.value, setup)
+        variant.result = run_pipeline(
+            src, spec, work / variant.label, dataset_path=setup.npz, device=setup.device
+        )
     except Exception as exc:
         if variant.kind != "latency":
             raise
@@ -159,30 +198,41 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
 
 
-def _measure_fidelity(original: Path, variants: list[Variant], threads: int) -> None:
-    rng = np.random.default_rng(FIDELITY_SEED)
-    x = rng.standard_normal((FIDELITY_SAMPLES, *SHAPE[1:])).astype(np.float32)
+def _measure_fidelity(
+    original: Path, variants: list[Variant], threads: int, setup: Setup
+) -> dict[str, float]:
+    """Each variant's fidelity metrics; returns the original's (1.0 but its accuracy)."""
+    if setup.scenes is not None:
+        x, y = setup.scenes.x_test, setup.scenes.y_test
+    else:
+        rng = np.random.default_rng(FIDELITY_SEED)
+        x = rng.standard_normal((FIDELITY_SAMPLES, *setup.shape[1:])).astype(np.float32)
+        y = None
     reference = _logits(original, x, threads)
     classes = len(np.unique(reference.argmax(1)))
     print(f"  the original predicts {classes} distinct classes on the {len(x)} inputs")
+
+    def metrics(logits: np.ndarray) -> dict[str, float]:
+        found = {"accuracy": float((logits.argmax(1) == y).mean())} if y is not None else {}
+        found["top1"] = float((logits.argmax(1) == reference.argmax(1)).mean())
+        found["cosine"] = _cosine(logits, reference)
+        return found
+
     for v in variants:
         if v.onnx is not None:
-            logits = _logits(v.onnx, x, threads)
-            v.fidelity = {
-                "top1": float((logits.argmax(1) == reference.argmax(1)).mean()),
-                "cosine": _cosine(logits, reference),
-            }
+            v.fidelity = metrics(_logits(v.onnx, x, threads))
+    return metrics(reference)
 
 
 def _time_all(
-    original: Path, variants: list[Variant], iterations: int, threads: int
+    original: Path, variants: list[Variant], iterations: int, threads: int, shape: tuple
 ) -> dict[str, dict[str, float]]:
     """provider -> label -> p50 ms, from one interleaved benchmark_onnx call."""
     files = {"original": original, **{v.label: v.onnx for v in variants if v.onnx is not None}}
     providers = ["cpu", "cuda"] if _cuda_usable() else ["cpu"]
     spec = BenchmarkSpec(providers=providers, warmup=5, iterations=iterations)
     device = "cuda" if "cuda" in providers else "cpu"
-    tables = benchmark.benchmark_onnx(files, {"input": SHAPE}, spec, device=device, threads=threads)
+    tables = benchmark.benchmark_onnx(files, {"input": shape}, spec, device=device, threads=threads)
     by_provider: dict[str, dict[str, float]] = {}
     for label, table in tables.items():
         for provider, batches in table.items():
@@ -238,14 +288,22 @@ class Outcome:
     ratios: dict[str, float]
 
 
-def _print_table(variants: list[Variant], p50: dict[str, float], provider: str) -> None:
+COLUMN = {"accuracy": "test acc.", "top1": "top-1 agr.", "cosine": "cosine"}
+
+
+def _print_table(
+    variants: list[Variant], p50: dict[str, float], provider: str, reference: dict[str, float]
+) -> None:
+    metrics = list(reference)
     print(f"  {provider}")
     print(
         f"  {'variant':<14}{'MACs ratio':>11}{'p50 ms':>9}{'speed-up':>10}"
-        f"{'top-1 agr.':>12}{'cosine':>9}{'prune s':>9}"
+        + "".join(f"{COLUMN[m]:>12}" for m in metrics)
+        + f"{'prune s':>9}"
     )
     print(
-        f"  {'original':<14}{1.0:>11.2f}{p50['original']:>9.2f}{1.0:>10.2f}{1.0:>12.3f}{1.0:>9.3f}"
+        f"  {'original':<14}{1.0:>11.2f}{p50['original']:>9.2f}{1.0:>10.2f}"
+        + "".join(f"{reference[m]:>12.3f}" for m in metrics)
     )
     for v in variants:
         if v.result is None:
@@ -254,8 +312,9 @@ def _print_table(variants: list[Variant], p50: dict[str, float], provider: str) 
         gain = p50["original"] / p50[v.label]
         print(
             f"  {v.label:<14}{v.result.report.ratios.macs:>11.2f}{p50[v.label]:>9.2f}"
-            f"{gain:>10.2f}{v.fidelity['top1']:>12.3f}{v.fidelity['cosine']:>9.3f}"
-            f"{v.wall_s:>9.0f}"
+            f"{gain:>10.2f}"
+            + "".join(f"{v.fidelity[m]:>12.3f}" for m in metrics)
+            + f"{v.wall_s:>9.0f}"
         )
 
 
@@ -281,9 +340,15 @@ def _latency_check(a: Variant, p50: dict[str, float], target: float) -> bool:
     return within
 
 
-def _equal_fidelity(a: Variant, macs: list[Variant], p50: dict[str, float], metric: str) -> float:
+def _equal_fidelity(
+    a: Variant,
+    macs: list[Variant],
+    p50: dict[str, float],
+    metric: str,
+    reference: dict[str, float],
+) -> float:
     """A's speed-up ÷ the MACs curve's at A's fidelity; the curve starts at the original."""
-    points = [(1.0, 1.0, "original")] + [
+    points = [(reference[metric], 1.0, "original")] + [
         (v.fidelity[metric], p50["original"] / p50[v.label], v.label) for v in macs if v.fidelity
     ]
     at = a.fidelity[metric]
@@ -291,36 +356,38 @@ def _equal_fidelity(a: Variant, macs: list[Variant], p50: dict[str, float], metr
     gain_a = p50["original"] / p50[a.label]
     ratio = gain_a / curve_speedup
     print(
-        f"  at equal {METRICS[metric]} ({at:.3f}): A {gain_a:.2f}x, MACs curve "
+        f"  at equal {TRAINED_METRICS[metric]} ({at:.3f}): A {gain_a:.2f}x, MACs curve "
         f"{curve_speedup:.2f}x ({how}); A / curve = {ratio:.2f}"
     )
     return ratio
 
 
-def compare(name: str, args: argparse.Namespace, work: Path) -> Outcome:
+def compare(name: str, args: argparse.Namespace, setup: Setup, work: Path) -> Outcome:
     print(f"\n== {name} ==")
-    src = _original(name, work, args.seed)
+    src = _original(name, work, args.seed, setup)
     a = Variant(f"latency-{args.target:.2f}", "latency", args.target)
     b = Variant(f"macs-{args.target:.2f}", "macs", args.target)
     curve = [Variant(f"macs-{s:.2f}", "macs", s) for s in args.curve if s != args.target]
     variants = [a, b, *sorted(curve, key=lambda v: v.value)]
     for v in variants:
-        _prune(src, v, work / name)
+        _prune(src, v, work / name, setup)
     # Time and compare against the pipeline's own export of the original, made the same
     # way as the pruned files, so only the pruning differs.
     assert b.result is not None and b.result.original_onnx is not None
     original = b.result.original_onnx
-    _measure_fidelity(original, variants, args.threads)
-    timings = _time_all(original, variants, args.iterations, args.threads)
+    reference = _measure_fidelity(original, variants, args.threads, setup)
+    timings = _time_all(original, variants, args.iterations, args.threads, setup.shape)
     outcome = None
     for provider, p50 in timings.items():
-        _print_table(variants, p50, provider)
+        _print_table(variants, p50, provider, reference)
         if provider != benchmark.CPU:
             continue  # A was pruned for the CPU provider; its checks are made there
         within, ratios = None, {}
         if a.result is not None:
             within = _latency_check(a, p50, args.target)
-            ratios = {m: _equal_fidelity(a, [b, *curve], p50, m) for m in METRICS}
+            ratios = {
+                m: _equal_fidelity(a, [b, *curve], p50, m, reference) for m in setup.metrics
+            }
         outcome = Outcome(
             model=name,
             speedup_a=p50["original"] / p50[a.label] if a.result else None,
@@ -340,20 +407,23 @@ def _fmt(value: float | bool | None, spec: str = ".2f") -> str:
     return format(value, spec)
 
 
-def summarize(outcomes: list[Outcome], target: float) -> None:
+def summarize(outcomes: list[Outcome], target: float, metrics: dict[str, str]) -> None:
     print(f"\n== summary: CPU provider, {target:.0%} latency target vs {target:.0%} fewer MACs ==")
     print(
-        "A / MACs curve: A's speed-up ÷ the MACs-targeted curve's at A's top-1 agreement / cosine"
+        "A / MACs curve: A's speed-up ÷ the MACs-targeted curve's at A's "
+        + " / ".join(metrics.values())
     )
     print(
         f"{'model':<20}{'A speed-up':>11}{'B speed-up':>11}{'A within 5%':>12}"
-        f"{'A/curve top-1':>15}{'A/curve cos':>13}{'target':>9}"
+        + "".join(f"{'A/curve ' + COLUMN[m].split()[0]:>16}" for m in metrics)
+        + f"{'target':>9}"
     )
     for o in outcomes:
         wanted = f">= {RATIO_TARGET}" if o.model in DEPTHWISE else "-"
         print(
             f"{o.model:<20}{_fmt(o.speedup_a):>11}{_fmt(o.speedup_b):>11}{_fmt(o.within):>12}"
-            f"{_fmt(o.ratios.get('top1')):>15}{_fmt(o.ratios.get('cosine')):>13}{wanted:>9}"
+            + "".join(f"{_fmt(o.ratios.get(m)):>16}" for m in metrics)
+            + f"{wanted:>9}"
         )
     within = [o.within for o in outcomes]
     print(
@@ -361,7 +431,7 @@ def summarize(outcomes: list[Outcome], target: float) -> None:
         + ("n/a (latency target not supported)" if None in within else _fmt(all(within)))
     )
     depthwise = [o for o in outcomes if o.model in DEPTHWISE]
-    for metric, words in METRICS.items():
+    for metric, words in metrics.items():
         if not depthwise:
             break
         ratios = [o.ratios.get(metric) for o in depthwise]
@@ -369,7 +439,7 @@ def summarize(outcomes: list[Outcome], target: float) -> None:
         print(f"depthwise nets, A / MACs curve at equal {words} >= {RATIO_TARGET}: {_fmt(met)}")
 
 
-def _machine(threads: int) -> None:
+def _machine(threads: int, setup: Setup) -> None:
     providers = benchmark.resolve_providers(["cuda"], "cuda")
     env = benchmark.environment(
         "cuda" if benchmark.CUDA in providers else "cpu", providers, threads=threads
@@ -382,10 +452,18 @@ def _machine(threads: int) -> None:
         f"versions: torch {env.torch}, onnxruntime {env.onnxruntime}, onnx {env.onnx}, "
         f"torch-pruning {env.torch_pruning}"
     )
+    if setup.scenes is None:
+        inputs = f"{FIDELITY_SAMPLES} seeded standard-normal inputs"
+    else:
+        inputs = (
+            f"the {len(setup.scenes.y_test)} test scenes; originals trained "
+            f"{setup.train_epochs} epochs and every variant fine-tuned {setup.ft_epochs} on "
+            f"{len(setup.scenes.y_train)} training scenes, on {setup.device}"
+        )
     print(
-        "fidelity: top-1 agreement and cosine of the logits with the original, onnxruntime "
-        f"CPU, {FIDELITY_SAMPLES} seeded standard-normal inputs; p50 of one interleaved run "
-        "per model"
+        f"fidelity: {' / '.join(setup.metrics.values())} against the original's, "
+        f"onnxruntime CPU, on {inputs}; input {list(setup.shape)}; p50 of one interleaved "
+        "run per model"
     )
 
 
@@ -400,6 +478,13 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--iterations", type=int, default=None, help="timed runs per model")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
     parser.add_argument("--seed", type=int, default=0, help="weights and calibration seed")
+    parser.add_argument(
+        "--trained", action="store_true", help="train each model on a generated task first"
+    )
+    parser.add_argument("--size", type=int, default=224, help="input height and width")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if usable)")
+    parser.add_argument("--train-epochs", type=int, default=40, help="--trained: originals")
+    parser.add_argument("--ft-epochs", type=int, default=5, help="--trained: each variant")
     args = parser.parse_args()
     args.models = (
         args.models.split(",") if args.models else QUICK_MODELS if args.quick else ALL_MODELS
@@ -407,7 +492,18 @@ def _parse() -> argparse.Namespace:
     args.curve = [float(s) for s in args.curve.split(",") if s]
     args.iterations = args.iterations or (20 if args.quick else 50)
     args.threads = args.threads or benchmark.default_threads()
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return args
+
+
+def _setup(args: argparse.Namespace, work: Path) -> Setup:
+    shape = (1, 3, args.size, args.size)
+    if not args.trained:
+        return Setup(shape, device=args.device)
+    scenes = make_scenes(args.size, seed=args.seed)
+    npz = work / "scenes.npz"
+    np.savez(npz, x=scenes.x_train, y=scenes.y_train)
+    return Setup(shape, args.device, scenes, npz, args.train_epochs, args.ft_epochs)
 
 
 def _pin_cores(threads: int) -> None:
@@ -426,11 +522,12 @@ def main() -> None:
     args = _parse()
     _pin_cores(args.threads)
     torch.set_num_threads(args.threads)
-    _machine(args.threads)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="secateurs-latency-") as tmp:
-        outcomes = [compare(name, args, Path(tmp)) for name in args.models]
-    summarize(outcomes, args.target)
+        setup = _setup(args, Path(tmp))
+        _machine(args.threads, setup)
+        outcomes = [compare(name, args, setup, Path(tmp)) for name in args.models]
+    summarize(outcomes, args.target, setup.metrics)
     print(f"\ntotal: {time.perf_counter() - start:.0f} s")
 
 
