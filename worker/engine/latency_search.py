@@ -184,9 +184,13 @@ def _choose(finalists: list[Candidate], goal_ratio: float) -> Candidate:
     """On target (meeting it, not far faster), then the outputs closest to the
     original's; never one that another candidate beats on both speed and closeness.
 
+    Meeting it means at or under the target latency where some candidate is; only when
+    none is, within LATENCY_SLACK over it. The slack absorbs the noise of one timing
+    run: a candidate chosen at its edge misses in the next run about half the time.
     Far faster than asked means far more pruned than asked: when no candidate is on
     target, the one meeting it most narrowly wins."""
-    limit = goal_ratio * (1 + LATENCY_SLACK)
+    under = any(c.ratio <= goal_ratio for c in finalists)
+    limit = goal_ratio * (1 if under else 1 + LATENCY_SLACK)
     meeting = [c for c in finalists if c.ratio <= limit]
     on_target = [c for c in meeting if c.ratio >= goal_ratio * (1 - OVERSHOOT)]
     if on_target:
