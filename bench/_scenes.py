@@ -9,6 +9,7 @@ noise: hard enough that pruning costs accuracy a fine-tune must win back, small 
 to train a mobile network on in minutes on a GPU (longer on a CPU at low resolution).
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,11 +106,10 @@ def train_on(
 
 
 @torch.no_grad()
-def _refresh_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int) -> None:
-    """Re-estimate BatchNorm statistics on the final weights, as a plain average over up
-    to 16 batches. torchvision's mobile networks keep them with momentum 0.01: after a
-    short training they lag far behind the weights, and in eval mode the network
-    predicts one class however well it trained."""
+def average_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
+    """Re-estimate BatchNorm running statistics as a plain (cumulative) average over
+    `batches`, the rest of the model in eval mode (dropout and stochastic depth off, so
+    they do not bias the statistics); returns the model in eval mode."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [norm.momentum for norm in norms]
     model.eval()
@@ -117,11 +117,20 @@ def _refresh_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int) -> No
         norm.reset_running_stats()
         norm.momentum = None
         norm.train()
-    for start in range(0, min(len(x), 16 * batch_size), batch_size):
-        model(x[start : start + batch_size])
+    for batch in batches:
+        model(batch)
     for norm, momentum in zip(norms, momenta, strict=True):
         norm.momentum = momentum
-    model.eval()
+    return model.eval()
+
+
+def _refresh_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int) -> None:
+    """Statistics of the final weights, over up to 16 training batches. torchvision's
+    mobile networks keep them with momentum 0.01: after a short training they lag far
+    behind the weights, and in eval mode the network predicts one class however well it
+    trained."""
+    count = min(len(x), 16 * batch_size)
+    average_batchnorm(model, (x[i : i + batch_size] for i in range(0, count, batch_size)))
 
 
 @torch.no_grad()

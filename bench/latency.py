@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import export_onnx_file  # noqa: E402
-from _scenes import Scenes, accuracy, make_scenes, train_on  # noqa: E402
+from _scenes import Scenes, accuracy, average_batchnorm, make_scenes, train_on  # noqa: E402
 
 from contract import BenchmarkSpec, FinetuneSpec, JobSpec, PruneSpec, Target  # noqa: E402
 from worker.engine import benchmark  # noqa: E402
@@ -119,19 +119,8 @@ def _recalibrate_batchnorm(
     BatchNorm layers go to train mode: dropout and stochastic depth stay off so they do not
     bias the statistics.
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    model.eval()
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None
-        norm.train()
     gen = torch.Generator().manual_seed(seed)
-    for _ in range(batches):
-        model(torch.randn(*shape, generator=gen))
-    for norm, momentum in zip(norms, momenta, strict=True):
-        norm.momentum = momentum
-    return model.eval()
+    return average_batchnorm(model, (torch.randn(*shape, generator=gen) for _ in range(batches)))
 
 
 def _original(name: str, work: Path, seed: int, setup: Setup) -> Path:
