@@ -114,9 +114,15 @@ def train(
 
 
 @torch.no_grad()
-def accuracy_torch(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+def accuracy_torch(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 128) -> float:
+    """Top-1 accuracy, in batches so that large images fit in memory."""
     model.eval()
-    predicted = model(torch.from_numpy(x)).argmax(1).numpy()
+    predicted = np.concatenate(
+        [
+            model(torch.from_numpy(x[i : i + batch_size])).argmax(1).numpy()
+            for i in range(0, len(x), batch_size)
+        ]
+    )
     return float((predicted == y).mean())
 
 

@@ -131,13 +131,3 @@ def _refresh_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int) -> No
     trained."""
     count = min(len(x), 16 * batch_size)
     average_batchnorm(model, (x[i : i + batch_size] for i in range(0, count, batch_size)))
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 128) -> float:
-    model.eval()
-    hits = 0
-    for start in range(0, len(x), batch_size):
-        logits = model(torch.from_numpy(x[start : start + batch_size]))
-        hits += int((logits.argmax(1).numpy() == y[start : start + batch_size]).sum())
-    return hits / len(x)

@@ -46,8 +46,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import export_onnx_file  # noqa: E402
-from _scenes import Scenes, accuracy, average_batchnorm, make_scenes, train_on  # noqa: E402
+from _common import accuracy_torch, export_onnx_file  # noqa: E402
+from _scenes import Scenes, average_batchnorm, make_scenes, train_on  # noqa: E402
 
 from contract import BenchmarkSpec, FinetuneSpec, JobSpec, PruneSpec, Target  # noqa: E402
 from worker.engine import benchmark  # noqa: E402
@@ -137,7 +137,7 @@ def _original(name: str, work: Path, seed: int, setup: Setup) -> Path:
         )
         print(
             f"  trained {setup.train_epochs} epochs in {time.perf_counter() - start:.0f} s: "
-            f"test accuracy {accuracy(model, scenes.x_test, scenes.y_test):.3f}"
+            f"test accuracy {accuracy_torch(model, scenes.x_test, scenes.y_test):.3f}"
         )
     return export_onnx_file(model, work / f"{name}.onnx", setup.shape)
 
@@ -374,9 +374,7 @@ def compare(name: str, args: argparse.Namespace, setup: Setup, work: Path) -> Ou
         within, ratios = None, {}
         if a.result is not None:
             within = _latency_check(a, p50, args.target)
-            ratios = {
-                m: _equal_fidelity(a, [b, *curve], p50, m, reference) for m in setup.metrics
-            }
+            ratios = {m: _equal_fidelity(a, [b, *curve], p50, m, reference) for m in setup.metrics}
         outcome = Outcome(
             model=name,
             speedup_a=p50["original"] / p50[a.label] if a.result else None,
