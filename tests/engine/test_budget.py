@@ -87,3 +87,21 @@ def test_a_cliff_far_above_the_budget_does_not_pin_the_search_low() -> None:
     assert found.chosen is not None
     # Creeping by the guard ends at 8.8x in six probes; halving reaches past 10x.
     assert 1 / (1 - found.chosen) >= 10
+
+
+def test_a_convex_curve_is_not_probed_near_the_origin_after_the_first_failure() -> None:
+    """Flat, then steep in log(compression), as pruned networks are: 50x drops 4.5 points
+    with a 1-point budget. A straight line from the unpruned model would aim at 2.4x,
+    below what is known to fit; the second probe goes no lower than the middle (7x)."""
+    tried: list[float] = []
+    found = search_strength(
+        _probe_with(lambda s: 0.045 * (math.log(1 / (1 - s)) / math.log(50)) ** 4, tried),
+        reference=1.0,
+        max_drop=0.01,
+        upper=1 - 1 / 50,
+        probes=6,
+    )
+    assert 1 / (1 - tried[1]) >= 7 - 1e-6
+    assert found.chosen is not None
+    # Where the curve meets the budget: 50 ** ((1 / 4.5) ** (1 / 4)) = 14.7x.
+    assert 12 <= 1 / (1 - found.chosen) < 14.7
