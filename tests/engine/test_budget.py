@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from worker.engine.budget import ProbeResult, search_strength
+from worker.engine.budget import ProbeResult, sampling_warning, search_strength
 
 
 def _probe_with(drop_of, tried: list[float]):
@@ -105,3 +105,12 @@ def test_a_convex_curve_is_not_probed_near_the_origin_after_the_first_failure() 
     assert found.chosen is not None
     # Where the curve meets the budget: 50 ** ((1 / 4.5) ** (1 / 4)) = 14.7x.
     assert 12 <= 1 / (1 - found.chosen) < 14.7
+
+
+def test_a_held_back_part_too_small_for_the_budget_is_called_out() -> None:
+    # 287 samples near 99%: a standard error of 0.0059, over half a 0.01 budget.
+    warning = sampling_warning(0.99, 287, 0.01)
+    assert warning is not None and "287 held-back samples" in warning
+    # Ten times the samples, or a budget five times as wide: the drops are resolved.
+    assert sampling_warning(0.99, 2870, 0.01) is None
+    assert sampling_warning(0.99, 287, 0.05) is None

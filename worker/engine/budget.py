@@ -95,3 +95,21 @@ def search_strength(
             break
         x = _next_x(low, high, max_drop)
     return result
+
+
+def sampling_warning(score: float, samples: int, max_drop: float) -> str | None:
+    """A warning when the held-back part is too small to tell drops near the budget apart:
+    the binomial standard error of an accuracy near `score` on `samples` is over half the
+    budget. Then a probe fits or fails by a sample or two, and the chosen strength moves by
+    a large factor from one split to the next (seen on 287 digits: 0.5x to 3x)."""
+    if samples <= 0:
+        return None
+    error = math.sqrt(max(score * (1.0 - score), 0.0) / samples)
+    if error <= max_drop / 2:
+        return None
+    return (
+        f"accuracy budget: measured on {samples} held-back samples, one sample is "
+        f"{1 / samples:.4f} of accuracy and the standard error near {score:.3f} is "
+        f"{error:.4f}, more than half the budget ({max_drop:.3f}): a probe near the budget "
+        "fits or fails by chance; more labelled samples make the search sharper"
+    )

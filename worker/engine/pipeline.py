@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from contract import Fidelity, FinetuneSpec, HistoryPoint, JobSpec, PruneSpec, Report, Target
 from contract.stages import overall_progress
 from worker.engine import benchmark, report
-from worker.engine.budget import ProbeResult, search_strength
+from worker.engine.budget import ProbeResult, sampling_warning, search_strength
 from worker.engine.data import DatasetSplits, load_dataset
 from worker.engine.errors import EngineError, ExportFailed, JobCancelled, VerificationFailed
 from worker.engine.evaluate import accuracy, fidelity, is_classification, output_tensors
@@ -384,6 +384,10 @@ def _budget_target(state: _State, spec: JobSpec, device: str, t: _Tracker) -> Pr
         probes=budget.probes,
     )
     measured_on = "held-back accuracy" if labeled else "agreement with the original"
+    if labeled and state.splits is not None and state.splits.val is not None:
+        warning = sampling_warning(base, len(state.splits.val), budget.max_drop)
+        if warning:
+            state.notes.append(warning)
     chosen = search.chosen
     if chosen is None:
         chosen = min(p.strength for p in search.probes)
