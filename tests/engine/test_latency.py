@@ -112,6 +112,20 @@ def test_choice_prefers_meeting_the_target_then_the_closest_outputs() -> None:
     assert _choose([picks[0], picks[3]], goal).label == "within slack only"
 
 
+def test_choice_prefers_a_hair_over_the_target_to_far_faster_than_asked() -> None:
+    # The latency-priced candidates re-timed just over a 50% target; plain pruning had
+    # overshot to 80% less time. Within the slack wins, the fastest of it first.
+    goal = 0.5
+    picks = [
+        _candidate("over-pruned", 0.2, 1.3),
+        _candidate("a hair over", 0.501, 1.1),
+        _candidate("a bit more over", 0.51, 1.0),
+    ]
+    assert _choose(picks, goal).label == "a hair over"
+    # Far faster than asked still beats missing the target.
+    assert _choose([picks[0], _candidate("misses", 0.6, 0.1)], goal).label == "over-pruned"
+
+
 def test_choice_never_returns_a_dominated_candidate() -> None:
     # Both meet the target; "simple" is faster and closer to the original: it must win.
     picks = [_candidate("fancy", 0.5, 2.0), _candidate("simple", 0.45, 1.5)]
