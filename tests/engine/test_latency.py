@@ -15,7 +15,14 @@ from contract import PruneSpec, Target
 from tests.engine.tiny_nets import TinyMobileNet, TinyResNet, seeded
 from worker.engine import latency
 from worker.engine.latency import LatencyTable, LayerShape, layer_shape
-from worker.engine.latency_search import LATENCY_SLACK, Candidate, LatencyProbe, _choose
+from worker.engine.latency_search import (
+    LATENCY_SLACK,
+    Candidate,
+    LatencyProbe,
+    _choose,
+    _reaim,
+    _worth_reaiming,
+)
 from worker.engine.prune import prune_model
 from worker.engine.stats import count_macs
 
@@ -128,10 +135,46 @@ def test_choice_prefers_a_hair_over_the_target_to_far_faster_than_asked() -> Non
 
 def test_choice_never_returns_a_dominated_candidate() -> None:
     # Both meet the target; "simple" is faster and closer to the original: it must win.
-    picks = [_candidate("fancy", 0.5, 2.0), _candidate("simple", 0.45, 1.5)]
+    picks = [_candidate("fancy", 0.5, 2.0), _candidate("simple", 0.48, 1.5)]
     assert _choose(picks, 0.5).label == "simple"
     # Nothing meets the target: the fastest is returned.
     assert _choose([_candidate("a", 0.8, 1.0), _candidate("b", 0.7, 5.0)], 0.5).label == "b"
+
+
+def test_a_far_faster_candidate_with_closer_outputs_gets_its_family_re_aimed() -> None:
+    family = lambda knob: (lambda module: None, True)  # noqa: E731
+    on_target = _candidate("on target", 0.49, 2.0)
+    better_way = Candidate("better way", lambda m: None, 0.4, nn.Identity(), 1.5, family, 0.5)
+    worse_way = Candidate("worse way", lambda m: None, 0.3, nn.Identity(), 2.5, family, 0.4)
+    finalists = [on_target, better_way, worse_way]
+    assert _choose(finalists, 0.5) is on_target
+    assert _worth_reaiming(finalists, on_target, 0.5) is better_way
+    # Outputs no closer than the chosen one's: nothing to re-aim.
+    assert _worth_reaiming([on_target, worse_way], on_target, 0.5) is None
+    # Nothing nearer the target was found: the far faster winner is re-aimed itself.
+    assert _worth_reaiming([worse_way], worse_way, 0.5) is worse_way
+
+
+def test_re_aiming_prunes_less_and_lands_on_target() -> None:
+    """A family whose measured ratio equals its knob; its candidate overshot to 0.3."""
+    knobs: list[float] = []
+
+    def family(knob: float):
+        knobs.append(knob)
+        return (lambda module: setattr(module, "knob", knob)), True
+
+    def measure(candidates: dict[str, nn.Module]) -> dict[str, float]:
+        return {"original": 1.0, **{k: m.knob for k, m in candidates.items()}}
+
+    overshot = Candidate("plain", lambda m: None, 0.3, nn.Identity(), 0.5, family, 0.3)
+    on_target = _candidate("on target", 0.49, 2.0)
+    probe = LatencyProbe(table=LatencyTable(), measure=measure)
+    chosen = _reaim(
+        nn.Identity(), overshot, on_target, [on_target, overshot], 0.485, 0.5, probe,
+        (torch.ones(1, 3),), lambda: False,
+    )
+    assert knobs == [pytest.approx(0.485)]  # one proportional correction sufficed
+    assert chosen.label == "plain, re-aimed" and chosen.ratio == pytest.approx(0.485)
 
 
 def _made_up_runtime(example: torch.Tensor, overhead_ms: float = 0.3):

@@ -44,8 +44,9 @@ from worker.engine.stats import count_macs, count_params
 
 # Measured latency may exceed the target latency by this fraction and still meet it.
 LATENCY_SLACK = 0.05
-# A candidate more than this fraction faster than the target is over-pruned (see _choose).
-OVERSHOOT = 0.15
+# A candidate more than this fraction faster than the target is over-pruned (see _choose):
+# twice the margin candidates aim under it.
+OVERSHOOT = 0.06
 # Candidates aim this fraction below the target latency (see prune_to_latency).
 AIM_MARGIN = 0.03
 # How close (fraction points of reduction) a candidate must come before the search stops.
@@ -79,6 +80,8 @@ class Candidate:
     ratio: float  # measured latency ÷ the original's, in the same timing run
     module: nn.Module
     error: float = 0.0  # relative output change against the original on the probe inputs
+    family: FamilyFn | None = None  # what built it, and with which knob: to re-aim it
+    knob: float = 1.0
 
 
 def _allocation_family(
@@ -150,7 +153,7 @@ def _search_family(
         candidate = _build(module, apply)
         times = probe.measure({label: candidate})
         ratio = times[label] / times["original"]
-        found = Candidate(label, apply, ratio, candidate)
+        found = Candidate(label, apply, ratio, candidate, family=family, knob=knob)
         if best is None or _closer(found, best, goal_ratio):
             best, best_knob = found, knob
         if abs(ratio - goal_ratio) <= _AIM or not reached and ratio > goal_ratio:
@@ -286,6 +289,8 @@ def prune_to_latency(
     probes = tuple(probe_inputs) if probe_inputs is not None else seeded_probes(inputs)
     _errors(module, finalists, probes)
     chosen = _choose(finalists, goal)
+    if overshot := _worth_reaiming(finalists, chosen, goal):
+        chosen = _reaim(module, overshot, chosen, finalists, aim, goal, probe, probes, cancel)
     chosen.apply(module)
     notes.append(_summary(finalists, chosen, goal, probe.table))
     original_ms = times["original"]
@@ -298,6 +303,44 @@ def prune_to_latency(
     report(1.0)
     point = HistoryPoint(step=1, macs=count_macs(module, inputs), params=count_params(module))
     return [point], figures
+
+
+def _worth_reaiming(
+    finalists: list[Candidate], chosen: Candidate, goal: float
+) -> Candidate | None:
+    """A far faster candidate whose family deserves a second try at the target: the chosen
+    one itself when nothing was nearer, or one whose outputs are closer than the chosen
+    one's although it pruned more (its way of pruning is the better one)."""
+    overshot = [c for c in finalists if _tier(c, goal) == 2 and c.family is not None]
+    if chosen in overshot:
+        return chosen
+    closer = [c for c in overshot if c.error < chosen.error]
+    return min(closer, key=lambda c: c.error) if closer else None
+
+
+def _reaim(
+    module: nn.Module,
+    overshot: Candidate,
+    chosen: Candidate,
+    finalists: list[Candidate],
+    aim: float,
+    goal: float,
+    probe: LatencyProbe,
+    probes: Sequence[torch.Tensor],
+    cancel: Callable[[], bool],
+) -> Candidate:
+    """Search `overshot`'s family once more from a knob corrected towards the target, add
+    what it finds to the finalists and choose again."""
+    assert overshot.family is not None
+    start = min(1.0, overshot.knob * aim / max(overshot.ratio, 1e-6))
+    refined, _ = _search_family(
+        module, overshot.family, aim, f"{overshot.label}, re-aimed", probe, cancel, start
+    )
+    if refined is None:
+        return chosen
+    _errors(module, [refined], probes)
+    finalists.append(refined)
+    return _choose(finalists, goal)
 
 
 def _summary(
