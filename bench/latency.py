@@ -480,7 +480,7 @@ def _parse() -> argparse.Namespace:
         args.models.split(",") if args.models else QUICK_MODELS if args.quick else ALL_MODELS
     )
     args.curve = [float(s) for s in args.curve.split(",") if s]
-    args.iterations = args.iterations or (20 if args.quick else 50)
+    args.iterations = args.iterations or (20 if args.quick else 200)
     args.threads = args.threads or benchmark.default_threads()
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return args

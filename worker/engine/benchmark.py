@@ -200,7 +200,9 @@ def median_ms(
     for run in runners.values():  # one untimed round sizes the run
         run()
     round_s = max(time.perf_counter() - start, 1e-6)
-    iterations = int(min(60, max(15, seconds / round_s)))
+    # Fast models get as many rounds as fit in `seconds`: a cap of a few dozen timed a
+    # 2 ms network for a quarter of a second, and its ratio moved by ±5% between runs.
+    iterations = int(min(5000, max(15, seconds / round_s)))
     times = interleaved_timings(runners, warmup=3, iterations=iterations)
     return {name: float(np.median(t) * 1000.0) for name, t in times.items()}
 
