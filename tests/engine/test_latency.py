@@ -211,9 +211,10 @@ def test_latency_target_is_met_on_the_made_up_runtime(
     assert figures["latency_ms_measured"] <= figures["latency_ms_target"] * (1 + LATENCY_SLACK)
     # The model itself is what was measured last.
     assert runtime(model) == pytest.approx(figures["latency_ms_measured"])
-    assert calls[-1] == 3  # the finalists were timed side by side
+    assert max(calls) == 5  # the finalists were timed side by side (a re-aim may follow)
     [note] = [n for n in result.notes if n.startswith("latency target 40.0% less time")]
     assert "global pruning to MACs" in note and "latency-priced, x16/x8" in note
+    assert "latency-priced, sensitivity-weighted, x8" in note
     assert note.count("(chosen)") == 1
     assert model(X).shape == (1, 10)
 

@@ -7,9 +7,11 @@
    The table misses what it does not see (element-wise work, memory traffic, layout
    changes), so the budget is corrected by the measured ratio and the allocation redone,
    a few rounds, until the measured reduction is on target.
-4. This is done for several width multiples (`round_to` sweep: the hardware rule, 8)
-   and, as the simpler reference, for plain global pruning to a MACs target, whose MACs
-   reduction is searched the same way until its measured latency is on target.
+4. This is done for several width multiples (`round_to` sweep: the hardware rule, 8),
+   each with the groups weighed by the sensitivity scan as well (unless the scope weighs
+   them already), and, as the simpler reference, for plain global pruning to a MACs
+   target, whose MACs reduction is searched the same way until its measured latency is
+   on target.
 5. All finalists are timed once more side by side (their ratio to the original: the
    mean of this run and their search's), and their outputs compared with the
    original's on the probe inputs. The one that meets the target with the outputs
@@ -19,7 +21,7 @@
 
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -38,7 +40,7 @@ from worker.engine.evaluate import output_tensors
 from worker.engine.latency import LatencyTable
 from worker.engine.planner import WidthMultiple, constant_multiple, hardware_multiple
 from worker.engine.preflight import build_dependency_graph
-from worker.engine.prune_alloc import LossFn, score, seeded_probes
+from worker.engine.prune_alloc import LossFn, score, seeded_probes, sensitivity_weights
 from worker.engine.sensitivity import relative_change
 from worker.engine.stats import count_macs, count_params
 
@@ -110,19 +112,52 @@ def _plain_family(plain: Callable[[nn.Module, float], None]) -> FamilyFn:
 
 
 def _families(
-    spec: PruneSpec, slots: list[Slot], latency: LayerCost, inputs: tuple[torch.Tensor, ...], plain
+    spec: PruneSpec,
+    slots: list[Slot],
+    latency: LayerCost,
+    inputs: tuple[torch.Tensor, ...],
+    plain,
+    weighted: list[Slot] | None = None,
 ) -> list[tuple[str, FamilyFn]]:
-    """(label, family) of each candidate family, the simplest first."""
+    """(label, family) of each candidate family, the simplest first; with `weighted` (the
+    same slots weighed by sensitivity), the latency-priced families twice."""
     rules: list[tuple[str, WidthMultiple]] = (
         [(f"x{spec.round_to}", constant_multiple(spec.round_to))]
         if spec.round_to is not None
         else [("x16/x8", hardware_multiple), ("x8", constant_multiple(8))]
     )
+    kinds = [("latency-priced", slots)]
+    if weighted is not None:
+        kinds.append(("latency-priced, sensitivity-weighted", weighted))
     families = [("global pruning to MACs", _plain_family(plain))]
-    for label, rule in rules:
-        ruled = with_rule(slots, rule, spec.max_layer_ratio)
-        families.append((f"latency-priced, {label}", _allocation_family(ruled, latency, inputs)))
+    for kind, kind_slots in kinds:
+        for label, rule in rules:
+            ruled = with_rule(kind_slots, rule, spec.max_layer_ratio)
+            families.append((f"{kind}, {label}", _allocation_family(ruled, latency, inputs)))
     return families
+
+
+def _weighted(
+    module: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    spec: PruneSpec,
+    ignored: Sequence[nn.Module],
+    slots: list[Slot],
+    weights: dict[str, float] | None,
+    probe_inputs: Sequence[torch.Tensor] | None,
+    cancel: Callable[[], bool],
+) -> list[Slot] | None:
+    """The slots weighed by sensitivity, for candidates beside the unweighted ones; None
+    when the scope weighs them already. Pricing by latency alone treats every group's
+    least important half as equally costly to lose, so it cuts the layers that save the
+    most time whether the network can spare them or not; data-free, weighing them cut the
+    output change of the latency-priced candidates on mobilenet_v2 (0.98 and 0.87 to 0.77
+    and 0.81), efficientnet_b0 and mobilenet_v3_small."""
+    if spec.scope == "sensitivity":
+        return None
+    if weights is None:
+        weights = sensitivity_weights(module, inputs, spec, ignored, probe_inputs, cancel)
+    return [replace(slot, weight=weights.get(slot.name, 1.0)) for slot in slots]
 
 
 def _build(module: nn.Module, apply: ApplyFn) -> nn.Module:
@@ -269,7 +304,10 @@ def prune_to_latency(
     # Candidates aim a little faster than the target: timings move by a few percent from
     # one run to the next on a shared machine, and the target must hold in the next run.
     aim = goal * (1.0 - AIM_MARGIN)
-    families = _families(spec, scored.slots, latency_cost, inputs, plain)
+    weighted = _weighted(
+        module, inputs, spec, ignored, scored.slots, weights, probe_inputs, cancel
+    )
+    families = _families(spec, scored.slots, latency_cost, inputs, plain, weighted)
     finalists = []
     starts = {"plain": aim, "latency": aim}
     for i, (label, family) in enumerate(families):

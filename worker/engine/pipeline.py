@@ -234,8 +234,10 @@ def _probe_inputs(state: _State, device: str) -> tuple[torch.Tensor, ...]:
 
 
 def _scan_once(state: _State, spec: JobSpec, device: str, t: _Tracker) -> None:
-    """Sensitivity weights of the unpruned model, shared by every probe and the final prune."""
-    if spec.prune.scope != "sensitivity" or state.sensitivity is not None:
+    """Sensitivity weights of the unpruned model, shared by every probe and the final prune:
+    for the sensitivity scope, and for latency targets (whose search also tries them)."""
+    wanted = spec.prune.scope == "sensitivity" or spec.prune.target.kind == "latency_reduction"
+    if not wanted or state.sensitivity is not None:
         return
     module = state.loaded.module.to(device).eval()
     modules = dict(module.named_modules())
