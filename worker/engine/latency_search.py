@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from contract import HistoryPoint, PruneSpec
+from worker.engine import sensitivity
 from worker.engine.allocate import (
     LayerCost,
     Slot,
@@ -40,7 +41,7 @@ from worker.engine.evaluate import output_tensors
 from worker.engine.latency import LatencyTable
 from worker.engine.planner import WidthMultiple, constant_multiple, hardware_multiple
 from worker.engine.preflight import build_dependency_graph
-from worker.engine.prune_alloc import LossFn, score, seeded_probes, sensitivity_weights
+from worker.engine.prune_alloc import LossFn, Scored, score, seeded_probes
 from worker.engine.sensitivity import relative_change
 from worker.engine.stats import count_macs, count_params
 
@@ -139,12 +140,10 @@ def _families(
 
 def _weighted(
     module: nn.Module,
-    inputs: tuple[torch.Tensor, ...],
+    scored: Scored,
     spec: PruneSpec,
-    ignored: Sequence[nn.Module],
-    slots: list[Slot],
     weights: dict[str, float] | None,
-    probe_inputs: Sequence[torch.Tensor] | None,
+    probes: Sequence[torch.Tensor],
     cancel: Callable[[], bool],
 ) -> list[Slot] | None:
     """The slots weighed by sensitivity, for candidates beside the unweighted ones; None
@@ -156,9 +155,12 @@ def _weighted(
     was mixed. The choice by output change keeps whichever serves the model better."""
     if spec.scope == "sensitivity":
         return None
-    if weights is None:
-        weights = sensitivity_weights(module, inputs, spec, ignored, probe_inputs, cancel)
-    return [replace(slot, weight=weights.get(slot.name, 1.0)) for slot in slots]
+    if weights is None:  # not scanned by the caller: scan the graph and groups scored here
+        changes = sensitivity.scan(
+            module, scored.pruner.DG, scored.slots, probes, should_cancel=cancel
+        )
+        weights = sensitivity.weights(changes)
+    return [replace(slot, weight=weights.get(slot.name, 1.0)) for slot in scored.slots]
 
 
 def _build(module: nn.Module, apply: ApplyFn) -> nn.Module:
@@ -305,9 +307,8 @@ def prune_to_latency(
     # Candidates aim a little faster than the target: timings move by a few percent from
     # one run to the next on a shared machine, and the target must hold in the next run.
     aim = goal * (1.0 - AIM_MARGIN)
-    weighted = _weighted(
-        module, inputs, spec, ignored, scored.slots, weights, probe_inputs, cancel
-    )
+    probes = tuple(probe_inputs) if probe_inputs is not None else seeded_probes(inputs)
+    weighted = _weighted(module, scored, spec, weights, probes, cancel)
     families = _families(spec, scored.slots, latency_cost, inputs, plain, weighted)
     finalists = []
     starts = {"plain": aim, "latency": aim}
@@ -325,7 +326,6 @@ def prune_to_latency(
         # Two runs, each interleaved with the original: the family search's and this one.
         # Their mean halves the noise on which a candidate near the target falls.
         c.ratio = (c.ratio + times[c.label] / times["original"]) / 2
-    probes = tuple(probe_inputs) if probe_inputs is not None else seeded_probes(inputs)
     _errors(module, finalists, probes)
     chosen = _choose(finalists, goal)
     if overshot := _worth_reaiming(finalists, chosen, goal):
