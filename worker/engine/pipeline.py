@@ -397,11 +397,16 @@ def _budget_target(state: _State, spec: JobSpec, device: str, t: _Tracker) -> Pr
             f"accuracy budget: no probed strength kept the drop within {budget.max_drop:.3f}; "
             f"pruned at the mildest probed target {chosen:.3f}"
         )
-    drops = ", ".join(f"{p.strength:.3f}: {base - p.score:+.3f}" for p in search.probes)
+    drops = ", ".join(
+        f"{p.strength:.3f}: {base - p.score:+.3f}"
+        + (f" (fitted {f:+.3f})" if abs(f - (base - p.score)) > 1e-9 else "")
+        for p, f in zip(search.probes, search.fitted, strict=True)
+    )
     state.notes.append(
         f"accuracy budget: {spec.prune.target.kind}={chosen:.3f} chosen from "
         f"{len(search.probes)} probes (max drop {budget.max_drop:.3f} on {measured_on}; "
-        f"drop per probed strength after its short distillation: {drops})"
+        f"drop per probed strength after its short distillation, and where noise was pooled "
+        f"its monotone fit: {drops})"
     )
     return _with_target(spec.prune, chosen)
 
