@@ -10,8 +10,10 @@ from onnx import TensorProto, helper, numpy_helper
 from safetensors.torch import save_file
 from torch import nn
 
+from contract import ExportSpec
 from tests.engine import models
 from worker.engine.errors import UnsupportedModel
+from worker.engine.export import export_onnx
 from worker.engine.loaders import load_model, parse_input_shape
 from worker.engine.onnx_converters import ChannelConst
 
@@ -374,3 +376,41 @@ def test_onnx_loading_does_not_import_torchvision(tiny_resnet_onnx, tmp_path):
     lines = result.stdout.strip().splitlines()
     assert lines[0] == "[]"
     assert lines[1] == "[[0, 0, 0], [0, 0, 2]]"
+
+
+def _hard_sigmoid_graph(path):
+    """Two gates: PyTorch's HardSigmoid constants (alpha 1/6) and ONNX's defaults (0.2)."""
+    weight = np.random.default_rng(3).normal(0, 0.5, (4, 3, 3, 3)).astype(np.float32)
+    node = helper.make_node
+    nodes = [
+        node("Conv", ["input", "w"], ["feat"], pads=[1, 1, 1, 1]),
+        node("HardSigmoid", ["feat"], ["torch_gate"], alpha=1 / 6, beta=0.5),
+        node("HardSigmoid", ["torch_gate"], ["onnx_gate"]),
+        node("Mul", ["feat", "onnx_gate"], ["output"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "gates",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 4, 8, 8])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_hard_sigmoid_re_exports_as_one_node(tmp_path):
+    """PyTorch's constants load as torch's Hardsigmoid, which exports back as one
+    HardSigmoid node rather than Mul, Add and Clip; other constants keep their values."""
+    path = _hard_sigmoid_graph(tmp_path / "gates.onnx")
+    loaded = load_model(path)
+    assert sum(isinstance(m, nn.Hardsigmoid) for m in loaded.module.modules()) == 1
+    x = loaded.example_inputs(batch=2)
+    (expected,) = _ort(path, {"input": x[0]})
+    np.testing.assert_allclose(_outputs(loaded.module, *x)[0].numpy(), expected, atol=1e-6)
+    again = export_onnx(loaded.module, loaded, tmp_path / "again.onnx", ExportSpec())
+    ops = [n.op_type for n in onnx.load(str(again)).graph.node]
+    assert ops.count("HardSigmoid") == 1  # the ONNX-default gate stays onnx2torch's module
+    assert "Clip" in ops

@@ -5,7 +5,9 @@ Importing this module registers, with onnx2torch's `add_converter`:
   (Conv-22, Shape-21, Reshape-19/21, ... aliased to onnx2torch's own converter);
 - opset-18 forms whose attributes became inputs (Reduce*, Split, Pad, Resize);
 - ops it does not know: LSTM, GRU, Gelu, Mish, GlobalMaxPool, GroupNormalization,
-  Upsample, Size.
+  Upsample, Size;
+- HardSigmoid with PyTorch's constants as torch's own `nn.Hardsigmoid` (one node on
+  export, not three).
 
 `make_prunable(gm, inputs)` then rewrites an onnx2torch GraphModule into
 plain torch where torch-pruning needs it:
@@ -336,6 +338,27 @@ _register(
     "Gelu", [20], _simple(lambda n: nn.GELU(approximate=n.attributes.get("approximate", "none")))
 )
 _register("Mish", [18, 22], _simple(lambda n: nn.Mish()))
+
+
+def _hard_sigmoid(fallback: Callable[..., OperationConverterResult]) -> Callable[..., Any]:
+    """torch's own Hardsigmoid for PyTorch's constants (alpha 1/6, beta 1/2), which exports
+    back as one HardSigmoid node; onnx2torch's module exports as Mul, Add and Clip, and
+    each squeeze-excite gate of a MobileNetV3 re-exported that way ran slower than the
+    upload. Other constants keep onnx2torch's module."""
+
+    def convert(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+        alpha = node.attributes.get("alpha", 0.2)
+        beta = node.attributes.get("beta", 0.5)
+        if math.isclose(alpha, 1 / 6, rel_tol=1e-6) and math.isclose(beta, 0.5):
+            return OperationConverterResult(nn.Hardsigmoid(), onnx_mapping_from_node(node))
+        return fallback(node, graph)
+
+    return convert
+
+
+for _version in _registered_versions("HardSigmoid"):
+    _key = OperationDescription("", "HardSigmoid", _version)
+    _CONVERTER_REGISTRY[_key] = _hard_sigmoid(_CONVERTER_REGISTRY[_key])
 
 
 class GlobalMaxPool(nn.Module):
