@@ -20,6 +20,7 @@ from worker.engine.latency_search import (
     Candidate,
     LatencyProbe,
     _choose,
+    _next_fraction,
     _reaim,
     _worth_reaiming,
 )
@@ -170,8 +171,15 @@ def test_re_aiming_prunes_less_and_lands_on_target() -> None:
     on_target = _candidate("on target", 0.49, 2.0)
     probe = LatencyProbe(table=LatencyTable(), measure=measure)
     chosen = _reaim(
-        nn.Identity(), overshot, on_target, [on_target, overshot], 0.485, 0.5, probe,
-        (torch.ones(1, 3),), lambda: False,
+        nn.Identity(),
+        overshot,
+        on_target,
+        [on_target, overshot],
+        0.485,
+        0.5,
+        probe,
+        (torch.ones(1, 3),),
+        lambda: False,
     )
     assert knobs == [pytest.approx(0.485)]  # one proportional correction sufficed
     assert chosen.label == "plain, re-aimed" and chosen.ratio == pytest.approx(0.485)
@@ -187,9 +195,7 @@ def _made_up_runtime(example: torch.Tensor, overhead_ms: float = 0.3):
 
 
 @pytest.mark.parametrize("net", [TinyResNet, TinyMobileNet])
-def test_latency_target_is_met_on_the_made_up_runtime(
-    net, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_latency_target_is_met_on_the_made_up_runtime(net, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(LatencyTable, "_time", lambda self, s, i, o: _work_ms(s, i, o))
     model = seeded(net)
     original = seeded(net)
@@ -203,7 +209,10 @@ def test_latency_target_is_met_on_the_made_up_runtime(
 
     probe = LatencyProbe(table=LatencyTable(), measure=measure)
     result = prune_model(
-        model, X, PruneSpec(target=Target(latency_reduction=0.4)), protected=[head],
+        model,
+        X,
+        PruneSpec(target=Target(latency_reduction=0.4)),
+        protected=[head],
         latency=probe,
     )
     figures = result.achieved
@@ -235,3 +244,25 @@ def test_choice_does_not_take_a_far_faster_candidate_for_closer_outputs() -> Non
     # Nothing on target: the one meeting the target most narrowly.
     picks = [_candidate("far", 0.2, 0.5), _candidate("less far", 0.35, 0.9)]
     assert _choose(picks, 0.5).label == "less far"
+
+
+def test_budget_correction_follows_the_proportional_step_when_noise_turns_the_secant() -> None:
+    """Keeping more cost measured faster (0.529 then 0.511): noise, not the model. The
+    secant would keep still more (0.549) and move away from a 0.485 aim."""
+    guess = _next_fraction([(0.50, 0.529), (0.52, 0.511)], 0.485)
+    assert guess == pytest.approx(0.52 * 0.485 / 0.511)
+
+
+def test_budget_correction_steps_at_most_twice_the_proportional_step() -> None:
+    """Two tries 0.002 apart in ratio: their secant would cut the budget from 0.49 to
+    0.275 and land far faster than asked; the step stops at twice the proportional one."""
+    proportional_step = 0.49 * 0.485 / 0.528 - 0.49
+    guess = _next_fraction([(0.50, 0.530), (0.49, 0.528)], 0.485)
+    assert guess == pytest.approx(0.49 + 2 * proportional_step)
+
+
+def test_budget_correction_takes_a_secant_that_refines_the_proportional_step() -> None:
+    # The ratio moves 0.8 per unit of budget: the secant's step, smaller than twice the
+    # proportional one, is taken as it is.
+    guess = _next_fraction([(0.60, 0.56), (0.55, 0.52)], 0.485)
+    assert guess == pytest.approx(0.55 + (0.485 - 0.52) / 0.8)

@@ -20,6 +20,7 @@
 """
 
 import copy
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -202,16 +203,24 @@ def _search_family(
 
 
 def _next_fraction(tried: list[tuple[float, float]], goal: float) -> float:
-    """The budget to try next: proportional correction first, then the secant through the
-    two closest tries. The table's view of the model is proportional to the real one,
-    not equal to it, and widths move in steps, so the ratio is not linear in the budget."""
-    if len(tried) == 1:
-        fraction, ratio = tried[0]
-        guess = fraction * goal / ratio
-    else:
-        (f1, r1), (f2, r2) = sorted(tried, key=lambda p: abs(p[1] - goal))[:2]
-        guess = f1 * goal / r1 if abs(r2 - r1) < 1e-6 else f1 + (goal - r1) * (f2 - f1) / (r2 - r1)
-    return min(1.0, max(0.02, guess))
+    """The budget to try next: proportional correction from the closest try, refined by
+    the secant through the two closest tries. The table's view of the model is
+    proportional to the real one, not equal to it, and widths move in steps, so the
+    ratio is not linear in the budget.
+
+    The secant keeps the proportional step's direction and at most twice its size: each
+    ratio is a few percent off from one run to the next, and a secant through two close,
+    noisy tries can point the wrong way or far past the goal (seen on efficientnet_b0:
+    0.529, then 0.511, then 0.385 for a 0.485 aim)."""
+    (f1, r1), *others = sorted(tried, key=lambda p: abs(p[1] - goal))
+    limit = f1 * goal / r1 - f1
+    step = limit
+    if others and abs(others[0][1] - r1) >= 1e-6:
+        f2, r2 = others[0]
+        secant = (goal - r1) * (f2 - f1) / (r2 - r1)
+        if secant * limit > 0:
+            step = math.copysign(min(abs(secant), 2 * abs(limit)), limit)
+    return min(1.0, max(0.02, f1 + step))
 
 
 def _closer(a: Candidate, b: Candidate, goal: float) -> bool:
@@ -344,9 +353,7 @@ def prune_to_latency(
     return [point], figures
 
 
-def _worth_reaiming(
-    finalists: list[Candidate], chosen: Candidate, goal: float
-) -> Candidate | None:
+def _worth_reaiming(finalists: list[Candidate], chosen: Candidate, goal: float) -> Candidate | None:
     """A far faster candidate whose family deserves a second try at the target: the chosen
     one itself when nothing was nearer, or one whose outputs are closer than the chosen
     one's although it pruned more (its way of pruning is the better one)."""
