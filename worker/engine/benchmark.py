@@ -1,12 +1,19 @@
 """Latency of ONNX models with onnxruntime, measured side by side in one process.
 
-Models compared are timed interleaved (A B A B ...) after a warm-up, so that a noisy,
-shared machine slows both alike and their ratio holds even when absolute times drift.
+Models compared are timed interleaved, in short turns (A A A A B B B B ...) after a
+warm-up, so that a noisy, shared machine slows both alike and their ratio holds even when
+absolute times drift. Each turn starts with one untimed call: the first call after a
+switch finds the caches full of the other model and its threads asleep, which no
+deployed model sees, and it costs a small, fast model proportionally more. Timed one call
+at a time (A B A B), a pruned mobilenet_v3_small measured 0.57 and 0.48 of its
+original's time where back-to-back runs gave 0.48 and 0.43; with the untimed call and
+four timed ones per turn, 0.50 and 0.43.
 Idle onnxruntime threads are told not to spin: spinning threads of one session steal the
 cores from the other and make the comparison meaningless.
 """
 
 import importlib.metadata
+import math
 import os
 import platform
 import time
@@ -79,19 +86,27 @@ def session_options(threads: int) -> ort.SessionOptions:
     return opts
 
 
+# Timed calls in one turn of a model, after the untimed call that re-warms it.
+CALLS_PER_TURN = 4
+
+
 def interleaved_timings(
     runners: Mapping[str, Callable[[], object]], *, warmup: int, iterations: int
 ) -> dict[str, list[float]]:
-    """Call each runner in turn (A B A B ...), warm-up rounds first; seconds per timed call."""
+    """Call the runners in turns (A A A A B B B B ...), warm-up rounds first; each turn
+    one untimed call, then up to CALLS_PER_TURN timed ones. Seconds per timed call,
+    `iterations` of them per runner."""
     for _ in range(warmup):
         for run in runners.values():
             run()
     times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(iterations):
+    for _ in range(math.ceil(iterations / CALLS_PER_TURN)):
         for name, run in runners.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
+            run()  # re-warms what the other models' turns evicted
+            for _ in range(min(CALLS_PER_TURN, iterations - len(times[name]))):
+                start = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - start)
     return times
 
 
@@ -200,9 +215,11 @@ def median_ms(
     for run in runners.values():  # one untimed round sizes the run
         run()
     round_s = max(time.perf_counter() - start, 1e-6)
-    # Fast models get as many rounds as fit in `seconds`: a cap of a few dozen timed a
+    # Fast models get as many calls as fit in `seconds`: a cap of a few dozen timed a
     # 2 ms network for a quarter of a second, and its ratio moved by ±5% between runs.
-    iterations = int(min(5000, max(15, seconds / round_s)))
+    # Of every CALLS_PER_TURN + 1 calls, one is the untimed re-warming one.
+    timed_share = CALLS_PER_TURN / (CALLS_PER_TURN + 1)
+    iterations = int(min(5000, max(15, seconds / round_s * timed_share)))
     times = interleaved_timings(runners, warmup=3, iterations=iterations)
     return {name: float(np.median(t) * 1000.0) for name, t in times.items()}
 
