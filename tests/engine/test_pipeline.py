@@ -10,7 +10,16 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from contract import AccuracyBudget, BenchmarkSpec, FinetuneSpec, JobSpec, PruneSpec, Report, Target
+from contract import (
+    AccuracyBudget,
+    BenchmarkSpec,
+    FinetuneSpec,
+    JobSpec,
+    PruneSpec,
+    RegularizeSpec,
+    Report,
+    Target,
+)
 from tests.engine.tiny_nets import TinyResNet, seeded
 from worker.engine.errors import JobCancelled
 from worker.engine.pipeline import run_pipeline
@@ -201,7 +210,10 @@ def test_budget_probes_become_history_and_the_strongest_fitting_one_wins(
     def fake_probe(state, spec, value, device, t, span):
         tried.append(value)
         return ProbeResult(
-            strength=value, score=1.0 - value, macs=round(1000 * (1 - value)), params=10,
+            strength=value,
+            score=1.0 - value,
+            macs=round(1000 * (1 - value)),
+            params=10,
             agreement=1.0 - value,
         )
 
@@ -305,7 +317,33 @@ def test_latency_target_on_the_real_runtime(tiny_onnx: Path, tmp_path: Path) -> 
         1 - target["latency_ms_measured"] / target["latency_ms_original"]
     )
     assert report.pruned.macs < report.original.macs
-    assert any(n.startswith("latency target 30.0% less time on CPUExecutionProvider")
-               for n in report.notes)
+    assert any(
+        n.startswith("latency target 30.0% less time on CPUExecutionProvider") for n in report.notes
+    )
     [table] = cache.glob("latency-*.json")
     assert table.stat().st_size > 2
+
+
+def test_sparsity_training_then_pruning_keeps_the_channel_statistics(
+    tiny_onnx: Path, tiny_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fine-tuning a folded model restores each kept channel's statistics from the model it
+    was pruned from, matched by bias; after sparsity training that is not the teacher."""
+    import worker.engine.finetune as finetune_module
+    from worker.engine.renorm import _kept_channels, _plain_convs
+
+    matched: list[bool] = []
+    real_insert = finetune_module.insert_batchnorm
+
+    def spy(module, inputs, reference=None):
+        convs = dict(_plain_convs(reference))
+        matched.extend(_kept_channels(c, convs[n]) is not None for n, c in _plain_convs(module))
+        return real_insert(module, inputs, reference=reference)
+
+    monkeypatch.setattr(finetune_module, "insert_batchnorm", spy)
+    spec = _spec(epochs=1, batch_size=16, lr=0.01).model_copy(
+        update={"regularize": RegularizeSpec(kind="group_l2", strength=1e-3, epochs=1)}
+    )
+    result = run_pipeline(tiny_onnx, spec, tmp_path / "out", dataset_path=tiny_npz)
+    assert matched and all(matched)
+    assert result.report.pruned.accuracy is not None

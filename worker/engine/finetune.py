@@ -156,12 +156,15 @@ def finetune(
     device: str = "cpu",
     on_progress: ProgressFn | None = None,
     should_cancel: CancelFn | None = None,
+    unpruned: nn.Module | None = None,
 ) -> list[dict]:
     """Train the pruned `student` in place; returns one dict of statistics per epoch.
 
     Uses cross-entropy when the data is labeled, distillation from `teacher` (the original
     model, kept frozen) when `spec.distill`, both mixed when both apply. A model without
-    BatchNorm (folded on export) trains with a temporary one, folded back at the end.
+    BatchNorm (folded on export) trains with a temporary one, folded back at the end; it
+    restores the channel statistics of `unpruned`, the model the student was pruned from
+    (by default the teacher; they differ when sparsity training ran before pruning).
     Both models end on `device`, the student in eval mode. Seeded: repeated CPU runs give
     the same weights.
     `on_progress(fraction)` is called after every batch; `should_cancel()` before each.
@@ -184,7 +187,8 @@ def finetune(
     renormed: list[str] = []
     if not has_batchnorm(student):
         calibration = splits.train.tensors[0][:CALIBRATION_SAMPLES].to(device)
-        renormed = insert_batchnorm(student, (calibration,), reference=teacher)
+        reference = unpruned if unpruned is not None else teacher
+        renormed = insert_batchnorm(student, (calibration,), reference=reference)
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(SEED)

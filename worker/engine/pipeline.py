@@ -100,6 +100,8 @@ class _State:
     splits: DatasetSplits | None
     pre: Preflight | None = None
     teacher: nn.Module | None = None
+    # What pruning starts from when sparsity training changed it; else the teacher.
+    unpruned: nn.Module | None = None
     pruned: PruneResult | None = None
     accuracy_before: float | None = None
     accuracy_after: float | None = None
@@ -191,6 +193,9 @@ def _regularize(state: _State, spec: JobSpec, device: str, t: _Tracker) -> None:
             on_progress=t.fraction("regularizing"),
             should_cancel=t.cancelled,
         )
+        # Fine-tuning matches pruned channels to this model's (by their folded biases),
+        # which sparsity training moved away from the teacher's.
+        state.unpruned = copy.deepcopy(module).eval()
 
 
 def _protected_names(state: _State) -> list[str]:
@@ -326,6 +331,7 @@ def _probe(
             device=device,
             on_progress=t.fraction("pruning", lo + 0.7 * (hi - lo), hi),
             should_cancel=t.cancelled,
+            unpruned=state.unpruned,
         )
     acc, agreement = _quality(state, candidate, device)
     return ProbeResult(
@@ -443,6 +449,7 @@ def _finetune(state: _State, spec: JobSpec, device: str, t: _Tracker) -> None:
             device=device,
             on_progress=t.fraction("finetuning"),
             should_cancel=t.cancelled,
+            unpruned=state.unpruned,
         )
 
 
