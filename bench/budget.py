@@ -25,6 +25,7 @@ separate test split, also never trained on, is reported beside them.
     python bench/budget.py --quick           # fewer epochs and probes (smoke run)
     python bench/budget.py --tasks seq --epochs 5 --probes 4 --max-drop 0.01
     python bench/budget.py --seeds 5         # each task on 5 data splits and originals
+    python bench/budget.py --seeds 5 --first-seed 5   # five more: seeds 5..9
 """
 
 import argparse
@@ -350,6 +351,9 @@ def main() -> None:
     parser.add_argument(
         "--seeds", type=int, default=1, help="repeat each task with data and weights seeded 0..N-1"
     )
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="start the seeds here (more seeds later)"
+    )
     parser.add_argument("--upper", type=float, default=0.98, help="largest MACs reduction")
     # Default 1 (any width, as the baseline): the engine's own multiples of 8 leave the
     # width-16 digits ResNet at least 8 channels a layer, at most 7.4x fewer MACs.
@@ -368,7 +372,7 @@ def main() -> None:
     rows, ratios = [], {name: [] for name in tasks}
     with tempfile.TemporaryDirectory(prefix="secateurs-budget-") as tmp:
         for name in tasks:
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 task = make_task(name, Path(tmp), settings.epochs_original, seed)
                 ours, baseline = compare(task, settings, Path(tmp))
                 rows.append(_row(task, ours, baseline))
