@@ -344,6 +344,9 @@ def _latency_check(a: Variant, p50: dict[str, float], target: float) -> bool:
             f"{found.get('latency_ms_target', float('nan')):.2f} ms, measured "
             f"{found['latency_ms_measured']:.2f} ms"
         )
+    for note in a.result.report.notes:
+        if note.startswith("latency target"):
+            print(f"  A's candidates: {note}")
     return within
 
 
