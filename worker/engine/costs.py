@@ -118,3 +118,18 @@ class LatencyCost(LayerCost):
         if shape is None:
             return self.macs(layer, removed_out, removed_in) * self._ms_per_mac
         return self.table.layer_ms(shape, shape.in_full - removed_in, shape.out_full - removed_out)
+
+
+class WithoutLayers(LayerCost):
+    """`cost` over the layers that remain once `gone` are removed with their blocks."""
+
+    def __init__(self, cost: LayerCost, gone: Iterable[nn.Module]) -> None:
+        self.cost = cost
+        self.gone = set(gone)
+        self.constant = cost.constant
+
+    def layers(self) -> Iterable[nn.Module]:
+        return [layer for layer in self.cost.layers() if layer not in self.gone]
+
+    def __call__(self, layer: nn.Module, removed_out: float, removed_in: float) -> float:
+        return self.cost(layer, removed_out, removed_in)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from contract import HistoryPoint, PruneSpec
 from worker.engine import sensitivity
@@ -38,7 +38,8 @@ from worker.engine.allocate import (
     apply_allocation,
     with_rule,
 )
-from worker.engine.costs import LatencyCost, input_shapes
+from worker.engine.blocks import Block, disjoint, find_blocks, remove_blocks
+from worker.engine.costs import LatencyCost, WithoutLayers, input_shapes
 from worker.engine.errors import JobCancelled
 from worker.engine.evaluate import output_tensors
 from worker.engine.latency import LatencyTable
@@ -68,6 +69,9 @@ _ROUNDS = 3
 # band, where the next run's noise takes it out.
 _POLISH = 0.01
 _POLISH_ROUNDS = 2
+# Shares of the time to save that removed residual blocks provide, one candidate family
+# each; channel pruning provides the rest (see blocks.py).
+BLOCK_SHARES = (1 / 3, 2 / 3, 1.0)
 
 # Times the given candidate modules and the original side by side: name -> p50 ms, with
 # the original under "original".
@@ -101,14 +105,26 @@ class Candidate:
 
 
 def _allocation_family(
-    slots: list[Slot], cost: LayerCost, inputs: tuple[torch.Tensor, ...]
+    slots: list[Slot],
+    cost: LayerCost,
+    inputs: tuple[torch.Tensor, ...],
+    blocks: Sequence[Block] = (),
+    layers: dict[str, nn.Module] | None = None,
 ) -> FamilyFn:
+    """Allocation under a budget of `cost`; with `blocks`, those are removed first and the
+    channels are allocated over what remains (`layers`: the model's modules by name)."""
+    if blocks:
+        assert layers is not None
+        gone = {name for block in blocks for name in block.layers}
+        slots = [s for s in slots if s.name not in gone]
+        cost = WithoutLayers(cost, {layers[name] for name in gone if name in layers})
     full = cost.total()
 
     def make(fraction: float) -> tuple[ApplyFn, bool]:
         allocation = allocate(slots, cost, fraction * full)
 
         def apply(module: nn.Module) -> None:
+            _remover(blocks)(module)
             dg = build_dependency_graph(module, inputs)
             apply_allocation(dg, slots, allocation.keep, modules=dict(module.named_modules()))
 
@@ -151,6 +167,80 @@ def _families(
     return families
 
 
+@dataclass
+class _Removable:
+    """A residual block measured alone: removed, what it saves and what it changes."""
+
+    block: Block
+    saved: float  # share of the original's time, timed interleaved with it
+    change: float  # relative output change on the probe inputs
+
+
+@torch.no_grad()
+def _removable_blocks(
+    module: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    ignored: Sequence[nn.Module],
+    probe: LatencyProbe,
+    probes: Sequence[torch.Tensor],
+    cancel: Callable[[], bool],
+) -> list[_Removable]:
+    """The model's removable residual blocks (none unless it is an FX graph), each
+    removed alone and timed side by side with the others; least output change per time
+    saved first. Timed rather than priced by the table: a block's time is largely what
+    the table does not see (activations, gates, memory passes)."""
+    names = {id(m): n for n, m in module.named_modules()}
+    blocks = find_blocks(module, inputs, [names[id(m)] for m in ignored if id(m) in names])
+    if not blocks:
+        return []
+    if cancel():
+        raise JobCancelled()
+    variants = {b.add: _build(module, _remover([b])) for b in blocks}
+    times = probe.measure(variants)
+    reference = output_tensors(module.eval()(*probes))
+    found = []
+    for b in blocks:
+        saved = 1.0 - times[b.add] / times["original"]
+        if saved > 0:
+            change = relative_change(output_tensors(variants[b.add](*probes)), reference)
+            found.append(_Removable(b, saved, change))
+    return sorted(found, key=lambda r: r.change / r.saved)
+
+
+def _block_families(
+    spec: PruneSpec,
+    removable: list[_Removable],
+    slots: list[Slot],
+    cost: LayerCost,
+    inputs: tuple[torch.Tensor, ...],
+    module: nn.Module,
+    aim: float,
+) -> list[tuple[str, FamilyFn, float]]:
+    """(label, family, starting knob) of families that remove the best blocks until they
+    provide a share (BLOCK_SHARES) of the time to save, and prune channels for the rest."""
+    rule = constant_multiple(spec.round_to) if spec.round_to is not None else hardware_multiple
+    ruled = with_rule(slots, rule, spec.max_layer_ratio)
+    layers = dict(module.named_modules())
+    families: list[tuple[str, FamilyFn, float]] = []
+    seen: set[tuple[str, ...]] = set()
+    for share in BLOCK_SHARES:
+        chosen: list[Block] = []
+        saved = 0.0
+        for r in removable:
+            if saved >= share * (1.0 - aim):
+                break
+            chosen.append(r.block)
+            saved += r.saved
+        chosen = disjoint(chosen)
+        key = tuple(sorted(b.add for b in chosen))
+        if chosen and key not in seen:
+            seen.add(key)
+            label = f"latency-priced, {len(chosen)} residual blocks removed"
+            family = _allocation_family(ruled, cost, inputs, chosen, layers)
+            families.append((label, family, min(1.0, aim / max(1.0 - saved, aim))))
+    return families
+
+
 def _weighted(
     module: nn.Module,
     scored: Scored,
@@ -174,6 +264,15 @@ def _weighted(
         )
         weights = sensitivity.weights(changes)
     return [replace(slot, weight=weights.get(slot.name, 1.0)) for slot in scored.slots]
+
+
+def _remover(blocks: Sequence[Block]) -> ApplyFn:
+    def apply(module: nn.Module) -> None:
+        if blocks:
+            assert isinstance(module, fx.GraphModule)
+            remove_blocks(module, blocks)
+
+    return apply
 
 
 def _build(module: nn.Module, apply: ApplyFn) -> nn.Module:
@@ -332,10 +431,17 @@ def prune_to_latency(
     probes = tuple(probe_inputs) if probe_inputs is not None else seeded_probes(inputs)
     weighted = _weighted(module, scored, spec, weights, probes, cancel)
     families = _families(spec, scored.slots, latency_cost, inputs, plain, weighted)
+    removable = _removable_blocks(module, inputs, ignored, probe, probes, cancel)
+    by_blocks = _block_families(
+        spec, removable, weighted or scored.slots, latency_cost, inputs, module, aim
+    )
+    families += [(label, family) for label, family, _ in by_blocks]
     finalists = []
-    starts = {"plain": aim, "latency": aim}
+    # Where each kind's knob starts: the last family's of the same kind, or, with blocks
+    # removed, the share of what remains that keeps the aim.
+    starts = {"plain": aim, "latency": aim, **{label: knob for label, _, knob in by_blocks}}
     for i, (label, family) in enumerate(families):
-        kind = "plain" if label.startswith("global") else "latency"
+        kind = label if label in starts else "plain" if label.startswith("global") else "latency"
         found, starts[kind] = _search_family(
             module, family, aim, label, probe, cancel, starts[kind]
         )

@@ -255,11 +255,11 @@ def _unreachable_note(spec: PruneSpec, achieved: float) -> str | None:
 
 
 def _layer_changes(before: dict[str, int], module: nn.Module) -> list[LayerChange]:
+    """Every layer's width before and after; 0 after for a layer removed with its block."""
     after = _prunable_layers(module)
     return [
-        LayerChange(name=name, out_channels_before=width, out_channels_after=after[name])
+        LayerChange(name=name, out_channels_before=width, out_channels_after=after.get(name, 0))
         for name, width in before.items()
-        if name in after
     ]
 
 
