@@ -129,3 +129,11 @@ def test_a_latency_target_out_of_reach_of_channels_removes_blocks(mobilenet) -> 
     assert removed and all(c.name.startswith("blocks") for c in removed)
     with torch.no_grad():
         assert module(X).shape == (2, 10)
+
+
+def test_a_pt2_upload_has_its_blocks_found_too(tiny_resnet_pt2: Path) -> None:
+    module = load_model(tiny_resnet_pt2).module
+    [block] = find_blocks(module, (X,))
+    remove_blocks(module, [block])
+    with torch.no_grad():
+        assert module(X).shape == (2, 10)

@@ -324,6 +324,35 @@ def test_latency_target_on_the_real_runtime(tiny_onnx: Path, tmp_path: Path) -> 
     assert table.stat().st_size > 2
 
 
+@pytest.mark.slow
+def test_a_latency_target_that_removes_a_block_is_fine_tuned_and_exported(
+    tiny_onnx: Path, tiny_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The block-removing candidate is made to win whatever this machine's timings: the
+    rest of the pipeline (fine-tuning with temporary norms, export, verification against
+    PyTorch, the report) must take a model with layers gone."""
+    from worker.engine import latency_search
+
+    choose = latency_search._choose
+
+    def prefer_blocks(finalists, goal):
+        removing = [c for c in finalists if "blocks removed" in c.label]
+        return removing[0] if removing else choose(finalists, goal)
+
+    monkeypatch.setattr(latency_search, "_choose", prefer_blocks)
+    spec = JobSpec(
+        prune=PruneSpec(target=Target(latency_reduction=0.3)),
+        finetune=FinetuneSpec(epochs=1),
+        benchmark=FAST_BENCH,
+    )
+    result = run_pipeline(tiny_onnx, spec, tmp_path / "out", dataset_path=tiny_npz)
+    removed = [layer for layer in result.report.layers if layer.out_channels_after == 0]
+    assert removed and all(layer.name.startswith("layer1") for layer in removed)
+    session = ort.InferenceSession(str(result.artifacts["model.onnx"]))
+    [out] = session.run(None, {"image": np.zeros((2, *SHAPE[1:]), np.float32)})
+    assert out.shape == (2, 10)
+
+
 def test_sparsity_training_then_pruning_keeps_the_channel_statistics(
     tiny_onnx: Path, tiny_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
