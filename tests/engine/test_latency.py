@@ -23,6 +23,7 @@ from worker.engine.latency_search import (
     _next_fraction,
     _polish,
     _reaim,
+    _recovered_choice,
     _worth_reaiming,
 )
 from worker.engine.prune import prune_model
@@ -225,6 +226,34 @@ def test_a_correction_that_lands_no_nearer_keeps_the_winner() -> None:
         nn.Identity(), edge, [edge], 0.495, 0.5, probe, (torch.ones(1, 3),), lambda: False
     )
     assert chosen is edge and chosen.ratio == pytest.approx(0.476)
+
+
+def test_the_best_of_each_kind_is_judged_after_a_short_distillation() -> None:
+    """Just pruned, the channel-thinned candidate's outputs are the closest; after a short
+    distillation the one that removed blocks has recovered more, and wins."""
+    finalists = [
+        _candidate("global pruning to MACs", 0.49, 0.97),
+        _candidate("latency-priced, x8", 0.5, 0.95),
+        _candidate("latency-priced, x16/x8", 0.49, 0.96),
+        _candidate("latency-priced, 2 residual blocks removed", 0.5, 1.05),
+        _candidate("latency-priced, 3 residual blocks removed", 0.3, 0.5),  # far faster
+    ]
+    after = {"global pruning to MACs": 0.2, "latency-priced, x8": 0.15}
+    judged: list[str] = []
+
+    def recover(module: nn.Module) -> float:
+        label = next(c.label for c in finalists if c.module is module)
+        judged.append(label)
+        return after.get(label, 0.08)
+
+    chosen = _recovered_choice(finalists, _choose(finalists, 0.5), 0.5, recover, lambda: False)
+    assert chosen.label == "latency-priced, 2 residual blocks removed"
+    # One per kind, the closest outputs of its kind; nothing off target.
+    assert sorted(judged) == sorted([*after, "latency-priced, 2 residual blocks removed"])
+    # A single kind on target: nothing to judge.
+    alone = [finalists[1], finalists[2]]
+    assert _recovered_choice(alone, finalists[1], 0.5, recover, lambda: False) is finalists[1]
+    assert len(judged) == 3
 
 
 def _made_up_runtime(example: torch.Tensor, overhead_ms: float = 0.3):

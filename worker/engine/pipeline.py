@@ -11,7 +11,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.data import TensorDataset
 
 from contract import Fidelity, FinetuneSpec, HistoryPoint, JobSpec, PruneSpec, Report, Target
 from contract.stages import overall_progress
@@ -41,6 +42,8 @@ from worker.engine.types import CancelFn, LoadedModel, Preflight, ProgressFn
 FIDELITY_SAMPLES = 64
 # Fewest optimizer steps a budget probe's distillation takes (see probe_epochs).
 PROBE_STEPS = 300
+# Most optimizer steps of the distillation that judges a latency candidate.
+RECOVERY_STEPS = 50
 NOTE_DATA_FREE = "no dataset: pruned data-free; fine-tuning and accuracy were skipped"
 
 
@@ -288,7 +291,28 @@ def _latency_probe(
             paths, feeds, provider, device=device, threads=threads, seconds=seconds
         )
 
-    return LatencyProbe(table=table, measure=measure)
+    return LatencyProbe(table=table, measure=measure, recover=_recovery_judge(state, spec, device))
+
+
+def _recovery_judge(
+    state: _State, spec: JobSpec, device: str
+) -> Callable[[nn.Module], float] | None:
+    """A latency candidate's error (1 - held-back accuracy, or agreement) after one short
+    distillation epoch of at most RECOVERY_STEPS steps; None when the job fine-tunes on
+    no data."""
+    ft, splits = spec.finetune, state.splits
+    if splits is None or ft is None or ft.epochs == 0 or state.teacher is None:
+        return None
+    head = TensorDataset(*(t[: RECOVERY_STEPS * ft.batch_size] for t in splits.train.tensors))
+    short = replace(splits, train=head)
+    brief = ft.model_copy(update={"epochs": 1, "distill": True})
+
+    def judge(candidate: nn.Module) -> float:
+        student = copy.deepcopy(candidate)
+        finetune(student, state.teacher, short, brief, device=device, unpruned=state.unpruned)
+        return 1.0 - _score(*_quality(state, student, device), labeled=_has_labels(state))
+
+    return judge
 
 
 def _with_target(prune: PruneSpec, value: float) -> PruneSpec:
