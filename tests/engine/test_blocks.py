@@ -10,7 +10,7 @@ from torch import fx, nn
 from contract import PruneSpec, Target
 from tests.engine import models
 from tests.engine.tiny_nets import TinyMobileNet, TinyResNet, seeded
-from worker.engine.blocks import disjoint, find_blocks, remove_blocks
+from worker.engine.blocks import disjoint, find_blocks, remove_blocks, traced_for_blocks
 from worker.engine.latency import LatencyTable
 from worker.engine.latency_search import LatencyProbe
 from worker.engine.loaders import load_model
@@ -137,3 +137,45 @@ def test_a_pt2_upload_has_its_blocks_found_too(tiny_resnet_pt2: Path) -> None:
     remove_blocks(module, [block])
     with torch.no_grad():
         assert module(X).shape == (2, 10)
+
+
+def test_a_model_built_from_its_class_is_traced_for_its_blocks() -> None:
+    torch_model = seeded(TinyResNet).eval()
+    graph = traced_for_blocks(torch_model, (X,))
+    assert isinstance(graph, fx.GraphModule)
+    assert graph.get_submodule("layer1.conv1") is torch_model.layer1.conv1  # shared layers
+    [block] = find_blocks(graph, (X,))
+    assert all(name.startswith("layer1") for name in block.layers)
+    with torch.no_grad():
+        assert torch.equal(graph(X), torch_model(X))
+
+
+def test_a_trace_trains_after_its_blocks_are_removed() -> None:
+    """torchvision's blocks end in `out += identity` and an in-place ReLU: with a block
+    gone, that ReLU would overwrite the block before it's output, saved for backward."""
+    import torchvision
+
+    graph = traced_for_blocks(torchvision.models.resnet18(num_classes=3), (X,))
+    assert graph is not None
+    blocks = find_blocks(graph, (X,))
+    assert len(blocks) == 5  # the first of each stage but layer1 projects its shortcut
+    remove_blocks(graph, blocks[-1:])
+    graph.train()(X).sum().backward()
+
+
+def test_no_trace_where_it_cannot_serve() -> None:
+    class Branching(nn.Module):  # data-dependent control flow: symbolic tracing fails
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.conv(x) if x.sum() > 0 else x
+
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3))  # no shortcut
+    traced = fx.symbolic_trace(seeded(TinyResNet))  # a graph already
+    for module in (Branching(), plain, traced):
+        assert traced_for_blocks(module, (X,)) is None
+    resnet = seeded(TinyResNet)
+    protected = ["layer1.conv1"]  # the one block's layer: nothing left to remove
+    assert traced_for_blocks(resnet, (X,), protected) is None

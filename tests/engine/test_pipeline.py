@@ -353,6 +353,48 @@ def test_a_latency_target_that_removes_a_block_is_fine_tuned_and_exported(
     assert out.shape == (2, 10)
 
 
+@pytest.mark.slow
+def test_a_weights_upload_is_traced_so_a_latency_target_can_remove_its_blocks(
+    tiny_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torchvision's resnet18 built from its class has no graph; its trace has five
+    identity-shortcut blocks. The pruned model comes back as ONNX and .pt2 as usual."""
+    import torchvision
+    from safetensors.torch import save_file
+
+    from worker.engine import latency_search
+
+    choose = latency_search._choose
+
+    def prefer_blocks(finalists, goal):
+        removing = [c for c in finalists if "blocks removed" in c.label]
+        return removing[0] if removing else choose(finalists, goal)
+
+    monkeypatch.setattr(latency_search, "_choose", prefer_blocks)
+    weights = tmp_path / "resnet18.safetensors"
+    save_file(torchvision.models.resnet18(num_classes=3).state_dict(), str(weights))
+    spec = JobSpec(
+        prune=PruneSpec(target=Target(latency_reduction=0.3)),
+        finetune=FinetuneSpec(epochs=1),
+        benchmark=FAST_BENCH,
+    )
+    result = run_pipeline(
+        weights,
+        spec,
+        tmp_path / "out",
+        dataset_path=tiny_npz,
+        arch="torchvision:resnet18",
+        input_shape=list(SHAPE),
+    )
+    assert any("traced into an FX graph" in n for n in result.report.notes)
+    removed = [layer for layer in result.report.layers if layer.out_channels_after == 0]
+    assert removed and all(layer.name.startswith("layer") for layer in removed)
+    session = ort.InferenceSession(str(result.artifacts["model.onnx"]))
+    [out] = session.run(None, {session.get_inputs()[0].name: np.zeros(SHAPE, np.float32)})
+    assert out.shape == (1, 3)
+    assert result.artifacts["model.pt2"].stat().st_size > 0
+
+
 def test_sparsity_training_then_pruning_keeps_the_channel_statistics(
     tiny_onnx: Path, tiny_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -12,7 +12,8 @@ A block is `y = skip + branch(skip)` where the branch reads nothing but `skip` (
 the model's own weights), nothing outside the block reads the branch, and both sides
 have one shape. Removing it makes `y = skip`: a residual network is built so that each
 block only adds a correction. Blocks are found in FX graphs, which is what an ONNX or
-`.pt2` upload loads as; a plain `nn.Module` has no graph to edit and offers none.
+`.pt2` upload loads as; a model built from its class (a weights upload) is traced into
+one first (`traced_for_blocks`).
 """
 
 import operator
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
+
+from worker.engine.evaluate import output_tensors
 
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)
@@ -140,3 +143,66 @@ def disjoint(blocks: Iterable[Block]) -> list[Block]:
             taken.append(block)
             used |= block.nodes
     return taken
+
+
+@torch.no_grad()
+def traced_for_blocks(
+    module: nn.Module, inputs: Sequence[torch.Tensor], protected: Iterable[str] = ()
+) -> fx.GraphModule | None:
+    """`module` traced into an FX graph (`torch.fx.symbolic_trace`) when it is not one,
+    the trace computes the same outputs on `inputs` and it holds removable blocks; None
+    otherwise (a model with data-dependent control flow does not trace).
+
+    The trace shares the module's layers, under the same qualified names, and its
+    in-place operations are made out-of-place (see `_out_of_place`). What a module
+    decides by `self.training` outside its layers is fixed to eval mode: torchvision's
+    stochastic depth, for one, stays off while the pruned model is fine-tuned."""
+    if isinstance(module, fx.GraphModule):
+        return None
+    module.eval()
+    try:
+        expected = output_tensors(module(*inputs))
+        graph = fx.symbolic_trace(module)
+        _out_of_place(graph)
+        same = _same_outputs(expected, output_tensors(graph.eval()(*inputs)))
+    except Exception:  # whatever stops a trace (or runs it), the model keeps its class
+        return None
+    if not same or not find_blocks(graph, inputs, protected):
+        return None
+    return graph
+
+
+_OUT_OF_PLACE = {
+    operator.iadd: operator.add,
+    operator.isub: operator.sub,
+    operator.imul: operator.mul,
+    operator.itruediv: operator.truediv,
+}
+
+
+def _out_of_place(graph: fx.GraphModule) -> None:
+    """Make in-place operations out-of-place: once a block is removed, the in-place
+    activation that followed it (torchvision's `relu(out += identity)`) would overwrite
+    the previous block's output, which that block's activation saved for backward, and
+    fine-tuning would fail. The layers are shared with the traced model, which changes
+    with them (not in what it computes)."""
+    for layer in graph.modules():
+        if isinstance(getattr(layer, "inplace", None), bool):
+            layer.inplace = False
+    for node in graph.graph.nodes:
+        if node.op == "call_function" and node.target in _OUT_OF_PLACE:
+            node.target = _OUT_OF_PLACE[node.target]
+        elif node.op == "call_method" and str(node.target).endswith("_"):
+            plain = str(node.target)[:-1]
+            if not plain.startswith("_") and hasattr(torch.Tensor, plain):
+                node.target = plain
+        if node.kwargs.get("inplace") is True:
+            node.kwargs = {**node.kwargs, "inplace": False}
+    graph.recompile()
+
+
+def _same_outputs(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return len(a) == len(b) and all(
+        x.shape == y.shape and torch.allclose(x, y, rtol=1e-4, atol=1e-5)
+        for x, y in zip(a, b, strict=True)
+    )

@@ -24,6 +24,7 @@ from torch.utils.data import TensorDataset
 from contract import Fidelity, FinetuneSpec, HistoryPoint, JobSpec, PruneSpec, Report, Target
 from contract.stages import overall_progress
 from worker.engine import benchmark, report
+from worker.engine.blocks import traced_for_blocks
 from worker.engine.budget import ProbeResult, sampling_warning, search_strength
 from worker.engine.data import DatasetSplits, load_dataset
 from worker.engine.errors import EngineError, ExportFailed, JobCancelled, VerificationFailed
@@ -445,6 +446,7 @@ def _prune(state: _State, spec: JobSpec, device: str, t: _Tracker, cache_dir: Pa
     assert state.pre is not None and state.teacher is not None
     with t.stage("pruning"), tempfile.TemporaryDirectory(prefix="latency-") as workdir:
         if spec.prune.target.kind == "latency_reduction":
+            _trace_for_blocks(state, device)
             state.latency = _latency_probe(state, spec, device, Path(workdir), cache_dir)
         _scan_once(state, spec, device, t)
         prune = spec.prune
@@ -456,6 +458,21 @@ def _prune(state: _State, spec: JobSpec, device: str, t: _Tracker, cache_dir: Pa
         state.notes += state.pruned.notes
         state.target_figures.update(
             {k: v for k, v in state.pruned.achieved.items() if k.startswith("latency_")}
+        )
+
+
+def _trace_for_blocks(state: _State, device: str) -> None:
+    """A model built from its class (a weights upload) is pruned as its FX trace when
+    that holds residual blocks: a latency target can then remove them whole, as it can
+    in an ONNX or .pt2 upload's graph. The trace shares the model's layers."""
+    module = state.loaded.module.to(device)
+    example = tuple(x.to(device) for x in state.loaded.example_inputs())
+    graph = traced_for_blocks(module, example, _protected_names(state))
+    if graph is not None:
+        state.loaded.module = graph
+        state.notes.append(
+            "latency target: the model was traced into an FX graph (torch.fx) so that its "
+            "residual blocks can be removed whole"
         )
 
 
