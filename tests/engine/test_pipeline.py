@@ -324,6 +324,20 @@ def test_latency_target_on_the_real_runtime(tiny_onnx: Path, tmp_path: Path) -> 
     assert table.stat().st_size > 2
 
 
+def _make_block_removal_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first block-removing finalist wins the latency search, whatever this
+    machine's timings, and the short-distillation judge does not overrule it."""
+    from worker.engine import latency_search
+
+    def prefer_blocks(finalists, goal):
+        removing = [c for c in finalists if "blocks removed" in c.label]
+        assert removing, [c.label for c in finalists]
+        return removing[0]
+
+    monkeypatch.setattr(latency_search, "_choose", prefer_blocks)
+    monkeypatch.setattr(latency_search, "_recovered_choice", lambda _f, chosen, *_: chosen)
+
+
 @pytest.mark.slow
 def test_a_latency_target_that_removes_a_block_is_fine_tuned_and_exported(
     tiny_onnx: Path, tiny_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -331,15 +345,7 @@ def test_a_latency_target_that_removes_a_block_is_fine_tuned_and_exported(
     """The block-removing candidate is made to win whatever this machine's timings: the
     rest of the pipeline (fine-tuning with temporary norms, export, verification against
     PyTorch, the report) must take a model with layers gone."""
-    from worker.engine import latency_search
-
-    choose = latency_search._choose
-
-    def prefer_blocks(finalists, goal):
-        removing = [c for c in finalists if "blocks removed" in c.label]
-        return removing[0] if removing else choose(finalists, goal)
-
-    monkeypatch.setattr(latency_search, "_choose", prefer_blocks)
+    _make_block_removal_win(monkeypatch)
     spec = JobSpec(
         prune=PruneSpec(target=Target(latency_reduction=0.3)),
         finetune=FinetuneSpec(epochs=1),
@@ -362,15 +368,7 @@ def test_a_weights_upload_is_traced_so_a_latency_target_can_remove_its_blocks(
     import torchvision
     from safetensors.torch import save_file
 
-    from worker.engine import latency_search
-
-    choose = latency_search._choose
-
-    def prefer_blocks(finalists, goal):
-        removing = [c for c in finalists if "blocks removed" in c.label]
-        return removing[0] if removing else choose(finalists, goal)
-
-    monkeypatch.setattr(latency_search, "_choose", prefer_blocks)
+    _make_block_removal_win(monkeypatch)
     weights = tmp_path / "resnet18.safetensors"
     save_file(torchvision.models.resnet18(num_classes=3).state_dict(), str(weights))
     spec = JobSpec(
