@@ -24,7 +24,7 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from worker.engine.evaluate import output_tensors
+from worker.engine.evaluate import output_tensors, same_outputs
 
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)
@@ -164,7 +164,7 @@ def traced_for_blocks(
         expected = output_tensors(module(*inputs))
         graph = fx.symbolic_trace(module)
         _out_of_place(graph)
-        same = _same_outputs(expected, output_tensors(graph.eval()(*inputs)))
+        same = same_outputs(expected, output_tensors(graph.eval()(*inputs)))
     except Exception:  # whatever stops a trace (or runs it), the model keeps its class
         return None
     if not same or not find_blocks(graph, inputs, protected):
@@ -199,10 +199,3 @@ def _out_of_place(graph: fx.GraphModule) -> None:
         if node.kwargs.get("inplace") is True:
             node.kwargs = {**node.kwargs, "inplace": False}
     graph.recompile()
-
-
-def _same_outputs(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
-    return len(a) == len(b) and all(
-        x.shape == y.shape and torch.allclose(x, y, rtol=1e-4, atol=1e-5)
-        for x, y in zip(a, b, strict=True)
-    )

@@ -22,6 +22,15 @@ def output_tensors(out: Any) -> list[torch.Tensor]:
     return []
 
 
+def same_outputs(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> bool:
+    """Whether two lists of output tensors agree in number, shapes and values (float32
+    rounding allowed): what a rewrite of a model's graph must keep."""
+    return len(a) == len(b) and all(
+        x.shape == y.shape and torch.allclose(x, y, rtol=1e-4, atol=1e-5)
+        for x, y in zip(a, b, strict=True)
+    )
+
+
 def is_classification(output: torch.Tensor) -> bool:
     """A (batch, classes) output with several classes: treated as class scores."""
     return output.dim() == 2 and output.shape[1] > 1 and output.is_floating_point()

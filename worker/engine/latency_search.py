@@ -451,9 +451,9 @@ def prune_to_latency(
     finalists = []
     # Where each kind's knob starts: the last family's of the same kind, or, with blocks
     # removed, the share of what remains that keeps the aim.
-    starts = {"plain": aim, "latency": aim, **{label: knob for label, _, knob in by_blocks}}
+    starts = {"plain": aim, "channels": aim, **{label: knob for label, _, knob in by_blocks}}
     for i, (label, family) in enumerate(families):
-        kind = label if label in starts else "plain" if label.startswith("global") else "latency"
+        kind = label if label in starts else _kind(label)
         found, starts[kind] = _search_family(
             module, family, aim, label, probe, cancel, starts[kind]
         )

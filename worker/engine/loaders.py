@@ -31,6 +31,7 @@ from torch import fx, nn
 
 from contract import TensorInfo
 from worker.engine.errors import EngineError, UnsupportedModel
+from worker.engine.evaluate import same_outputs
 from worker.engine.sniff import sniff_format
 from worker.engine.types import LoadedModel
 
@@ -592,10 +593,7 @@ def _load_pt2(path: Path, given: list[tuple[int, ...]] | None) -> LoadedModel:
             code="unsupported_op",
         ) from exc
     after = _run(module, example, "the exported program (with layers)")
-    if len(after) != len(reference) or any(
-        a.shape != r.shape or not torch.allclose(a, r, rtol=1e-4, atol=1e-5)
-        for a, r in zip(after, reference, strict=True)
-    ):
+    if not same_outputs(after, reference):
         raise UnsupportedModel("re-expressing the exported program as layers changed its outputs")
     return LoadedModel(module, "pt2", inputs, outputs, shapes)
 
