@@ -201,3 +201,14 @@ def test_temporary_batchnorm_restores_the_original_channel_statistics(
     means = {k: v.mean(dim=(0, 2, 3)) for k, v in outputs.items()}
     assert torch.allclose(means["student"], means["teacher"][kept], atol=1e-3)
     fold_batchnorm(student, names)
+
+
+def test_with_a_teacher_the_loss_is_distillation_alone():
+    # Labels do not pull the student away from the original once there is a teacher.
+    from worker.engine.finetune import distillation_loss, task_loss
+
+    student, teacher = torch.randn(8, 10), torch.randn(8, 10)
+    wrong_labels = torch.zeros(8, dtype=torch.long)
+    loss = task_loss(student, teacher, wrong_labels)
+    assert torch.allclose(loss, distillation_loss(student, teacher))
+    assert not torch.allclose(task_loss(student, None, wrong_labels), loss)
