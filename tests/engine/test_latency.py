@@ -16,6 +16,7 @@ from tests.engine.tiny_nets import TinyMobileNet, TinyResNet, seeded
 from worker.engine import latency
 from worker.engine.latency import LatencyTable, LayerShape, layer_shape
 from worker.engine.latency_search import (
+    _CONFIRM_RUNS,
     LATENCY_SLACK,
     Candidate,
     LatencyProbe,
@@ -24,6 +25,7 @@ from worker.engine.latency_search import (
     _polish,
     _reaim,
     _recovered_choice,
+    _settle,
     _worth_reaiming,
 )
 from worker.engine.prune import prune_model
@@ -206,9 +208,38 @@ def test_a_winner_at_the_edge_of_the_band_is_corrected_towards_the_aim() -> None
     assert knobs == [pytest.approx(0.495)]
     assert chosen.label == "edge, corrected" and chosen.ratio == pytest.approx(0.495)
     assert finalists[-1] is chosen
-    # Already near the aim: nothing is built.
-    near = Candidate("near", lambda m: None, 0.492, nn.Identity(), 0.5, family, 0.492)
+    # Already near the aim, also when timed afresh: nothing is built.
+    near_module = nn.Identity()
+    near_module.knob = 0.492
+    near = Candidate("near", lambda m: None, 0.492, near_module, 0.5, family, 0.492)
     assert _polish(nn.Identity(), near, [near], *args) is near and len(knobs) == 1
+
+
+def test_a_winner_chosen_on_a_lucky_reading_is_timed_afresh_and_corrected() -> None:
+    """The winner read 0.495, on the aim, while the search chose it; timed afresh it runs
+    at 0.54 of the original's time. Its family's true ratio is its knob x 0.54 / 0.495."""
+    bias = 0.54 / 0.495
+    runs: list[list[str]] = []
+
+    def family(knob: float):
+        return (lambda module: setattr(module, "true", knob * bias)), True
+
+    def measure(candidates: dict[str, nn.Module]) -> dict[str, float]:
+        runs.append(sorted(candidates))
+        return {"original": 1.0, **{k: m.true for k, m in candidates.items()}}
+
+    lucky_module = nn.Identity()
+    lucky_module.true = 0.54
+    lucky = Candidate("lucky", lambda m: None, 0.495, lucky_module, 0.5, family, 0.495)
+    probe = LatencyProbe(table=LatencyTable(), measure=measure)
+    finalists = [lucky]
+    chosen = _polish(
+        nn.Identity(), lucky, finalists, 0.495, 0.5, probe, (torch.ones(1, 3),), lambda: False
+    )
+    assert runs[:_CONFIRM_RUNS] == [["lucky"]] * _CONFIRM_RUNS  # afresh, before anything else
+    assert lucky.ratio == pytest.approx(0.54)  # the lucky reading no longer counts
+    assert chosen.label == "lucky, corrected" and chosen.ratio == pytest.approx(0.495)
+    assert runs[-_CONFIRM_RUNS:] == [["lucky", "lucky, corrected"]] * _CONFIRM_RUNS
 
 
 def test_a_correction_that_lands_no_nearer_keeps_the_winner() -> None:
@@ -226,6 +257,38 @@ def test_a_correction_that_lands_no_nearer_keeps_the_winner() -> None:
         nn.Identity(), edge, [edge], 0.495, 0.5, probe, (torch.ones(1, 3),), lambda: False
     )
     assert chosen is edge and chosen.ratio == pytest.approx(0.476)
+
+
+def test_a_winner_off_target_when_timed_afresh_gives_way_to_the_next_finalist() -> None:
+    """The winner removed a block that alone saves more than asked: it read 0.495 while
+    chosen, runs at 0.43 whatever its knob, and no correction brings it back."""
+
+    def stuck(knob: float):
+        return (lambda module: setattr(module, "true", 0.43)), False
+
+    def measure(candidates: dict[str, nn.Module]) -> dict[str, float]:
+        return {"original": 1.0, **{k: m.true for k, m in candidates.items()}}
+
+    def module_at(true: float) -> nn.Module:
+        module = nn.Identity()
+        module.true = true
+        return module
+
+    blocks = Candidate("blocks", lambda m: None, 0.495, module_at(0.43), 0.5, stuck, 0.9)
+    blocks.recovered = 0.1
+    channels = Candidate("channels", lambda m: None, 0.5, module_at(0.497), 0.9)
+    plain = Candidate("plain", lambda m: None, 0.49, module_at(0.49), 1.2)
+    plain.recovered = 0.3
+    finalists = [blocks, channels, plain]
+    probe = LatencyProbe(table=LatencyTable(), measure=measure)
+    args = (0.495, 0.5, probe, (torch.ones(1, 3),), lambda: False)
+    chosen = _settle(nn.Identity(), blocks, finalists, *args)
+    # The judged one comes before the closer outputs of one that was not judged.
+    assert chosen is plain and plain.ratio == pytest.approx(0.49)
+    assert blocks.ratio == pytest.approx(0.43)
+    # Nothing else on target: the best of those timed afresh.
+    lone = Candidate("lone", lambda m: None, 0.495, module_at(0.43), 0.5, stuck, 0.9)
+    assert _settle(nn.Identity(), lone, [lone], *args) is lone
 
 
 def test_the_best_of_each_kind_is_judged_after_a_short_distillation() -> None:
