@@ -8,13 +8,14 @@ inputs), data-free through the pipeline:
   C  macs_reduction at the --curve strengths: with B and the original, a curve of
      (fidelity, speed-up) on which A is compared at equal fidelity
 
-then the original, A, B and C are timed interleaved in one onnxruntime call (CPU provider,
-and CUDA too when onnxruntime can use it). Fidelity is measured here, in onnxruntime, on
-FIDELITY_SAMPLES seeded standard-normal inputs, two ways: top-1 agreement with the
-original, and the cosine of all the logits with the original's (as the report's
-fidelity.cosine). Both are printed because a network with random weights has no
-redundancy to lose gracefully: its top-1 agreement falls to about zero after even mild
-pruning, whichever method prunes, and then says nothing; the cosine still falls smoothly.
+then the original, A, B and C are timed interleaved, in three fresh processes whose
+median counts (CPU provider, and CUDA too when onnxruntime can use it). Fidelity is
+measured here, in onnxruntime, on FIDELITY_SAMPLES seeded standard-normal inputs, two
+ways: top-1 agreement with the original, and the cosine of all the logits with the
+original's (as the report's fidelity.cosine). Both are printed because a network with
+random weights has no redundancy to lose gracefully: its top-1 agreement falls to about
+zero after even mild pruning, whichever method prunes, and then says nothing; the cosine
+still falls smoothly.
 
 With --trained, each model is first trained (on --device, a GPU where there is one) on a
 labelled task made here (digits in cluttered colour scenes, bench/_scenes.py) at
@@ -80,6 +81,7 @@ RATIO_TARGET = 1.3  # A's speed-up ÷ the MACs curve's at equal fidelity, depthw
 # --iterations for a fast model): a 1.2 ms mobilenet_v3_small at 128 px timed 200 calls
 # in a quarter of a second, and its ratio to the original read 0.47..0.54 between runs.
 TIMED_SECONDS = 4.0
+TIMING_RUNS = 3  # fresh processes timing every file of a model (see _time_all)
 
 
 @dataclass
@@ -225,15 +227,31 @@ def _measure_fidelity(
 def _time_all(
     original: Path, variants: list[Variant], iterations: int, threads: int, shape: tuple
 ) -> dict[str, dict[str, float]]:
-    """provider -> label -> p50 ms, from one interleaved benchmark_onnx call, made in a
-    fresh process. In this one, after the earlier models' pipelines, a small model ran
-    slower: mobilenet_v3_small's original timed 2.46 ms here after efficientnet_b0, where
-    its own latency search had timed it at 1.97 ms minutes before and a run of it alone
-    at 1.99 ms. A server runs a model in a process of its own."""
+    """provider -> label -> p50 ms, from TIMING_RUNS interleaved benchmark_onnx calls,
+    each made in a fresh process: each label's ratio to the original is the median of
+    its runs' ratios, and its p50 that ratio times the original's median p50.
+
+    In this process, after the earlier models' pipelines, a small model ran slower:
+    mobilenet_v3_small's original timed 2.46 ms here after efficientnet_b0, where its own
+    latency search had timed it at 1.97 ms minutes before and a run of it alone at 1.99 ms.
+    A server runs a model in a process of its own. And one process reads a ratio a few
+    percent off the next one's (a trained mobilenet_v2 at 128 px: 0.474 in one, where its
+    search had read 0.497 over four runs); the median of three is steadier."""
     files = {"original": original, **{v.label: v.onnx for v in variants if v.onnx is not None}}
     spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-        return pool.submit(_time_files, files, iterations, threads, shape).result()
+    runs = []
+    for _ in range(TIMING_RUNS):
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+            runs.append(pool.submit(_time_files, files, iterations, threads, shape).result())
+    by_provider: dict[str, dict[str, float]] = {}
+    for provider in runs[0]:
+        original_ms = float(np.median([run[provider]["original"] for run in runs]))
+        by_provider[provider] = {
+            label: original_ms
+            * float(np.median([run[provider][label] / run[provider]["original"] for run in runs]))
+            for label in files
+        }
+    return by_provider
 
 
 def _time_files(
@@ -393,7 +411,7 @@ def compare(name: str, args: argparse.Namespace, setup: Setup, work: Path) -> Ou
     reference = _measure_fidelity(original, variants, args.threads, setup)
     iterations = _iterations(b.result, args)
     timings = _time_all(original, variants, iterations, args.threads, setup.shape)
-    print(f"  timed {iterations} calls of each model, interleaved")
+    print(f"  timed {iterations} calls of each model, interleaved, in {TIMING_RUNS} runs")
     outcome = None
     for provider, p50 in timings.items():
         _print_table(variants, p50, provider, reference)
@@ -486,8 +504,8 @@ def _machine(threads: int, setup: Setup) -> None:
         )
     print(
         f"fidelity: {' / '.join(setup.metrics.values())} against the original's, "
-        f"onnxruntime CPU, on {inputs}; input {list(setup.shape)}; p50 of one interleaved "
-        "run per model"
+        f"onnxruntime CPU, on {inputs}; input {list(setup.shape)}; p50, median of "
+        f"{TIMING_RUNS} interleaved runs in fresh processes per model"
     )
 
 
