@@ -23,17 +23,32 @@ DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 JOB_TIMEOUT_MS = 240_000
 
-# Records every value the job page's progress bar shows, sampled every 25 ms, so the test
-# can tell the bar moved through intermediate values rather than jumping to the end.
+# Records every value the job page's live progress bar shows, so the test can tell the
+# bar moved through intermediate values rather than jumping to the end. A MutationObserver
+# records each value as it is set: sampled by a 25 ms timer, the final 100 was missed on
+# a loaded machine and the bar's last value read as 80.
 RECORD_PROGRESS = """
 window.__progressSeen = [];
-setInterval(() => {
-  const bar = document.querySelector('.live [role=progressbar]');
-  if (!bar) return;
+const record = (bar) => {
+  if (!bar.closest('.live')) return;
   const v = Number(bar.getAttribute('aria-valuenow'));
   const seen = window.__progressSeen;
   if (seen[seen.length - 1] !== v) seen.push(v);
-}, 25);
+};
+new MutationObserver((changes) => {
+  for (const change of changes) {
+    if (change.type === 'attributes') {
+      if (change.target.matches('[role=progressbar]')) record(change.target);
+      continue;
+    }
+    for (const node of change.addedNodes) {
+      if (node.nodeType !== Node.ELEMENT_NODE) continue;
+      const bar = '[role=progressbar]';
+      (node.matches(bar) ? [node] : node.querySelectorAll(bar)).forEach(record);
+    }
+  }
+}).observe(document, {subtree: true, childList: true, attributes: true,
+                      attributeFilter: ['aria-valuenow']});
 """
 
 
