@@ -21,6 +21,7 @@ from worker.engine.latency_search import (
     Candidate,
     LatencyProbe,
     _choose,
+    _Finish,
     _next_fraction,
     _polish,
     _reaim,
@@ -110,6 +111,11 @@ def _candidate(label: str, ratio: float, error: float) -> Candidate:
     return Candidate(label, lambda module: None, ratio, nn.Identity(), error)
 
 
+def _finish(finalists: list[Candidate], aim: float, probe: LatencyProbe) -> _Finish:
+    """The steps after the family searches, for a 0.5 target on a stand-in model."""
+    return _Finish(nn.Identity(), finalists, aim, 0.5, probe, (torch.ones(1, 3),), lambda: False)
+
+
 def test_choice_prefers_the_band_around_the_target_then_the_closest_outputs() -> None:
     goal = 0.5
     picks = [
@@ -173,17 +179,8 @@ def test_re_aiming_prunes_less_and_lands_on_target() -> None:
     overshot = Candidate("plain", lambda m: None, 0.3, nn.Identity(), 0.5, family, 0.3)
     on_target = _candidate("on target", 0.49, 2.0)
     probe = LatencyProbe(table=LatencyTable(), measure=measure)
-    chosen = _reaim(
-        nn.Identity(),
-        overshot,
-        on_target,
-        [on_target, overshot],
-        0.485,
-        0.5,
-        probe,
-        (torch.ones(1, 3),),
-        lambda: False,
-    )
+    finish = _finish([on_target, overshot], 0.485, probe)
+    chosen = _reaim(finish, overshot, on_target)
     assert knobs == [pytest.approx(0.485)]  # one proportional correction sufficed
     assert chosen.label == "plain, re-aimed" and chosen.ratio == pytest.approx(0.485)
 
@@ -203,8 +200,7 @@ def test_a_winner_at_the_edge_of_the_band_is_corrected_towards_the_aim() -> None
     edge = Candidate("edge", lambda m: None, 0.476, nn.Identity(), 0.5, family, 0.476)
     finalists = [edge]
     probe = LatencyProbe(table=LatencyTable(), measure=measure)
-    args = (0.495, 0.5, probe, (torch.ones(1, 3),), lambda: False)
-    chosen = _polish(nn.Identity(), edge, finalists, *args)
+    chosen = _polish(_finish(finalists, 0.495, probe), edge)
     assert knobs == [pytest.approx(0.495)]
     assert chosen.label == "edge, corrected" and chosen.ratio == pytest.approx(0.495)
     assert finalists[-1] is chosen
@@ -212,7 +208,7 @@ def test_a_winner_at_the_edge_of_the_band_is_corrected_towards_the_aim() -> None
     near_module = nn.Identity()
     near_module.knob = 0.492
     near = Candidate("near", lambda m: None, 0.492, near_module, 0.5, family, 0.492)
-    assert _polish(nn.Identity(), near, [near], *args) is near and len(knobs) == 1
+    assert _polish(_finish([near], 0.495, probe), near) is near and len(knobs) == 1
 
 
 def test_a_winner_chosen_on_a_lucky_reading_is_timed_afresh_and_corrected() -> None:
@@ -233,9 +229,7 @@ def test_a_winner_chosen_on_a_lucky_reading_is_timed_afresh_and_corrected() -> N
     lucky = Candidate("lucky", lambda m: None, 0.495, lucky_module, 0.5, family, 0.495)
     probe = LatencyProbe(table=LatencyTable(), measure=measure)
     finalists = [lucky]
-    chosen = _polish(
-        nn.Identity(), lucky, finalists, 0.495, 0.5, probe, (torch.ones(1, 3),), lambda: False
-    )
+    chosen = _polish(_finish(finalists, 0.495, probe), lucky)
     assert runs[:_CONFIRM_RUNS] == [["lucky"]] * _CONFIRM_RUNS  # afresh, before anything else
     assert lucky.ratio == pytest.approx(0.54)  # the lucky reading no longer counts
     assert chosen.label == "lucky, corrected" and chosen.ratio == pytest.approx(0.495)
@@ -253,9 +247,7 @@ def test_a_correction_that_lands_no_nearer_keeps_the_winner() -> None:
 
     edge = Candidate("edge", lambda m: None, 0.476, nn.Identity(), 0.5, family, 0.476)
     probe = LatencyProbe(table=LatencyTable(), measure=measure)
-    chosen = _polish(
-        nn.Identity(), edge, [edge], 0.495, 0.5, probe, (torch.ones(1, 3),), lambda: False
-    )
+    chosen = _polish(_finish([edge], 0.495, probe), edge)
     assert chosen is edge and chosen.ratio == pytest.approx(0.476)
 
 
@@ -281,14 +273,13 @@ def test_a_winner_off_target_when_timed_afresh_gives_way_to_the_next_finalist() 
     plain.recovered = 0.3
     finalists = [blocks, channels, plain]
     probe = LatencyProbe(table=LatencyTable(), measure=measure)
-    args = (0.495, 0.5, probe, (torch.ones(1, 3),), lambda: False)
-    chosen = _settle(nn.Identity(), blocks, finalists, *args)
+    chosen = _settle(_finish(finalists, 0.495, probe), blocks)
     # The judged one comes before the closer outputs of one that was not judged.
     assert chosen is plain and plain.ratio == pytest.approx(0.49)
     assert blocks.ratio == pytest.approx(0.43)
     # Nothing else on target: the best of those timed afresh.
     lone = Candidate("lone", lambda m: None, 0.495, module_at(0.43), 0.5, stuck, 0.9)
-    assert _settle(nn.Identity(), lone, [lone], *args) is lone
+    assert _settle(_finish([lone], 0.495, probe), lone) is lone
 
 
 def test_the_best_of_each_kind_is_judged_after_a_short_distillation() -> None:

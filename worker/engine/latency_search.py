@@ -123,6 +123,21 @@ class Candidate:
     recovered: float | None = None  # its error after a short distillation, when judged so
 
 
+@dataclass
+class _Finish:
+    """What the steps after the family searches share (re-aiming, polishing, settling on
+    a winner): the model, the finalists so far (to which they add), the aim and the
+    target as fractions of the original's time, and how to time and compare."""
+
+    module: nn.Module
+    finalists: list[Candidate]
+    aim: float
+    goal: float
+    probe: LatencyProbe
+    probes: Sequence[torch.Tensor]
+    cancel: Callable[[], bool]
+
+
 def _allocation_family(
     slots: list[Slot],
     cost: LayerCost,
@@ -478,11 +493,12 @@ def prune_to_latency(
         c.ratio = (c.ratio + times[c.label] / times["original"]) / 2
     _errors(module, finalists, probes)
     chosen = _choose(finalists, goal)
+    finish = _Finish(module, finalists, aim, goal, probe, probes, cancel)
     if overshot := _worth_reaiming(finalists, chosen, goal):
-        chosen = _reaim(module, overshot, chosen, finalists, aim, goal, probe, probes, cancel)
+        chosen = _reaim(finish, overshot, chosen)
     if probe.recover is not None:
         chosen = _recovered_choice(finalists, chosen, goal, probe.recover, cancel)
-    chosen = _settle(module, chosen, finalists, aim, goal, probe, probes, cancel)
+    chosen = _settle(finish, chosen)
     chosen.apply(module)
     notes.append(_summary(finalists, chosen, goal, probe.table))
     original_ms = times["original"]
@@ -508,30 +524,19 @@ def _worth_reaiming(finalists: list[Candidate], chosen: Candidate, goal: float) 
     return min(closer, key=lambda c: c.error) if closer else None
 
 
-def _reaim(
-    module: nn.Module,
-    overshot: Candidate,
-    chosen: Candidate,
-    finalists: list[Candidate],
-    aim: float,
-    goal: float,
-    probe: LatencyProbe,
-    probes: Sequence[torch.Tensor],
-    cancel: Callable[[], bool],
-) -> Candidate:
+def _reaim(f: _Finish, overshot: Candidate, chosen: Candidate) -> Candidate:
     """Search `overshot`'s family once more from a knob corrected towards the target, add
     what it finds to the finalists and choose again."""
     assert overshot.family is not None
-    start = min(1.0, overshot.knob * aim / max(overshot.ratio, 1e-6))
-    refined, _ = _search_family(
-        module, overshot.family, aim, f"{overshot.label}, re-aimed", probe, cancel, start
-    )
+    start = min(1.0, overshot.knob * f.aim / max(overshot.ratio, 1e-6))
+    label = f"{overshot.label}, re-aimed"
+    refined, _ = _search_family(f.module, overshot.family, f.aim, label, f.probe, f.cancel, start)
     if refined is None:
         return chosen
     # Its ratio is its own search's run alone; the others' the mean of two.
-    _errors(module, [refined], probes)
-    finalists.append(refined)
-    return _choose(finalists, goal)
+    _errors(f.module, [refined], f.probes)
+    f.finalists.append(refined)
+    return _choose(f.finalists, f.goal)
 
 
 def _kind(label: str) -> str:
@@ -565,57 +570,39 @@ def _recovered_choice(
     return min(contenders.values(), key=lambda c: c.recovered or 0.0)
 
 
-def _polish(
-    module: nn.Module,
-    chosen: Candidate,
-    finalists: list[Candidate],
-    aim: float,
-    goal: float,
-    probe: LatencyProbe,
-    probes: Sequence[torch.Tensor],
-    cancel: Callable[[], bool],
-) -> Candidate:
+def _polish(f: _Finish, chosen: Candidate) -> Candidate:
     """The chosen candidate timed afresh, and its family corrected once more towards the
     aim when the fresh reading is more than _POLISH off it; the nearer of the two wins.
 
     Both are then timed afresh side by side: a correction that reads nearer only by one
     run's noise does not replace the chosen, and neither ratio is one that chose it."""
-    _confirm([chosen], probe)
-    if chosen.family is None or abs(chosen.ratio - aim) <= _POLISH * goal:
+    _confirm([chosen], f.probe)
+    if chosen.family is None or abs(chosen.ratio - f.aim) <= _POLISH * f.goal:
         return chosen
     tried = [(chosen.knob, chosen.ratio)]
     refined, _ = _search_family(
-        module,
+        f.module,
         chosen.family,
-        aim,
+        f.aim,
         f"{chosen.label}, corrected",
-        probe,
-        cancel,
-        _next_fraction(tried, aim),
+        f.probe,
+        f.cancel,
+        _next_fraction(tried, f.aim),
         rounds=_POLISH_ROUNDS,
-        tolerance=_POLISH * goal,
+        tolerance=_POLISH * f.goal,
         tried=tried,
     )
     if refined is None or refined.knob == chosen.knob:
         return chosen
     confirmed = chosen.ratio
-    _confirm([refined, chosen], probe)
+    _confirm([refined, chosen], f.probe)
     chosen.ratio = (confirmed + chosen.ratio) / 2  # both confirmations, equal in runs
-    _errors(module, [refined], probes)
-    finalists.append(refined)
-    return refined if abs(refined.ratio - aim) < abs(chosen.ratio - aim) else chosen
+    _errors(f.module, [refined], f.probes)
+    f.finalists.append(refined)
+    return refined if abs(refined.ratio - f.aim) < abs(chosen.ratio - f.aim) else chosen
 
 
-def _settle(
-    module: nn.Module,
-    chosen: Candidate,
-    finalists: list[Candidate],
-    aim: float,
-    goal: float,
-    probe: LatencyProbe,
-    probes: Sequence[torch.Tensor],
-    cancel: Callable[[], bool],
-) -> Candidate:
+def _settle(f: _Finish, chosen: Candidate) -> Candidate:
     """The chosen candidate, timed afresh and polished; when it is still off target, the
     next finalist on target in the same order of preference (the lowest error after a
     short distillation where judged so, else _choose's), at most _SETTLE_TRIES in all.
@@ -627,16 +614,20 @@ def _settle(
     settled: list[Candidate] = []
     candidate = chosen
     for _ in range(_SETTLE_TRIES):
-        polished = _polish(module, candidate, finalists, aim, goal, probe, probes, cancel)
+        polished = _polish(f, candidate)
         settled += [c for c in (candidate, polished) if all(c is not t for t in settled)]
-        if _tier(polished, goal) == 0:
+        if _tier(polished, f.goal) == 0:
             return polished
-        rest = [c for c in finalists if _tier(c, goal) == 0 and all(c is not t for t in settled)]
+        rest = [
+            c for c in f.finalists if _tier(c, f.goal) == 0 and all(c is not t for t in settled)
+        ]
         if not rest:
             break
         judged = [c for c in rest if c.recovered is not None]
-        candidate = min(judged, key=lambda c: c.recovered or 0.0) if judged else _choose(rest, goal)
-    return _choose(settled, goal)
+        candidate = (
+            min(judged, key=lambda c: c.recovered or 0.0) if judged else _choose(rest, f.goal)
+        )
+    return _choose(settled, f.goal)
 
 
 def _confirm(candidates: Sequence[Candidate], probe: LatencyProbe) -> None:
