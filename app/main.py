@@ -22,9 +22,10 @@ from app.core.errors import install_error_handlers
 from app.core.ratelimit import TokenBucketLimiter
 from app.dashboard import router as dashboard_router
 from app.db.session import init_db, make_engine, make_sessionmaker, session_scope
-from app.inspector import Inspector
+from app.inspector import Inspector, PoolLimits
 from app.metrics import ApiMetrics, MetricsMiddleware
 from app.queue import JobQueue
+from app.sandbox import Sandbox, describe
 from app.storage import make_store
 from app.uploads import remove_stale_uploads
 
@@ -56,6 +57,17 @@ def _sync_keys(factory: sessionmaker[Session], settings: Settings) -> None:
             sync_settings_keys(session, keys)
 
 
+def _make_inspector(settings: Settings) -> Inspector:
+    sandbox = Sandbox.from_settings(settings)
+    log.log(logging.WARNING if sandbox.insecure else logging.INFO, "%s", describe(sandbox))
+    pool = PoolLimits(concurrency=settings.inspect_concurrency,
+                      per_tenant=settings.inspect_per_tenant,
+                      max_waiting=settings.inspect_max_waiting,
+                      memory_total_bytes=settings.inspect_memory_total_bytes)
+    return Inspector(sandbox=sandbox, scratch_root=settings.data_dir / "scratch",
+                     timeout_s=settings.inspect_timeout_s, pool=pool)
+
+
 def _init_state(app: FastAPI, settings: Settings) -> None:
     tmp = settings.data_dir / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -70,8 +82,7 @@ def _init_state(app: FastAPI, settings: Settings) -> None:
     app.state.sessionmaker = factory
     app.state.store = make_store(settings)
     app.state.queue = JobQueue(settings.resolved_broker_url)
-    app.state.inspector = Inspector(timeout_s=settings.inspect_timeout_s,
-                                    max_memory_bytes=settings.inspect_memory_bytes)
+    app.state.inspector = _make_inspector(settings)
     app.state.limiter = TokenBucketLimiter(settings.rate_limit_per_minute)
     app.state.metrics = ApiMetrics()
 

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test suite needs when they are missing.
+# Installs the Debian packages the service and its tests need when they are missing.
 set -euo pipefail
 need=()
 [ -x /usr/bin/chromium ] || need+=(chromium)
+# The sandbox that untrusted models run in: bubblewrap, prlimit/setpriv, libseccomp.
+command -v bwrap >/dev/null || need+=(bubblewrap)
+command -v setpriv >/dev/null && command -v prlimit >/dev/null || need+=(util-linux)
+ls /usr/lib/*/libseccomp.so.2 >/dev/null 2>&1 || need+=(libseccomp2)
 command -v redis-server >/dev/null || need+=(redis-server)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null; then

@@ -10,6 +10,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+KiB = 1024
+MiB = 1024**2
 GiB = 1024**3
 
 
@@ -42,14 +44,51 @@ class Settings(BaseSettings):
     max_concurrent_jobs_per_tenant: int = 16
     # An upload that sends nothing for this long is dropped with 408 (slow clients).
     upload_idle_timeout_s: float = 60.0
+    # After its first upload_idle_timeout_s, an upload arriving slower than this on average
+    # is dropped with 408: a byte a second would otherwise hold a connection for weeks.
+    upload_min_bytes_per_s: int = 16 * KiB
+    # Seconds a client may take to send a request's headers (from its first byte, or from
+    # the connection's start); past it the connection gets 408 and is closed.
+    header_timeout_s: float = 20.0
+    # Seconds a client may take to send a (small, JSON) request body, all of it.
+    body_timeout_s: float = 30.0
+
+    # Fairness between tenants. Open `GET /v1/jobs/{id}/events` streams per tenant (per
+    # API process); more answer 429 `too_many_streams`.
+    max_event_streams_per_tenant: int = 8
+    # Bytes of live models and datasets a tenant may keep; 0 = unlimited.
+    tenant_storage_quota_bytes: int = 20 * GiB
+    # Below this much free space on the data disk, /readyz answers 503 and uploads and job
+    # submissions 507, before the disk is so full that SQLite or a write fails half-way.
+    min_free_disk_bytes: int = 256 * MiB
+    # Failed authentications per client address per minute before that address gets 429
+    # (only keys it has not already proven valid); 0 = no throttle.
+    auth_failures_per_minute: int = 20
+    # Bearer key for GET /metrics (operators, never a tenant). Empty = loopback clients only.
+    metrics_key: str = ""
 
     # Job execution
     job_soft_time_limit_s: int = 6 * 3600
     job_hard_time_limit_s: int = 6 * 3600 + 300
     max_attempts: int = 3
-    # Seconds the model inspector child may run, and its address-space cap.
+    # Seconds an upload's inspector child may run.
     inspect_timeout_s: int = 300
-    inspect_memory_bytes: int = 16 * GiB
+    # Inspector children running at once, and at most this many for one tenant; further
+    # uploads wait (at most inspect_max_waiting of one tenant; beyond that, 429).
+    inspect_concurrency: int = 2
+    inspect_per_tenant: int = 1
+    inspect_max_waiting: int = 8
+    # Private memory of all inspector children together (each gets its share).
+    inspect_memory_total_bytes: int = 4 * GiB
+    # Private memory of a job's sandboxed engine process.
+    job_memory_bytes: int = 16 * GiB
+
+    # Untrusted models are parsed, converted and pruned in a bubblewrap sandbox as this
+    # unprivileged user (when the service runs as root). Where the sandbox cannot be set
+    # up, uploads and jobs are refused, unless this insecure flag is set (logged loudly).
+    sandbox_uid: int = 65534
+    sandbox_gid: int = 65534
+    insecure_no_sandbox: bool = False
 
     @cached_property
     def resolved_database_url(self) -> str:

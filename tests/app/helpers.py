@@ -59,14 +59,14 @@ class FakeInspector:
             format="npz", num_samples=10, sample_shape=[3, 8, 8], num_classes=4, labeled=True)
         self.calls: list[tuple[str, Path, dict[str, Any]]] = []
 
-    def model(self, path: Path, **kwargs: Any) -> ModelInfo:
+    async def model(self, path: Path, *, tenant: str, **kwargs: Any) -> ModelInfo:
         assert path.is_file()  # the upload is complete on disk when inspected
         self.calls.append(("model", path, kwargs))
         if isinstance(self.model_result, Exception):
             raise self.model_result
         return self.model_result
 
-    def dataset(self, path: Path) -> DatasetInfo:
+    async def dataset(self, path: Path, *, tenant: str) -> DatasetInfo:
         assert path.is_file()
         self.calls.append(("dataset", path, {}))
         if isinstance(self.dataset_result, Exception):

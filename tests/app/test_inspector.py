@@ -1,15 +1,18 @@
 """The child-process inspector: results, refusals, crashes, garbage and hangs."""
 
+import asyncio
 import json
 import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from app.core.errors import Unprocessable
 from app.inspector import Inspector
+from app.sandbox import Sandbox
 from tests.app.helpers import AUTH_A, assert_problem, upload_model
 
 OK_INFO = {
@@ -29,8 +32,14 @@ def _fake(tmp_path: Path, body: str, timeout_s: float = 20) -> Inspector:
         from pathlib import Path
         Path(__file__).with_suffix(".argv").write_text(json.dumps(sys.argv[1:]))
     """) + textwrap.dedent(body))
-    return Inspector(timeout_s=timeout_s, max_memory_bytes=123456,
-                     command=[sys.executable, str(script)])
+    # The fake script lives outside the sandbox's view: run it without one (the sandbox
+    # itself is tested in tests/security/test_sandbox.py).
+    return Inspector(sandbox=Sandbox(insecure=True), scratch_root=tmp_path / "scratch",
+                     timeout_s=timeout_s, command=[sys.executable, str(script)])
+
+
+def _inspect(inspector: Inspector, path: Path, **kwargs: Any) -> Any:
+    return asyncio.run(inspector.model(path, tenant="t", **kwargs))
 
 
 def _argv(tmp_path: Path) -> list[str]:
@@ -40,11 +49,11 @@ def _argv(tmp_path: Path) -> list[str]:
 def test_ok_result_and_arguments(tmp_path):
     info = json.dumps({"ok": True, "info": OK_INFO})
     inspector = _fake(tmp_path, f"print('warning: noisy native lib')\nprint({info!r})\n")
-    result = inspector.model(tmp_path / "m.onnx", arch="timm:resnet18", input_shape=[1, 3, 8, 8])
+    result = _inspect(inspector, tmp_path / "m.onnx", arch="timm:resnet18",
+                      input_shape=[1, 3, 8, 8])
     assert result.stats.macs == 6912 and result.input_shape == [1, 3, 8, 8]
     assert _argv(tmp_path) == ["model", str(tmp_path / "m.onnx"), "--arch", "timm:resnet18",
-                               "--input-shape", "1,3,8,8", "--max-memory-bytes", "123456",
-                               "--max-cpu-s", "20"]
+                               "--input-shape", "1,3,8,8"]
 
 
 def test_refusal_passes_code_and_message(tmp_path):
@@ -53,7 +62,7 @@ def test_refusal_passes_code_and_message(tmp_path):
         sys.exit(2)
     """)
     with pytest.raises(Unprocessable) as err:
-        inspector.model(tmp_path / "m")
+        _inspect(inspector, tmp_path / "m")
     assert (err.value.code, err.value.detail, err.value.status) == \
         ("unsafe_format", "pickled module", 422)
 
@@ -67,13 +76,13 @@ def test_refusal_passes_code_and_message(tmp_path):
 ])
 def test_crash_garbage_or_bad_info_is_invalid_model(tmp_path, body):
     with pytest.raises(Unprocessable) as err:
-        _fake(tmp_path, body).model(tmp_path / "m")
+        _inspect(_fake(tmp_path, body), tmp_path / "m")
     assert err.value.code == "invalid_model"
 
 
 def test_dataset_failures_use_invalid_dataset(tmp_path):
     with pytest.raises(Unprocessable) as err:
-        _fake(tmp_path, "os.abort()").dataset(tmp_path / "d.npz")
+        asyncio.run(_fake(tmp_path, "os.abort()").dataset(tmp_path / "d.npz", tenant="t"))
     assert err.value.code == "invalid_dataset"
     assert _argv(tmp_path)[:2] == ["dataset", str(tmp_path / "d.npz")]
 
@@ -82,7 +91,7 @@ def test_hang_is_killed_at_the_timeout(tmp_path):
     inspector = _fake(tmp_path, "time.sleep(60)", timeout_s=1)
     start = time.monotonic()
     with pytest.raises(Unprocessable) as err:
-        inspector.model(tmp_path / "m")
+        _inspect(inspector, tmp_path / "m")
     assert time.monotonic() - start < 10
     assert err.value.code == "invalid_model" and "timed out" in err.value.detail
 

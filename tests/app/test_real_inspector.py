@@ -9,6 +9,7 @@ import pytest
 
 from app.core.config import Settings
 from app.inspector import Inspector
+from app.sandbox import Sandbox
 from tests.app.helpers import (
     AUTH_A,
     assert_problem,
@@ -23,7 +24,9 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("worker.engine.inspect"
 
 @pytest.fixture
 def real(app, settings: Settings):
-    app.state.inspector = Inspector(timeout_s=120, max_memory_bytes=settings.inspect_memory_bytes)
+    app.state.inspector = Inspector(sandbox=Sandbox.from_settings(settings),
+                                    scratch_root=settings.data_dir / "scratch",
+                                    timeout_s=120)
     return app
 
 

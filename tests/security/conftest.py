@@ -24,6 +24,6 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         max_dataset_bytes=str(MAX_DATASET_BYTES),
         upload_idle_timeout_s=str(IDLE_TIMEOUT_S),
         inspect_timeout_s=str(INSPECT_TIMEOUT_S),
-        inspect_memory_bytes=str(8 << 30),
+        inspect_memory_total_bytes=str(8 << 30),
     ) as svc:
         yield svc

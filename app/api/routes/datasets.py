@@ -45,7 +45,7 @@ async def upload_dataset(
                                  fields={"name"},
                                  idle_timeout_s=settings.upload_idle_timeout_s)
     with scratch_upload(tmp, saved):
-        info = await run_in_threadpool(inspector.dataset, tmp)
+        info = await inspector.dataset(tmp, tenant=tenant)
         row = Dataset(
             id=dataset_id, tenant=tenant,
             name=display_name(saved.fields.get("name"), saved.filename, dataset_id),

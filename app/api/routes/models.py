@@ -61,8 +61,7 @@ async def upload_model(
     with scratch_upload(tmp, saved):
         arch = parse_arch(saved.fields.get("arch"))
         input_shape = parse_input_shape(saved.fields.get("input_shape"))
-        info = await run_in_threadpool(inspector.model, tmp, arch=arch,
-                                       input_shape=input_shape)
+        info = await inspector.model(tmp, tenant=tenant, arch=arch, input_shape=input_shape)
         row = Model(
             id=model_id, tenant=tenant,
             name=display_name(saved.fields.get("name"), saved.filename, model_id),
