@@ -19,6 +19,7 @@ from app.api.schemas import JobCreate, JobOut, JobStatus, Page, as_utc
 from app.core import ids
 from app.core.errors import Conflict, NotFound, TooManyRequests, Unprocessable
 from app.db.jobstate import TERMINAL, append_event, request_cancel, status_payload
+from app.db.locks import lock_tenant
 from app.db.models import Artifact, Dataset, Job, Model, utcnow
 from app.storage import KeyNotFound
 from contract import JobSpec, Report
@@ -80,6 +81,8 @@ def _check_dataset_fits(model: Model, dataset: Dataset) -> None:
 
 
 def _check_capacity(session: Session, tenant: str, cap: int) -> None:
+    """429 `too_many_jobs` at the cap. Correct only under `lock_tenant`, held until the
+    new job is committed: concurrent submits would otherwise all count the same rows."""
     active = session.scalar(
         select(func.count()).select_from(Job).where(
             Job.tenant == tenant, Job.status.in_(("queued", "running")))
@@ -108,6 +111,9 @@ def create_job(
     """Validate, record the job as `queued`, then hand its id to the workers."""
     spec = body.spec()
     request_hash = _request_hash(body, spec)
+    # First, before any write: the tenant's submits take turns from the count of its
+    # active jobs to the commit of the new one (and an Idempotency-Key's replay check).
+    lock_tenant(session, tenant)
     if idempotency_key and (job := _replay(session, tenant, idempotency_key, request_hash)):
         return _job_response(job, 200)
     model = find_model(session, tenant, body.model_id)
