@@ -12,6 +12,9 @@ from fastapi.responses import FileResponse
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
+# Longest path and file name under static/ worth looking up (our names are short).
+MAX_PATH = 1024
+MAX_NAME = 255
 # The files change with each release, not per request: let browsers revalidate cheaply.
 _CACHE = {"Cache-Control": "no-cache"}
 
@@ -34,8 +37,14 @@ def static_file(path: str) -> FileResponse:
 
 
 def resolve_static(path: str) -> Path | None:
-    """Map a URL path onto a file inside `STATIC_DIR`, or None (missing, a folder, or `..`)."""
-    target = (STATIC_DIR / path).resolve()
-    if not target.is_relative_to(STATIC_DIR) or not target.is_file():
+    """Map a URL path onto a file inside `STATIC_DIR`, or None (missing, a folder, `..`,
+    or a name no file of ours has: a NUL byte, an over-long name)."""
+    if "\x00" in path or len(path) > MAX_PATH or any(len(p) > MAX_NAME for p in path.split("/")):
+        return None  # the filesystem would raise, not answer "no such file"
+    try:
+        target = (STATIC_DIR / path).resolve()
+        if not target.is_relative_to(STATIC_DIR) or not target.is_file():
+            return None
+    except (OSError, ValueError):  # e.g. a name the filesystem refuses
         return None
     return target
