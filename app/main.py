@@ -16,10 +16,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.api.bodylimit import BodyLimitMiddleware
 from app.api.openapi import install_openapi
 from app.api.routes import artifacts, datasets, events, jobs, models, ops
-from app.core.auth import sync_settings_keys
+from app.core.auth import KeyCache, sync_settings_keys
 from app.core.config import Settings
+from app.core.disk import DiskGuardMiddleware, install_disk_full_handlers
 from app.core.errors import install_error_handlers
-from app.core.ratelimit import TokenBucketLimiter
+from app.core.httpproto import configure_header_timeout
+from app.core.pools import Pools
+from app.core.ratelimit import FailureThrottle, TenantSlots, TokenBucketLimiter
+from app.core.timeouts import BodyTimeoutMiddleware
 from app.dashboard import router as dashboard_router
 from app.db.session import init_db, make_engine, make_sessionmaker, session_scope
 from app.inspector import Inspector, PoolLimits
@@ -36,12 +40,17 @@ a smaller, faster, verified ONNX model. Every `/v1` route needs `Authorization: 
 errors are RFC 9457 `application/problem+json` with a stable `code`."""
 # A partial upload older than this belongs to a process that died mid-upload.
 STALE_UPLOAD_S = 24 * 3600
+# Routes whose bodies are uploads, streamed and bounded by the routes themselves.
+UPLOAD_PATHS = frozenset({"/v1/models", "/v1/datasets"})
+# Routes that create things, refused with 507 while the data disk is nearly full.
+CREATE_PATHS = UPLOAD_PATHS | {"/v1/jobs"}
 
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
     app.state.queue.close()
+    app.state.pools.shutdown()
     app.state.engine.dispose()
 
 
@@ -85,6 +94,12 @@ def _init_state(app: FastAPI, settings: Settings) -> None:
     app.state.inspector = _make_inspector(settings)
     app.state.limiter = TokenBucketLimiter(settings.rate_limit_per_minute)
     app.state.metrics = ApiMetrics()
+    app.state.pools = Pools()
+    app.state.key_cache = KeyCache()
+    app.state.auth_throttle = FailureThrottle(settings.auth_failures_per_minute)
+    app.state.stream_slots = TenantSlots(settings.max_event_streams_per_tenant)
+    # The HTTP protocol reads its header deadline from here (see app.core.httpproto).
+    configure_header_timeout(settings.header_timeout_s)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -94,8 +109,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   lifespan=_lifespan)
     _init_state(app, settings)
     install_error_handlers(app)
-    # Uploads cap their own (much larger) bodies while streaming them to disk.
-    app.add_middleware(BodyLimitMiddleware, exempt=frozenset({"/v1/models", "/v1/datasets"}))
+    install_disk_full_handlers(app)
+    # Uploads cap their own (much larger) bodies while streaming them to disk. Each
+    # middleware added wraps the ones before it: the metrics see every answer, the disk
+    # guard refuses before a body is read, the body deadline covers the body limit's reads.
+    app.add_middleware(BodyLimitMiddleware, exempt=UPLOAD_PATHS)
+    app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.body_timeout_s,
+                       exempt=UPLOAD_PATHS)
+    app.add_middleware(DiskGuardMiddleware, data_dir=settings.data_dir,
+                       min_free_bytes=settings.min_free_disk_bytes, paths=CREATE_PATHS)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     for module in (models, datasets, jobs, events, artifacts, ops):
         app.include_router(module.router)

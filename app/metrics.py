@@ -42,6 +42,17 @@ class ApiMetrics:
             "secateurs_jobs", "Jobs in the job store by status", ["status"],
             registry=self.registry,
         )
+        # Totals over all tenants: per-tenant figures would tell one tenant about others
+        # if the metrics ever leaked, and explode the label space.
+        self.event_streams = Gauge(
+            "secateurs_event_streams_open", "Open job event streams (this process)",
+            registry=self.registry,
+        )
+        self.db_connections = Gauge(
+            "secateurs_db_connections_in_use",
+            "Job-store connections checked out of this process's pool",
+            registry=self.registry,
+        )
 
     def refresh_jobs(self, session: Session) -> None:
         """Set the jobs gauge from the job store (the source of truth), all tenants."""
@@ -49,6 +60,13 @@ class ApiMetrics:
         counts = {str(status): int(n) for status, n in rows}
         for status in JOB_STATUSES:
             self.jobs.labels(status=status).set(counts.get(status, 0))
+
+    def refresh_process(self, state: Any) -> None:
+        """Set the gauges read from this process's state (`app.state`)."""
+        self.event_streams.set(state.stream_slots.total())
+        checked_out = getattr(state.engine.pool, "checkedout", None)
+        if checked_out is not None:
+            self.db_connections.set(checked_out())
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

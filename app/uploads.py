@@ -10,7 +10,6 @@ an unlocked `*.upload` file is known to belong to a process that died mid-upload
 """
 
 import asyncio
-import errno
 import fcntl
 import hashlib
 import os
@@ -22,9 +21,20 @@ from typing import IO, Any
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.requests import ClientDisconnect, Request
 
-from app.core.errors import ApiError, InsufficientStorage, PayloadTooLarge, ValidationFailed
+from app.core.disk import NO_SPACE_ERRNOS
+from app.core.errors import (
+    ApiError,
+    InsufficientStorage,
+    PayloadTooLarge,
+    StorageQuotaExceeded,
+    ValidationFailed,
+)
+from app.db.models import Dataset, Model
+from app.db.quota import insert_if_fits
+from app.storage import ArtifactStore
 
 # Room for the multipart framing and the small text fields around the file.
 FORM_OVERHEAD_BYTES = 1024 * 1024
@@ -32,8 +42,6 @@ MAX_FIELD_BYTES = 16 * 1024
 FILE_FIELD = "file"
 # A client that sends nothing for this long is dropped (slow-loris uploads hold a worker).
 DEFAULT_IDLE_TIMEOUT_S = 60.0
-# errno values that mean "no room to write": the disk, a quota, or a file-size limit.
-_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 @dataclass
@@ -68,9 +76,11 @@ def _locked_create(dest: Path) -> tuple[IO[bytes], int]:
 class _FormSink:
     """Multipart parser callbacks: the file part goes to disk, small fields to memory."""
 
-    def __init__(self, dest: Path, max_file_bytes: int, fields: set[str]) -> None:
+    def __init__(self, dest: Path, max_file_bytes: int, fields: set[str],
+                 quota_left_bytes: int | None = None) -> None:
         self.dest = dest
         self.max_file_bytes = max_file_bytes
+        self.quota_left_bytes = quota_left_bytes
         self.allowed = fields
         self.fields: dict[str, str] = {}
         self.filename: str | None = None
@@ -129,6 +139,8 @@ class _FormSink:
             self.size += len(chunk)
             if self.size > self.max_file_bytes:
                 raise PayloadTooLarge(f"the file is larger than {self.max_file_bytes} bytes")
+            if self.quota_left_bytes is not None and self.size > self.quota_left_bytes:
+                raise quota_exceeded(self.quota_left_bytes)
             # Plain blocking writes: chunks are small and land in the page cache.
             self._fh.write(chunk)
             self.hasher.update(chunk)
@@ -164,10 +176,21 @@ def _boundary(request: Request) -> bytes:
     return boundary
 
 
-def _check_declared_length(request: Request, limit: int) -> None:
+def quota_exceeded(left: int) -> StorageQuotaExceeded:
+    return StorageQuotaExceeded(
+        f"the upload does not fit in the {left} bytes left of your storage quota; delete "
+        "models or datasets you no longer need")
+
+
+def _check_declared_length(request: Request, limit: int, quota_left_bytes: int | None) -> None:
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if not declared or not declared.isdigit():
+        return
+    if int(declared) > limit:
         raise PayloadTooLarge(f"the request is larger than {limit} bytes")
+    # The form fields and framing around the file take less than FORM_OVERHEAD_BYTES.
+    if quota_left_bytes is not None and int(declared) > quota_left_bytes + FORM_OVERHEAD_BYTES:
+        raise quota_exceeded(quota_left_bytes)
 
 
 async def _chunks(request: Request, idle_timeout_s: float) -> AsyncIterator[bytes]:
@@ -184,13 +207,24 @@ async def _chunks(request: Request, idle_timeout_s: float) -> AsyncIterator[byte
         yield chunk
 
 
+def _check_rate(received: int, elapsed_s: float, grace_s: float, min_bytes_per_s: int) -> None:
+    """408 when, past its first `grace_s`, the body arrives slower than `min_bytes_per_s`
+    on average: trickling a byte now and then must not hold a connection for weeks."""
+    if min_bytes_per_s > 0 and elapsed_s > grace_s and received < min_bytes_per_s * elapsed_s:
+        raise ApiError(f"the upload arrives at {received / elapsed_s:.0f} bytes/s, slower than "
+                       f"the {min_bytes_per_s} bytes/s this server accepts", status=408,
+                       code="request_timeout")
+
+
 async def _parse_body(request: Request, parser: MultipartParser, body_limit: int,
-                      idle_timeout_s: float) -> None:
+                      idle_timeout_s: float, min_bytes_per_s: int) -> None:
     received = 0
+    started = time.monotonic()
     async for chunk in _chunks(request, idle_timeout_s):
         received += len(chunk)
         if received > body_limit:
             raise PayloadTooLarge(f"the request is larger than {body_limit} bytes")
+        _check_rate(received, time.monotonic() - started, idle_timeout_s, min_bytes_per_s)
         parser.write(chunk)
     parser.finalize()
 
@@ -209,7 +243,7 @@ def _translate(exc: BaseException) -> BaseException:
 
 def is_out_of_space(exc: BaseException) -> bool:
     """True for a write refused for lack of room (full disk, quota, file-size limit)."""
-    return isinstance(exc, OSError) and exc.errno in _NO_SPACE
+    return isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS
 
 
 async def receive_upload(
@@ -219,20 +253,24 @@ async def receive_upload(
     max_file_bytes: int,
     fields: set[str],
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+    min_bytes_per_s: int = 0,
+    quota_left_bytes: int | None = None,
 ) -> SavedUpload:
     """Stream the multipart body of `request` into `dest` (the `file` part) and collect the
-    text `fields`. Raises PayloadTooLarge (413) past `max_file_bytes`, ValidationFailed
+    text `fields`. Raises PayloadTooLarge (413) past `max_file_bytes`,
+    StorageQuotaExceeded (413) past `quota_left_bytes` (None: no quota), ValidationFailed
     (422) for a missing file or unknown fields, 408 when the client stalls for
-    `idle_timeout_s`, 507 when the disk is full; `dest` never survives a failure. The
-    returned upload holds `dest`'s ownership lock until `release()`."""
+    `idle_timeout_s` or, after that long, sends slower than `min_bytes_per_s` on average,
+    507 when the disk is full; `dest` never survives a failure. The returned upload holds
+    `dest`'s ownership lock until `release()`."""
     boundary = _boundary(request)
     body_limit = max_file_bytes + FORM_OVERHEAD_BYTES
-    _check_declared_length(request, body_limit)
+    _check_declared_length(request, body_limit, quota_left_bytes)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    sink = _FormSink(dest, max_file_bytes, fields)
+    sink = _FormSink(dest, max_file_bytes, fields, quota_left_bytes)
     parser = MultipartParser(boundary, sink.callbacks())
     try:
-        await _parse_body(request, parser, body_limit, idle_timeout_s)
+        await _parse_body(request, parser, body_limit, idle_timeout_s, min_bytes_per_s)
         if not sink.got_file:
             raise ValidationFailed(FILE_FIELD, "field required")
         sink.close()
@@ -278,3 +316,17 @@ def remove_stale_uploads(directory: Path, older_than_s: float) -> int:
         except FileNotFoundError:
             continue  # removed by another process meanwhile
     return removed
+
+
+def commit_upload_row(factory: sessionmaker[Session], store: ArtifactStore,
+                      row: Model | Dataset, quota_bytes: int) -> None:
+    """Commit the row of an already-stored upload within its tenant's storage quota
+    (413 `storage_quota_exceeded` otherwise); on refusal or failure remove the stored
+    file, so nothing is left without a row."""
+    try:
+        left = insert_if_fits(factory, row, quota_bytes)
+        if left is not None:
+            raise quota_exceeded(left)
+    except BaseException:
+        store.delete(row.storage_key)
+        raise

@@ -79,11 +79,22 @@ def _print_key_banner(key: str, settings: Settings) -> None:
     )
 
 
+# uvicorn's HTTP protocol with a deadline on reading request headers (slow clients), as
+# an import string so that `--workers N` children load it too.
+HTTP_PROTOCOL = "app.core.httpproto:TimedHttpToolsProtocol"
+# Seconds an idle keep-alive connection stays open between requests.
+KEEP_ALIVE_S = 5
+# Bytes of request line and headers one request may send (h11; httptools has its own).
+MAX_HEADER_BYTES = 16 * 1024
+
+
 def _run_api(settings: Settings, workers: int = 1) -> None:
     import uvicorn
 
     uvicorn.run("app.main:create_app", factory=True, host=settings.host, port=settings.port,
-                workers=workers, log_level="info", proxy_headers=True)
+                workers=workers, log_level="info", proxy_headers=True, http=HTTP_PROTOCOL,
+                timeout_keep_alive=KEEP_ALIVE_S,
+                h11_max_incomplete_event_size=MAX_HEADER_BYTES)
 
 
 def _start_worker_process() -> subprocess.Popen[bytes]:

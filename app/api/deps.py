@@ -5,12 +5,13 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from app.core.auth import tenant_for_key
+from app.core.auth import KeyCache, tenant_for_key
 from app.core.config import Settings
 from app.core.errors import TooManyRequests, Unauthorized
-from app.core.ratelimit import TokenBucketLimiter
+from app.core.pools import run_in
+from app.core.ratelimit import FailureThrottle, TokenBucketLimiter
 from app.inspector import Inspector
 from app.metrics import ApiMetrics
 from app.queue import JobQueue
@@ -49,21 +50,54 @@ def get_metrics(request: Request) -> ApiMetrics:
     return request.app.state.metrics  # type: ignore[no-any-return]
 
 
-def get_tenant(
+def client_address(request: Request) -> str:
+    """The client's address (the proxy's `X-Forwarded-For` when uvicorn trusts it)."""
+    return request.client.host if request.client else "unknown"
+
+
+def _lookup(factory: sessionmaker[Session], key: str) -> str | None:
+    with factory() as session:
+        return tenant_for_key(session, key)
+
+
+async def get_tenant(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
-    """Authenticate the API key and charge the tenant's rate limit."""
+    """Authenticate the API key and charge the tenant's rate limit.
+
+    Async, with recently validated keys cached and lookups on a pool of their own: it must
+    never wait behind the blocking work of other requests (uploads, streams). An address
+    that keeps presenting wrong keys gets 429 without a lookup, except for keys already
+    proven valid, so clients sharing its address (NAT) keep working."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized()
-    with request.app.state.sessionmaker() as session:
-        tenant = tenant_for_key(session, credentials.credentials)
+    state = request.app.state
+    cache: KeyCache = state.key_cache
+    key = credentials.credentials
+    tenant = cache.get(key)
     if tenant is None:
-        raise Unauthorized()
-    limiter: TokenBucketLimiter = request.app.state.limiter
+        tenant = await _authenticate(request, key)
+        cache.put(key, tenant)
+    limiter: TokenBucketLimiter = state.limiter
     wait = limiter.acquire(tenant)
     if wait > 0:
         raise TooManyRequests("request rate limit exceeded", retry_after_s=wait)
+    return tenant
+
+
+async def _authenticate(request: Request, key: str) -> str:
+    state = request.app.state
+    throttle: FailureThrottle = state.auth_throttle
+    address = client_address(request)
+    wait = throttle.blocked_for(address)
+    if wait > 0:
+        raise TooManyRequests("too many failed authentications from this address",
+                              retry_after_s=wait, code="too_many_auth_failures")
+    tenant = await run_in(state.pools.auth, _lookup, state.sessionmaker, key) if key else None
+    if tenant is None:
+        throttle.record_failure(address)
+        raise Unauthorized()
     return tenant
 
 

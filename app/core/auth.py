@@ -7,6 +7,9 @@ request is authenticated by one indexed lookup of the key's hash.
 
 import hashlib
 import secrets
+import threading
+import time
+from collections.abc import Callable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -49,3 +52,32 @@ def tenant_for_key(session: Session, key: str) -> str | None:
     if not key:
         return None
     return session.scalar(select(ApiKey.tenant).where(ApiKey.key_hash == hash_key(key)))
+
+
+class KeyCache:
+    """Recently validated keys (by hash) -> tenant, for `ttl_s` seconds.
+
+    Authentication runs on every request; with the cache a busy client costs one database
+    lookup per `ttl_s` instead of one per request, and keeps working while the database is
+    busy. Only valid keys are cached, so the cache holds at most one entry per key."""
+
+    def __init__(self, ttl_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._entries: dict[str, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> str | None:
+        digest = hash_key(key)
+        with self._lock:
+            entry = self._entries.get(digest)
+            if entry is None:
+                return None
+            if entry[1] <= self._clock():
+                del self._entries[digest]
+                return None
+            return entry[0]
+
+    def put(self, key: str, tenant: str) -> None:
+        with self._lock:
+            self._entries[hash_key(key)] = (tenant, self._clock() + self.ttl_s)

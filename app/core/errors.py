@@ -86,6 +86,13 @@ class TooManyRequests(ApiError):
         super().__init__(detail, code=code, headers={"Retry-After": str(seconds)})
 
 
+class StorageQuotaExceeded(PayloadTooLarge):
+    """The tenant's own storage quota, not the server, has no room for the upload: 413, a
+    client-side condition (deleting models or datasets frees room; retrying does not)."""
+
+    code = "storage_quota_exceeded"
+
+
 class InsufficientStorage(ApiError):
     """The disk (or its quota) is full: nothing wrong with the request, retry later."""
 
@@ -161,7 +168,7 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return problem_response(422, "validation_error", detail, extra={"errors": errors})
 
 
-async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     # Logged in full for operators; the client only learns that it was our fault.
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response(500, "internal_error", "internal server error")
@@ -172,4 +179,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(Exception, _unexpected_error)
+    app.add_exception_handler(Exception, unexpected_error)

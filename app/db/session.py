@@ -12,7 +12,11 @@ from app.db.models import Base
 def make_engine(url: str) -> Engine:
     """Create the engine; SQLite gets WAL and a busy timeout so API and worker can share it."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # More connections than threads that may want one at once (Starlette's 40 plus the
+        # API's own small pools), so no request waits for a connection (pool_timeout) just
+        # because others hold theirs; SQLite connections are cheap.
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               pool_size=10, max_overflow=50)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]

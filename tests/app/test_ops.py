@@ -40,12 +40,14 @@ def test_real_queue_client_enqueue_reports_failure_without_raising():
     assert queue.enqueue("job_x") is False
 
 
-def test_metrics_count_requests_jobs_and_upload_bytes(client):
+def test_metrics_count_requests_jobs_and_upload_bytes(client, app):
+    # Metrics cover every tenant: they answer only to the operator's key.
+    app.state.settings.metrics_key = "operator-key"
     model_id = upload_model(client, b"m" * 1234).json()["id"]
     client.post("/v1/jobs", headers=AUTH_A, json={"model_id": model_id})
     client.get(f"/v1/models/{model_id}", headers=AUTH_A)
     client.get("/v1/models/mdl_missing", headers=AUTH_A)
-    resp = client.get("/metrics")
+    resp = client.get("/metrics", headers={"Authorization": "Bearer operator-key"})
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("text/plain")
     text = resp.text

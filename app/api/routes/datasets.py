@@ -4,19 +4,20 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import func, select
-from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import DbSession, InspectorDep, MetricsDep, SettingsDep, Store, Tenant
 from app.api.lookups import find_dataset
 from app.api.openapi import multipart_body, problem_responses
 from app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate
 from app.api.schemas import DatasetOut, Page
-from app.api.uploads_common import display_name, insert_upload_row, scratch_upload
+from app.api.uploads_common import display_name, scratch_upload
 from app.core import ids
 from app.core.errors import Conflict
+from app.core.pools import run_in
 from app.db.models import Dataset, Job, utcnow
+from app.db.quota import quota_left
 from app.storage import dataset_key
-from app.uploads import receive_upload
+from app.uploads import commit_upload_row, quota_exceeded, receive_upload
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"],
                    responses=problem_responses(401, 404, 422, 429))
@@ -41,9 +42,17 @@ async def upload_dataset(
     """Stream the file to disk, check it in a child process, then store it."""
     dataset_id = ids.new_id(ids.DATASET)
     tmp = settings.data_dir / "tmp" / f"{dataset_id}.upload"
+    factory = request.app.state.sessionmaker
+    pool = request.app.state.pools.uploads
+    quota = settings.tenant_storage_quota_bytes
+    left = await run_in(pool, quota_left, factory, tenant, quota)
+    if left is not None and left <= 0:
+        raise quota_exceeded(0)
     saved = await receive_upload(request, tmp, max_file_bytes=settings.max_dataset_bytes,
                                  fields={"name"},
-                                 idle_timeout_s=settings.upload_idle_timeout_s)
+                                 idle_timeout_s=settings.upload_idle_timeout_s,
+                                 min_bytes_per_s=settings.upload_min_bytes_per_s,
+                                 quota_left_bytes=left)
     with scratch_upload(tmp, saved):
         info = await inspector.dataset(tmp, tenant=tenant)
         row = Dataset(
@@ -54,8 +63,9 @@ async def upload_dataset(
             sample_shape=list(info.sample_shape), num_classes=info.num_classes,
             labeled=info.labeled, created_at=utcnow(),
         )
-        await run_in_threadpool(store.put_file, row.storage_key, tmp, move=True)
-    await run_in_threadpool(insert_upload_row, request.app.state.sessionmaker, store, row)
+        await run_in(pool, store.put_file, row.storage_key, tmp, move=True)
+    # The quota again, atomically: concurrent uploads each fitted the room left above.
+    await run_in(pool, commit_upload_row, factory, store, row, quota)
     metrics.upload_bytes.labels(kind="dataset").inc(saved.size_bytes)
     return DatasetOut.from_row(row)
 

@@ -3,22 +3,31 @@
 The stream replays the `job_events` table (the event id is the row id, so a client that
 reconnects with `Last-Event-ID` misses nothing) and polls it for new rows until the job's
 terminal status event has been sent.
+
+A stream lives as long as its job, so it holds no database connection while it waits:
+each poll opens a short session on the events pool (`app.core.pools`), which also bounds
+the connections all streams use together. Each tenant may keep
+`max_event_streams_per_tenant` streams open (per API process); more answer 429.
 """
 
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette import EventSourceResponse, ServerSentEvent
-from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
-from app.api.deps import DbSession, Tenant
+from app.api.deps import Tenant
 from app.api.lookups import find_job
 from app.api.openapi import problem_responses
+from app.core.errors import TooManyRequests
+from app.core.pools import run_in
+from app.core.ratelimit import TenantSlots
 from app.db.jobstate import TERMINAL, status_payload
 from app.db.models import Job, JobEvent
 
@@ -27,6 +36,28 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"],
 
 POLL_INTERVAL_S = 0.3
 BATCH = 500
+# A client over its stream cap waits for one of its streams to end; jobs take minutes.
+TOO_MANY_STREAMS_RETRY_S = 10
+
+
+class _SlotStreamResponse(EventSourceResponse):
+    """An event stream that gives its tenant's slot back when it ends, however it ends
+    (the job finished, the client left, or an error)."""
+
+    def __init__(self, *args: Any, slots: TenantSlots, tenant: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots, self._tenant = slots, tenant
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._slots.release(self._tenant)
+
+
+def _check_job(factory: sessionmaker[Session], tenant: str, job_id: str) -> None:
+    with factory() as session:
+        find_job(session, tenant, job_id)
 
 
 def _snapshot(factory: sessionmaker[Session], job_id: str) -> tuple[dict[str, Any], int]:
@@ -58,9 +89,10 @@ def _event(kind: str, data: dict[str, Any], event_id: int | None) -> ServerSentE
 
 
 async def _stream(
-    request: Request, factory: sessionmaker[Session], job_id: str, last_event_id: int | None
+    request: Request, pool: ThreadPoolExecutor, job_id: str, last_event_id: int | None
 ) -> AsyncIterator[ServerSentEvent]:
-    snapshot, newest = await run_in_threadpool(_snapshot, factory, job_id)
+    factory = request.app.state.sessionmaker
+    snapshot, newest = await run_in(pool, _snapshot, factory, job_id)
     # The snapshot carries the newest event id so that resuming from it skips nothing;
     # when the client is already resuming, it carries none and the replay follows.
     yield _event("status", snapshot, None if last_event_id is not None else newest)
@@ -68,7 +100,7 @@ async def _stream(
         return
     cursor = last_event_id if last_event_id is not None else newest
     while True:
-        rows, status = await run_in_threadpool(_events_after, factory, job_id, cursor)
+        rows, status = await run_in(pool, _events_after, factory, job_id, cursor)
         for event_id, kind, data in rows:
             cursor = event_id
             yield _event(kind, data, event_id)
@@ -90,14 +122,19 @@ async def _stream(
                      "description": "`status` and `progress` events, ids resumable with "
                                     "Last-Event-ID; ends after the terminal status"}},
 )
-def job_events(
+async def job_events(
     job_id: str,
     request: Request,
     tenant: Tenant,
-    session: DbSession,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> EventSourceResponse:
-    find_job(session, tenant, job_id)  # 404 before the stream starts
+    pool = request.app.state.pools.events
+    await run_in(pool, _check_job, request.app.state.sessionmaker, tenant, job_id)  # 404 first
     resume = int(last_event_id) if last_event_id and last_event_id.isdigit() else None
-    factory = request.app.state.sessionmaker
-    return EventSourceResponse(_stream(request, factory, job_id, resume), ping=15)
+    slots: TenantSlots = request.app.state.stream_slots
+    if not slots.acquire(tenant):
+        raise TooManyRequests(f"{slots.limit} event streams are already open for this tenant; "
+                              "close one or poll GET /v1/jobs/{id}",
+                              retry_after_s=TOO_MANY_STREAMS_RETRY_S, code="too_many_streams")
+    return _SlotStreamResponse(_stream(request, pool, job_id, resume), ping=15,
+                               slots=slots, tenant=tenant)

@@ -4,7 +4,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import func, select
-from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import DbSession, InspectorDep, MetricsDep, SettingsDep, Store, Tenant
 from app.api.downloads import stream_object
@@ -14,16 +13,17 @@ from app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate
 from app.api.schemas import ModelOut, Page
 from app.api.uploads_common import (
     display_name,
-    insert_upload_row,
     parse_arch,
     parse_input_shape,
     scratch_upload,
 )
 from app.core import ids
 from app.core.errors import Conflict
+from app.core.pools import run_in
 from app.db.models import Job, Model, utcnow
+from app.db.quota import quota_left
 from app.storage import model_key
-from app.uploads import receive_upload
+from app.uploads import commit_upload_row, quota_exceeded, receive_upload
 
 router = APIRouter(prefix="/v1/models", tags=["models"],
                    responses=problem_responses(401, 404, 422, 429))
@@ -55,9 +55,17 @@ async def upload_model(
     """Stream the file to disk, inspect it in a child process, then store it."""
     model_id = ids.new_id(ids.MODEL)
     tmp = settings.data_dir / "tmp" / f"{model_id}.upload"
+    factory = request.app.state.sessionmaker
+    pool = request.app.state.pools.uploads
+    quota = settings.tenant_storage_quota_bytes
+    left = await run_in(pool, quota_left, factory, tenant, quota)
+    if left is not None and left <= 0:
+        raise quota_exceeded(0)
     saved = await receive_upload(request, tmp, max_file_bytes=settings.max_model_bytes,
                                  fields={"arch", "input_shape", "name"},
-                                 idle_timeout_s=settings.upload_idle_timeout_s)
+                                 idle_timeout_s=settings.upload_idle_timeout_s,
+                                 min_bytes_per_s=settings.upload_min_bytes_per_s,
+                                 quota_left_bytes=left)
     with scratch_upload(tmp, saved):
         arch = parse_arch(saved.fields.get("arch"))
         input_shape = parse_input_shape(saved.fields.get("input_shape"))
@@ -72,8 +80,9 @@ async def upload_model(
             outputs=[t.model_dump(mode="json") for t in info.outputs],
             stats=info.stats.model_dump(mode="json"), created_at=utcnow(),
         )
-        await run_in_threadpool(store.put_file, row.storage_key, tmp, move=True)
-    await run_in_threadpool(insert_upload_row, request.app.state.sessionmaker, store, row)
+        await run_in(pool, store.put_file, row.storage_key, tmp, move=True)
+    # The quota again, atomically: concurrent uploads each fitted the room left above.
+    await run_in(pool, commit_upload_row, factory, store, row, quota)
     metrics.upload_bytes.labels(kind="model").inc(saved.size_bytes)
     return ModelOut.from_row(row)
 
