@@ -228,12 +228,18 @@ def _call_engine(ctx: RunContext, job_id: str, attempts: int, inputs: _Inputs,
         arch=model.arch,
         input_shape=tuple(model.input_shape) if model.input_shape else None,
         device=ctx.device(),
-        # Per-layer latency timings of this machine, reused by later latency-target jobs.
-        cache_dir=ctx.settings.data_dir / "cache",
+        # Per-layer latency timings of this machine, reused by the tenant's later
+        # latency-target jobs (per tenant: a job's timings never steer another tenant's).
+        cache_dir=tenant_cache_dir(ctx.settings, model.tenant),
         on_progress=ProgressWriter(ctx.sessions, job_id, min_interval_s=ctx.progress_interval_s),
         should_cancel=CancelCheck(ctx.sessions, job_id, worker=ctx.worker, attempts=attempts,
                                   min_interval_s=ctx.cancel_interval_s),
     )
+
+
+def tenant_cache_dir(settings: Settings, tenant: str) -> Path:
+    """The tenant's latency cache, under a name built from a hash (never the tenant's text)."""
+    return settings.data_dir / "cache" / hashlib.sha256(tenant.encode()).hexdigest()[:24]
 
 
 def file_digest(path: Path) -> tuple[int, str]:

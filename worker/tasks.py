@@ -6,16 +6,15 @@ the task: an engine or socket opened in the parent would be shared across the fo
 
 import logging
 import os
-import threading
-from typing import Any
 
 from celery import Task
-from celery.signals import worker_process_init, worker_process_shutdown
 
 from app.db.session import make_engine, make_sessionmaker
+from app.sandbox import Limits, Sandbox, describe
 from app.storage import make_store
 from worker import runner
 from worker.celery_app import TASK_NAME, celery_app, settings
+from worker.sandboxed import SandboxedPipeline
 from worker.sweeper import ensure_tables
 
 log = logging.getLogger(__name__)
@@ -26,6 +25,16 @@ MAX_TRANSIENT_RETRIES = 10
 _context: tuple[int, runner.RunContext] | None = None
 
 
+def sandboxed_pipeline() -> SandboxedPipeline:
+    """The engine run of each job, in a sandbox with this worker's GPUs and limits. The
+    sandbox picks the device (this process never imports torch)."""
+    sandbox = Sandbox.from_settings(settings, gpu=True)
+    log.log(logging.WARNING if sandbox.insecure else logging.INFO, "%s", describe(sandbox))
+    limits = Limits(memory_bytes=settings.job_memory_bytes, processes=4096,
+                    open_files=4096, file_bytes=64 << 30, tmpfs_bytes=1 << 30)
+    return SandboxedPipeline(sandbox, limits)
+
+
 def run_context() -> runner.RunContext:
     """The context of this process, built on first use (and again after a fork)."""
     global _context
@@ -33,39 +42,10 @@ def run_context() -> runner.RunContext:
         engine = make_engine(settings.resolved_database_url)
         ensure_tables(engine)
         ctx = runner.RunContext(settings=settings, sessions=make_sessionmaker(engine),
-                                store=make_store(settings))
+                                store=make_store(settings), pipeline=sandboxed_pipeline(),
+                                device=lambda: "auto")
         _context = (os.getpid(), ctx)
     return _context[1]
-
-
-def _import_engine() -> None:
-    try:
-        import worker.engine.pipeline  # noqa: F401
-    except Exception:  # noqa: BLE001 - the task imports it again and reports the failure
-        log.exception("importing the engine failed")
-
-
-_warm_up_thread: threading.Thread | None = None
-
-
-@worker_process_init.connect(weak=False)
-def _warm_up(**_: Any) -> None:
-    """Import torch and the engine in each new pool child, in the background, while it
-    waits for a job. With one job per child this takes seconds off every job; a job that
-    arrives meanwhile simply waits on the import lock. (Importing torch creates no CUDA
-    context, and the parent never runs this.)"""
-    global _warm_up_thread
-    _warm_up_thread = threading.Thread(target=_import_engine, name="engine-import",
-                                       daemon=True)
-    _warm_up_thread.start()
-
-
-@worker_process_shutdown.connect(weak=False)
-def _exit_during_warm_up(**_: Any) -> None:
-    # A child told to stop while still importing has no job and nothing to flush;
-    # interpreter shutdown could otherwise wait on the half-done native import.
-    if _warm_up_thread is not None and _warm_up_thread.is_alive():
-        os._exit(0)
 
 
 @celery_app.task(name=TASK_NAME, bind=True, max_retries=MAX_TRANSIENT_RETRIES)
