@@ -18,6 +18,8 @@ from sqlalchemy.orm import Session
 from app.db import jobstate
 from app.db.models import Job, utcnow
 
+LOST_RACE = "claimed by another delivery"
+
 
 @dataclass(frozen=True)
 class Claim:
@@ -107,7 +109,7 @@ def _take(session: Session, job: Job, *, worker: str) -> Claim:
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
-        return Claim("skip", previous_attempts, "claimed by another delivery")
+        return Claim("skip", previous_attempts, LOST_RACE)
     session.refresh(job)
     if job.started_at is None:
         job.started_at = now

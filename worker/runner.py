@@ -30,7 +30,7 @@ from app.db.models import Artifact, Dataset, Job, Model
 from app.db.session import session_scope
 from app.storage import ArtifactStore, KeyNotFound, StoreError, artifact_key
 from contract import JobSpec
-from worker import claim
+from worker import claim, fair
 from worker.engine.errors import EngineError, JobCancelled
 from worker.progress import CancelCheck, Heartbeat, ProgressWriter
 
@@ -58,6 +58,8 @@ class RetryLater(Exception):
     def __init__(self, message: str, countdown_s: float) -> None:
         super().__init__(message)
         self.countdown_s = countdown_s
+        # The job that was run (a message's turn may run another tenant's job first).
+        self.job_id: str | None = None
 
 
 class _Fatal(Exception):
@@ -107,8 +109,31 @@ class _Inputs:
 
 
 def run_job(job_id: str, ctx: RunContext) -> str:
-    """Run `job_id` once. Returns the outcome (`succeeded`, `failed`, `cancelled`, `skip`,
-    `busy`, `missing`); raises `RetryLater` on a transient failure."""
+    """Take a turn for `job_id`'s message: run `job_id`, or the queued job that fair share
+    between tenants puts first (`worker.fair`). Returns the outcome (`succeeded`, `failed`,
+    `cancelled`, `skip`, `busy`, `missing`); raises `RetryLater` on a transient failure."""
+    for candidate in _turn_order(ctx, job_id):
+        outcome = _claim_and_run(candidate, ctx)
+        if outcome != "lost":
+            return outcome
+    return "skip"
+
+
+def _turn_order(ctx: RunContext, job_id: str) -> list[str]:
+    """`job_id` alone while it is running (a redelivery after a crash resumes it, or finds
+    it alive elsewhere) or unknown; otherwise the queued jobs in fair order."""
+    with session_scope(ctx.sessions) as session:
+        job = session.get(Job, job_id)
+        if job is None or job.status == "running":
+            return [job_id]
+        order = fair.queued_in_fair_order(session)
+    if order and order[0] != job_id:
+        log.info("job %s's turn runs %s (fair share between tenants)", job_id, order[0])
+    return order or [job_id]
+
+
+def _claim_and_run(job_id: str, ctx: RunContext) -> str:
+    """Claim and run one job; `lost` when another delivery claimed it first."""
     with session_scope(ctx.sessions) as session:
         got = claim.claim_job(session, job_id, worker=ctx.worker,
                               max_attempts=ctx.settings.max_attempts, lease_s=ctx.lease_s,
@@ -118,11 +143,15 @@ def run_job(job_id: str, ctx: RunContext) -> str:
             return "failed"
     if got.outcome != "claimed":
         log.info("job %s not run: %s", job_id, got.reason)
-        return got.outcome
+        return "lost" if got.reason == claim.LOST_RACE else got.outcome
     log.info("job %s: attempt %d on %s", job_id, got.attempts, ctx.worker)
     with Heartbeat(ctx.sessions, job_id, worker=ctx.worker, attempts=got.attempts,
                    interval_s=ctx.heartbeat_s):
-        return _run_claimed(job_id, got.attempts, ctx)
+        try:
+            return _run_claimed(job_id, got.attempts, ctx)
+        except RetryLater as exc:
+            exc.job_id = job_id
+            raise
 
 
 def _fail_unclaimable(session: Session, job_id: str, got: claim.Claim) -> None:

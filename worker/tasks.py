@@ -55,7 +55,7 @@ def run_job(self: Task, job_id: str) -> str:
     try:
         return runner.run_job(job_id, ctx)
     except runner.RetryLater as exc:
-        if runner.requeue(ctx, job_id, str(exc)):
+        if runner.requeue(ctx, exc.job_id or job_id, str(exc)):
             log.warning("job %s: %s; retrying in %.0f s", job_id, exc, exc.countdown_s)
             raise self.retry(countdown=exc.countdown_s) from exc
         return "failed"
