@@ -1,6 +1,8 @@
 # One image for the API and the worker: `docker run IMAGE api`, `docker run IMAGE worker --gpu 0`,
 # or `docker run IMAGE serve` for everything in one container.
 # The CUDA runtime base gives the worker the driver-facing libraries; the API ignores them.
+# Uploaded models are parsed and pruned in a bubblewrap sandbox (user namespaces: see the
+# `security_opt` of docker-compose.yml); the service itself runs as an unprivileged user.
 ARG CUDA_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04
 
 FROM ${CUDA_IMAGE} AS base
@@ -11,6 +13,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3.11 python3.11-venv ca-certificates tini \
+    bubblewrap util-linux libseccomp2 \
  && rm -rf /var/lib/apt/lists/*
 
 # Build stage: the virtual environment with the project and its pinned dependencies.

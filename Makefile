@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint bench install system-deps services clean
+.PHONY: serve test lint bench install system-deps sandbox-deps services clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -17,12 +17,16 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-serve: $(STAMP)
+serve: $(STAMP) sandbox-deps
 	$(BIN)/secateurs serve
 
-# Debian packages the browser tests need (Chromium); installs only when missing.
+# Debian packages the sandbox for uploaded models needs (bubblewrap, util-linux,
+# libseccomp2) and those the browser tests need (Chromium); installs only when missing.
 system-deps:
 	@bash scripts/system-deps.sh
+
+sandbox-deps:
+	@bash scripts/system-deps.sh sandbox
 
 # Start PostgreSQL and Redis when they are not running (the e2e tests need both).
 services:

@@ -204,10 +204,24 @@ def _namespace_args() -> list[str]:
             "--unshare-cgroup-try", "--die-with-parent", "--new-session",
             "--hostname", "sandbox"]
     if os.geteuid() != 0:
-        # Unprivileged: bubblewrap needs a user namespace for the mounts; nested ones are
-        # refused inside.
-        args += ["--unshare-user", "--disable-userns", "--cap-drop", "ALL"]
+        # Unprivileged: bubblewrap needs a user namespace for the mounts. Nested ones are
+        # refused by the seccomp filter, and by bubblewrap too where it can (0.8+).
+        args += ["--unshare-user", "--cap-drop", "ALL"]
+        if _bwrap_version() >= (0, 8):
+            args.append("--disable-userns")
     return args
+
+
+@cache
+def _bwrap_version(bwrap: str = "bwrap") -> tuple[int, ...]:
+    """bubblewrap's version (0, 0) when unknown: some options are newer than Debian 12's."""
+    try:
+        text = subprocess.run([bwrap, "--version"], capture_output=True, text=True,
+                              timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return (0, 0)
+    numbers = text.strip().rpartition(" ")[2].split(".")
+    return tuple(int(n) for n in numbers if n.isdigit()) or (0, 0)
 
 
 def _mount_args(scratch: Path, readonly: Iterable[tuple[Path, Path]],
@@ -219,7 +233,9 @@ def _mount_args(scratch: Path, readonly: Iterable[tuple[Path, Path]],
         args += ["--ro-bind", str(source), str(source)]
     for source, dest in readonly:
         args += ["--ro-bind", str(source), str(dest)]
-    tmpfs = ["--size", str(limits.tmpfs_bytes), "--tmpfs"]
+    # A size for the in-memory directories where bubblewrap can set one (0.8+).
+    tmpfs = (["--size", str(limits.tmpfs_bytes), "--tmpfs"] if _bwrap_version() >= (0, 8)
+             else ["--tmpfs"])
     args += ["--proc", "/proc", "--dev", "/dev", *tmpfs, "/tmp", *tmpfs, "/dev/shm",
              "--bind", str(scratch), str(SCRATCH)]
     return [*_parent_dirs(args), *args]

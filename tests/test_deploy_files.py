@@ -93,3 +93,13 @@ def test_dockerfile_is_cuda_runtime_python311_non_root(dockerfile):
 def test_dockerignore_keeps_local_state_out():
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {".git", ".venv", "data"} <= ignored
+
+
+def test_the_image_has_the_sandbox_and_runs_unprivileged(dockerfile, compose):
+    installs = " ".join(args for inst, args in dockerfile if inst == "RUN")
+    assert all(pkg in installs for pkg in ("bubblewrap", "util-linux", "libseccomp2"))
+    users = [args for inst, args in dockerfile if inst == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    for name in ("api", "worker"):
+        # bubblewrap needs user namespaces, which Docker's default profiles refuse.
+        assert "seccomp=unconfined" in compose["services"][name]["security_opt"]
