@@ -30,8 +30,9 @@ import torch
 from torch import fx, nn
 
 from contract import TensorInfo
-from worker.engine.errors import EngineError, UnsupportedModel
+from worker.engine.errors import EngineError, UnsupportedModel, describe_failure
 from worker.engine.evaluate import same_outputs
+from worker.engine.screen import check_onnx_allocations, screen_onnx, screen_pt2
 from worker.engine.sniff import sniff_format
 from worker.engine.types import LoadedModel
 
@@ -184,8 +185,8 @@ def _run(
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text if len(text) <= limit else text[:limit] + "..."
+    # Text raised while parsing or running an upload can quote what it read: no data out.
+    return describe_failure(exc, limit)
 
 
 def _example(shapes: Sequence[tuple[int, ...]]) -> tuple[torch.Tensor, ...]:
@@ -232,6 +233,7 @@ def _load_onnx(path: Path, given: list[tuple[int, ...]] | None) -> LoadedModel:
                 code="unsupported_op",
             )
     shapes = resolve_input_shapes(inputs, given)
+    check_onnx_allocations(model, shapes)  # before onnxruntime allocates anything
     example = _example(shapes)
     reference = _onnxruntime_outputs(model, data, inputs, example)
 
@@ -288,22 +290,15 @@ def _iter_onnx_tensors(graph: Any) -> Any:
 
 def _check_onnx_tensors(model: Any) -> None:
     """Refuse external data (it would read other files) and non-finite weights."""
-    import onnx
     from onnx import numpy_helper
 
+    screen_onnx(model)  # external data anywhere, non-standard domains: before any read
     tensors = list(_iter_onnx_tensors(model.graph))
     for function in model.functions:
         for node in function.node:
             for attr in node.attribute:
                 if attr.HasField("t"):
                     tensors.append(attr.t)
-    for tensor in tensors:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
-            raise UnsupportedModel(
-                f"tensor {tensor.name!r} is stored as external data; upload a single-file ONNX "
-                "model with its weights embedded",
-                code="external_data_forbidden",
-            )
     for tensor in tensors:
         if tensor.data_type not in (1, 10, 11, 16):
             continue
@@ -548,6 +543,7 @@ def _compare(ours: Sequence[torch.Tensor], reference: Sequence[np.ndarray], what
 
 
 def _load_pt2(path: Path, given: list[tuple[int, ...]] | None) -> LoadedModel:
+    screen_pt2(path)  # nothing unpickled, only a CNN's operators: before torch reads it
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO
 
 from worker.engine.errors import UnsupportedModel
+from worker.engine.screen import check_pt2_archive
 
 MODEL_FORMATS = ("onnx", "pt2", "safetensors", "state_dict")
 
@@ -229,7 +230,9 @@ def _sniff_zip(path: Path) -> str:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
             if any(n == "archive_format" or n.endswith("/archive_format") for n in names):
-                _check_archive_pickles(zf, names, "the .pt2 archive")
+                # Which members torch.export.load would unpickle is decided by the archive's
+                # JSON, not by member names: the screen reads it (and the graph) first.
+                check_pt2_archive(zf)
                 return "pt2"
             if any(n.endswith("data.pkl") for n in names):
                 _check_archive_pickles(zf, names, "the torch.save file")
@@ -239,6 +242,25 @@ def _sniff_zip(path: Path) -> str:
             return "zip"
     except zipfile.BadZipFile as exc:
         raise UnsupportedModel(f"corrupt or truncated zip archive: {exc}") from exc
+
+
+def check_torch_save_archive(data: bytes, what: str) -> None:
+    """Raise `unsafe_format` unless `data` (a member holding a torch.save zip, such as a
+    .pt2 archive's sample inputs) is empty or a torch.save archive of weights only."""
+    if not data:
+        return
+    if not data.startswith(b"PK\x03\x04"):
+        raise UnsupportedModel(f"{what} is not a torch.save archive", code="unsafe_format")
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as inner:
+            names = inner.namelist()
+            if len(set(names)) != len(names) or not any(n.endswith("data.pkl") for n in names):
+                raise UnsupportedModel(
+                    f"{what} is not a well-formed torch.save archive", code="unsafe_format"
+                )
+            _check_archive_pickles(inner, names, what)
+    except zipfile.BadZipFile as exc:
+        raise UnsupportedModel(f"{what} is a corrupt archive: {exc}") from exc
 
 
 def _check_archive_pickles(zf: zipfile.ZipFile, names: Iterable[str], what: str) -> None:
