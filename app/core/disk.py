@@ -32,6 +32,11 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
+def too_little_room(path: Path, min_free_bytes: int) -> bool:
+    """True under the floor; a full disk (no byte free) is always too little."""
+    return free_bytes(path) < max(1, min_free_bytes)
+
+
 def _no_room(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:
         return True
@@ -80,7 +85,7 @@ class DiskGuardMiddleware:
 
     def _low(self) -> bool:
         try:
-            return free_bytes(self.data_dir) < self.min_free_bytes
+            return too_little_room(self.data_dir, self.min_free_bytes)
         except OSError:
             return False  # the probe failing is not a full disk; the write will tell
 

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import client_address
 from app.api.openapi import problem_responses
 from app.api.schemas import Health
-from app.core.disk import free_bytes
+from app.core.disk import free_bytes, too_little_room
 from app.core.errors import ApiError, ServiceUnavailable, Unauthorized
 from app.metrics import CONTENT_TYPE
 
@@ -45,10 +45,9 @@ class DiskLow(Exception):
 
 def _check_disk(request: Request) -> None:
     settings = request.app.state.settings
-    free = free_bytes(settings.data_dir)
-    if free < settings.min_free_disk_bytes:
-        raise DiskLow(f"{free} bytes free on the data disk, under the floor of "
-                      f"{settings.min_free_disk_bytes}")
+    if too_little_room(settings.data_dir, settings.min_free_disk_bytes):
+        raise DiskLow(f"{free_bytes(settings.data_dir)} bytes free on the data disk, under "
+                      f"the floor of {settings.min_free_disk_bytes}")
 
 
 @router.get("/readyz", response_model=Health,
