@@ -6,6 +6,7 @@ refusal is paired with the same call succeeding without the guard, so a test fai
 guard stops working as well as if the call could never have worked.
 """
 
+import asyncio
 import json
 import os
 import socket
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 
 from app.inspector import Inspector
+from app.sandbox import Sandbox
 from tests.security import payloads
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -185,11 +187,11 @@ def test_inspector_child_cannot_phone_home(listener: socket.socket, tmp_path: Pa
 
 
 def test_inspector_still_inspects_models_and_datasets(tmp_path: Path) -> None:
-    inspector = Inspector(timeout_s=300, max_memory_bytes=8 << 30)
-    info = inspector.model(payloads.tiny_onnx(tmp_path / "m.onnx"))
+    inspector = Inspector(sandbox=Sandbox(), scratch_root=tmp_path / "scratch", timeout_s=300)
+    info = asyncio.run(inspector.model(payloads.tiny_onnx(tmp_path / "m.onnx"), tenant="t"))
     assert (info.format, info.input_shape) == ("onnx", [1, 3, 8, 8])
     assert (info.stats.params, info.stats.macs) == (108, 6912)
     data = tmp_path / "d.npz"
     np.savez(data, x=np.zeros((10, 3, 8, 8), np.float32), y=np.arange(10) % 2)
-    dataset = inspector.dataset(data)
+    dataset = asyncio.run(inspector.dataset(data, tenant="t"))
     assert (dataset.format, dataset.num_samples, dataset.num_classes) == ("npz", 10, 2)
