@@ -89,3 +89,21 @@ def describe_failure(exc: BaseException, limit: int = 300) -> str:
     text = _NUMBER.sub("N", text)
     text = re.sub(r"[\ue000-\uf8ff]", lambda m: kept[ord(m.group(0)) - 0xE000], text)
     return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
+class TrainingFailed(EngineError):
+    """Sparsity training, fine-tuning or evaluation failed on this model and dataset."""
+
+    code = "training_failed"
+
+
+class BenchmarkFailed(EngineError):
+    """onnxruntime could not time the original or the pruned model."""
+
+    code = "benchmark_failed"
+
+
+class AnalysisTimeout(PruningFailed):
+    """A call into the dependency analysis ran past the job's analysis budget."""
+
+    code = "analysis_timeout"

@@ -27,7 +27,17 @@ from worker.engine import benchmark, report
 from worker.engine.blocks import traced_for_blocks
 from worker.engine.budget import ProbeResult, sampling_warning, search_strength
 from worker.engine.data import DatasetSplits, load_dataset
-from worker.engine.errors import EngineError, ExportFailed, JobCancelled, VerificationFailed
+from worker.engine.errors import (
+    BenchmarkFailed,
+    EngineError,
+    ExportFailed,
+    JobCancelled,
+    PruningFailed,
+    TrainingFailed,
+    UnsupportedModel,
+    VerificationFailed,
+    describe_failure,
+)
 from worker.engine.evaluate import accuracy, fidelity, is_classification, output_tensors
 from worker.engine.export import RELATIVE_TOLERANCE, export_onnx, save_pt2, verify_onnx
 from worker.engine.finetune import finetune
@@ -87,13 +97,71 @@ class _Tracker:
             raise JobCancelled()
 
     @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
+    def stage(self, name: str, model: nn.Module | None = None) -> Iterator[None]:
+        """Time a stage; an unexpected exception in it becomes the stage's typed error,
+        naming the layer it was raised in when that is a layer of `model`."""
         self.check()
         self.within(name, 0.0)
         start = time.perf_counter()
-        yield
+        try:
+            yield
+        except EngineError:
+            raise
+        except Exception as exc:
+            raise stage_failure(name, exc, model) from exc
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
         self.within(name, 1.0)
+
+
+# What an unexpected exception inside a stage means to the user, by stage: an upload the
+# engine cannot convert, a graph pattern the pruning cannot follow, an export that fails,
+# training that fails on this model and data, a runtime that cannot time the model.
+_STAGE_ERRORS: dict[str, tuple[type[EngineError], str, str]] = {
+    "loading": (UnsupportedModel, "unsupported_op", "the model could not be loaded"),
+    "analyzing": (
+        PruningFailed,
+        "pruning_failed",
+        "the layer analysis cannot follow this graph pattern",
+    ),
+    "regularizing": (TrainingFailed, "training_failed", "sparsity training failed"),
+    "pruning": (PruningFailed, "pruning_failed", "pruning cannot follow this graph pattern"),
+    "finetuning": (TrainingFailed, "training_failed", "fine-tuning failed"),
+    "evaluating": (TrainingFailed, "evaluation_failed", "evaluating the pruned model failed"),
+    "exporting": (ExportFailed, "export_failed", "exporting the pruned model failed"),
+    "benchmarking": (BenchmarkFailed, "benchmark_failed", "timing the models failed"),
+}
+
+
+def stage_failure(stage: str, exc: BaseException, model: nn.Module | None = None) -> EngineError:
+    """The typed error for an unexpected exception in `stage`: its stage's class and code,
+    what failed, the layer it failed in when known, and the exception's own message as
+    `describe_failure` cleans it (operators and shapes kept; data and paths removed)."""
+    cls, code, what = _STAGE_ERRORS.get(
+        stage, (EngineError, "internal_error", f"the {stage} stage failed")
+    )
+    layer = failing_layer(exc, model)
+    where = f" in layer {layer!r}" if layer else ""
+    error = cls(f"{stage}: {what}{where}: {type(exc).__name__}: {describe_failure(exc)}", code)
+    error.stage = stage  # type: ignore[attr-defined]
+    return error
+
+
+def failing_layer(exc: BaseException, model: nn.Module | None) -> str | None:
+    """The name, in `model`, of the innermost layer whose code raised `exc`, if any.
+
+    The traceback's frames hold each running `forward`'s `self`: the deepest one that is a
+    named layer of the model (not the model itself) is where the failure happened."""
+    if model is None:
+        return None
+    names = {id(m): n for n, m in model.named_modules() if n}
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if isinstance(owner, nn.Module) and id(owner) in names:
+            found = names[id(owner)]
+        tb = tb.tb_next
+    return found
 
 
 @dataclass
@@ -125,12 +193,21 @@ def _has_labels(state: _State) -> bool:
     return state.splits is not None and state.splits.labeled and state.splits.val is not None
 
 
+def _batch(state: _State, wanted: int) -> int:
+    """`wanted`, or the batch size the model's graph fixes (a static batch dim)."""
+    sizes = [info.shape[0] for info in state.loaded.inputs if info.shape]
+    static = [s for s in sizes if isinstance(s, int) and s > 0]
+    return static[0] if static else wanted
+
+
 def _fidelity_inputs(state: _State) -> tuple[torch.Tensor, ...]:
-    """Held-back dataset samples (datasets feed single-input models), else seeded noise."""
+    """Held-back dataset samples (datasets feed single-input models), else seeded noise;
+    at the model's own batch size when its graph fixes one."""
     splits = state.splits
+    batch = _batch(state, FIDELITY_SAMPLES)
     if splits is not None and splits.val is not None and len(state.loaded.inputs) == 1:
-        return (splits.val.tensors[0][:FIDELITY_SAMPLES],)
-    return state.loaded.example_inputs(batch=16, seed=1)
+        return (splits.val.tensors[0][:batch],)
+    return state.loaded.example_inputs(batch=min(batch, 16), seed=1)
 
 
 def _taylor_loss(state: _State, device: str) -> Callable[[nn.Module], torch.Tensor] | None:
@@ -171,7 +248,7 @@ def _load(model_path: Path, dataset_path: Path | None, arch, input_shape, t: _Tr
 
 
 def _analyze(state: _State, spec: JobSpec, t: _Tracker) -> None:
-    with t.stage("analyzing"):
+    with t.stage("analyzing", state.loaded.module):
         state.pre = run_preflight(state.loaded, opset=spec.export.opset)
         state.notes += state.pre.notes
         state.verification["original_export_max_abs_diff"] = state.pre.onnx_max_abs_diff
@@ -185,7 +262,7 @@ def _regularize(state: _State, spec: JobSpec, device: str, t: _Tracker) -> None:
     # Imported here: only jobs that ask for sparsity training need it.
     from worker.engine.regularize import regularize
 
-    with t.stage("regularizing"):
+    with t.stage("regularizing", state.loaded.module):
         module = state.loaded.module.to(device)
         example = tuple(x.to(device) for x in state.loaded.example_inputs())
         regularize(
@@ -444,7 +521,10 @@ def _budget_target(state: _State, spec: JobSpec, device: str, t: _Tracker) -> Pr
 
 def _prune(state: _State, spec: JobSpec, device: str, t: _Tracker, cache_dir: Path | None) -> None:
     assert state.pre is not None and state.teacher is not None
-    with t.stage("pruning"), tempfile.TemporaryDirectory(prefix="latency-") as workdir:
+    with (
+        t.stage("pruning", state.loaded.module),
+        tempfile.TemporaryDirectory(prefix="latency-") as workdir,
+    ):
         if spec.prune.target.kind == "latency_reduction":
             _trace_for_blocks(state, device)
             state.latency = _latency_probe(state, spec, device, Path(workdir), cache_dir)
@@ -481,7 +561,7 @@ def _finetune(state: _State, spec: JobSpec, device: str, t: _Tracker) -> None:
     if state.splits is None or ft is None or ft.epochs == 0:
         return
     assert state.teacher is not None
-    with t.stage("finetuning"):
+    with t.stage("finetuning", state.loaded.module):
         finetune(
             state.loaded.module,
             state.teacher,
@@ -496,7 +576,7 @@ def _finetune(state: _State, spec: JobSpec, device: str, t: _Tracker) -> None:
 
 def _evaluate(state: _State, device: str, t: _Tracker) -> None:
     assert state.teacher is not None
-    with t.stage("evaluating"):
+    with t.stage("evaluating", state.loaded.module):
         student = state.loaded.module.to(device).eval()
         teacher = state.teacher.to(device).eval()
         if _has_labels(state):
@@ -537,11 +617,11 @@ def _check_drop_in(path: Path, state: _State) -> None:
 
 def _export(state: _State, spec: JobSpec, out_dir: Path, t: _Tracker) -> dict[str, Path]:
     assert state.teacher is not None
-    with t.stage("exporting"):
+    with t.stage("exporting", state.loaded.module):
         module = state.loaded.module.cpu().eval()
         model_path = export_onnx(module, state.loaded, out_dir / "model.onnx", spec.export)
         t.within("exporting", 0.3)
-        inputs = state.loaded.example_inputs(batch=2, seed=2)
+        inputs = state.loaded.example_inputs(batch=_batch(state, 2), seed=2)
         state.verification["onnx_max_abs_diff"] = verify_onnx(model_path, module, inputs)
         state.verification["onnx_relative_tolerance"] = RELATIVE_TOLERANCE
         _check_drop_in(model_path, state)
