@@ -356,3 +356,369 @@ def truncated_zip(path: Path) -> Path:
     ok.unlink()
     path.write_bytes(data[: len(data) - 30])
     return path
+
+
+# --- screening: hostile .pt2 archives ----------------------------------------------------
+#
+# Each starts from a genuine torch.export archive of a tiny CNN and edits what an attacker
+# controls: the JSON that tells torch.export.load how to read the members, and the members.
+
+
+def _small_cnn() -> Any:
+    """Conv → BN → ReLU(inplace) → pool → Linear, plus a tensor constant (a plain tensor
+    attribute, which torch.export stores under data/constants/)."""
+    import torch
+    from torch import nn
+
+    class SmallCNN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.bn = nn.BatchNorm2d(4)
+            self.act = nn.ReLU(inplace=True)
+            self.fc = nn.Linear(4, 2)
+            self.offset = torch.ones(2)  # neither parameter nor buffer: a tensor constant
+
+        def forward(self, x: Any) -> Any:
+            y = self.act(self.bn(self.conv(x)))
+            return self.fc(y.mean((2, 3))) + self.offset
+
+    torch.manual_seed(0)
+    return SmallCNN().eval()
+
+
+def pt2_small_cnn(path: Path, dynamic: bool = True) -> Path:
+    """The control: a genuine archive that must load."""
+    import torch
+
+    example = (torch.randn(2 if dynamic else 1, *INPUT_SHAPE[1:]),)
+    shapes = ({0: torch.export.Dim("batch", min=1, max=64)},) if dynamic else None
+    program = torch.export.export(_small_cnn(), example, dynamic_shapes=shapes)
+    torch.export.save(program, str(path))
+    return path
+
+
+def _pt2_members(path: Path) -> tuple[str, dict[str, bytes]]:
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        root = names[0].split("/", 1)[0]
+        return root, {n.split("/", 1)[1]: zf.read(n) for n in names}
+
+
+def _pt2_write(path: Path, root: str, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in members.items():
+            zf.writestr(f"{root}/{name}", data)
+    return path
+
+
+def _pt2_edit(path: Path, edit: Any) -> Path:
+    """Rebuild the archive at `path` after `edit(members)` changed its members in place
+    (JSON members are handed over parsed and written back)."""
+    import json
+
+    root, members = _pt2_members(path)
+    parsed = {n: json.loads(d) for n, d in members.items() if n.endswith(".json")}
+    edit(members, parsed)
+    for name, obj in parsed.items():
+        members[name] = json.dumps(obj).encode()
+    return _pt2_write(path, root, members)
+
+
+def _gadget(canary: Path) -> bytes:
+    return pickle.dumps(_WritesCanary(canary), protocol=2)
+
+
+def pt2_pickled_weight(path: Path, canary: Path) -> Path:
+    """A weight marked `use_pickle: true` whose record is a code-running pickle:
+    torch.export.load hands it to torch.load(weights_only=False)."""
+    pt2_small_cnn(path)
+
+    def edit(members: dict[str, bytes], parsed: dict[str, Any]) -> None:
+        config = parsed["data/weights/model_weights_config.json"]["config"]
+        meta = config["conv.weight"]
+        meta["use_pickle"] = True
+        members["data/weights/" + meta["path_name"]] = _gadget(canary)
+
+    return _pt2_edit(path, edit)
+
+
+def pt2_pickled_constant(path: Path, canary: Path) -> Path:
+    """The same through the tensor constant (data/constants/tensor_N, use_pickle)."""
+    pt2_small_cnn(path)
+
+    def edit(members: dict[str, bytes], parsed: dict[str, Any]) -> None:
+        config = parsed["data/constants/model_constants_config.json"]["config"]
+        meta = next(iter(config.values()))
+        meta["use_pickle"] = True
+        members["data/constants/" + meta["path_name"]] = _gadget(canary)
+
+    return _pt2_edit(path, edit)
+
+
+def pt2_object_constant(path: Path, canary: Path, prefix: str = "opaque_obj_") -> Path:
+    """A constant stored as an opaque object (`pickle.loads` on load) or, with prefix
+    `custom_obj_`, a torchbind object (torch's own unpickler)."""
+    pt2_small_cnn(path)
+
+    def edit(members: dict[str, bytes], parsed: dict[str, Any]) -> None:
+        config = parsed["data/constants/model_constants_config.json"]["config"]
+        config["evil"] = {"path_name": f"{prefix}0", "is_param": False, "use_pickle": True,
+                          "tensor_meta": None}
+        members[f"data/constants/{prefix}0"] = _gadget(canary)
+
+    return _pt2_edit(path, edit)
+
+
+def pt2_extra_pickle_member(path: Path, canary: Path, name: str = "data/weights/w0") -> Path:
+    """A code-running pickle under an innocent member name that no config mentions."""
+    pt2_small_cnn(path)
+
+    def edit(members: dict[str, bytes], parsed: dict[str, Any]) -> None:
+        members[name] = _gadget(canary)
+
+    return _pt2_edit(path, edit)
+
+
+def pt2_sample_inputs_gadget(path: Path, canary: Path) -> Path:
+    """The sample inputs (a torch.save archive that torch.load reads, retrying without
+    weights_only when that fails) swapped for one whose pickle runs code."""
+    pt2_small_cnn(path)
+    inner = path.with_suffix(".inputs.pt")
+    canary_torch_zip(inner, canary)
+    data = inner.read_bytes()
+    inner.unlink()
+
+    def edit(members: dict[str, bytes], parsed: dict[str, Any]) -> None:
+        members["data/sample_inputs/model.pt"] = data
+
+    return _pt2_edit(path, edit)
+
+
+def _first_node(program: dict[str, Any], target: str) -> dict[str, Any]:
+    nodes = program["graph_module"]["graph"]["nodes"]
+    return next(n for n in nodes if n["target"] == target)
+
+
+def pt2_from_file(path: Path, victim: Path, shared: bool = False) -> Path:
+    """The graph's ReLU replaced by `aten::from_file(victim)` (read; with shared=True the
+    later in-place ReLU writes through the mapping into the file)."""
+    pt2_small_cnn(path, dynamic=False)
+
+    def edit(members: dict[str, bytes], parsed: dict[str, Any]) -> None:
+        node = _first_node(parsed["models/model.json"], "torch.ops.aten.relu_.default")
+        node["target"] = "torch.ops.aten.from_file.default"
+        node["inputs"] = [
+            {"name": "filename", "arg": {"as_string": str(victim)}, "kind": 1},
+            {"name": "shared", "arg": {"as_bool": shared}, "kind": 1},
+            {"name": "size", "arg": {"as_int": 4 * 8 * 8}, "kind": 1},
+            {"name": "dtype", "arg": {"as_scalar_type": 7}, "kind": 1},
+        ]
+
+    return _pt2_edit(path, edit)
+
+
+def pt2_inplace_on_input(path: Path) -> Path:
+    """`x.add_(1)` on the user's input, as torch.export's TRAINING dialect keeps it."""
+    import torch
+    from torch import nn
+
+    class Mutates(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x: Any) -> Any:
+            x.add_(1)
+            return self.conv(x)
+
+    program = torch.export.export(Mutates().eval(), (torch.randn(*INPUT_SHAPE),))
+    torch.export.save(program, str(path))
+    return path
+
+
+def pt2_inplace_on_parameter(path: Path) -> Path:
+    """The in-place ReLU pointed at the conv weight through a view of it (`t`), so that
+    running the graph would overwrite a parameter."""
+    pt2_small_cnn(path, dynamic=False)
+
+    def edit(members: dict[str, bytes], parsed: dict[str, Any]) -> None:
+        graph = parsed["models/model.json"]["graph_module"]["graph"]
+        relu = _first_node(parsed["models/model.json"], "torch.ops.aten.relu_.default")
+        view = {"target": "torch.ops.aten.alias.default", "name": "weight_view",
+                "inputs": [{"name": "self", "arg": {"as_tensor": {"name": "p_conv_weight"}},
+                            "kind": 1}],
+                "outputs": [{"as_tensor": {"name": "weight_view"}}], "metadata": {},
+                "is_hop_single_tensor_return": None}
+        graph["tensor_values"]["weight_view"] = graph["tensor_values"]["p_conv_weight"]
+        graph["nodes"].insert(graph["nodes"].index(relu), view)
+        relu["inputs"][0]["arg"] = {"as_tensor": {"name": "weight_view"}}
+
+    return _pt2_edit(path, edit)
+
+
+def pt2_sympy_injection(path: Path, canary: Path) -> Path:
+    """A shape expression that `sympy.sympify` would evaluate as Python."""
+    pt2_small_cnn(path)
+
+    def edit(members: dict[str, bytes], parsed: dict[str, Any]) -> None:
+        values = parsed["models/model.json"]["graph_module"]["graph"]["tensor_values"]
+        first = next(iter(values.values()))
+        first["sizes"][0] = {"as_expr": {
+            "expr_str": f"__import__('os').system('touch {canary}')", "hint": {"as_int": 2}}}
+
+    return _pt2_edit(path, edit)
+
+
+def pt2_name_injection(path: Path, canary: Path) -> Path:
+    """A value name that torch.fx pastes into the Python source it compiles (the ReLU's
+    output renamed everywhere it appears)."""
+    import json
+
+    pt2_small_cnn(path)
+    injected = f"relu_ = __import__('os').system('touch {canary}'); relu_"
+
+    def edit(members: dict[str, bytes], parsed: dict[str, Any]) -> None:
+        text = json.dumps(parsed["models/model.json"])
+        parsed["models/model.json"] = json.loads(text.replace('"relu_"', json.dumps(injected)))
+
+    return _pt2_edit(path, edit)
+
+
+# --- screening: hostile ONNX models ------------------------------------------------------
+
+
+def _external(tensor: Any, location: str) -> Any:
+    from onnx import TensorProto
+
+    tensor.ClearField("raw_data")
+    tensor.ClearField("float_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", "4")):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return tensor
+
+
+def _external_constant(output: str, location: str) -> Any:
+    from onnx import TensorProto, helper
+
+    value = helper.make_tensor("leak", TensorProto.FLOAT, [1], [0.0])
+    return helper.make_node("Constant", [], [output], value=_external(value, location))
+
+
+def _save_tiny_plus(path: Path, extra_nodes: list[Any], functions: list[Any] | None = None,
+                    opsets: list[tuple[str, int]] | None = None) -> Path:
+    """The tiny model whose logits get `+ bias` where `bias` comes from `extra_nodes`."""
+    from onnx import helper
+
+    graph = _tiny_graph()
+    graph.node[-1].output[0] = "flat"
+    graph.node.extend([*extra_nodes, helper.make_node("Add", ["flat", "bias"], ["logits"])])
+    imports = [helper.make_opsetid(d, v) for d, v in (opsets or [("", 17)])]
+    model = helper.make_model(graph, opset_imports=imports, functions=functions or [])
+    model.ir_version = 8
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def _if_node(output: str, branch_nodes: list[Any], name: str) -> Any:
+    from onnx import TensorProto, helper
+
+    out = helper.make_tensor_value_info(output, TensorProto.FLOAT, [1])
+    branch = helper.make_graph(branch_nodes, name, [], [out])
+    return helper.make_node("If", ["cond"], [output], then_branch=branch, else_branch=branch)
+
+
+def onnx_function_if_external(path: Path, location: str = "../../../../etc/passwd") -> Path:
+    """External data hidden in an If branch inside a local function."""
+    from onnx import TensorProto, helper
+
+    cond = helper.make_node("Constant", [], ["cond"],
+                            value=helper.make_tensor("c", TensorProto.BOOL, [], [True]))
+    body = [cond, _if_node("out", [_external_constant("x", location),
+                                   helper.make_node("Identity", ["x"], ["out"])], "branch")]
+    function = helper.make_function("local.lib", "Leak", [], ["out"], body,
+                                    [helper.make_opsetid("", 17)])
+    return _save_tiny_plus(path, [helper.make_node("Leak", [], ["bias"], domain="local.lib")],
+                           [function], [("", 17), ("local.lib", 1)])
+
+
+def onnx_sparse_external(path: Path, location: str = "weights.bin") -> Path:
+    """A sparse initializer whose values are external data."""
+    from onnx import TensorProto, helper
+
+    values = _external(helper.make_tensor("bias_values", TensorProto.FLOAT, [1], [0.0]),
+                       location)
+    indices = helper.make_tensor("bias_indices", TensorProto.INT64, [1], [0])
+    path = _save_tiny_plus(path, [])
+    from onnx import load_model_from_string
+
+    model = load_model_from_string(path.read_bytes())
+    model.graph.sparse_initializer.append(helper.make_sparse_tensor(values, indices, [4]))
+    model.graph.sparse_initializer[0].values.name = "bias"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def onnx_constant_external(path: Path, location: str = "weights.bin") -> Path:
+    """A Constant node's `value` attribute stored as external data."""
+    return _save_tiny_plus(path, [_external_constant("bias", location)])
+
+
+def onnx_loop_external(path: Path, location: str = "weights.bin") -> Path:
+    """External data in a Loop body (two levels: Loop → If → Constant)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inner_if = _if_node("v", [_external_constant("x", location),
+                              helper.make_node("Identity", ["x"], ["v"])], "inner")
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Identity", ["cond_in"], ["cond"]), inner_if,
+         helper.make_node("Add", ["acc_in", "v"], ["acc_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [1])],
+    )
+    nodes = [
+        helper.make_node("Constant", [], ["trips"],
+                         value=numpy_helper.from_array(np.array(1, dtype=np.int64))),
+        helper.make_node("Constant", [], ["go"], value=numpy_helper.from_array(np.array(True))),
+        helper.make_node("Constant", [], ["zero"],
+                         value=numpy_helper.from_array(np.zeros(1, np.float32))),
+        helper.make_node("Loop", ["trips", "go", "zero"], ["bias"], body=body),
+    ]
+    return _save_tiny_plus(path, nodes)
+
+
+def onnx_custom_domain(path: Path, domain: str = "com.example.evil") -> Path:
+    """A node from a domain that only a custom-op library (loaded code) would implement."""
+    from onnx import helper
+
+    node = helper.make_node("ReadFile", [], ["bias"], domain=domain, path="/etc/passwd")
+    return _save_tiny_plus(path, [node], opsets=[("", 17), (domain, 1)])
+
+
+def onnx_expand_bomb(path: Path, elements_log2: int = 30) -> Path:
+    """A few hundred bytes whose first run expands a scalar to 2^30 floats (4 GiB)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    side = 1 << (elements_log2 // 3)
+    rest = 1 << (elements_log2 - 2 * (elements_log2 // 3))
+    shape = numpy_helper.from_array(np.array([side, side, rest], dtype=np.int64), "shape")
+    one = numpy_helper.from_array(np.ones(1, dtype=np.float32), "one")
+    nodes = [
+        helper.make_node("Expand", ["one", "shape"], ["big"]),
+        helper.make_node("ReduceSum", ["big"], ["s"], keepdims=0),
+        helper.make_node("Add", ["image", "s"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "expand_bomb",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, INPUT_SHAPE)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, INPUT_SHAPE)],
+        [shape, one],
+    )
+    return _save_model(graph, path)

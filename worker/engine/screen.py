@@ -512,9 +512,11 @@ def _check_symbol(name: Any) -> None:
 
 def check_sym_expr(expr: Any) -> None:
     """Refuse a shape expression that is more than sympy arithmetic on shape symbols."""
-    if not isinstance(expr, str) or len(expr) > _MAX_EXPR_CHARS:
-        raise UnsupportedModel("the exported program has an overlong shape expression",
-                               code="unsafe_format")
+    if not isinstance(expr, str) or len(expr) > _MAX_EXPR_CHARS or "**" in expr:
+        raise UnsupportedModel(
+            "the exported program has an overlong shape expression or a power in one",
+            code="unsafe_format",
+        )
     pos = 0
     while pos < len(expr):
         token = _SYMPY_TOKEN.match(expr, pos)
@@ -890,6 +892,8 @@ def check_onnx_allocations(
         values = [*getattr(graph, "value_info", ()), *getattr(graph, "output", ()),
                   *getattr(graph, "input", ())]
         for value in values:
+            if isinstance(value, str):
+                continue  # a function's inputs and outputs are bare names
             shape = _value_shape(value)
             if shape is None:
                 continue
