@@ -78,8 +78,10 @@ def export_pt2(module: nn.Module, example: tuple, path: Path) -> Path:
     """torch.export archive with a dynamic batch dimension."""
     batch = torch.export.Dim("batch", min=1, max=1024)
     shapes = tuple({0: batch} for _ in example)
+    # Traced at batch 2: at batch 1 torch.export specialises the batch to the constant 1.
+    pair = tuple(torch.cat([x, x]) for x in example)
     try:
-        program = torch.export.export(module.eval(), example, dynamic_shapes=shapes)
+        program = torch.export.export(module.eval(), pair, dynamic_shapes=shapes)
         torch.export.save(program, str(path))
     except Exception as exc:  # noqa: BLE001
         raise SkipEntry(f"export: {type(exc).__name__}: {_first_line(exc)}") from exc
