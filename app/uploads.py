@@ -15,6 +15,7 @@ import hashlib
 import os
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -89,6 +90,12 @@ class _FormSink:
         self.got_file = False
         self.lock_fd: int | None = None
         self._fh: IO[bytes] | None = None
+        # File bytes parsed but not yet written: `flush()` writes and hashes them on a
+        # worker thread, so the event loop never blocks on the disk (a burst of uploads
+        # made writes wait for writeback and stalled every other request).
+        self._pending: list[bytes] = []
+        self._in_file = False
+        self._file_done = False
         self._headers: dict[bytes, bytes] = {}
         self._hname = b""
         self._hvalue = b""
@@ -129,34 +136,48 @@ class _FormSink:
             raw = options.get(b"filename")
             self.filename = raw.decode("utf-8", "replace") if raw is not None else None
             self._fh, self.lock_fd = _locked_create(self.dest)
+            self._in_file = True
         elif name not in self.allowed:
             raise ValidationFailed(name or "form", "unknown form field")
         self._part = name
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         chunk = data[start:end]
-        if self._fh is not None:
+        if self._in_file:
             self.size += len(chunk)
             if self.size > self.max_file_bytes:
                 raise PayloadTooLarge(f"the file is larger than {self.max_file_bytes} bytes")
             if self.quota_left_bytes is not None and self.size > self.quota_left_bytes:
                 raise quota_exceeded(self.quota_left_bytes)
-            # Plain blocking writes: chunks are small and land in the page cache.
-            self._fh.write(chunk)
-            self.hasher.update(chunk)
+            self._pending.append(chunk)
         else:
             self._buf += chunk
             if len(self._buf) > MAX_FIELD_BYTES:
                 raise ValidationFailed(self._part or "form", "field value too long")
 
     def _part_end(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        if self._in_file:
+            self._in_file, self._file_done = False, True  # closed by the next flush()
         elif self._part:
             self.fields[self._part] = self._buf.decode("utf-8", "replace")
 
+    def has_pending(self) -> bool:
+        return bool(self._pending) or (self._file_done and self._fh is not None)
+
+    def flush(self) -> None:
+        """Write and hash the parsed file bytes (blocking: run it off the event loop)."""
+        pending, self._pending = self._pending, []
+        if self._fh is None:
+            return
+        for chunk in pending:
+            self._fh.write(chunk)
+            self.hasher.update(chunk)
+        if self._file_done:
+            self._fh.close()
+            self._fh = None
+
     def close(self) -> None:
+        self._pending = []
         if self._fh is not None:
             self._fh.close()
             self._fh = None
@@ -216,8 +237,18 @@ def _check_rate(received: int, elapsed_s: float, grace_s: float, min_bytes_per_s
                        code="request_timeout")
 
 
-async def _parse_body(request: Request, parser: MultipartParser, body_limit: int,
-                      idle_timeout_s: float, min_bytes_per_s: int) -> None:
+async def _flush(sink: _FormSink, pool: Executor | None) -> None:
+    if not sink.has_pending():
+        return
+    if pool is None:
+        sink.flush()
+    else:
+        await asyncio.get_running_loop().run_in_executor(pool, sink.flush)
+
+
+async def _parse_body(request: Request, parser: MultipartParser, sink: _FormSink,
+                      body_limit: int, idle_timeout_s: float, min_bytes_per_s: int,
+                      pool: Executor | None) -> None:
     received = 0
     started = time.monotonic()
     async for chunk in _chunks(request, idle_timeout_s):
@@ -226,7 +257,9 @@ async def _parse_body(request: Request, parser: MultipartParser, body_limit: int
             raise PayloadTooLarge(f"the request is larger than {body_limit} bytes")
         _check_rate(received, time.monotonic() - started, idle_timeout_s, min_bytes_per_s)
         parser.write(chunk)
+        await _flush(sink, pool)
     parser.finalize()
+    await _flush(sink, pool)
 
 
 def _translate(exc: BaseException) -> BaseException:
@@ -255,6 +288,7 @@ async def receive_upload(
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
     min_bytes_per_s: int = 0,
     quota_left_bytes: int | None = None,
+    pool: Executor | None = None,
 ) -> SavedUpload:
     """Stream the multipart body of `request` into `dest` (the `file` part) and collect the
     text `fields`. Raises PayloadTooLarge (413) past `max_file_bytes`,
@@ -262,7 +296,8 @@ async def receive_upload(
     (422) for a missing file or unknown fields, 408 when the client stalls for
     `idle_timeout_s` or, after that long, sends slower than `min_bytes_per_s` on average,
     507 when the disk is full; `dest` never survives a failure. The returned upload holds
-    `dest`'s ownership lock until `release()`."""
+    `dest`'s ownership lock until `release()`. File writes and hashing run on `pool`
+    (None: on the event loop)."""
     boundary = _boundary(request)
     body_limit = max_file_bytes + FORM_OVERHEAD_BYTES
     _check_declared_length(request, body_limit, quota_left_bytes)
@@ -270,7 +305,8 @@ async def receive_upload(
     sink = _FormSink(dest, max_file_bytes, fields, quota_left_bytes)
     parser = MultipartParser(boundary, sink.callbacks())
     try:
-        await _parse_body(request, parser, body_limit, idle_timeout_s, min_bytes_per_s)
+        await _parse_body(request, parser, sink, body_limit, idle_timeout_s, min_bytes_per_s,
+                          pool)
         if not sink.got_file:
             raise ValidationFailed(FILE_FIELD, "field required")
         sink.close()

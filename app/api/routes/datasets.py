@@ -52,7 +52,7 @@ async def upload_dataset(
                                  fields={"name"},
                                  idle_timeout_s=settings.upload_idle_timeout_s,
                                  min_bytes_per_s=settings.upload_min_bytes_per_s,
-                                 quota_left_bytes=left)
+                                 quota_left_bytes=left, pool=pool)
     with scratch_upload(tmp, saved):
         info = await inspector.dataset(tmp, tenant=tenant)
         row = Dataset(

@@ -65,7 +65,7 @@ async def upload_model(
                                  fields={"arch", "input_shape", "name"},
                                  idle_timeout_s=settings.upload_idle_timeout_s,
                                  min_bytes_per_s=settings.upload_min_bytes_per_s,
-                                 quota_left_bytes=left)
+                                 quota_left_bytes=left, pool=pool)
     with scratch_upload(tmp, saved):
         arch = parse_arch(saved.fields.get("arch"))
         input_shape = parse_input_shape(saved.fields.get("input_shape"))
