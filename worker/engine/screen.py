@@ -184,10 +184,11 @@ _MODEL_JSON = re.compile(r"models/([A-Za-z0-9_]+)\.json")
 # Node, value and argument names become Python identifiers in code torch.fx generates and
 # compiles; parameter paths become attribute chains in it.
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# Module names may hold dashes and the like (ModuleDict keys); never quotes, backslashes
-# or spaces, which would leave the string literal torch.fx writes them into.
-_FQN = re.compile(r"[A-Za-z0-9_\-+@#:]+(\.[A-Za-z0-9_\-+@#:]+)*")
-_CALL_FQN = re.compile(r"[A-Za-z0-9_\-+@#:.]*")
+# Module names may hold dashes, slashes and the like (ModuleDict keys, ONNX node names
+# kept by the converter); never quotes, backslashes or spaces, which would leave the
+# string literal torch.fx writes them into.
+_FQN = re.compile(r"""[^\s"'`\\.]+(\.[^\s"'`\\.]+)*""")
+_CALL_FQN = re.compile(r"""[^\s"'`\\]*""")
 _SYMBOL = re.compile(r"[a-z]{1,4}[0-9]+")
 _PY_KEYWORDS = frozenset(
     "False None True and as assert async await break class continue def del elif else "
@@ -721,8 +722,8 @@ def _recorded_sizes(values: Mapping[str, Any], max_tensor_bytes: int) -> dict[st
         if not all(isinstance(d, int) for d in dims):
             raise UnsupportedModel(f"value {name!r} has a malformed shape")
         numel = math.prod(dims)
-        _bound(numel * _DTYPE_BYTES.get(meta.get("dtype"), 8), max_tensor_bytes,
-               f"value {name!r}")
+        itemsize = _DTYPE_BYTES.get(meta.get("dtype", 0), 8)
+        _bound(numel * itemsize, max_tensor_bytes, f"value {name!r}")
         sizes[name] = numel
     return sizes
 
@@ -881,9 +882,9 @@ def check_onnx_allocations(
     initializers = {t.name for t in work.graph.initializer}
     feeds = [v for v in work.graph.input if v.name not in initializers]
     for value, shape in zip(feeds, input_shapes, strict=False):
-        dims = value.type.tensor_type.shape.dim
-        if len(dims) == len(shape):
-            for dim, size in zip(dims, shape, strict=True):
+        declared = value.type.tensor_type.shape.dim
+        if len(declared) == len(shape):
+            for dim, size in zip(declared, shape, strict=True):
                 dim.Clear()
                 dim.dim_value = int(size)
     inferred = _infer(work)
@@ -894,13 +895,13 @@ def check_onnx_allocations(
         for value in values:
             if isinstance(value, str):
                 continue  # a function's inputs and outputs are bare names
-            shape = _value_shape(value)
-            if shape is None:
+            found = _value_shape(value)
+            if found is None:
                 continue
-            known[value.name] = shape
-            dims, itemsize = shape
-            if all(d is not None for d in dims):
-                _bound(math.prod(dims) * itemsize, max_tensor_bytes,  # type: ignore[arg-type]
+            known[value.name] = found
+            dims = [d for d in found[0] if d is not None]
+            if len(dims) == len(found[0]):
+                _bound(math.prod(dims) * found[1], max_tensor_bytes,
                        f"tensor {value.name!r} ({where})")
     for graph, where in _onnx_graphs(inferred):
         constants = _small_constants(graph)
@@ -1006,7 +1007,8 @@ def _check_constant_shape(
     elif op == "Tile":
         numel = math.prod(max(int(v), 1) for v in values) * math.prod(d or 1 for d in data_dims)
     else:  # Upsample and Resize scales
-        numel = math.prod((d or 1) * max(v, 1.0) for d, v in zip(data_dims, values,
-                                                                  strict=False))
+        numel = int(
+            math.prod([(d or 1) * max(v, 1.0) for d, v in zip(data_dims, values, strict=False)])
+        )
     _bound(int(numel) * itemsize, max_tensor_bytes, what)
 
