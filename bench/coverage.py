@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -279,13 +280,22 @@ def _tail(log: Path, lines: int = 3) -> str:
     return " | ".join(line.strip() for line in text[-lines:])[:400]
 
 
-def run_all(entries: list[Entry], opts: dict, jobs: int = 1) -> list[dict]:
-    """Every entry in its own child, `jobs` at a time; prints each row as it finishes."""
+def run_all(
+    entries: list[Entry], opts: dict, jobs: int = 1, json_path: Path | None = None
+) -> list[dict]:
+    """Every entry in its own child, `jobs` at a time; prints each row as it finishes and
+    rewrites `json_path` with the rows so far, so that a stopped run keeps them."""
     rows: list[dict] = []
+    done: list[dict] = []
+    lock = threading.Lock()
 
     def one(entry: Entry) -> dict:
         row = run_in_child(entry, opts)
         print(format_row(row), flush=True)
+        with lock:
+            done.append(row)
+            if json_path is not None:
+                json_path.write_text(json.dumps({"rows": done, "partial": True}, indent=1))
         return row
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
@@ -509,7 +519,7 @@ def main(argv: list[str] | None = None) -> None:
     info = machine(args.threads)
     print(f"machine: {info}\n{len(entries)} models, {args.timeout:.0f} s limit each\n{HEADER}")
     start = time.perf_counter()
-    rows = run_all(entries, opts, args.jobs)
+    rows = run_all(entries, opts, args.jobs, args.json)
     summary = summarize(rows)
     print(f"\n{HEADER}")
     for row in rows:
