@@ -596,8 +596,11 @@ def make_prunable(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> fx.Grap
     """Rewrite an onnx2torch GraphModule in place (see the module docstring); returns it."""
     from torch.fx.passes.shape_prop import ShapeProp
 
+    at_batch_two = _shapes_at_batch_two(gm, inputs)
     with torch.no_grad():
         ShapeProp(gm).propagate(*inputs)
+    for node, shape in at_batch_two.items():
+        node.meta[_BATCH_TWO] = shape
     channel_axis = _channel_axes(gm)
     for node in list(gm.graph.nodes):
         if node.op != "call_module":
@@ -613,12 +616,33 @@ def make_prunable(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> fx.Grap
         elif kind == "OnnxResize":
             _rewrite_resize(gm, node, module)
     split_channel_producers(gm)
+    fold_channel_shuffles(gm)
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
     _drop_unused_initializers(gm)
     gm.graph.lint()
     gm.recompile()
     return gm
+
+
+# Node meta key: the node's output shape when the inputs have batch 2 (see symbolic_reshape).
+_BATCH_TWO = "secateurs_shape_at_batch_two"
+
+
+def _shapes_at_batch_two(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> dict:
+    """Every node's output shape at batch 2, or nothing when the graph runs at batch 1 only.
+
+    At batch 1 a reshape cannot tell a kept dim from a batch dim of size 1 folded into it:
+    (T, 1, H) -> [-1, H] looks like it keeps T, and is (T * B, H) at any other batch."""
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    bigger = tuple(torch.cat([x, x]) if x.dim() else x for x in inputs)
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(*bigger)
+    except Exception:  # a batch baked into the graph: batch 1 is all it runs at
+        return {}
+    return {n: _meta_shape(n) for n in gm.graph.nodes if _meta_shape(n) is not None}
 
 
 def fix_outputs(gm: fx.GraphModule, output_names: Sequence[str]) -> fx.GraphModule:
@@ -850,11 +874,14 @@ def symbolic_reshape(
         item = target[j]
         return isinstance(item, fx.Node) or item in copy_values or item == in_shape[j]
 
+    # A dim is kept only when it is kept at batch 2 too (a -1 may absorb the batch).
+    in_two, out_two = _shape_at_batch_two(x), _shape_at_batch_two(node)
     prefix = 0
     while (
         prefix < min(len(in_shape), len(out_shape))
         and in_shape[prefix] == out_shape[prefix]
         and keeps(prefix)
+        and (in_two is None or out_two is None or in_two[prefix] == out_two[prefix])
     ):
         prefix += 1
     if prefix == 0:
@@ -878,6 +905,10 @@ def symbolic_reshape(
     node.replace_all_uses_with(new)
     graph.erase_node(node)
     return True
+
+
+def _shape_at_batch_two(node: Any) -> tuple[int, ...] | None:
+    return node.meta.get(_BATCH_TWO) if isinstance(node, fx.Node) else None
 
 
 def _rewrite_matmul(gm: fx.GraphModule, node: fx.Node) -> None:
@@ -1189,3 +1220,95 @@ def _channel_slice(module: nn.Module, channels: slice) -> nn.Module:
             index[part.dim] = channels
             part.weight = nn.Parameter(part.weight[tuple(index)].clone())
     return part
+
+
+# --- channel shuffles -----------------------------------------------------------------------
+
+
+class ChannelShuffle(nn.Module):
+    """ShuffleNet's channel shuffle, (N, C, ...) -> view (N, g, C/g, ...) -> swap -> (N, C, ...).
+
+    One module instead of reshape -> transpose -> reshape: torch-pruning follows a channel
+    through the first reshape into *both* new dims and back, and on a network of chained
+    shuffles the index sets it follows multiply with every unit (a ShuffleNetV2's group
+    discovery ran for a quarter of an hour). A permutation of channels is not something
+    its index mappings express, so `preflight` protects the groups that reach a shuffle.
+    """
+
+    def __init__(self, groups: int, channels: int) -> None:
+        super().__init__()
+        self.groups, self.channels = groups, channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c = x.shape[0], x.shape[1]
+        rest = x.shape[2:]
+        return x.reshape(n, self.groups, c // self.groups, *rest).transpose(1, 2).reshape(x.shape)
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}"
+
+
+def fold_channel_shuffles(gm: fx.GraphModule) -> int:
+    """Replace every reshape -> transpose(1, 2) -> reshape that permutes the channels of an
+    (N, C, ...) tensor by a `ChannelShuffle`; returns how many. Needs ShapeProp metadata."""
+    count = 0
+    for node in list(gm.graph.nodes):
+        found = _shuffle_at(gm, node)
+        if found is None:
+            continue
+        x, groups = found
+        name = f"channel_shuffle_{count}"
+        shape = _meta_shape(x)
+        assert shape is not None
+        gm.add_submodule(name, ChannelShuffle(groups, shape[1]))
+        with gm.graph.inserting_before(node):
+            new = gm.graph.call_module(name, (x,))
+        new.meta = dict(node.meta)
+        node.replace_all_uses_with(new)
+        count += 1
+    if count:
+        gm.graph.eliminate_dead_code()
+        gm.delete_all_unused_submodules()
+        gm.recompile()
+    return count
+
+
+def _reshape_input(gm: fx.GraphModule, node: Any) -> Any:
+    """The tensor a reshape-like node reshapes, or None."""
+    if not isinstance(node, fx.Node) or not node.args:
+        return None
+    if node.op == "call_function" and node.target in (torch.reshape, torch.flatten):
+        return node.args[0]
+    if node.op == "call_method" and node.target in ("reshape", "view"):
+        return node.args[0]
+    if _module_kind(gm, node) == "OnnxReshape":
+        return node.args[0]
+    return None
+
+
+def _shuffle_at(gm: fx.GraphModule, last: fx.Node) -> tuple[fx.Node, int] | None:
+    """(x, groups) when `last` ends a channel shuffle of x, else None."""
+    swapped = _reshape_input(gm, last)
+    if not isinstance(swapped, fx.Node) or _module_kind(gm, swapped) != "OnnxTranspose":
+        return None
+    first = swapped.args[0] if swapped.args else None
+    x = _reshape_input(gm, first)
+    shapes = [_meta_shape(n) for n in (x, first, swapped, last)]
+    if not isinstance(x, fx.Node) or any(s is None for s in shapes):
+        return None
+    x_shape, split, moved, out = shapes
+    assert x_shape is not None and split is not None and moved is not None
+    perm = list(gm.get_submodule(str(swapped.target)).perm or [])
+    if (
+        len(x_shape) < 2
+        or out != x_shape
+        or len(split) != len(x_shape) + 1
+        or perm != [0, 2, 1, *range(3, len(split))]
+        or split[0] != x_shape[0]
+        or split[1] * split[2] != x_shape[1]
+        or tuple(split[3:]) != tuple(x_shape[2:])
+        or split[1] < 2
+        or split[2] < 2
+    ):
+        return None
+    return x, split[1]

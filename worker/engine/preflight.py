@@ -36,7 +36,7 @@ from torch_pruning import ops
 from contract import ExportSpec
 from worker.engine.errors import PruningFailed
 from worker.engine.loaders import flatten_outputs
-from worker.engine.onnx_converters import ChannelConst
+from worker.engine.onnx_converters import ChannelConst, ChannelShuffle
 from worker.engine.types import LoadedModel, Preflight
 
 # The layers whose output channels are pruned. Not nn.LSTM: torch-pruning's LSTM pruner
@@ -67,8 +67,29 @@ class ChannelConstPruner(tp.pruner.function.BasePruningFunc):
         return int(layer.weight.shape[layer.dim])
 
 
+class ChannelShufflePruner(tp.pruner.function.BasePruningFunc):
+    """Tells torch-pruning how many channels a `ChannelShuffle` passes (in == out). The
+    groups that reach one are protected (see `find_protected`): a permutation of channels
+    is not something torch-pruning's index mappings can express."""
+
+    TARGET_MODULES = (ChannelShuffle,)
+
+    def prune_out_channels(self, layer: Any, idxs: Sequence[int]) -> nn.Module:
+        layer.channels -= len(set(idxs))
+        return layer
+
+    prune_in_channels = prune_out_channels
+
+    def get_out_channels(self, layer: Any) -> int:
+        return int(layer.channels)
+
+    def get_in_channels(self, layer: Any) -> int:
+        return int(layer.channels)
+
+
 CUSTOM_PRUNERS: dict[type, tp.pruner.function.BasePruningFunc] = {
-    ChannelConst: ChannelConstPruner()
+    ChannelConst: ChannelConstPruner(),
+    ChannelShuffle: ChannelShufflePruner(),
 }
 
 # Extra keyword arguments for torch_pruning's pruners (tp.pruner.MetaPruner and friends).
@@ -152,10 +173,12 @@ def find_protected(module: nn.Module, loaded: LoadedModel) -> tuple[list[nn.Modu
         base = flatten_outputs(work(*inputs))
     names = {m: n for n, m in work.named_modules()}
 
-    to_output, candidates = [], []
+    to_output, shuffled, candidates = [], [], []
     for group in groups:
         root = group[0].dep.target.module
-        if any(
+        if any(isinstance(dep.target.module, ChannelShuffle) for dep, _ in group):
+            shuffled.append(root)
+        elif any(
             dep.target.type == ops.OPTYPE.OUTPUT
             or (dep.target.grad_fn in output_fns and dg.is_out_channel_pruning_fn(dep.handler))
             for dep, _ in group
@@ -175,8 +198,16 @@ def find_protected(module: nn.Module, loaded: LoadedModel) -> tuple[list[nn.Modu
     trials.check_restored()
 
     original = dict(module.named_modules())
-    protected = [original[names[m]] for m in [*to_output, *breaking] if names.get(m) in original]
+    protected = [
+        original[names[m]] for m in [*to_output, *shuffled, *breaking] if names.get(m) in original
+    ]
     notes = []
+    if shuffled:
+        notes.append(
+            f"protected {len(shuffled)} layer(s) whose channels pass a channel shuffle "
+            "(a permutation of channels that pruning cannot follow): "
+            + _list(names[m] for m in shuffled)
+        )
     if to_output:
         notes.append(
             f"protected {len(to_output)} layer(s) whose channels reach an output: "

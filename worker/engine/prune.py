@@ -211,8 +211,20 @@ class _Run:
 
 
 def _apply(run: _Run, choice: Choice) -> None:
+    """Prune the planned groups one by one, each rebuilt from its root just before.
+
+    A plan holds every group of the step at once, with the channel offsets of each
+    concatenation and split as they were before any of them was pruned; pruning the first
+    group moves the offsets the others were built with (a dense block reads every earlier
+    feature map through concatenations, a C2f block splits and re-concatenates), and a
+    stale group cuts a concatenation on one side only. torch-pruning refreshes its index
+    mappings whenever it builds a group, so rebuilding each group from its root's own
+    indices (which no other group changes) prunes the right channels everywhere.
+    """
+    dg = run.pruner.DG
     for group in choice.groups:
-        group.prune()
+        root = group[0]
+        dg.get_pruning_group(root.dep.target.module, root.dep.handler, list(root.idxs)).prune()
     run.pruner.forget_importance()
 
 

@@ -83,7 +83,20 @@ class ConsumerMagnitude(tp.importance.GroupMagnitudeImportance):
             roots.append(group[i].root_idxs)
         if not imps:
             return super().__call__(group)
-        return self._normalize(self._reduce(imps, roots), self.normalizer)
+        return self._normalize(self._reduce_to_root(group, imps, roots), self.normalizer)
+
+    def _reduce_to_root(self, group, imps, roots) -> torch.Tensor:  # noqa: ANN001
+        """Sum (or mean) of the consumers' importance per root channel.
+
+        torch-pruning's `_reduce` sizes its result like the first importance, which is the
+        root's own in its importances; a consumer behind a flatten has one column per
+        channel and position, and the result would be ranked in that space (and a conv
+        pruned by flattened-feature indices ends with a negative width)."""
+        reduced = torch.zeros(len(group[0].idxs), dtype=torch.float32, device=imps[0].device)
+        for imp, root_idxs in zip(imps, roots, strict=True):
+            index = torch.tensor(root_idxs, device=imp.device)
+            reduced.scatter_add_(0, index, imp.to(reduced.dtype))
+        return reduced / len(imps) if self.group_reduction == "mean" else reduced
 
 
 def ranking(spec: PruneSpec, module: nn.Module, notes: list[str]) -> tp.importance.Importance:

@@ -122,7 +122,10 @@ def insert_batchnorm(
         if name not in stats:
             continue  # not on the path from these inputs
         target_mean, target_var = _target_stats(name, conv, stats[name], reference_stats)
-        norm = _NORMS[conv.weight.dim() - 2](conv.out_channels, eps=1e-5).to(conv.weight.device)
+        # The weight, not `out_channels`, says how many channels the conv has: the
+        # attribute is bookkeeping that a pruning function may have left stale.
+        channels = conv.weight.shape[0]
+        norm = _NORMS[conv.weight.dim() - 2](channels, eps=1e-5).to(conv.weight.device)
         with torch.no_grad():
             norm.weight.copy_((target_var + norm.eps).sqrt())
             norm.bias.copy_(target_mean)

@@ -1,0 +1,116 @@
+"""Graph patterns of real architectures, each in a tiny network exported to ONNX as a user
+would, pruned data-free to half the MACs by run_pipeline: each must prune to target with
+verified outputs, or be refused with a typed error that names the blocked layers."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from contract import BenchmarkSpec, FinetuneSpec, JobSpec, PruneSpec, Target
+from tests.engine import tiny_nets
+from worker.engine.errors import EngineError
+from worker.engine.pipeline import run_pipeline
+
+FAST_BENCH = BenchmarkSpec(providers=["cpu"], batch_sizes=[1], warmup=1, iterations=3)
+DATA_FREE = JobSpec(
+    prune=PruneSpec(target=Target(macs_reduction=0.5)), finetune=None, benchmark=FAST_BENCH
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _export(model: nn.Module, path: Path, shape: tuple[int, ...]) -> Path:
+    """Exported with a dynamic batch, as the README shows."""
+    torch.onnx.export(
+        model.eval(),
+        (torch.randn(*shape),),
+        str(path),
+        input_names=["input"],
+        output_names=["output"],
+        dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    return path
+
+
+def _pruned_or_refused(path: Path, out: Path, spec: JobSpec = DATA_FREE, **kwargs) -> None:
+    try:
+        result = run_pipeline(path, spec, out, **kwargs)
+    except EngineError as exc:  # a refusal must say which layers and why
+        assert exc.code != "internal_error"
+        assert "layer" in exc.message, exc.message
+        return
+    report = result.report
+    achieved = 1.0 - report.pruned.macs / report.original.macs
+    assert abs(achieved - 0.5) <= 0.02, (achieved, report.notes)
+    assert "onnx_max_abs_diff" in report.verification
+    assert (out / "model.onnx").exists()
+
+
+PATTERNS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
+    # C2f: split in two, bottlenecks on one half, concat of every piece; PAN neck, DFL head
+    "yolo_c2f": (lambda: tiny_nets.seeded(tiny_nets.YoloStyle, width=16), (1, 3, 64, 64)),
+    # every layer reads the concat of all earlier feature maps
+    "dense_block": (lambda: tiny_nets.seeded(tiny_nets.TinyDenseNet), (1, 3, 32, 32)),
+    # channel split, concat, view -> transpose -> view
+    "channel_shuffle": (lambda: tiny_nets.seeded(tiny_nets.TinyShuffleNet), (1, 3, 32, 32)),
+    # a reshape to literal sizes after the convolutions
+    "baked_reshape": (lambda: tiny_nets.seeded(tiny_nets.BakedReshapeOCR), (1, 3, 8, 96)),
+    # conv features, a two-layer bidirectional LSTM (sequence first), per-step linear
+    "conv_lstm": (lambda: tiny_nets.seeded(tiny_nets.ConvLSTMOCR), (1, 1, 16, 48)),
+}
+
+
+@pytest.mark.parametrize("name", list(PATTERNS))
+def test_pattern_prunes_data_free(name: str, tmp_path: Path) -> None:
+    build, shape = PATTERNS[name]
+    torch.manual_seed(0)
+    path = _export(build(), tmp_path / f"{name}.onnx", shape)
+    _pruned_or_refused(path, tmp_path / "out")
+
+
+def test_sensitivity_scope_with_fine_tuning_on_a_flatten_head(tmp_path: Path) -> None:
+    """Conv-BN-ReLU x3, max-pool, flatten, linear: the consumer-based ranking of a folded
+    model ranked the last conv in the linear's flattened-feature space."""
+    torch.manual_seed(0)
+    path = _export(tiny_nets.seeded(tiny_nets.ConvBnMLP), tmp_path / "mlp.onnx", (1, 3, 16, 16))
+    rng = np.random.default_rng(0)
+    data = tmp_path / "train.npz"
+    np.savez(
+        data,
+        x=rng.normal(size=(64, 3, 16, 16)).astype(np.float32),
+        y=rng.integers(0, 3, size=64),
+    )
+    spec = JobSpec(
+        prune=PruneSpec(target=Target(macs_reduction=0.5), scope="sensitivity"),
+        finetune=FinetuneSpec(epochs=1, batch_size=16),
+        benchmark=FAST_BENCH,
+    )
+    _pruned_or_refused(path, tmp_path / "out", spec, dataset_path=data)
+
+
+def test_an_unexpected_failure_is_a_typed_error_naming_the_layer(tmp_path, monkeypatch) -> None:
+    """Whatever breaks inside a stage reaches the user as that stage's code and the
+    layer it broke in, without server paths."""
+    import worker.engine.pipeline as pipeline
+
+    path = _export(tiny_nets.seeded(tiny_nets.ConvBnMLP), tmp_path / "m.onnx", (1, 3, 16, 16))
+
+    def broken(state, device, t):  # noqa: ANN001
+        with t.stage("evaluating", state.loaded.module):
+            state.loaded.module(torch.randn(1, 5, 16, 16))  # wrong channel count
+
+    monkeypatch.setattr(pipeline, "_evaluate", broken)
+    with pytest.raises(EngineError) as caught:
+        run_pipeline(path, DATA_FREE, tmp_path / "out")
+    assert caught.value.code == "evaluation_failed"
+    assert "evaluating" in caught.value.message and "layer 'features" in caught.value.message
+    assert str(tmp_path) not in caught.value.message
