@@ -2,6 +2,7 @@
 would, pruned data-free to half the MACs by run_pipeline: each must prune to target with
 verified outputs, or be refused with a typed error that names the blocked layers."""
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +13,8 @@ from torch import nn
 
 from contract import BenchmarkSpec, FinetuneSpec, JobSpec, PruneSpec, Target
 from tests.engine import tiny_nets
-from worker.engine.errors import EngineError
+from worker.engine.errors import AnalysisTimeout, EngineError, JobCancelled
+from worker.engine.loaders import load_model
 from worker.engine.pipeline import run_pipeline
 
 FAST_BENCH = BenchmarkSpec(providers=["cpu"], batch_sizes=[1], warmup=1, iterations=3)
@@ -114,3 +116,59 @@ def test_an_unexpected_failure_is_a_typed_error_naming_the_layer(tmp_path, monke
     assert caught.value.code == "evaluation_failed"
     assert "evaluating" in caught.value.message and "layer 'features" in caught.value.message
     assert str(tmp_path) not in caught.value.message
+
+
+def _slow_groups(*_args, **_kwargs):  # noqa: ANN002, ANN003, ANN202
+    """A group discovery that never returns, like torch-pruning's on chained shuffles."""
+    while True:
+        time.sleep(0.01)
+        yield from ()
+
+
+def test_group_discovery_is_abandoned_at_the_budget(tmp_path, monkeypatch) -> None:
+    import torch_pruning as tp
+
+    path = _export(tiny_nets.seeded(tiny_nets.ConvBnMLP), tmp_path / "m.onnx", (1, 3, 16, 16))
+    monkeypatch.setattr(tp.DependencyGraph, "get_all_groups", _slow_groups)
+    started = time.monotonic()
+    with pytest.raises(AnalysisTimeout) as caught:
+        run_pipeline(path, DATA_FREE, tmp_path / "out", analysis_budget_s=1.0)
+    assert time.monotonic() - started < 10
+    assert "analysis budget" in caught.value.message
+
+
+def test_slow_trials_protect_what_is_not_analysed(tmp_path, monkeypatch) -> None:
+    from worker.engine import preflight
+
+    path = _export(tiny_nets.seeded(tiny_nets.TinyDenseNet), tmp_path / "d.onnx", (1, 3, 32, 32))
+    real_run = preflight._Trials.run
+
+    def slow_run(self, roots):  # noqa: ANN001, ANN202
+        if len(roots) > 1:  # trials of several groups at once take too long
+            time.sleep(5.0)
+        return real_run(self, roots)
+
+    monkeypatch.setattr(preflight._Trials, "run", slow_run)
+    started = time.monotonic()
+    pre = preflight.run_preflight(load_model(path), budget_s=1.0)
+    assert time.monotonic() - started < 4
+    notes = " ".join(pre.notes)
+    assert "analysis budget of 1 s ran out" in notes
+    assert len(pre.protected) > 1  # the head, and every layer no trial showed safe
+
+
+def test_cancel_stops_a_group_discovery_that_does_not_return(tmp_path, monkeypatch) -> None:
+    import torch_pruning as tp
+
+    path = _export(tiny_nets.seeded(tiny_nets.ConvBnMLP), tmp_path / "m.onnx", (1, 3, 16, 16))
+    monkeypatch.setattr(tp.DependencyGraph, "get_all_groups", _slow_groups)
+    started = time.monotonic()
+    with pytest.raises(JobCancelled):
+        run_pipeline(
+            path,
+            DATA_FREE,
+            tmp_path / "out",
+            analysis_budget_s=60.0,
+            should_cancel=lambda: time.monotonic() - started > 2,
+        )
+    assert time.monotonic() - started < 10

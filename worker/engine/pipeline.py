@@ -247,9 +247,16 @@ def _load(model_path: Path, dataset_path: Path | None, arch, input_shape, t: _Tr
     return _State(loaded=loaded, splits=splits, notes=list(loaded.notes))
 
 
-def _analyze(state: _State, spec: JobSpec, t: _Tracker) -> None:
+def _analyze(
+    state: _State, spec: JobSpec, t: _Tracker, analysis_budget_s: float | None = None
+) -> None:
     with t.stage("analyzing", state.loaded.module):
-        state.pre = run_preflight(state.loaded, opset=spec.export.opset)
+        state.pre = run_preflight(
+            state.loaded,
+            opset=spec.export.opset,
+            budget_s=analysis_budget_s,
+            should_cancel=t.cancelled,
+        )
         state.notes += state.pre.notes
         state.verification["original_export_max_abs_diff"] = state.pre.onnx_max_abs_diff
         # The teacher for distillation and the reference for every comparison.
@@ -735,17 +742,20 @@ def run_pipeline(
     on_progress: ProgressFn | None = None,
     should_cancel: CancelFn | None = None,
     cache_dir: Path | None = None,
+    analysis_budget_s: float | None = None,
 ) -> PipelineResult:
     """Prune one model as `spec` says; write model.onnx, model.pt2 and report.json to out_dir.
 
     `cache_dir` keeps the per-layer latency tables of latency targets between jobs.
+    `analysis_budget_s` bounds the layer analysis (default: scaled with the model's layer
+    count, see `deadline.analysis_budget`); what it leaves unanalysed is protected.
     """
     _check_device(device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t = _Tracker(on_progress, should_cancel)
     state = _load(Path(model_path), dataset_path and Path(dataset_path), arch, input_shape, t)
-    _analyze(state, spec, t)
+    _analyze(state, spec, t, analysis_budget_s)
     _regularize(state, spec, device, t)
     _prune(state, spec, device, t, cache_dir)
     _finetune(state, spec, device, t)

@@ -34,7 +34,8 @@ from torch import nn
 from torch_pruning import ops
 
 from contract import ExportSpec
-from worker.engine.errors import PruningFailed
+from worker.engine.deadline import Deadline, analysis_budget, watchdog
+from worker.engine.errors import AnalysisTimeout, JobCancelled, PruningFailed
 from worker.engine.loaders import flatten_outputs
 from worker.engine.onnx_converters import ChannelConst, ChannelShuffle
 from worker.engine.types import LoadedModel, Preflight
@@ -115,10 +116,19 @@ def build_dependency_graph(
         )
 
 
-def run_preflight(loaded: LoadedModel, *, opset: int = 17) -> Preflight:
+def run_preflight(
+    loaded: LoadedModel,
+    *,
+    opset: int = 17,
+    budget_s: float | None = None,
+    should_cancel: Any = None,
+) -> Preflight:
     """Run the model, round-trip an unpruned export through onnxruntime, find the layers
     to protect. Raises ExportFailed/VerificationFailed when the model cannot be exported
-    faithfully (no pruning result could be delivered either)."""
+    faithfully (no pruning result could be delivered either).
+
+    The layer analysis stops after `budget_s` seconds (default: `deadline.analysis_budget`
+    of the model's layer count) and when `should_cancel()` turns true."""
     from worker.engine.export import export_onnx, verify_onnx
 
     module = loaded.module.eval()
@@ -136,7 +146,9 @@ def run_preflight(loaded: LoadedModel, *, opset: int = 17) -> Preflight:
         if _batch_is_dynamic(loaded):
             diff = max(diff, verify_onnx(path, module, loaded.example_inputs(batch=2, seed=1)))
 
-    protected, found = find_protected(module, loaded)
+    if budget_s is None:
+        budget_s = analysis_budget(_layer_count(module))
+    protected, found = find_protected(module, loaded, Deadline(budget_s, should_cancel))
     return Preflight(
         protected=protected,
         reference_outputs=reference,
@@ -149,9 +161,20 @@ def _batch_is_dynamic(loaded: LoadedModel) -> bool:
     return all(i.shape and not isinstance(i.shape[0], int) for i in loaded.inputs)
 
 
-def find_protected(module: nn.Module, loaded: LoadedModel) -> tuple[list[nn.Module], list[str]]:
-    """The root layers of the pruning groups that must keep their channels, and notes."""
+def _layer_count(module: nn.Module) -> int:
+    return sum(isinstance(m, ROOT_MODULE_TYPES) for m in module.modules())
+
+
+def find_protected(
+    module: nn.Module, loaded: LoadedModel, deadline: Deadline | None = None
+) -> tuple[list[nn.Module], list[str]]:
+    """The root layers of the pruning groups that must keep their channels, and notes.
+
+    Group discovery that outlasts `deadline` is abandoned (`AnalysisTimeout`: nothing is
+    known to prune safely); trials that outlast it stop, and the layers not yet shown
+    safe are protected, with a note saying so."""
     started = time.perf_counter()
+    deadline = deadline or Deadline(analysis_budget(_layer_count(module)))
     work = copy.deepcopy(module).eval()
     inputs = _trial_inputs(work, loaded)
     traced: list[Any] = []
@@ -161,8 +184,11 @@ def find_protected(module: nn.Module, loaded: LoadedModel) -> tuple[list[nn.Modu
         return out
 
     try:
-        dg = build_dependency_graph(work, inputs, output_transform=keep_outputs)
-        groups = list(dg.get_all_groups(root_module_types=ROOT_MODULE_TYPES))
+        with watchdog(deadline, "torch-pruning's search for the layer groups"):
+            dg = build_dependency_graph(work, inputs, output_transform=keep_outputs)
+            groups = list(dg.get_all_groups(root_module_types=ROOT_MODULE_TYPES))
+    except (JobCancelled, AnalysisTimeout):
+        raise
     except Exception as exc:  # torch-pruning's tracing gives up on this graph
         raise PruningFailed(
             f"torch-pruning cannot follow the channels of this model: {type(exc).__name__}: "
@@ -187,14 +213,22 @@ def find_protected(module: nn.Module, loaded: LoadedModel) -> tuple[list[nn.Modu
         elif isinstance(root, nn.Module):
             candidates.append(root)
 
-    trials = _Trials(dg, work, inputs, base)
-    breaking = trials.failing(candidates)
-    if (
-        breaking
-        and breaking != candidates
-        and not trials.run([m for m in candidates if m not in breaking])
-    ):
-        breaking = trials.one_by_one(candidates)  # only fail together: add them greedily
+    trials = _Trials(dg, work, inputs, base, deadline)
+    unanalysed: list[nn.Module] = []
+    try:
+        with watchdog(deadline, "the layer analysis' trial pruning"):
+            breaking = trials.failing(candidates)
+            if (
+                breaking
+                and breaking != candidates
+                and not trials.run([m for m in candidates if m not in breaking])
+            ):
+                breaking = trials.one_by_one(candidates)  # only fail together: greedily
+    except AnalysisTimeout:
+        # Out of time: what no trial has shown safe is protected rather than guessed.
+        trials.restore()
+        unanalysed = [m for m in candidates if m not in trials.passed]
+        breaking = unanalysed
     trials.check_restored()
 
     original = dict(module.named_modules())
@@ -213,7 +247,12 @@ def find_protected(module: nn.Module, loaded: LoadedModel) -> tuple[list[nn.Modu
             f"protected {len(to_output)} layer(s) whose channels reach an output: "
             + _list(names[m] for m in to_output)
         )
-    if breaking:
+    if unanalysed:
+        notes.append(
+            f"the analysis budget of {deadline.seconds:.0f} s ran out: protected "
+            f"{len(unanalysed)} layer(s) not yet analysed: " + _list(names[m] for m in unanalysed)
+        )
+    elif breaking:
         notes.append(
             f"protected {len(breaking)} layer(s) whose pruning would break a shape "
             "baked into the graph: " + _list(names[m] for m in breaking)
@@ -267,9 +306,12 @@ class _Trials:
         work: nn.Module,
         inputs: tuple[torch.Tensor, ...],
         base: tuple[torch.Tensor, ...],
+        deadline: Deadline | None = None,
     ) -> None:
         self.dg, self.work, self.inputs, self.base = dg, work, inputs, base
+        self.deadline = deadline
         self.count = 0
+        self.passed: set[nn.Module] = set()  # roots some successful trial pruned
         self._ch_groups: dict[nn.Module, int] = {}
         # Pruning replaces parameters and attributes, and changes some lists in place (an
         # LSTM's flat weights, torch-pruning's own records of concat and split sizes):
@@ -311,6 +353,8 @@ class _Trials:
     def run(self, roots: list[nn.Module]) -> bool:
         """Whether the model still runs, with the same output shapes, with channels removed
         from every group in `roots`."""
+        if self.deadline is not None:
+            self.deadline.check("the layer analysis' trial pruning")
         self.count += 1
         try:
             for root in roots:
@@ -318,14 +362,23 @@ class _Trials:
             # A failing FX graph prints its code to stderr; failing is expected here.
             with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
                 out = flatten_outputs(self.work(*self.inputs))
-            return len(out) == len(self.base) and all(
+            ok = len(out) == len(self.base) and all(
                 o.shape == b.shape and (not o.is_floating_point() or bool(torch.isfinite(o).all()))
                 for o, b in zip(out, self.base, strict=True)
             )
+        except (JobCancelled, AnalysisTimeout):
+            raise  # the watchdog's, not the trial's
         except Exception:
             return False
         finally:
             self._restore()
+        if ok:
+            self.passed.update(roots)
+        return ok
+
+    def restore(self) -> None:
+        """Put the model back after an interrupted trial."""
+        self._restore()
 
     def _prune_one(self, root: nn.Module) -> None:
         pruner = self.dg.get_pruner_of_module(root)
