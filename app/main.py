@@ -95,7 +95,7 @@ def _init_state(app: FastAPI, settings: Settings) -> None:
     app.state.limiter = TokenBucketLimiter(settings.rate_limit_per_minute)
     app.state.metrics = ApiMetrics()
     app.state.pools = Pools()
-    app.state.key_cache = KeyCache()
+    app.state.key_cache = KeyCache(settings.key_cache_ttl_s)
     app.state.auth_throttle = FailureThrottle(settings.auth_failures_per_minute)
     app.state.stream_slots = TenantSlots(settings.max_event_streams_per_tenant)
     # The HTTP protocol reads its header deadline from here (see app.core.httpproto).

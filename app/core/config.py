@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     # Failed authentications per client address per minute before that address gets 429
     # (only keys it has not already proven valid); 0 = no throttle.
     auth_failures_per_minute: int = 20
+    # Seconds a validated key is trusted without a database lookup. A key deleted from
+    # the database keeps working for up to this long; 0 = look up on every request.
+    key_cache_ttl_s: float = Field(default=30.0, ge=0)
     # Bearer key for GET /metrics (operators, never a tenant). Empty = loopback clients only.
     metrics_key: str = ""
 

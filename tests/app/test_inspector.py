@@ -1,6 +1,5 @@
 """The child-process inspector: results, refusals, crashes, garbage and hangs."""
 
-import asyncio
 import json
 import sys
 import textwrap
@@ -13,6 +12,7 @@ import pytest
 from app.core.errors import Unprocessable
 from app.inspector import Inspector
 from app.sandbox import Sandbox
+from tests.aio import run_coroutine
 from tests.app.helpers import AUTH_A, assert_problem, upload_model
 
 OK_INFO = {
@@ -27,19 +27,26 @@ OK_INFO = {
 def _fake(tmp_path: Path, body: str, timeout_s: float = 20) -> Inspector:
     """An inspector whose child runs `body` (argv recorded next to the script)."""
     script = tmp_path / "fake_inspect.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import json, os, sys, time
         from pathlib import Path
         Path(__file__).with_suffix(".argv").write_text(json.dumps(sys.argv[1:]))
-    """) + textwrap.dedent(body))
+    """)
+        + textwrap.dedent(body)
+    )
     # The fake script lives outside the sandbox's view: run it without one (the sandbox
     # itself is tested in tests/security/test_sandbox.py).
-    return Inspector(sandbox=Sandbox(insecure=True), scratch_root=tmp_path / "scratch",
-                     timeout_s=timeout_s, command=[sys.executable, str(script)])
+    return Inspector(
+        sandbox=Sandbox(insecure=True),
+        scratch_root=tmp_path / "scratch",
+        timeout_s=timeout_s,
+        command=[sys.executable, str(script)],
+    )
 
 
 def _inspect(inspector: Inspector, path: Path, **kwargs: Any) -> Any:
-    return asyncio.run(inspector.model(path, tenant="t", **kwargs))
+    return run_coroutine(inspector.model(path, tenant="t", **kwargs))
 
 
 def _argv(tmp_path: Path) -> list[str]:
@@ -49,31 +56,47 @@ def _argv(tmp_path: Path) -> list[str]:
 def test_ok_result_and_arguments(tmp_path):
     info = json.dumps({"ok": True, "info": OK_INFO})
     inspector = _fake(tmp_path, f"print('warning: noisy native lib')\nprint({info!r})\n")
-    result = _inspect(inspector, tmp_path / "m.onnx", arch="timm:resnet18",
-                      input_shape=[1, 3, 8, 8])
+    result = _inspect(
+        inspector, tmp_path / "m.onnx", arch="timm:resnet18", input_shape=[1, 3, 8, 8]
+    )
     assert result.stats.macs == 6912 and result.input_shape == [1, 3, 8, 8]
-    assert _argv(tmp_path) == ["model", str(tmp_path / "m.onnx"), "--arch", "timm:resnet18",
-                               "--input-shape", "1,3,8,8"]
+    assert _argv(tmp_path) == [
+        "model",
+        str(tmp_path / "m.onnx"),
+        "--arch",
+        "timm:resnet18",
+        "--input-shape",
+        "1,3,8,8",
+    ]
 
 
 def test_refusal_passes_code_and_message(tmp_path):
-    inspector = _fake(tmp_path, """
+    inspector = _fake(
+        tmp_path,
+        """
         print(json.dumps({"ok": False, "code": "unsafe_format", "message": "pickled module"}))
         sys.exit(2)
-    """)
+    """,
+    )
     with pytest.raises(Unprocessable) as err:
         _inspect(inspector, tmp_path / "m")
-    assert (err.value.code, err.value.detail, err.value.status) == \
-        ("unsafe_format", "pickled module", 422)
+    assert (err.value.code, err.value.detail, err.value.status) == (
+        "unsafe_format",
+        "pickled module",
+        422,
+    )
 
 
-@pytest.mark.parametrize("body", [
-    "print('not json at all')",
-    "os.abort()",
-    "print(json.dumps({'ok': True, 'info': {'format': 'exe'}}))",
-    "print(json.dumps({'ok': False, 'code': 'Not A Code!', 'message': 'x'}))",
-    "sys.exit(0)",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "print('not json at all')",
+        "os.abort()",
+        "print(json.dumps({'ok': True, 'info': {'format': 'exe'}}))",
+        "print(json.dumps({'ok': False, 'code': 'Not A Code!', 'message': 'x'}))",
+        "sys.exit(0)",
+    ],
+)
 def test_crash_garbage_or_bad_info_is_invalid_model(tmp_path, body):
     with pytest.raises(Unprocessable) as err:
         _inspect(_fake(tmp_path, body), tmp_path / "m")
@@ -82,7 +105,7 @@ def test_crash_garbage_or_bad_info_is_invalid_model(tmp_path, body):
 
 def test_dataset_failures_use_invalid_dataset(tmp_path):
     with pytest.raises(Unprocessable) as err:
-        asyncio.run(_fake(tmp_path, "os.abort()").dataset(tmp_path / "d.npz", tenant="t"))
+        run_coroutine(_fake(tmp_path, "os.abort()").dataset(tmp_path / "d.npz", tenant="t"))
     assert err.value.code == "invalid_dataset"
     assert _argv(tmp_path)[:2] == ["dataset", str(tmp_path / "d.npz")]
 

@@ -54,7 +54,7 @@ class ScriptedService:
 
     def __init__(self, data_dir: Path) -> None:
         settings = Settings(data_dir=data_dir, api_keys=f"carol:{KEY}",
-                            rate_limit_per_minute=100_000)
+                            rate_limit_per_minute=100_000, key_cache_ttl_s=0)
         self.app = create_app(settings)
         self.port = free_port_local()
         self.url = f"http://127.0.0.1:{self.port}"

@@ -6,7 +6,6 @@ refusal is paired with the same call succeeding without the guard, so a test fai
 guard stops working as well as if the call could never have worked.
 """
 
-import asyncio
 import json
 import os
 import socket
@@ -21,6 +20,7 @@ import pytest
 
 from app.inspector import Inspector
 from app.sandbox import Sandbox
+from tests.aio import run_coroutine
 from tests.security import payloads
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +42,10 @@ def _run(script: str, *args: object) -> dict:
     """Run `script` in a new interpreter; it prints one JSON object as its last line."""
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(script), *map(str, args)],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert proc.stdout.strip(), proc.stderr
@@ -145,8 +148,7 @@ NATIVE_CONNECT = """
 
 def test_native_connect_is_cut_off_by_the_network_namespace(listener: socket.socket) -> None:
     port = _port(listener)
-    assert _run(NATIVE_CONNECT, port, "open") == {"isolation": "none", "fd_ok": True,
-                                                  "errno": 0}
+    assert _run(NATIVE_CONNECT, port, "open") == {"isolation": "none", "fd_ok": True, "errno": 0}
     assert _received(listener) == b"native"
     result = _run(NATIVE_CONNECT, port, "guarded")
     if result["isolation"] == "none":
@@ -173,9 +175,11 @@ PHONING_MODEL = """
 def test_inspector_child_cannot_phone_home(listener: socket.socket, tmp_path: Path) -> None:
     model = payloads.tiny_onnx(tmp_path / "m.onnx")
     proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(PHONING_MODEL), str(_port(listener)),
-         str(model)],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        [sys.executable, "-c", textwrap.dedent(PHONING_MODEL), str(_port(listener)), str(model)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     result_line, exit_line = proc.stdout.splitlines()[-2:]
@@ -188,10 +192,10 @@ def test_inspector_child_cannot_phone_home(listener: socket.socket, tmp_path: Pa
 
 def test_inspector_still_inspects_models_and_datasets(tmp_path: Path) -> None:
     inspector = Inspector(sandbox=Sandbox(), scratch_root=tmp_path / "scratch", timeout_s=300)
-    info = asyncio.run(inspector.model(payloads.tiny_onnx(tmp_path / "m.onnx"), tenant="t"))
+    info = run_coroutine(inspector.model(payloads.tiny_onnx(tmp_path / "m.onnx"), tenant="t"))
     assert (info.format, info.input_shape) == ("onnx", [1, 3, 8, 8])
     assert (info.stats.params, info.stats.macs) == (108, 6912)
     data = tmp_path / "d.npz"
     np.savez(data, x=np.zeros((10, 3, 8, 8), np.float32), y=np.arange(10) % 2)
-    dataset = asyncio.run(inspector.dataset(data, tenant="t"))
+    dataset = run_coroutine(inspector.dataset(data, tenant="t"))
     assert (dataset.format, dataset.num_samples, dataset.num_classes) == ("npz", 10, 2)

@@ -29,20 +29,26 @@ from app.core.errors import TooManyRequests
 from app.inspector import Inspector, PoolLimits
 from app.sandbox import Limits, Sandbox, probe
 from contract import JobSpec
+from tests.aio import run_coroutine
 from worker.engine.errors import EngineError, JobCancelled
 from worker.sandboxed import SandboxedPipeline, SandboxFailed
 
 CANARY_SECRET = "sk_canary_" + "7" * 24
 
 pytestmark = pytest.mark.skipif(
-    probe() is not None, reason=f"!!! SANDBOX UNAVAILABLE, its tests cannot run: {probe()}")
+    probe() is not None, reason=f"!!! SANDBOX UNAVAILABLE, its tests cannot run: {probe()}"
+)
 
 
 @pytest.fixture
 def canaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """Secrets in the parent's environment and files outside the scratch directory."""
-    for name in ("SECATEURS_API_KEYS", "SECATEURS_DATABASE_URL", "SECATEURS_S3_SECRET_ACCESS_KEY",
-                 "AWS_SECRET_ACCESS_KEY"):
+    for name in (
+        "SECATEURS_API_KEYS",
+        "SECATEURS_DATABASE_URL",
+        "SECATEURS_S3_SECRET_ACCESS_KEY",
+        "AWS_SECRET_ACCESS_KEY",
+    ):
         monkeypatch.setenv(name, f"tenant:{CANARY_SECRET}")
     data = tmp_path / "data"
     data.mkdir()
@@ -54,18 +60,33 @@ def canaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
     listener.settimeout(0.2)
-    yield {"file": secret_file, "dir": data, "port": listener.getsockname()[1],
-           "listener": listener, "written": tmp_path / "written-by-sandbox"}
+    yield {
+        "file": secret_file,
+        "dir": data,
+        "port": listener.getsockname()[1],
+        "listener": listener,
+        "written": tmp_path / "written-by-sandbox",
+    }
     listener.close()
 
 
-def _run(code: str, scratch: Path, limits: Limits | None = None,
-         timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    prepared = Sandbox().prepare(["python", "-c", textwrap.dedent(code)], scratch=scratch,
-                                 limits=limits or Limits(memory_bytes=1 << 30, cpu_s=60))
+def _run(
+    code: str, scratch: Path, limits: Limits | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    prepared = Sandbox().prepare(
+        ["python", "-c", textwrap.dedent(code)],
+        scratch=scratch,
+        limits=limits or Limits(memory_bytes=1 << 30, cpu_s=60),
+    )
     try:
-        return subprocess.run(prepared.argv, env=prepared.env, pass_fds=prepared.pass_fds,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            prepared.argv,
+            env=prepared.env,
+            pass_fds=prepared.pass_fds,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     finally:
         prepared.close()
 
@@ -115,19 +136,35 @@ def test_hostile_code_reads_writes_and_reaches_nothing(tmp_path: Path, canaries)
     scratch.mkdir()
     code = ATTACK + ""
     prepared = Sandbox().prepare(
-        ["python", "-c", code, str(canaries["file"]), str(canaries["dir"]),
-         str(canaries["written"]), str(canaries["port"])],
-        scratch=scratch, limits=Limits(memory_bytes=1 << 30, cpu_s=60))
+        [
+            "python",
+            "-c",
+            code,
+            str(canaries["file"]),
+            str(canaries["dir"]),
+            str(canaries["written"]),
+            str(canaries["port"]),
+        ],
+        scratch=scratch,
+        limits=Limits(memory_bytes=1 << 30, cpu_s=60),
+    )
     try:
-        done = subprocess.run(prepared.argv, env=prepared.env, pass_fds=prepared.pass_fds,
-                              capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            prepared.argv,
+            env=prepared.env,
+            pass_fds=prepared.pass_fds,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     finally:
         prepared.close()
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout)
     assert CANARY_SECRET not in json.dumps(found)
-    assert not any(k.startswith(("SECATEURS_", "AWS_")) and k != "SECATEURS_SCRATCH"
-                   for k in found["env"])
+    assert not any(
+        k.startswith(("SECATEURS_", "AWS_")) and k != "SECATEURS_SCRATCH" for k in found["env"]
+    )
     assert found["read"] == {}, found["read"]  # no secret file, no system file, no /proc/1
     assert found["wrote"] == [] and not canaries["written"].exists()
     assert found["net"] == [] and _nobody_connected(canaries["listener"])
@@ -140,12 +177,15 @@ def test_hostile_code_reads_writes_and_reaches_nothing(tmp_path: Path, canaries)
 def test_the_scratch_directory_is_the_only_writable_place(tmp_path: Path) -> None:
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    done = _run("""
+    done = _run(
+        """
         import os
         open("/scratch/out.txt", "w").write("result")
         os.makedirs("/scratch/tmp/deep", exist_ok=True)
         print(os.environ["HOME"], os.environ["TMPDIR"], os.getcwd())
-    """, scratch)
+    """,
+        scratch,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["/scratch", "/scratch/tmp", "/scratch"]
     assert (scratch / "out.txt").read_text() == "result"
@@ -154,19 +194,24 @@ def test_the_scratch_directory_is_the_only_writable_place(tmp_path: Path) -> Non
 def test_memory_cpu_and_process_limits_hold(tmp_path: Path) -> None:
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    memory = _run("""
+    memory = _run(
+        """
         blocks = []
         try:
             while True:
                 blocks.append(bytearray(64 << 20))
         except MemoryError:
             print(len(blocks) * 64)
-    """, scratch, Limits(memory_bytes=512 << 20, cpu_s=30))
+    """,
+        scratch,
+        Limits(memory_bytes=512 << 20, cpu_s=30),
+    )
     assert memory.returncode == 0, memory.stderr
     assert int(memory.stdout) < 512  # MiB held when the limit refused the next block
     cpu = _run("while True: pass", scratch, Limits(cpu_s=1))
     assert cpu.returncode != 0
-    forks = _run("""
+    forks = _run(
+        """
         import os
         n = 0
         try:
@@ -177,15 +222,21 @@ def test_memory_cpu_and_process_limits_hold(tmp_path: Path) -> None:
         except OSError:
             pass
         print(n)
-    """, scratch, Limits(processes=32, cpu_s=30))
+    """,
+        scratch,
+        Limits(processes=32, cpu_s=30),
+    )
     assert forks.returncode == 0, forks.stderr
     assert int(forks.stdout) < 32
 
 
 def _hostile_pipeline(code: str) -> SandboxedPipeline:
     """A pipeline whose sandboxed process runs `code` instead of the engine."""
-    return SandboxedPipeline(Sandbox(), Limits(memory_bytes=1 << 30, cpu_s=60),
-                             command=("python", "-c", textwrap.dedent(code)))
+    return SandboxedPipeline(
+        Sandbox(),
+        Limits(memory_bytes=1 << 30, cpu_s=60),
+        command=("python", "-c", textwrap.dedent(code)),
+    )
 
 
 def _job_dir(tmp_path: Path) -> Path:
@@ -235,13 +286,17 @@ def test_a_job_poisons_no_other_tenants_cache(tmp_path: Path) -> None:
     assert not (tmp_path / "cache" / "latency-cpu.json").exists()
 
 
-@pytest.mark.parametrize(("code", "expected"), [
-    ("import os; os.abort()", "engine_crashed"),
-    ("pass", "engine_crashed"),
-    ("while True: pass", "resources_exceeded"),
-])
-def test_a_crash_a_silent_exit_and_a_limit_are_typed_failures(tmp_path: Path, code: str,
-                                                              expected: str) -> None:
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        ("import os; os.abort()", "engine_crashed"),
+        ("pass", "engine_crashed"),
+        ("while True: pass", "resources_exceeded"),
+    ],
+)
+def test_a_crash_a_silent_exit_and_a_limit_are_typed_failures(
+    tmp_path: Path, code: str, expected: str
+) -> None:
     work = _job_dir(tmp_path)
     pipeline = SandboxedPipeline(Sandbox(), Limits(cpu_s=1), command=("python", "-c", code))
     with pytest.raises(EngineError) as err:
@@ -263,9 +318,13 @@ def test_cancel_kills_a_job_that_never_checks(tmp_path: Path) -> None:
     progress: list[tuple[str, float]] = []
     start = time.monotonic()
     with pytest.raises(JobCancelled):
-        pipeline(work / "model.onnx", JobSpec(), work / "out",
-                 on_progress=lambda s, o: progress.append((s, o)),
-                 should_cancel=lambda: time.monotonic() > cancel_at)
+        pipeline(
+            work / "model.onnx",
+            JobSpec(),
+            work / "out",
+            on_progress=lambda s, o: progress.append((s, o)),
+            should_cancel=lambda: time.monotonic() > cancel_at,
+        )
     assert time.monotonic() - cancel_at < 5
     assert progress == [("analyzing", 0.05)]
     assert time.monotonic() - start < 30
@@ -316,9 +375,13 @@ def _tree_rss_bytes(root_pid: int) -> int:
 def test_three_memory_hogs_stay_within_the_pool_bound(tmp_path: Path) -> None:
     """Three hostile inspections at once: their memory together stays under the bound."""
     bound = 1 << 30
-    inspector = Inspector(sandbox=Sandbox(), scratch_root=tmp_path / "scratch", timeout_s=60,
-                          pool=PoolLimits(concurrency=2, per_tenant=2, memory_total_bytes=bound),
-                          command=["python", "-c", HOG])
+    inspector = Inspector(
+        sandbox=Sandbox(),
+        scratch_root=tmp_path / "scratch",
+        timeout_s=60,
+        pool=PoolLimits(concurrency=2, per_tenant=2, memory_total_bytes=bound),
+        command=["python", "-c", HOG],
+    )
     upload = tmp_path / "upload"
     upload.write_bytes(b"x")
     peak = 0
@@ -334,11 +397,12 @@ def test_three_memory_hogs_stay_within_the_pool_bound(tmp_path: Path) -> None:
     sampler.start()
 
     async def three() -> list[Any]:
-        return await asyncio.gather(*(inspector.model(upload, tenant=f"t{i % 2}")
-                                      for i in range(3)), return_exceptions=True)
+        return await asyncio.gather(
+            *(inspector.model(upload, tenant=f"t{i % 2}") for i in range(3)), return_exceptions=True
+        )
 
     try:
-        results = asyncio.run(three())
+        results = run_coroutine(three())
     finally:
         done.set()
         sampler.join()
@@ -354,9 +418,13 @@ print(json.dumps({"ok": False, "code": "invalid_model", "message": str(time.time
 
 
 def test_one_tenants_burst_leaves_room_for_another(tmp_path: Path) -> None:
-    inspector = Inspector(sandbox=Sandbox(insecure=True), scratch_root=tmp_path / "scratch",
-                          timeout_s=60, command=[sys.executable, "-c", SLEEPER],
-                          pool=PoolLimits(concurrency=2, per_tenant=1, max_waiting=3))
+    inspector = Inspector(
+        sandbox=Sandbox(insecure=True),
+        scratch_root=tmp_path / "scratch",
+        timeout_s=60,
+        command=[sys.executable, "-c", SLEEPER],
+        pool=PoolLimits(concurrency=2, per_tenant=1, max_waiting=3),
+    )
     upload = tmp_path / "upload"
     upload.write_bytes(b"x")
 
@@ -370,7 +438,7 @@ def test_one_tenants_burst_leaves_room_for_another(tmp_path: Path) -> None:
         assert getattr(err.value, "code", None) == "invalid_model"
         return await asyncio.gather(*burst, return_exceptions=True), other
 
-    results, other_s = asyncio.run(attack())
+    results, other_s = run_coroutine(attack())
     # Tenant a may hold one slot; b's upload took the other at once (1 s of work).
     assert other_s < 3, other_s
     refused = [r for r in results if isinstance(r, TooManyRequests)]
