@@ -22,7 +22,7 @@ from app.core.disk import DiskGuardMiddleware, install_disk_full_handlers
 from app.core.errors import install_error_handlers
 from app.core.httpproto import configure_header_timeout
 from app.core.pools import Pools
-from app.core.ratelimit import FailureThrottle, TenantSlots, TokenBucketLimiter
+from app.core.ratelimit import FailureThrottle, TenantSlots, TenantTurns, TokenBucketLimiter
 from app.core.timeouts import BodyTimeoutMiddleware
 from app.dashboard import router as dashboard_router
 from app.db.session import init_db, make_engine, make_sessionmaker, session_scope
@@ -98,6 +98,8 @@ def _init_state(app: FastAPI, settings: Settings) -> None:
     app.state.key_cache = KeyCache(settings.key_cache_ttl_s)
     app.state.auth_throttle = FailureThrottle(settings.auth_failures_per_minute)
     app.state.stream_slots = TenantSlots(settings.max_event_streams_per_tenant)
+    app.state.upload_turns = TenantTurns(settings.max_uploads_per_tenant,
+                                         settings.upload_turn_wait_s)
     # The HTTP protocol reads its header deadline from here (see app.core.httpproto).
     configure_header_timeout(settings.header_timeout_s)
 

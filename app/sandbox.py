@@ -293,7 +293,7 @@ def _code_dirs() -> tuple[Path, ...]:
     """The directories of the packages the sandboxed commands import, found without
     importing them (an editable install keeps them outside site-packages). Only these
     directories are bound, never the project root, which may hold the data directory."""
-    dirs = []
+    dirs: list[Path] = []
     for name in CODE_PACKAGES:
         spec = importlib.util.find_spec(name)
         if spec is None or not spec.submodule_search_locations:

@@ -100,7 +100,9 @@ Provider = Literal["auto", "cpu", "cuda", "CPUExecutionProvider", "CUDAExecution
 
 
 class BenchmarkSpec(Frozen):
-    providers: list[Provider] = Field(default_factory=lambda: ["auto"], min_length=1, max_length=4)
+    providers: list[Provider] = Field(
+        default_factory=lambda: list[Provider](["auto"]), min_length=1, max_length=4
+    )
     batch_sizes: list[int] = Field(default_factory=lambda: [1], min_length=1, max_length=8)
     warmup: int = Field(default=10, ge=0, le=1000)
     iterations: int = Field(default=50, ge=1, le=10_000)

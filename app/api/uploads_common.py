@@ -1,16 +1,22 @@
-"""What the model and dataset upload routes share: form-field parsing and storing."""
+"""What the model and dataset upload routes share: a per-tenant slot, the quota check,
+receiving the file, form-field parsing and cleaning up."""
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from sqlalchemy.orm import Session, sessionmaker
+from starlette.requests import Request
 
-from app.core.errors import InsufficientStorage, ValidationFailed
-from app.db.models import Dataset, Model
-from app.storage import ArtifactStore
-from app.uploads import SavedUpload, is_out_of_space
+from app.core.config import Settings
+from app.core.errors import InsufficientStorage, TooManyRequests, ValidationFailed
+from app.core.pools import run_in
+from app.core.ratelimit import NoTurn, TenantTurns
+from app.db.quota import quota_left
+from app.uploads import SavedUpload, is_out_of_space, quota_exceeded, receive_upload
+
+# Retry-After for an upload refused because the tenant has too many in progress.
+TOO_MANY_UPLOADS_RETRY_S = 5.0
 
 _ARCH_RE = re.compile(r"^[A-Za-z0-9_.-]+:[A-Za-z0-9_.\-/]+$")
 MAX_NAME = 256
@@ -54,20 +60,6 @@ def display_name(raw: str | None, filename: str | None, fallback: str) -> str:
     return fallback
 
 
-def insert_upload_row(
-    factory: sessionmaker[Session], store: ArtifactStore, row: Model | Dataset
-) -> None:
-    """Commit the row of an already-stored upload; on failure remove the stored file so
-    nothing is left without a row."""
-    try:
-        with factory() as session:
-            session.add(row)
-            session.commit()
-    except BaseException:
-        store.delete(row.storage_key)
-        raise
-
-
 @contextmanager
 def scratch_upload(tmp: Path, saved: SavedUpload) -> Iterator[None]:
     """Around inspecting and storing a received upload: a full disk answers 507, and the
@@ -76,9 +68,71 @@ def scratch_upload(tmp: Path, saved: SavedUpload) -> Iterator[None]:
         yield
     except OSError as exc:
         if is_out_of_space(exc):
-            raise InsufficientStorage("the server has no room to store the upload right "
-                                      "now; retry later") from exc
+            raise InsufficientStorage(
+                "the server has no room to store the upload right now; retry later"
+            ) from exc
         raise
     finally:
         tmp.unlink(missing_ok=True)
         saved.release()
+
+
+@asynccontextmanager
+async def received_upload(
+    request: Request,
+    tenant: str,
+    settings: Settings,
+    tmp: Path,
+    *,
+    max_file_bytes: int,
+    fields: set[str],
+) -> AsyncIterator[SavedUpload]:
+    """The upload streamed to `tmp`, for the route to inspect and store inside the block.
+
+    A tenant has at most `max_uploads_per_tenant` uploads received and inspected at once;
+    the others wait, their bodies unread, so that one tenant's burst of large uploads
+    cannot take the server's bandwidth and CPU from every other tenant. One that waits
+    longer than `upload_turn_wait_s` is refused (429 too_many_uploads)."""
+    turns: TenantTurns = request.app.state.upload_turns
+    try:
+        async with turns.turn(tenant):
+            async with _received(
+                request, tenant, settings, tmp, max_file_bytes=max_file_bytes, fields=fields
+            ) as saved:
+                yield saved
+    except NoTurn as exc:
+        raise TooManyRequests(
+            f"{turns.limit} uploads of this tenant have been in progress for "
+            f"{turns.wait_s:.0f} s; retry when one has finished",
+            retry_after_s=TOO_MANY_UPLOADS_RETRY_S,
+            code="too_many_uploads",
+        ) from exc
+
+
+@asynccontextmanager
+async def _received(
+    request: Request,
+    tenant: str,
+    settings: Settings,
+    tmp: Path,
+    *,
+    max_file_bytes: int,
+    fields: set[str],
+) -> AsyncIterator[SavedUpload]:
+    factory = request.app.state.sessionmaker
+    pool = request.app.state.pools.uploads
+    left = await run_in(pool, quota_left, factory, tenant, settings.tenant_storage_quota_bytes)
+    if left is not None and left <= 0:
+        raise quota_exceeded(0)
+    saved = await receive_upload(
+        request,
+        tmp,
+        max_file_bytes=max_file_bytes,
+        fields=fields,
+        idle_timeout_s=settings.upload_idle_timeout_s,
+        min_bytes_per_s=settings.upload_min_bytes_per_s,
+        quota_left_bytes=left,
+        pool=pool,
+    )
+    with scratch_upload(tmp, saved):
+        yield saved

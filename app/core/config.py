@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     # Fairness between tenants. Open `GET /v1/jobs/{id}/events` streams per tenant (per
     # API process); more answer 429 `too_many_streams`.
     max_event_streams_per_tenant: int = 8
+    # Uploads of one tenant received and inspected at once; the others wait (bodies unread)
+    # up to upload_turn_wait_s, then get 429 too_many_uploads.
+    max_uploads_per_tenant: int = Field(default=4, ge=1)
+    upload_turn_wait_s: float = Field(default=300.0, gt=0)
     # Bytes of live models and datasets a tenant may keep; 0 = unlimited.
     tenant_storage_quota_bytes: int = 20 * GiB
     # Below this much free space on the data disk, /readyz answers 503 and uploads and job

@@ -1,14 +1,16 @@
 """Per-tenant request rate limit (a token bucket refilled continuously), failed
-authentications per client address, and per-tenant open slots.
+authentications per client address, per-tenant open slots, and per-tenant turns.
 
 Each tenant may burst up to `per_minute` requests, then gets one more every
 `60 / per_minute` seconds. State is in-process: with several API processes the effective
 limit is per process.
 """
 
+import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 
@@ -118,3 +120,39 @@ class TenantSlots:
     def total(self) -> int:
         with self._lock:
             return sum(self._held.values())
+
+
+class NoTurn(Exception):
+    """No turn came within the wait."""
+
+
+class TenantTurns:
+    """At most `limit` holders per tenant at once; the others wait their turn, up to
+    `wait_s`, in arrival order. For work whose waiting is free while its running is not:
+    an upload that waits has not had its body read, so TCP holds its sender back."""
+
+    def __init__(self, limit: int, wait_s: float) -> None:
+        self.limit = limit
+        self.wait_s = wait_s
+        self._turns: dict[str, asyncio.Semaphore] = {}
+        self._users: dict[str, int] = {}
+
+    @asynccontextmanager
+    async def turn(self, tenant: str) -> AsyncIterator[None]:
+        """Hold one of `tenant`'s turns; NoTurn when none came within `wait_s`."""
+        turns = self._turns.setdefault(tenant, asyncio.Semaphore(self.limit))
+        self._users[tenant] = self._users.get(tenant, 0) + 1
+        try:
+            try:
+                async with asyncio.timeout(self.wait_s):
+                    await turns.acquire()
+            except TimeoutError:
+                raise NoTurn() from None
+            try:
+                yield
+            finally:
+                turns.release()
+        finally:
+            self._users[tenant] -= 1
+            if not self._users[tenant]:  # forget idle tenants: the map stays small
+                del self._users[tenant], self._turns[tenant]

@@ -169,10 +169,11 @@ with ThreadPoolExecutor(count) as pool:
 
 
 def test_junk_uploads_do_not_starve_another_tenant(api: Api) -> None:
-    """50 concurrent uploads of 3 MiB of random bytes by alice (45 of 32 MiB stalled
-    another tenant's GET /v1/jobs?limit=1 to 102 s): bob's p99 stays under 200 ms."""
+    """50 concurrent uploads of 32 MiB of random bytes by alice (45 of them stalled
+    another tenant's GET /v1/jobs?limit=1 to 102 s): alice's uploads take turns, bob's
+    p99 stays under 200 ms, and every upload is answered."""
     attack = subprocess.Popen(
-        [sys.executable, "-c", _ATTACK, api.base_url, api.key_a, "50", str(3 << 20)],
+        [sys.executable, "-c", _ATTACK, api.base_url, api.key_a, "50", str(32 << 20)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     done = threading.Event()
     threading.Thread(target=lambda: (attack.wait(), done.set()), daemon=True).start()
@@ -184,6 +185,8 @@ def test_junk_uploads_do_not_starve_another_tenant(api: Api) -> None:
         out, _ = attack.communicate(timeout=600)
     codes = out.strip().splitlines()[-1] if out.strip() else out
     assert attack.returncode == 0, out[-2000:]
-    assert "500" not in codes, codes
+    print(f"bob's GET /v1/jobs during the burst: n={len(latencies)} "
+          f"p99={p99(latencies) * 1000:.0f} ms; alice's answers: {codes}")
+    assert "500" not in codes and "429" not in codes, codes
     assert len(latencies) >= 20, (len(latencies), codes)
     assert p99(latencies) <= P99_LIMIT_S, (p99(latencies), sorted(latencies)[-5:], codes)

@@ -10,17 +10,17 @@ from app.api.lookups import find_dataset
 from app.api.openapi import multipart_body, problem_responses
 from app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate
 from app.api.schemas import DatasetOut, Page
-from app.api.uploads_common import display_name, scratch_upload
+from app.api.uploads_common import display_name, received_upload
 from app.core import ids
 from app.core.errors import Conflict
 from app.core.pools import run_in
 from app.db.models import Dataset, Job, utcnow
-from app.db.quota import quota_left
 from app.storage import dataset_key
-from app.uploads import commit_upload_row, quota_exceeded, receive_upload
+from app.uploads import commit_upload_row
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"],
-                   responses=problem_responses(401, 404, 422, 429))
+router = APIRouter(
+    prefix="/v1/datasets", tags=["datasets"], responses=problem_responses(401, 404, 422, 429)
+)
 
 
 @router.post(
@@ -44,28 +44,27 @@ async def upload_dataset(
     tmp = settings.data_dir / "tmp" / f"{dataset_id}.upload"
     factory = request.app.state.sessionmaker
     pool = request.app.state.pools.uploads
-    quota = settings.tenant_storage_quota_bytes
-    left = await run_in(pool, quota_left, factory, tenant, quota)
-    if left is not None and left <= 0:
-        raise quota_exceeded(0)
-    saved = await receive_upload(request, tmp, max_file_bytes=settings.max_dataset_bytes,
-                                 fields={"name"},
-                                 idle_timeout_s=settings.upload_idle_timeout_s,
-                                 min_bytes_per_s=settings.upload_min_bytes_per_s,
-                                 quota_left_bytes=left, pool=pool)
-    with scratch_upload(tmp, saved):
+    async with received_upload(
+        request, tenant, settings, tmp, max_file_bytes=settings.max_dataset_bytes, fields={"name"}
+    ) as saved:
         info = await inspector.dataset(tmp, tenant=tenant)
         row = Dataset(
-            id=dataset_id, tenant=tenant,
+            id=dataset_id,
+            tenant=tenant,
             name=display_name(saved.fields.get("name"), saved.filename, dataset_id),
-            format=info.format, sha256=saved.sha256, size_bytes=saved.size_bytes,
-            storage_key=dataset_key(dataset_id), num_samples=info.num_samples,
-            sample_shape=list(info.sample_shape), num_classes=info.num_classes,
-            labeled=info.labeled, created_at=utcnow(),
+            format=info.format,
+            sha256=saved.sha256,
+            size_bytes=saved.size_bytes,
+            storage_key=dataset_key(dataset_id),
+            num_samples=info.num_samples,
+            sample_shape=list(info.sample_shape),
+            num_classes=info.num_classes,
+            labeled=info.labeled,
+            created_at=utcnow(),
         )
         await run_in(pool, store.put_file, row.storage_key, tmp, move=True)
     # The quota again, atomically: concurrent uploads each fitted the room left above.
-    await run_in(pool, commit_upload_row, factory, store, row, quota)
+    await run_in(pool, commit_upload_row, factory, store, row, settings.tenant_storage_quota_bytes)
     metrics.upload_bytes.labels(kind="dataset").inc(saved.size_bytes)
     return DatasetOut.from_row(row)
 
@@ -79,8 +78,7 @@ def list_datasets(
 ) -> Page[DatasetOut]:
     stmt = select(Dataset).where(Dataset.tenant == tenant, Dataset.deleted_at.is_(None))
     rows, next_cursor = paginate(session, stmt, Dataset, limit, cursor)
-    return Page[DatasetOut](items=[DatasetOut.from_row(r) for r in rows],
-                            next_cursor=next_cursor)
+    return Page[DatasetOut](items=[DatasetOut.from_row(r) for r in rows], next_cursor=next_cursor)
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut, summary="One dataset")
@@ -88,20 +86,25 @@ def get_dataset(dataset_id: str, tenant: Tenant, session: DbSession) -> DatasetO
     return DatasetOut.from_row(find_dataset(session, tenant, dataset_id))
 
 
-@router.delete("/{dataset_id}", status_code=204, summary="Delete a dataset",
-               response_class=Response, responses=problem_responses(409))
-def delete_dataset(
-    dataset_id: str, tenant: Tenant, session: DbSession, store: Store
-) -> Response:
+@router.delete(
+    "/{dataset_id}",
+    status_code=204,
+    summary="Delete a dataset",
+    response_class=Response,
+    responses=problem_responses(409),
+)
+def delete_dataset(dataset_id: str, tenant: Tenant, session: DbSession, store: Store) -> Response:
     """Refused (409 `dataset_in_use`) while a queued or running job uses the dataset."""
     row = find_dataset(session, tenant, dataset_id)
     active = session.scalar(
-        select(func.count()).select_from(Job).where(
-            Job.dataset_id == row.id, Job.status.in_(("queued", "running")))
+        select(func.count())
+        .select_from(Job)
+        .where(Job.dataset_id == row.id, Job.status.in_(("queued", "running")))
     )
     if active:
-        raise Conflict(f"dataset {dataset_id!r} is used by {active} unfinished job(s)",
-                       code="dataset_in_use")
+        raise Conflict(
+            f"dataset {dataset_id!r} is used by {active} unfinished job(s)", code="dataset_in_use"
+        )
     row.deleted_at = utcnow()
     session.commit()
     store.delete(row.storage_key)

@@ -15,21 +15,20 @@ from app.api.uploads_common import (
     display_name,
     parse_arch,
     parse_input_shape,
-    scratch_upload,
+    received_upload,
 )
 from app.core import ids
 from app.core.errors import Conflict
 from app.core.pools import run_in
 from app.db.models import Job, Model, utcnow
-from app.db.quota import quota_left
 from app.storage import model_key
-from app.uploads import commit_upload_row, quota_exceeded, receive_upload
+from app.uploads import commit_upload_row
 
-router = APIRouter(prefix="/v1/models", tags=["models"],
-                   responses=problem_responses(401, 404, 422, 429))
+router = APIRouter(
+    prefix="/v1/models", tags=["models"], responses=problem_responses(401, 404, 422, 429)
+)
 
-_FILE_SUFFIX = {"onnx": "onnx", "pt2": "pt2", "safetensors": "safetensors",
-                "state_dict": "pt"}
+_FILE_SUFFIX = {"onnx": "onnx", "pt2": "pt2", "safetensors": "safetensors", "state_dict": "pt"}
 
 
 @router.post(
@@ -38,11 +37,13 @@ _FILE_SUFFIX = {"onnx": "onnx", "pt2": "pt2", "safetensors": "safetensors",
     response_model=ModelOut,
     summary="Upload a model",
     responses=problem_responses(400, 408, 413, 415, 507),
-    openapi_extra=multipart_body({
-        "arch": "architecture for weight-only uploads, e.g. torchvision:resnet18",
-        "input_shape": "e.g. 1,3,224,224; fills dynamic dimensions",
-        "name": "display name",
-    }),
+    openapi_extra=multipart_body(
+        {
+            "arch": "architecture for weight-only uploads, e.g. torchvision:resnet18",
+            "input_shape": "e.g. 1,3,224,224; fills dynamic dimensions",
+            "name": "display name",
+        }
+    ),
 )
 async def upload_model(
     request: Request,
@@ -57,32 +58,35 @@ async def upload_model(
     tmp = settings.data_dir / "tmp" / f"{model_id}.upload"
     factory = request.app.state.sessionmaker
     pool = request.app.state.pools.uploads
-    quota = settings.tenant_storage_quota_bytes
-    left = await run_in(pool, quota_left, factory, tenant, quota)
-    if left is not None and left <= 0:
-        raise quota_exceeded(0)
-    saved = await receive_upload(request, tmp, max_file_bytes=settings.max_model_bytes,
-                                 fields={"arch", "input_shape", "name"},
-                                 idle_timeout_s=settings.upload_idle_timeout_s,
-                                 min_bytes_per_s=settings.upload_min_bytes_per_s,
-                                 quota_left_bytes=left, pool=pool)
-    with scratch_upload(tmp, saved):
+    async with received_upload(
+        request,
+        tenant,
+        settings,
+        tmp,
+        max_file_bytes=settings.max_model_bytes,
+        fields={"arch", "input_shape", "name"},
+    ) as saved:
         arch = parse_arch(saved.fields.get("arch"))
         input_shape = parse_input_shape(saved.fields.get("input_shape"))
         info = await inspector.model(tmp, tenant=tenant, arch=arch, input_shape=input_shape)
         row = Model(
-            id=model_id, tenant=tenant,
+            id=model_id,
+            tenant=tenant,
             name=display_name(saved.fields.get("name"), saved.filename, model_id),
-            format=info.format, arch=info.arch or arch, sha256=saved.sha256,
-            size_bytes=saved.size_bytes, storage_key=model_key(model_id),
+            format=info.format,
+            arch=info.arch or arch,
+            sha256=saved.sha256,
+            size_bytes=saved.size_bytes,
+            storage_key=model_key(model_id),
             input_shape=list(info.input_shape),
             inputs=[t.model_dump(mode="json") for t in info.inputs],
             outputs=[t.model_dump(mode="json") for t in info.outputs],
-            stats=info.stats.model_dump(mode="json"), created_at=utcnow(),
+            stats=info.stats.model_dump(mode="json"),
+            created_at=utcnow(),
         )
         await run_in(pool, store.put_file, row.storage_key, tmp, move=True)
     # The quota again, atomically: concurrent uploads each fitted the room left above.
-    await run_in(pool, commit_upload_row, factory, store, row, quota)
+    await run_in(pool, commit_upload_row, factory, store, row, settings.tenant_storage_quota_bytes)
     metrics.upload_bytes.labels(kind="model").inc(saved.size_bytes)
     return ModelOut.from_row(row)
 
@@ -108,32 +112,49 @@ def get_model(model_id: str, tenant: Tenant, session: DbSession) -> ModelOut:
     "/{model_id}/file",
     summary="Download the uploaded model file",
     response_class=Response,
-    responses={200: {"content": {"application/octet-stream": {}},
-                     "description": "the file, with `ETag: \"<sha256>\"`"},
-               304: {"description": "If-None-Match matched"}},
+    responses={
+        200: {
+            "content": {"application/octet-stream": {}},
+            "description": 'the file, with `ETag: "<sha256>"`',
+        },
+        304: {"description": "If-None-Match matched"},
+    },
 )
 def download_model(
     model_id: str, request: Request, tenant: Tenant, session: DbSession, store: Store
 ) -> Response:
     row = find_model(session, tenant, model_id)
     suffix = _FILE_SUFFIX.get(row.format, "bin")
-    return stream_object(request, store, row.storage_key, sha256=row.sha256,
-                         size_bytes=row.size_bytes, media_type="application/octet-stream",
-                         filename=f"{row.id}.{suffix}")
+    return stream_object(
+        request,
+        store,
+        row.storage_key,
+        sha256=row.sha256,
+        size_bytes=row.size_bytes,
+        media_type="application/octet-stream",
+        filename=f"{row.id}.{suffix}",
+    )
 
 
-@router.delete("/{model_id}", status_code=204, summary="Delete a model",
-               response_class=Response, responses=problem_responses(409))
+@router.delete(
+    "/{model_id}",
+    status_code=204,
+    summary="Delete a model",
+    response_class=Response,
+    responses=problem_responses(409),
+)
 def delete_model(model_id: str, tenant: Tenant, session: DbSession, store: Store) -> Response:
     """Refused (409 `model_in_use`) while a queued or running job uses the model."""
     row = find_model(session, tenant, model_id)
     active = session.scalar(
-        select(func.count()).select_from(Job).where(
-            Job.model_id == row.id, Job.status.in_(("queued", "running")))
+        select(func.count())
+        .select_from(Job)
+        .where(Job.model_id == row.id, Job.status.in_(("queued", "running")))
     )
     if active:
-        raise Conflict(f"model {model_id!r} is used by {active} unfinished job(s)",
-                       code="model_in_use")
+        raise Conflict(
+            f"model {model_id!r} is used by {active} unfinished job(s)", code="model_in_use"
+        )
     row.deleted_at = utcnow()
     session.commit()
     store.delete(row.storage_key)
