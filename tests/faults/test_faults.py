@@ -129,9 +129,9 @@ def big_dataset(service: Service, tmp_path_factory: pytest.TempPathFactory) -> s
         return upload_big_dataset(client, tmp_path_factory.mktemp("big"))
 
 
-def _cancel_in(client: httpx.Client, job: dict, stage: str) -> tuple[str, str]:
+def _cancel_in(client: httpx.Client, job: dict, stage: str) -> tuple[str, str, float]:
     """Submit `job`, cancel it once it reports `stage` (or has gone past it); returns the job
-    id and the stage the cancel found it in."""
+    id, the stage the cancel found it in and when (monotonic) the cancel was sent."""
     job_id = submit(client, job)
     target = STAGES.index(stage)
 
@@ -140,12 +140,13 @@ def _cancel_in(client: httpx.Client, job: dict, stage: str) -> tuple[str, str]:
 
     if stage != "queued":
         wait_for(client, job_id, reached, timeout_s=180, interval_s=0.02)
+    sent = time.monotonic()
     resp = client.post(f"/v1/jobs/{job_id}/cancel")
     assert resp.status_code in (202, 409), resp.text
     if resp.status_code == 409:
-        return job_id, "finished"
+        return job_id, "finished", sent
     got = resp.json()
-    return job_id, "queued" if got["status"] == "cancelled" else got["stage"]
+    return job_id, "queued" if got["status"] == "cancelled" else got["stage"], sent
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -162,12 +163,14 @@ def test_cancel_in_every_stage_frees_the_worker(service: Service, client: httpx.
     else:  # one quick pass of fine-tuning, then a long evaluation and benchmark
         job = body(inputs[0], big_dataset, epochs=1, batch_size=256, iterations=3000)
     for _ in range(4):  # a short stage may be over before the cancel lands: try again
-        job_id, seen = _cancel_in(client, job, stage)
+        job_id, seen, sent = _cancel_in(client, job, stage)
         done = finish(client, job_id)
+        took = time.monotonic() - sent
         if seen == stage:
             break
     assert seen == stage, f"never caught a job in {stage}"
     assert done["status"] == "cancelled", done.get("error") or done
+    assert took <= 5.0, f"cancelled {took:.1f} s after the request"
     assert client.get(f"/v1/jobs/{job_id}/artifacts").json() == []
     # The worker is free again: a quick job starts and finishes after the cancel.
     started = time.monotonic()
