@@ -36,8 +36,8 @@ test: $(STAMP) system-deps services
 	$(BIN)/python -m pytest --durations=25
 
 lint: $(STAMP)
-	$(BIN)/ruff check app worker contract cli tests bench
-	$(BIN)/mypy app worker contract cli
+	$(BIN)/ruff check app worker contract cli secateurs_client tests bench
+	$(BIN)/mypy app worker contract cli secateurs_client
 
 bench: $(STAMP)
 	$(BIN)/python bench/engine.py
