@@ -429,3 +429,24 @@ def test_sparsity_training_then_pruning_keeps_the_channel_statistics(
     result = run_pipeline(tiny_onnx, spec, tmp_path / "out", dataset_path=tiny_npz)
     assert matched and all(matched)
     assert result.report.pruned.accuracy is not None
+
+
+def test_a_target_the_model_cannot_reach_is_refused_with_what_it_can(
+    tiny_onnx: Path, tmp_path: Path
+) -> None:
+    """Two outcomes only: no 'succeeded' far short of the target. The refusal names what
+    held the model back and the reduction that is reachable, for a resubmission."""
+    from worker.engine.errors import PruningFailed
+
+    spec = JobSpec(
+        prune=PruneSpec(target=Target(macs_reduction=0.8), max_layer_ratio=0.3),
+        benchmark=FAST_BENCH,
+    )
+    with pytest.raises(PruningFailed) as refused:
+        run_pipeline(tiny_onnx, spec, tmp_path / "out")
+    assert refused.value.code == "target_unreachable"
+    message = str(refused.value)
+    assert "max_layer_ratio=0.3" in message and "reach an output" in message, message
+    reached = float(message.split("the most reached is ")[1][:4])
+    assert 0 < reached < 0.78
+    assert not (tmp_path / "out" / "model.onnx").exists()

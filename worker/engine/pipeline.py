@@ -45,7 +45,7 @@ from worker.engine.latency import LatencyTable
 from worker.engine.latency_search import LatencyProbe
 from worker.engine.loaders import load_model
 from worker.engine.preflight import run_preflight
-from worker.engine.prune import PruneResult, prune_model
+from worker.engine.prune import TOLERANCE, PruneResult, prune_model
 from worker.engine.prune_alloc import sensitivity_weights
 from worker.engine.types import CancelFn, LoadedModel, Preflight, ProgressFn
 
@@ -542,10 +542,35 @@ def _prune(state: _State, spec: JobSpec, device: str, t: _Tracker, cache_dir: Pa
             prune = _budget_target(state, spec, device, t)
             final_span = (len(state.probes) / (spec.accuracy_budget.probes + 1), 1.0)
         state.pruned = _prune_copy_or_self(state, state.loaded.module, prune, device, t, final_span)
+        _refuse_short_of_target(prune, state.pruned, state.pre.notes)
         state.notes += state.pruned.notes
         state.target_figures.update(
             {k: v for k, v in state.pruned.achieved.items() if k.startswith("latency_")}
         )
+
+
+def _refuse_short_of_target(prune: PruneSpec, result: PruneResult, analysis: list[str]) -> None:
+    """Two outcomes only: a MACs or parameter target is met within TOLERANCE, or the job is
+    refused saying what held the model back and how far it could go, so that the user
+    can resubmit with a target this model can reach (or unblock the layers)."""
+    kind, target = prune.target.kind, prune.target.value
+    if kind not in ("macs_reduction", "params_reduction") or prune.method == "unstructured_l1":
+        return
+    reached = result.achieved[kind]
+    if reached >= target - TOLERANCE:
+        return
+    held_back = [n for n in analysis if n.startswith(("protected", "the analysis budget"))]
+    if prune.ignored_layers:
+        held_back.append(f"{len(prune.ignored_layers)} layer(s) ignored by the job")
+    held_back.append(
+        f"no layer loses more than max_layer_ratio={prune.max_layer_ratio:g} of its channels"
+    )
+    why = "; ".join(held_back)
+    raise PruningFailed(
+        f"{kind}={target:.2f} is not reachable on this model: the most reached is "
+        f"{reached:.2f} ({why}). Resubmit with a target of at most {reached:.2f}.",
+        code="target_unreachable",
+    )
 
 
 def _trace_for_blocks(state: _State, device: str) -> None:
