@@ -93,13 +93,32 @@ async def received_upload(
     the others wait, their bodies unread, so that one tenant's burst of large uploads
     cannot take the server's bandwidth and CPU from every other tenant. One that waits
     longer than `upload_turn_wait_s` is refused (429 too_many_uploads)."""
+    async with _upload_turn(request, tenant):
+        factory = request.app.state.sessionmaker
+        pool = request.app.state.pools.uploads
+        left = await run_in(pool, quota_left, factory, tenant, settings.tenant_storage_quota_bytes)
+        if left is not None and left <= 0:
+            raise quota_exceeded(0)
+        saved = await receive_upload(
+            request,
+            tmp,
+            max_file_bytes=max_file_bytes,
+            fields=fields,
+            idle_timeout_s=settings.upload_idle_timeout_s,
+            min_bytes_per_s=settings.upload_min_bytes_per_s,
+            quota_left_bytes=left,
+            pool=pool,
+        )
+        with scratch_upload(tmp, saved):
+            yield saved
+
+
+@asynccontextmanager
+async def _upload_turn(request: Request, tenant: str) -> AsyncIterator[None]:
     turns: TenantTurns = request.app.state.upload_turns
     try:
         async with turns.turn(tenant):
-            async with _received(
-                request, tenant, settings, tmp, max_file_bytes=max_file_bytes, fields=fields
-            ) as saved:
-                yield saved
+            yield
     except NoTurn as exc:
         raise TooManyRequests(
             f"{turns.limit} uploads of this tenant have been in progress for "
@@ -107,32 +126,3 @@ async def received_upload(
             retry_after_s=TOO_MANY_UPLOADS_RETRY_S,
             code="too_many_uploads",
         ) from exc
-
-
-@asynccontextmanager
-async def _received(
-    request: Request,
-    tenant: str,
-    settings: Settings,
-    tmp: Path,
-    *,
-    max_file_bytes: int,
-    fields: set[str],
-) -> AsyncIterator[SavedUpload]:
-    factory = request.app.state.sessionmaker
-    pool = request.app.state.pools.uploads
-    left = await run_in(pool, quota_left, factory, tenant, settings.tenant_storage_quota_bytes)
-    if left is not None and left <= 0:
-        raise quota_exceeded(0)
-    saved = await receive_upload(
-        request,
-        tmp,
-        max_file_bytes=max_file_bytes,
-        fields=fields,
-        idle_timeout_s=settings.upload_idle_timeout_s,
-        min_bytes_per_s=settings.upload_min_bytes_per_s,
-        quota_left_bytes=left,
-        pool=pool,
-    )
-    with scratch_upload(tmp, saved):
-        yield saved

@@ -3,6 +3,7 @@ worker): open event streams (capped per tenant, holding no database connection w
 idle), concurrent submits against the job cap, and a burst of junk uploads, each while
 the other tenant's `GET /v1/jobs` keeps its p99 at or under 200 ms."""
 
+import socket
 import subprocess
 import sys
 import threading
@@ -190,3 +191,32 @@ def test_junk_uploads_do_not_starve_another_tenant(api: Api) -> None:
     assert "500" not in codes and "429" not in codes, codes
     assert len(latencies) >= 20, (len(latencies), codes)
     assert p99(latencies) <= P99_LIMIT_S, (p99(latencies), sorted(latencies)[-5:], codes)
+
+
+def test_an_upload_beyond_the_tenants_turns_waits_then_gets_429(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """With one turn per tenant, alice's second upload waits (its body unread) while her
+    first is still arriving, and is refused once the wait is over; bob's goes through."""
+    with running_api(tmp_path_factory.mktemp("turns") / "data", max_uploads_per_tenant="1",
+                     upload_turn_wait_s="1.5") as server:
+        boundary = "slow"
+        part = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+                f"filename=\"m.onnx\"\r\n\r\n").encode()
+        head = (f"POST /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.key_a}"
+                f"\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
+                f"Content-Length: {len(part) + 100_000}\r\n\r\n").encode() + part
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as first:
+            first.sendall(head + b"x" * 1000)  # holds alice's only turn
+            time.sleep(0.3)
+            small = {"file": ("m.onnx", b"\x08" * 1000)}
+            with server.client(server.key_a) as alice:
+                started = time.monotonic()
+                refused = alice.post("/v1/models", files=small)
+                waited = time.monotonic() - started
+            with server.client(server.key_b) as bob:
+                other = bob.post("/v1/models", files=small)
+        assert_problem(refused, 429, "too_many_uploads")
+        assert refused.headers["Retry-After"]
+        assert 1.4 <= waited < 10, waited
+        assert other.status_code == 422, other.text  # inspected (junk), not made to wait
