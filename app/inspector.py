@@ -36,6 +36,7 @@ from pydantic import ValidationError
 from app.core.errors import ApiError, TooManyRequests, Unprocessable
 from app.sandbox import Limits, Sandbox, SandboxUnavailable
 from contract import DatasetInfo, ModelInfo
+from contract.model_info import Prunability
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +128,20 @@ class Inspector:
         input_shape: list[int] | None = None,
     ) -> ModelInfo:
         """Inspect a model file; raises Unprocessable with the inspector's code."""
-        args: list[str] = []
-        if arch:
-            args += ["--arch", arch]
-        if input_shape:
-            args += ["--input-shape", ",".join(str(d) for d in input_shape)]
+        args = _model_args(arch, input_shape)
         info = await self._run("model", path, args, tenant, fallback_code="invalid_model")
         return self._validate(ModelInfo, info, "invalid_model")
+
+    async def prunability(
+        self, path: Path, *, tenant: str, arch: str | None = None,
+        input_shape: list[int] | None = None,
+    ) -> Prunability:
+        """Analyse an accepted model's channel groups; raises Unprocessable with the
+        analysis' code (analysis_timeout, pruning_failed, ...)."""
+        args = _model_args(arch, input_shape)
+        info = await self._run("prunability", path, args, tenant,
+                               fallback_code="analysis_failed")
+        return self._validate(Prunability, info, "analysis_failed")
 
     async def dataset(self, path: Path, *, tenant: str) -> DatasetInfo:
         """Inspect a dataset file; raises Unprocessable with the inspector's code."""
@@ -225,6 +233,15 @@ class Inspector:
         if proc.returncode != 0 and stderr:
             log.info("inspector stderr: %s", stderr[-2000:])
         return stdout, proc.returncode
+
+
+def _model_args(arch: str | None, input_shape: list[int] | None) -> list[str]:
+    args: list[str] = []
+    if arch:
+        args += ["--arch", arch]
+    if input_shape:
+        args += ["--input-shape", ",".join(str(d) for d in input_shape)]
+    return args
 
 
 async def _read_capped(stream: asyncio.StreamReader, cap: int) -> str:

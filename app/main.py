@@ -28,6 +28,7 @@ from app.dashboard import router as dashboard_router
 from app.db.session import init_db, make_engine, make_sessionmaker, session_scope
 from app.inspector import Inspector, PoolLimits
 from app.metrics import ApiMetrics, MetricsMiddleware
+from app.prunability import Analyses
 from app.queue import JobQueue
 from app.sandbox import Sandbox, describe
 from app.storage import make_store
@@ -92,9 +93,11 @@ def _init_state(app: FastAPI, settings: Settings) -> None:
     app.state.store = make_store(settings)
     app.state.queue = JobQueue(settings.resolved_broker_url)
     app.state.inspector = _make_inspector(settings)
+    app.state.pools = Pools()
+    app.state.analyses = Analyses(app.state.store, factory, app.state.pools.uploads,
+                                  settings.data_dir / "scratch")
     app.state.limiter = TokenBucketLimiter(settings.rate_limit_per_minute)
     app.state.metrics = ApiMetrics()
-    app.state.pools = Pools()
     app.state.key_cache = KeyCache(settings.key_cache_ttl_s)
     app.state.auth_throttle = FailureThrottle(settings.auth_failures_per_minute)
     app.state.stream_slots = TenantSlots(settings.max_event_streams_per_tenant)

@@ -1,4 +1,5 @@
-"""The `secateurs` command: `prune` (local, engine only), `serve`, `api`, `worker`, `keys`."""
+"""The `secateurs` command: `prune` and `inspect` (local, engine only), `serve`, `api`,
+`worker`, `keys`."""
 
 import typer
 
@@ -7,7 +8,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
 def _register() -> None:
     # Each command module adds its commands to `app`; imports are light (no torch at import).
-    from cli import prune, service  # noqa: F401
+    from cli import inspect_model, prune, service  # noqa: F401
 
 
 def main() -> None:

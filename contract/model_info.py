@@ -37,3 +37,31 @@ class DatasetInfo(Frozen):
     sample_shape: list[int]
     num_classes: int | None = None
     labeled: bool
+
+
+class ChannelGroup(Frozen):
+    """One pruning group: layers whose channels are removed together, named by its root."""
+
+    layer: str = Field(description="the group's root layer (a convolution or linear layer)")
+    channels: int = Field(description="the root layer's output channels")
+    prunable: bool
+    reason: str | None = Field(
+        default=None,
+        description="why a protected group keeps its channels: reaches_output, "
+        "channel_shuffle, baked_shape or not_analysed",
+    )
+    why: str | None = Field(default=None, description="the reason in words")
+
+
+class Prunability(Frozen):
+    """What structured pruning can do to a model, found before any job runs."""
+
+    groups: list[ChannelGroup]
+    prunable_groups: int
+    protected_groups: int
+    max_macs_reduction: float | None = Field(
+        description="the largest MACs reduction reachable with every prunable group cut "
+        "as far as max_layer_ratio 0.9 allows; null when the analysis ran out of time"
+    )
+    analysis_s: float
+    notes: list[str] = Field(default_factory=list)

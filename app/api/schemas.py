@@ -5,8 +5,9 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
-from app.db.models import Artifact, Dataset, Job, Model
+from app.db.models import Artifact, Dataset, Job, Model, ModelAnalysis
 from contract import JobSpec, ModelStats, TensorInfo
+from contract.model_info import Prunability
 
 
 def as_utc(value: datetime) -> datetime:
@@ -111,6 +112,27 @@ class JobCreate(JobSpec):
 class JobErrorOut(BaseModel):
     code: str
     message: str
+
+
+class PrunabilityOut(BaseModel):
+    """`analyzing` until the sandboxed analysis is done; then `ready` with the report, or
+    `failed` with the reason (the same codes a job's analysis would give)."""
+
+    model_config = ConfigDict(protected_namespaces=())
+    model_id: str
+    status: Literal["analyzing", "ready", "failed"]
+    prunability: Prunability | None = None
+    error: JobErrorOut | None = None
+
+    @classmethod
+    def from_row(cls, row: ModelAnalysis) -> "PrunabilityOut":
+        error = None
+        if row.status == "failed":
+            error = JobErrorOut(code=row.error_code or "analysis_failed",
+                                message=row.error_message or "the analysis failed")
+        return cls(model_id=row.model_id, status=row.status,  # type: ignore[arg-type]
+                   prunability=Prunability.model_validate(row.result) if row.result else None,
+                   error=error)
 
 
 class JobOut(BaseModel):

@@ -131,3 +131,18 @@ class Artifact(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     media_type: Mapped[str] = mapped_column(String(128))
     storage_key: Mapped[str] = mapped_column(String(512))
+
+
+class ModelAnalysis(Base):
+    """A model's prunability report (`GET /v1/models/{id}/prunability`), made on demand by
+    a sandboxed analysis; a table of its own, so older databases gain it at start-up."""
+
+    __tablename__ = "model_analyses"
+    model_id: Mapped[str] = mapped_column(String(64), ForeignKey("models.id"), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))  # analyzing | ready | failed
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(String(1024))
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )

@@ -71,3 +71,42 @@ def test_npz_dataset_is_inspected_for_real(client, real):
     body = resp.json()
     assert (body["format"], body["num_samples"], body["sample_shape"]) == ("npz", 12, [3, 8, 8])
     assert body["labeled"] is True and body["num_classes"] == 3
+
+
+def _tiny_resnet_onnx() -> bytes:
+    import torch
+
+    from tests.engine.tiny_nets import TinyResNet, seeded
+
+    buf = io.BytesIO()
+    torch.onnx.export(seeded(TinyResNet), (torch.zeros(1, 3, 16, 16),), buf, dynamo=False,
+                      input_names=["image"], output_names=["logits"],
+                      dynamic_axes={"image": {0: "n"}, "logits": {0: "n"}}, opset_version=17)
+    return buf.getvalue()
+
+
+@pytest.mark.slow  # two sandboxed children import torch: about 20 s here
+def test_a_models_prunability_is_analysed_on_request(client, real):
+    import time
+
+    from tests.app.helpers import AUTH_B
+
+    model_id = upload_model(client, _tiny_resnet_onnx()).json()["id"]
+    first = client.get(f"/v1/models/{model_id}/prunability", headers=AUTH_A)
+    assert first.status_code == 200, first.text
+    assert first.json()["status"] in ("analyzing", "ready")
+    assert_problem(client.get(f"/v1/models/{model_id}/prunability", headers=AUTH_B), 404,
+                   "not_found")
+    deadline = time.monotonic() + 120
+    body = first.json()
+    while body["status"] == "analyzing" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        body = client.get(f"/v1/models/{model_id}/prunability", headers=AUTH_A).json()
+    assert body["status"] == "ready", body
+    report = body["prunability"]
+    groups = {g["layer"]: g for g in report["groups"]}
+    protected = [g for g in groups.values() if not g["prunable"]]
+    assert report["prunable_groups"] >= 3 and report["protected_groups"] == len(protected) >= 1
+    assert all(g["reason"] and g["why"] for g in protected)
+    assert any(g["reason"] == "reaches_output" and g["channels"] == 10 for g in protected)
+    assert 0.5 < report["max_macs_reduction"] < 1.0

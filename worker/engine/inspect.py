@@ -1,6 +1,7 @@
 """What an upload is: the model and dataset inspectors the API runs on every upload.
 
     python -m worker.engine.inspect model PATH [--arch A] [--input-shape 1,3,224,224]
+    python -m worker.engine.inspect prunability PATH [--arch A] [--input-shape ...]
     python -m worker.engine.inspect dataset PATH [--sample-shape 3,32,32]
         [--max-memory-bytes N] [--max-cpu-s N]
 
@@ -25,6 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from contract import DatasetInfo, ModelInfo, ModelStats
+from contract.model_info import Prunability
 from worker.engine.errors import EngineError, InvalidDataset, UnsupportedModel
 from worker.engine.sandbox import deny_network
 
@@ -61,6 +63,17 @@ def inspect_model(
         arch=loaded.arch,
         input_shape=list(loaded.input_shapes[0]),
     )
+
+
+def inspect_prunability(
+    path: str | Path, *, arch: str | None = None, input_shape: Any = None
+) -> Prunability:
+    """The model's channel groups, which are protected and why, and the largest MACs
+    reduction reachable (`worker.engine.prunability`)."""
+    from worker.engine.loaders import load_model
+    from worker.engine.prunability import prunability
+
+    return prunability(load_model(path, arch=arch, input_shape=input_shape))
 
 
 # --- datasets -----------------------------------------------------------------------------
@@ -286,7 +299,7 @@ def _parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("kind", choices=["model", "dataset"])
+    parser.add_argument("kind", choices=["model", "prunability", "dataset"])
     parser.add_argument("path", type=Path)
     parser.add_argument("--arch")
     parser.add_argument("--input-shape", type=_shape)
@@ -300,6 +313,8 @@ def _inspect(args: argparse.Namespace) -> dict[str, Any]:
     try:
         if args.kind == "model":
             info: Any = inspect_model(args.path, arch=args.arch, input_shape=args.input_shape)
+        elif args.kind == "prunability":
+            info = inspect_prunability(args.path, arch=args.arch, input_shape=args.input_shape)
         else:
             info = inspect_dataset(args.path, sample_shape=args.sample_shape)
         return {"ok": True, "info": info.model_dump(mode="json")}
@@ -308,7 +323,7 @@ def _inspect(args: argparse.Namespace) -> dict[str, Any]:
     except MemoryError:
         return {
             "ok": False,
-            "code": "too_large" if args.kind == "model" else "invalid_dataset",
+            "code": "invalid_dataset" if args.kind == "dataset" else "too_large",
             "message": "the file needs more memory than the inspector may use",
         }
 
@@ -326,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = _inspect(args)
     except Exception as exc:  # a bug or a crash in a parser: report it, exit non-zero
         traceback.print_exc()
-        default = UnsupportedModel if args.kind == "model" else InvalidDataset
+        default = InvalidDataset if args.kind == "dataset" else UnsupportedModel
         result = {"ok": False, "code": default.code, "message": f"inspection failed: {exc}"[:500]}
         code = 1
     finally:

@@ -25,6 +25,7 @@ import io
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -165,10 +166,42 @@ def _layer_count(module: nn.Module) -> int:
     return sum(isinstance(m, ROOT_MODULE_TYPES) for m in module.modules())
 
 
+# Why a group's root layer keeps its output channels (`GroupAnalysis.protected`).
+REACHES_OUTPUT = "reaches_output"  # a graph output's shape would change (a head)
+CHANNEL_SHUFFLE = "channel_shuffle"  # a permutation of channels pruning cannot follow
+BAKED_SHAPE = "baked_shape"  # a trial showed a crash or a changed output shape
+NOT_ANALYSED = "not_analysed"  # the analysis budget ran out before a trial showed it safe
+PROTECTION_REASONS = {
+    REACHES_OUTPUT: "its channels reach a model output",
+    CHANNEL_SHUFFLE: "its channels pass a channel shuffle",
+    BAKED_SHAPE: "pruning it breaks a shape baked into the graph",
+    NOT_ANALYSED: "the analysis budget ran out before it was shown safe",
+}
+
+
+@dataclass
+class GroupAnalysis:
+    """Every pruning group of a model, by the name of its root layer."""
+
+    prunable: list[str] = field(default_factory=list)
+    protected: dict[str, str] = field(default_factory=dict)  # root -> one of the reasons
+    channels: dict[str, int] = field(default_factory=dict)  # root -> its output channels
+    protected_modules: list[nn.Module] = field(default_factory=list)  # of the original
+    notes: list[str] = field(default_factory=list)
+
+
 def find_protected(
     module: nn.Module, loaded: LoadedModel, deadline: Deadline | None = None
 ) -> tuple[list[nn.Module], list[str]]:
-    """The root layers of the pruning groups that must keep their channels, and notes.
+    """The root layers of the pruning groups that must keep their channels, and notes."""
+    analysis = analyse_groups(module, loaded, deadline)
+    return analysis.protected_modules, analysis.notes
+
+
+def analyse_groups(
+    module: nn.Module, loaded: LoadedModel, deadline: Deadline | None = None
+) -> GroupAnalysis:
+    """Each pruning group of `module`: prunable, or protected and why.
 
     Group discovery that outlasts `deadline` is abandoned (`AnalysisTimeout`: nothing is
     known to prune safely); trials that outlast it stop, and the layers not yet shown
@@ -232,10 +265,25 @@ def find_protected(
     trials.check_restored()
 
     original = dict(module.named_modules())
-    protected = [
-        original[names[m]] for m in [*to_output, *shuffled, *breaking] if names.get(m) in original
+    analysis = GroupAnalysis()
+    reasons = [
+        *((m, REACHES_OUTPUT) for m in to_output),
+        *((m, CHANNEL_SHUFFLE) for m in shuffled),
+        *((m, NOT_ANALYSED if unanalysed else BAKED_SHAPE) for m in breaking),
     ]
-    notes = []
+    for m, reason in reasons:
+        if names.get(m) in original:
+            analysis.protected.setdefault(names[m], reason)
+            analysis.protected_modules.append(original[names[m]])
+    analysis.prunable = [
+        names[m] for m in candidates if m not in breaking and names.get(m) in original
+    ]
+    for root in [*analysis.prunable, *analysis.protected]:
+        layer = original[root]
+        analysis.channels[root] = int(
+            getattr(layer, "out_channels", 0) or getattr(layer, "out_features", 0)
+        )
+    notes = analysis.notes
     if shuffled:
         notes.append(
             f"protected {len(shuffled)} layer(s) whose channels pass a channel shuffle "
@@ -261,7 +309,7 @@ def find_protected(
         f"analysed {len(groups)} pruning groups with {trials.count} trial forward passes at "
         f"input {[list(t.shape) for t in inputs]} in {time.perf_counter() - started:.1f} s"
     )
-    return protected, notes
+    return analysis
 
 
 def _list(names: Any, limit: int = 8) -> str:

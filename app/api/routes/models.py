@@ -4,13 +4,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.deps import DbSession, InspectorDep, MetricsDep, SettingsDep, Store, Tenant
 from app.api.downloads import stream_object
 from app.api.lookups import find_model
 from app.api.openapi import multipart_body, problem_responses
 from app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate
-from app.api.schemas import ModelOut, Page
+from app.api.schemas import ModelOut, Page, PrunabilityOut
 from app.api.uploads_common import (
     display_name,
     parse_arch,
@@ -21,6 +22,7 @@ from app.core import ids
 from app.core.errors import Conflict
 from app.core.pools import run_in
 from app.db.models import Job, Model, utcnow
+from app.prunability import Analyses
 from app.storage import model_key
 from app.uploads import commit_upload_row
 
@@ -106,6 +108,28 @@ def list_models(
 @router.get("/{model_id}", response_model=ModelOut, summary="One model")
 def get_model(model_id: str, tenant: Tenant, session: DbSession) -> ModelOut:
     return ModelOut.from_row(find_model(session, tenant, model_id))
+
+
+@router.get(
+    "/{model_id}/prunability",
+    response_model=PrunabilityOut,
+    summary="The model's channel groups, which are protected and why, and the largest "
+    "reachable MACs reduction",
+)
+async def get_prunability(
+    model_id: str, request: Request, tenant: Tenant, inspector: InspectorDep
+) -> PrunabilityOut:
+    """The first request starts the analysis in the sandbox and answers `analyzing`;
+    poll until `ready` (seconds for most models, at most a few minutes)."""
+    pool = request.app.state.pools.uploads
+    row = await run_in(pool, _find_model, request.app.state.sessionmaker, tenant, model_id)
+    analyses: Analyses = request.app.state.analyses
+    return PrunabilityOut.from_row(await analyses.status(row, inspector))
+
+
+def _find_model(factory: sessionmaker[Session], tenant: str, model_id: str) -> Model:
+    with factory(expire_on_commit=False) as session:
+        return find_model(session, tenant, model_id)
 
 
 @router.get(
