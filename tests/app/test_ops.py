@@ -68,6 +68,7 @@ def test_openapi_documents_every_route_with_bearer_and_problems(client):
     v1 = {path: ops for path, ops in spec["paths"].items() if path.startswith("/v1/")}
     assert set(v1) == {
         "/v1/models", "/v1/models/{model_id}", "/v1/models/{model_id}/file",
+        "/v1/models/{model_id}/prunability",
         "/v1/datasets", "/v1/datasets/{dataset_id}",
         "/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel",
         "/v1/jobs/{job_id}/report", "/v1/jobs/{job_id}/events",
