@@ -65,6 +65,37 @@ class Environment(Frozen):
     threads: int | None = None
 
 
+class Quantization(Frozen):
+    """The INT8 step of a job that asked for it (`quantize.mode = "int8"`).
+
+    Models are keyed `original`, `pruned_fp32` (model.fp32.onnx) and `int8` (model.onnx
+    when `applied`). Accuracy is measured in onnxruntime on the held-back split (with
+    labels); agreement is with the original model (top-1 for class scores, else the
+    cosine of the outputs) on the held-back split, or on synthetic inputs without data.
+    """
+
+    mode: str
+    applied: bool = Field(description="True when model.onnx is the INT8 model")
+    calibration: str
+    samples: int = Field(description="calibration samples used")
+    calibration_data: str = Field(description="dataset (training split) or synthetic")
+    per_channel: bool
+    nodes_quantized: int = 0
+    nodes_float: int = 0
+    float_fallback: list[str] = Field(
+        default_factory=list, description="nodes left in float because INT8 cost too much"
+    )
+    excluded: list[str] = Field(default_factory=list, description="nodes the job kept in float")
+    measured_on: str = Field(description="what the drop is measured on")
+    drop: float | None = Field(default=None, description="INT8's drop from the pruned float")
+    tolerance: float
+    size_bytes: dict[str, int] = Field(default_factory=dict)
+    latency_ms: dict[str, LatencyTable] = Field(default_factory=dict)
+    accuracy: dict[str, float] = Field(default_factory=dict)
+    agreement: dict[str, float] = Field(default_factory=dict)
+    reason: str | None = Field(default=None, description="why INT8 was not applied")
+
+
 class Report(Frozen):
     original: Summary
     pruned: Summary
@@ -78,3 +109,5 @@ class Report(Frozen):
     verification: dict[str, float] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
     timings_s: dict[str, float] = Field(default_factory=dict)
+    # Absent unless the job asked for quantization; `pruned` is then the float model.
+    quantization: Quantization | None = None

@@ -114,6 +114,48 @@ class BenchmarkSpec(Frozen):
         return self
 
 
+class QuantizeSpec(Frozen):
+    """Post-training static quantization of the pruned model (onnxruntime, QDQ format)."""
+
+    mode: Literal["none", "int8"] = Field(
+        default="none",
+        description=(
+            "none: ship the pruned float model. int8: also quantize it to INT8 (weights "
+            "int8, activations uint8, QDQ format); model.onnx is then the INT8 model and "
+            "model.fp32.onnx the pruned float one. Inputs and outputs stay float32."
+        ),
+    )
+    calibration: Literal["minmax", "entropy", "percentile"] = Field(
+        default="minmax",
+        description="How activation ranges are calibrated on the calibration samples.",
+    )
+    samples: int = Field(
+        default=128,
+        ge=1,
+        le=4096,
+        description=(
+            "Calibration samples, from the dataset's training part, or seeded synthetic "
+            "inputs shaped like the model input when the job has no dataset."
+        ),
+    )
+    per_channel: bool = Field(
+        default=True, description="One weight scale per output channel (else per tensor)."
+    )
+    fallback: Literal["auto", "none"] = Field(
+        default="auto",
+        description=(
+            "auto: when INT8 loses more than accuracy_budget.max_drop (or one point without "
+            "a budget) against the pruned float model, keep the most sensitive layers in "
+            "float, fewest first, until it fits. none: quantize every layer it can."
+        ),
+    )
+    exclude: list[str] = Field(
+        default_factory=list,
+        max_length=10_000,
+        description="ONNX node names kept in float (never quantized).",
+    )
+
+
 class JobSpec(Frozen):
     """What to do to a model. The API adds `model_id` and `dataset_id` around it."""
 
@@ -123,3 +165,7 @@ class JobSpec(Frozen):
     accuracy_budget: AccuracyBudget | None = None
     export: ExportSpec = Field(default_factory=ExportSpec)
     benchmark: BenchmarkSpec = Field(default_factory=BenchmarkSpec)
+    quantize: QuantizeSpec = Field(
+        default_factory=QuantizeSpec,
+        description="Quantize the pruned model after export (default: no quantization).",
+    )

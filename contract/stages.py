@@ -10,6 +10,7 @@ Stage = Literal[
     "finetuning",
     "evaluating",
     "exporting",
+    "quantizing",
     "benchmarking",
 ]
 
@@ -20,9 +21,10 @@ STAGES: dict[str, float] = {
     "analyzing": 0.07,
     "regularizing": 0.10,
     "pruning": 0.20,
-    "finetuning": 0.35,
+    "finetuning": 0.30,
     "evaluating": 0.05,
     "exporting": 0.08,
+    "quantizing": 0.05,
     "benchmarking": 0.12,
 }
 

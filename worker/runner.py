@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 MEDIA_TYPES = {
     "model.onnx": "application/octet-stream",
+    "model.fp32.onnx": "application/octet-stream",
     "model.pt2": "application/octet-stream",
     "report.json": "application/json",
 }

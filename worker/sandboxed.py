@@ -44,7 +44,7 @@ OUT_DIR = "out"
 CACHE_DIR = "cache"
 RESULT_FILE = "result.json"
 # What a job may return; anything else the sandbox leaves is ignored.
-ARTIFACT_NAMES = frozenset({"model.onnx", "model.pt2", "report.json"})
+ARTIFACT_NAMES = frozenset({"model.onnx", "model.fp32.onnx", "model.pt2", "report.json"})
 MAX_RESULT_BYTES = 64 << 20
 MAX_CACHE_BYTES = 16 << 20
 MAX_LINE_BYTES = 1 << 16

@@ -107,3 +107,10 @@ class AnalysisTimeout(PruningFailed):
     """A call into the dependency analysis ran past the job's analysis budget."""
 
     code = "analysis_timeout"
+
+
+class QuantizationFailed(EngineError):
+    """INT8 quantization could not meet the job's accuracy budget. Codes:
+    quantization_budget_unmet. (Any other quantization failure ships the float model.)"""
+
+    code = "quantization_failed"

@@ -23,7 +23,7 @@ from torch.utils.data import TensorDataset
 
 from contract import Fidelity, FinetuneSpec, HistoryPoint, JobSpec, PruneSpec, Report, Target
 from contract.stages import overall_progress
-from worker.engine import benchmark, report
+from worker.engine import benchmark, quantize, report
 from worker.engine.blocks import traced_for_blocks
 from worker.engine.budget import ProbeResult, sampling_warning, search_strength
 from worker.engine.data import DatasetSplits, load_dataset
@@ -128,6 +128,7 @@ _STAGE_ERRORS: dict[str, tuple[type[EngineError], str, str]] = {
     "finetuning": (TrainingFailed, "training_failed", "fine-tuning failed"),
     "evaluating": (TrainingFailed, "evaluation_failed", "evaluating the pruned model failed"),
     "exporting": (ExportFailed, "export_failed", "exporting the pruned model failed"),
+    "quantizing": (EngineError, "quantization_failed", "quantizing the pruned model failed"),
     "benchmarking": (BenchmarkFailed, "benchmark_failed", "timing the models failed"),
 }
 
@@ -186,6 +187,7 @@ class _State:
     latency: LatencyProbe | None = None
     sensitivity: dict[str, float] | None = None
     target_figures: dict[str, float] = field(default_factory=dict)
+    quantized: quantize.QuantizeOutcome | None = None
 
 
 def _has_labels(state: _State) -> bool:
@@ -671,6 +673,29 @@ def _export(state: _State, spec: JobSpec, out_dir: Path, t: _Tracker) -> dict[st
     return paths
 
 
+def _quantize(state: _State, spec: JobSpec, paths: dict[str, Path], t: _Tracker) -> None:
+    """INT8 when the job asks for it (see quantize.py); model.onnx becomes the INT8 model."""
+    if spec.quantize.mode == "none":
+        return
+    with t.stage("quantizing"):
+        budget = spec.accuracy_budget
+        state.quantized = quantize.run_stage(
+            state.loaded,
+            state.splits,
+            paths,
+            spec.quantize,
+            max_drop=budget.max_drop if budget is not None else None,
+            on_progress=t.fraction("quantizing"),
+            should_cancel=t.cancelled,
+        )
+        state.notes += state.quantized.notes
+
+
+def _float_model(paths: dict[str, Path]) -> Path:
+    """The pruned float model: model.fp32.onnx once INT8 took model.onnx's place."""
+    return paths.get("model.fp32.onnx", paths["model.onnx"])
+
+
 def _benchmark(state: _State, spec: JobSpec, paths: dict[str, Path], device: str, t: _Tracker):
     with t.stage("benchmarking"):
         shapes = {
@@ -678,13 +703,22 @@ def _benchmark(state: _State, spec: JobSpec, paths: dict[str, Path], device: str
             for info, shape in zip(state.loaded.inputs, state.loaded.input_shapes, strict=True)
         }
         threads = benchmark.default_threads()
-        tables = benchmark.benchmark_onnx(
-            {"original": paths["original.onnx"], "pruned": paths["model.onnx"]},
-            shapes,
-            spec.benchmark,
-            device=device,
-            threads=threads,
-        )
+        models = {"original": paths["original.onnx"], "pruned": _float_model(paths)}
+        if "model.fp32.onnx" in paths:
+            models["int8"] = paths["model.onnx"]
+        try:
+            tables = benchmark.benchmark_onnx(
+                models, shapes, spec.benchmark, device=device, threads=threads
+            )
+        except EngineError as exc:
+            if "int8" not in models:
+                raise
+            # A provider without INT8 kernels must not cost the job its float figures.
+            state.notes.append(f"quantization: the INT8 model was not timed: {exc.message}")
+            del models["int8"]
+            tables = benchmark.benchmark_onnx(
+                models, shapes, spec.benchmark, device=device, threads=threads
+            )
         providers = list(tables["original"])
         env = benchmark.environment(device, providers, threads=threads)
     return tables, env
@@ -728,7 +762,7 @@ def _report(state: _State, spec: JobSpec, paths, tables, env, timings) -> Report
         pruned=report.summarize(
             params=pruned.params_after,
             macs=pruned.macs_after,
-            onnx_path=paths["model.onnx"],
+            onnx_path=_float_model(paths),
             accuracy=state.accuracy_after,
             latency=tables["pruned"],
         ),
@@ -740,6 +774,9 @@ def _report(state: _State, spec: JobSpec, paths, tables, env, timings) -> Report
         target_figures=state.target_figures,
         notes=notes,
         timings_s=timings,
+        quantization=None
+        if state.quantized is None
+        else quantize.report_section(state.quantized, spec.quantize, paths, tables),
     )
 
 
@@ -769,7 +806,8 @@ def run_pipeline(
     cache_dir: Path | None = None,
     analysis_budget_s: float | None = None,
 ) -> PipelineResult:
-    """Prune one model as `spec` says; write model.onnx, model.pt2 and report.json to out_dir.
+    """Prune one model as `spec` says; write model.onnx, model.pt2 and report.json to out_dir
+    (and, when the spec quantizes, model.onnx is INT8 and model.fp32.onnx the float model).
 
     `cache_dir` keeps the per-layer latency tables of latency targets between jobs.
     `analysis_budget_s` bounds the layer analysis (default: scaled with the model's layer
@@ -786,6 +824,7 @@ def run_pipeline(
     _finetune(state, spec, device, t)
     _evaluate(state, device, t)
     paths = _export(state, spec, out_dir, t)
+    _quantize(state, spec, paths, t)
     tables, env = _benchmark(state, spec, paths, device, t)
     result = _report(state, spec, paths, tables, env, t.timings)
     report_path = report.write_report(result, out_dir / "report.json")
@@ -793,7 +832,11 @@ def run_pipeline(
     return PipelineResult(
         report=result,
         artifacts={
-            **{name: paths[name] for name in ("model.onnx", "model.pt2") if name in paths},
+            **{
+                name: paths[name]
+                for name in ("model.onnx", "model.fp32.onnx", "model.pt2")
+                if name in paths
+            },
             "report.json": report_path,
         },
         original_onnx=paths["original.onnx"],

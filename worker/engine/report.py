@@ -11,6 +11,7 @@ from contract import (
     HistoryPoint,
     JobSpec,
     LayerChange,
+    Quantization,
     Ratios,
     Report,
     Summary,
@@ -124,6 +125,7 @@ def build_report(
     notes: Sequence[str] = (),
     timings_s: Mapping[str, float] | None = None,
     target_figures: Mapping[str, float] | None = None,
+    quantization: Quantization | None = None,
 ) -> Report:
     """Assemble and validate the contract's report; ratios and target come from the summaries."""
     ratios = compute_ratios(original, pruned)
@@ -140,6 +142,7 @@ def build_report(
         verification=dict(verification or {}),
         notes=all_notes,
         timings_s={k: round(v, 3) for k, v in (timings_s or {}).items()},
+        quantization=quantization,
     )
 
 

@@ -10,7 +10,7 @@ import { renderReport } from './report.js';
 
 // The order of contract.stages.STAGES.
 const STAGE_ORDER = ['loading', 'analyzing', 'regularizing', 'pruning', 'finetuning',
-  'evaluating', 'exporting', 'benchmarking'];
+  'evaluating', 'exporting', 'quantizing', 'benchmarking'];
 
 export function renderJob(root, { signal, params }) {
   const id = params[0];

@@ -1,0 +1,287 @@
+"""INT8 quantization after pruning: end to end through run_pipeline (data-free and with a
+dataset), the drop-in interface of the INT8 file, its scores measured on the file itself,
+the float fallback of a layer that INT8 ruins, a budget INT8 cannot meet, a model
+onnxruntime cannot quantize, and the default spec leaving the pipeline as it was."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper
+from torch import nn
+
+from contract import JobSpec, QuantizeSpec, Report
+from contract.stages import STAGES
+from tests.engine.tiny_nets import TinyResNet, seeded
+from worker.engine import quantize
+from worker.engine.errors import QuantizationFailed
+from worker.engine.pipeline import run_pipeline
+
+SHAPE = (1, 3, 32, 32)
+FAST_BENCH = {"providers": ["cpu"], "batch_sizes": [1], "warmup": 1, "iterations": 5}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "tiny.onnx"
+    torch.onnx.export(
+        seeded(TinyResNet, width=8),
+        (torch.randn(*SHAPE),),
+        str(path),
+        dynamo=False,
+        input_names=["image"],
+        output_names=["scores"],
+        dynamic_axes={"image": {0: "n"}, "scores": {0: "n"}},
+        opset_version=17,
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """120 labeled samples whose class is set by the mean of one colour channel."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, size=120)
+    x = rng.normal(0, 0.3, size=(120, 3, 32, 32)).astype(np.float32)
+    x[np.arange(120), y] += 1.0
+    path = tmp_path_factory.mktemp("data") / "train.npz"
+    np.savez(path, x=x, y=y.astype(np.int64))
+    return path
+
+
+def _spec(**body: object) -> JobSpec:
+    return JobSpec.model_validate(
+        {"finetune": None, "benchmark": FAST_BENCH, "quantize": {"mode": "int8"}, **body}
+    )
+
+
+def _io(path: Path) -> list:
+    graph = onnx.load(str(path)).graph
+
+    def dims(value: onnx.ValueInfoProto) -> list:
+        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+    return [(v.name, v.type.tensor_type.elem_type, dims(v)) for v in [*graph.input, *graph.output]]
+
+
+def _ops(path: Path) -> set[str]:
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+def test_the_contract() -> None:
+    assert JobSpec().quantize == QuantizeSpec()
+    assert QuantizeSpec().mode == "none"
+    spec = JobSpec.model_validate({"quantize": {"mode": "int8"}})
+    assert spec.quantize.calibration == "minmax" and spec.quantize.samples == 128
+    assert spec.quantize.per_channel and spec.quantize.fallback == "auto"
+    with pytest.raises(ValueError):
+        QuantizeSpec(samples=0)
+    with pytest.raises(ValueError):
+        JobSpec.model_validate({"quantize": {"mode": "int4"}})
+    fields = QuantizeSpec.model_json_schema()["properties"]
+    assert all(f.get("description") for f in fields.values())
+    assert list(STAGES).index("quantizing") == list(STAGES).index("benchmarking") - 1
+    assert sum(STAGES.values()) == pytest.approx(1.0)
+    # Reports written before quantization existed still validate.
+    old = Report.model_json_schema()
+    assert "quantization" not in old.get("required", [])
+
+
+def test_data_free_int8_end_to_end(tiny_onnx: Path, tmp_path: Path) -> None:
+    stages: list[str] = []
+    result = run_pipeline(
+        tiny_onnx, _spec(), tmp_path / "out", on_progress=lambda s, _: stages.append(s)
+    )
+    assert list(dict.fromkeys(stages))[-2:] == ["quantizing", "benchmarking"]
+    assert set(result.artifacts) == {"model.onnx", "model.fp32.onnx", "model.pt2", "report.json"}
+    int8, fp32 = result.artifacts["model.onnx"], result.artifacts["model.fp32.onnx"]
+    assert "DequantizeLinear" in _ops(int8) and "DequantizeLinear" not in _ops(fp32)
+    # Drop-in: the same input/output names, float32, the same declared dims as the upload.
+    assert _io(int8) == _io(fp32) == _io(tiny_onnx)
+    session = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(5).standard_normal((3, *SHAPE[1:])).astype(np.float32)
+    (out,) = session.run(None, {"image": x})
+    assert out.shape == (3, 10) and out.dtype == np.float32
+
+    report = result.report
+    q = report.quantization
+    assert q is not None and q.applied and q.mode == "int8"
+    assert q.calibration_data == "synthetic" and q.samples == 128
+    assert q.nodes_quantized > 0 and q.drop is not None and q.drop <= q.tolerance
+    assert set(q.size_bytes) == set(q.latency_ms) == {"original", "pruned_fp32", "int8"}
+    assert q.size_bytes["int8"] == int8.stat().st_size
+    assert q.size_bytes["pruned_fp32"] == fp32.stat().st_size == report.pruned.size_bytes
+    assert all("CPUExecutionProvider" in t for t in q.latency_ms.values())
+    assert set(q.agreement) == {"pruned_fp32", "int8"} and not q.accuracy
+    assert any("not measured on real data" in n for n in report.notes)
+    assert "quantizing" in report.timings_s
+    again = Report.model_validate(json.loads(result.artifacts["report.json"].read_text()))
+    assert again == report
+
+
+def test_with_a_dataset_accuracy_is_measured_on_the_int8_file(
+    tiny_onnx: Path, tiny_npz: Path, tmp_path: Path
+) -> None:
+    spec = _spec(
+        finetune={"epochs": 1, "batch_size": 16},
+        quantize={"mode": "int8", "samples": 32, "calibration": "percentile"},
+    )
+    result = run_pipeline(tiny_onnx, spec, tmp_path / "out", dataset_path=tiny_npz)
+    q = result.report.quantization
+    assert q is not None and q.applied and q.calibration_data == "dataset" and q.samples == 32
+    assert q.measured_on == "held-back accuracy"
+    assert set(q.accuracy) == {"original", "pruned_fp32", "int8"}
+    # The reported figure is the INT8 file's own accuracy on the held-back split.
+    from worker.engine.data import load_dataset
+
+    val = load_dataset(tiny_npz, SHAPE).val
+    assert val is not None
+    session = ort.InferenceSession(str(result.artifacts["model.onnx"]))
+    (scores,) = session.run(None, {"image": val.tensors[0].numpy()})
+    measured = float((scores.argmax(1) == val.tensors[1].numpy()).mean())
+    assert q.accuracy["int8"] == pytest.approx(measured)
+    assert q.drop == pytest.approx(q.accuracy["pruned_fp32"] - q.accuracy["int8"])
+    assert not any("not measured on real data" in n for n in result.report.notes)
+
+
+def test_default_spec_leaves_the_pipeline_unchanged(tiny_onnx: Path, tmp_path: Path) -> None:
+    stages: list[str] = []
+    spec = JobSpec.model_validate({"finetune": None, "benchmark": FAST_BENCH})
+    result = run_pipeline(
+        tiny_onnx, spec, tmp_path / "out", on_progress=lambda s, _: stages.append(s)
+    )
+    assert "quantizing" not in stages
+    assert set(result.artifacts) == {"model.onnx", "model.pt2", "report.json"}
+    assert "DequantizeLinear" not in _ops(result.artifacts["model.onnx"])
+    assert result.report.quantization is None
+    assert "quantization" not in json.loads(result.artifacts["report.json"].read_text()) or (
+        json.loads(result.artifacts["report.json"].read_text())["quantization"] is None
+    )
+
+
+def test_when_onnxruntime_cannot_quantize_the_float_model_ships(
+    tiny_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Unsupported op: FancyConv")
+
+    import onnxruntime.quantization
+
+    monkeypatch.setattr(onnxruntime.quantization, "quantize_static", refuse)
+    result = run_pipeline(tiny_onnx, _spec(), tmp_path / "out")
+    assert set(result.artifacts) == {"model.onnx", "model.pt2", "report.json"}
+    assert "DequantizeLinear" not in _ops(result.artifacts["model.onnx"])
+    q = result.report.quantization
+    assert q is not None and not q.applied and "FancyConv" in (q.reason or "")
+    assert set(q.size_bytes) == {"original", "pruned_fp32"}
+    assert any("INT8 was not applied" in n for n in result.report.notes)
+
+
+def test_a_graph_with_nothing_to_quantize_stays_float(tmp_path: Path) -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])
+    graph = helper.make_graph([helper.make_node("Exp", ["x"], ["y"], name="exp")], "g", [x], [y])
+    path = tmp_path / "exp.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    feeds = [{"x": np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32)}]
+    outcome = quantize.quantize_int8(
+        path,
+        path,
+        tmp_path / "int8.onnx",
+        QuantizeSpec(mode="int8"),
+        calibration=feeds,
+        evalset=quantize.EvalSet(batches=feeds),
+        synthetic=True,
+        max_drop=None,
+    )
+    assert outcome.path is None and "no node it can quantize" in (outcome.reason or "")
+    assert not (tmp_path / "int8.onnx").exists()
+
+
+class Outlier(nn.Module):
+    """conv1's first channel is a thousand times the others: uint8 activations quantized
+    over its range round the other channels, which carry the prediction, to zero."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+        with torch.no_grad():
+            self.conv1.weight[0] *= 1000
+            self.conv1.bias[0] = 1000
+            self.conv2.weight[:, 0] *= 1e-3
+            self.fc.weight *= 50
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+@pytest.fixture(scope="module")
+def outlier_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("outlier") / "outlier.onnx"
+    torch.onnx.export(
+        Outlier().eval(),
+        (torch.randn(1, 3, 16, 16),),
+        str(path),
+        dynamo=False,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+        opset_version=17,
+    )
+    return path
+
+
+def _outlier_run(path: Path, out: Path, fallback: str, max_drop: float | None):
+    rng = np.random.default_rng(0)
+    batches = [{"x": rng.standard_normal((16, 3, 16, 16)).astype(np.float32)} for _ in range(4)]
+    return quantize.quantize_int8(
+        path,
+        path,
+        out,
+        QuantizeSpec(mode="int8", fallback=fallback),  # type: ignore[arg-type]
+        calibration=batches[:2],
+        evalset=quantize.EvalSet(batches=batches[2:]),
+        synthetic=True,
+        max_drop=max_drop,
+    )
+
+
+def test_fallback_keeps_the_layers_int8_ruins_in_float(outlier_onnx: Path, tmp_path: Path) -> None:
+    plain = _outlier_run(outlier_onnx, tmp_path / "plain.onnx", "none", None)
+    assert plain.path is not None and plain.drop is not None and plain.drop > 0.5
+    assert not plain.float_fallback and any("fallback 'none'" in n for n in plain.notes)
+
+    fixed = _outlier_run(outlier_onnx, tmp_path / "fixed.onnx", "auto", None)
+    assert fixed.path is not None and fixed.drop is not None and fixed.drop <= 0.01
+    assert fixed.float_fallback and set(fixed.float_fallback) <= {"/conv1/Conv", "/conv2/Conv"}
+    assert fixed.agreement["int8"] == pytest.approx(1.0)
+    # The fallback layers run in float in the file; the others stay quantized.
+    graph = onnx.load(str(fixed.path)).graph
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    by_name = {n.name: n for n in graph.node}
+    for name in fixed.float_fallback:
+        assert not any(i in dequantized for i in by_name[name].input)
+    assert fixed.nodes_quantized >= 1 and fixed.nodes_float >= len(fixed.float_fallback)
+    assert any("left in float" in n for n in fixed.notes)
+
+
+def test_a_budget_int8_cannot_meet_fails_typed(outlier_onnx: Path, tmp_path: Path) -> None:
+    with pytest.raises(QuantizationFailed) as caught:
+        _outlier_run(outlier_onnx, tmp_path / "int8.onnx", "none", 0.01)
+    assert caught.value.code == "quantization_budget_unmet"
+    # With the fallback, the same budget is met.
+    met = _outlier_run(outlier_onnx, tmp_path / "int8.onnx", "auto", 0.01)
+    assert met.path is not None and met.drop is not None and met.drop <= 0.01
