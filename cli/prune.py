@@ -8,6 +8,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Any
 
 import typer
@@ -57,6 +58,7 @@ def build_spec(
     max_drop: float | None,
     providers: list[str],
     iterations: int,
+    quantize: str = "none",
 ) -> Any:
     """The JobSpec the options describe; invalid values become a one-line error."""
     from contract import JobSpec
@@ -79,6 +81,7 @@ def build_spec(
         "finetune": {"epochs": epochs, "lr": lr, "batch_size": batch_size, "distill": distill},
         "accuracy_budget": None if max_drop is None else {"max_drop": max_drop},
         "benchmark": {"providers": providers, "iterations": iterations},
+        "quantize": {"mode": quantize},
     }
     try:
         return JobSpec.model_validate(body)
@@ -86,6 +89,11 @@ def build_spec(
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise CliError("invalid_spec", f"{where}: {first['msg']}") from exc
+
+
+def fp32_path(output: Path) -> Path:
+    """Where the pruned float model goes beside a quantized -o: `x.onnx` -> `x.fp32.onnx`."""
+    return output.with_name(f"{output.stem}.fp32{output.suffix or '.onnx'}")
 
 
 def _fmt_count(n: int) -> str:
@@ -126,6 +134,14 @@ def summary_table(report: Any) -> Any:
     agreement = "-" if f.top1_agreement is None else _fmt_acc(f.top1_agreement)
     table.add_row("top-1 agreement", "", agreement, "")
     table.add_row("output cosine", "", f"{f.cosine:.4f}", "")
+    q = report.quantization
+    if q is not None and q.applied:
+        int8 = {"latency_ms": q.latency_ms.get("int8", {})}
+        table.add_row("INT8 size", "", _fmt_count(q.size_bytes["int8"]) + "B", "")
+        table.add_row("INT8 latency p50", "", _fmt_p50(SimpleNamespace(**int8)), "")
+        if "int8" in q.accuracy:
+            table.add_row("INT8 accuracy", "", _fmt_acc(q.accuracy["int8"]), "")
+        table.add_row("INT8 agreement", "", _fmt_acc(q.agreement.get("int8")), "")
     return table
 
 
@@ -153,6 +169,8 @@ def _run(
             result = run_pipeline(model, spec, Path(tmp), on_progress=on_progress, **options)
         output.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(result.artifacts["model.onnx"], output)
+        if "model.fp32.onnx" in result.artifacts:
+            shutil.copyfile(result.artifacts["model.fp32.onnx"], fp32_path(output))
         if report_path is not None:
             shutil.copyfile(result.artifacts["report.json"], report_path)
     return result.report
@@ -188,6 +206,13 @@ def prune(
     report: Annotated[Path | None, typer.Option(help="also write report.json here")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
     iterations: Annotated[int, typer.Option(help="benchmark iterations")] = 50,
+    quantize: Annotated[
+        str,
+        typer.Option(
+            help="none, or int8: quantize the pruned model (INT8 to -o, the float model "
+            "beside it as NAME.fp32.onnx)"
+        ),
+    ] = "none",
 ) -> None:
     """Prune MODEL, fine-tune it if --data is given, and write a verified ONNX to -o."""
     from rich.console import Console
@@ -215,6 +240,7 @@ def prune(
             max_drop=max_drop,
             providers=["auto"],
             iterations=iterations,
+            quantize=quantize,
         )
         options = {
             "dataset_path": data,
@@ -235,7 +261,10 @@ def prune(
     console.print(summary_table(result))
     for note in result.notes:
         console.print(f"note: {note}")
-    console.print(f"wrote {output}" + (f" and {report}" if report else ""))
+    written = [str(output)]
+    if result.quantization is not None and result.quantization.applied:
+        written.append(f"{fp32_path(output)} (float)")
+    console.print("wrote " + ", ".join(written) + (f" and {report}" if report else ""))
 
 
 def _fail(code: str, message: str, status: int = 1) -> None:

@@ -95,3 +95,29 @@ def test_unstructured_cannot_take_a_latency_target(tmp_path: Path) -> None:
     [line] = _error_lines(result)
     assert line.startswith("error: invalid_spec: prune: ")
     assert "unstructured_l1 removes no channels" in line
+
+
+def test_quantize_int8(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    model = tmp_path / "tiny.onnx"
+    torch.onnx.export(
+        seeded(TinyResNet, width=8),
+        (torch.randn(1, 3, 32, 32),),
+        str(model),
+        dynamo=False,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=17,
+    )
+    out = tmp_path / "small.onnx"
+    args = ["prune", str(model), "-o", str(out), "--quantize", "int8", "--iterations", "3"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    assert "INT8 size" in result.stdout
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    float_ops = {n.op_type for n in onnx.load(str(tmp_path / "small.fp32.onnx")).graph.node}
+    assert "DequantizeLinear" in ops and "DequantizeLinear" not in float_ops
+    bad = runner.invoke(app, ["prune", str(model), "-o", str(out), "--quantize", "int4"])
+    assert bad.exit_code == 1
+    assert _error_lines(bad)[0].startswith("error: invalid_spec: quantize.mode")
