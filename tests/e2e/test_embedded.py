@@ -4,12 +4,23 @@
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import Service, running_service
-from tests.e2e.helpers import core_scenario, job_body, submit, wait_for
+from tests.e2e.helpers import (
+    TERMINAL,
+    build_onnx,
+    check_onnx_drop_in,
+    core_scenario,
+    job_body,
+    sha256,
+    submit,
+    upload,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -56,3 +67,28 @@ def test_idle_worker_picks_a_job_up_through_the_embedded_broker(
     assert waited < PICKUP_LIMIT_S, (
         f"picked up after {waited:.1f} s: the API's publish to the embedded broker failed "
         f"and the sweeper found the job\n{service.logs()}")
+
+
+def test_prune_then_quantize_to_int8(service: Service, tmp_path: Path) -> None:
+    """`{"quantize": {"mode": "int8"}}` alone: model.onnx is INT8, model.fp32.onnx the
+    pruned float model, both downloadable and drop-in."""
+    import onnx
+
+    with service.client() as client:
+        model = upload(client, "models", build_onnx(tmp_path / "tiny.onnx"))
+        body = {**job_body(model["id"]), "quantize": {"mode": "int8", "samples": 16}}
+        job_id = submit(client, body).json()["id"]
+        job = wait_for(client, job_id, lambda j: j["status"] in TERMINAL, timeout_s=120)
+        assert job["status"] == "succeeded", (job, service.logs())
+        report = client.get(f"/v1/jobs/{job_id}/report").json()
+        assert report["quantization"]["applied"] is True
+        listed = {a["name"]: a for a in client.get(f"/v1/jobs/{job_id}/artifacts").json()}
+        assert {"model.onnx", "model.fp32.onnx", "report.json"} <= set(listed)
+        files = {}
+        for name in ("model.onnx", "model.fp32.onnx"):
+            resp = client.get(f"/v1/jobs/{job_id}/artifacts/{name}")
+            assert resp.status_code == 200 and sha256(resp.content) == listed[name]["sha256"]
+            check_onnx_drop_in(resp.content)
+            files[name] = {n.op_type for n in onnx.load_from_string(resp.content).graph.node}
+    assert "DequantizeLinear" in files["model.onnx"]
+    assert "DequantizeLinear" not in files["model.fp32.onnx"]
