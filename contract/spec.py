@@ -152,7 +152,10 @@ class QuantizeSpec(Frozen):
     exclude: list[str] = Field(
         default_factory=list,
         max_length=10_000,
-        description="ONNX node names kept in float (never quantized).",
+        description=(
+            "ONNX node names kept in float (never quantized), as the exported model names "
+            "them (model.fp32.onnx, e.g. /layer1/layer1.0/conv1/Conv)."
+        ),
     )
 
 

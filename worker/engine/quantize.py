@@ -396,7 +396,8 @@ def _fall_back(
     scanned = layers[:MAX_SCAN]
     gains: dict[str, float] = {}
     for i, name in enumerate(scanned):
-        _, _, alone = trial.run([*trial.spec.exclude, name])
+        tried, _, alone = trial.run([*trial.spec.exclude, name])
+        tried.unlink()  # a large model's tries would fill the scratch directory
         gains[name] = drop - alone
         progress(0.3 + 0.4 * (i + 1) / len(scanned))
     ranked = sorted(scanned, key=lambda n: (-gains[n], scanned.index(n)))
@@ -404,6 +405,8 @@ def _fall_back(
     for k in range(1, len(ranked) + 1):
         kept = ranked[:k]
         path, scores, found = trial.run([*trial.spec.exclude, *kept])
+        if best is not None:
+            best[0].unlink()
         best = (path, scores, found, kept)
         progress(0.7 + 0.3 * k / len(ranked))
         if found <= tolerance:
