@@ -172,3 +172,164 @@ def test_cancel_stops_a_group_discovery_that_does_not_return(tmp_path, monkeypat
             should_cancel=lambda: time.monotonic() - started > 2,
         )
     assert time.monotonic() - started < 10
+
+
+# --- patterns whose group discovery torch-pruning could not finish ---------------------------
+# Each net is exported to ONNX and analysed by `find_protected`; the test counts the channel
+# indices torch-pruning's group search handles (before the converter's rewrites, these
+# multiplied at every reshape: tens of millions here, minutes on the real models).
+
+
+@pytest.fixture()
+def _registered() -> None:
+    """The pruners for the modules `onnx_converters` creates (idempotent; preflight's own
+    CUSTOM_PRUNERS registers them too once it calls `tp_extensions.register`)."""
+    from worker.engine import preflight
+    from worker.engine.tp_extensions import register
+
+    register(preflight.CUSTOM_PRUNERS)
+
+
+class _Eca(nn.Module):
+    """timm's ECA: a Conv1d across the channels of the pooled vector gates the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(1, 1, 3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.mean((2, 3)).view(x.shape[0], 1, -1)
+        y = self.conv(y).sigmoid().view(x.shape[0], -1, 1, 1)
+        return x * y.expand_as(x)
+
+
+class _EcaBlock(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            tiny_nets.conv_bn(c, c // 2), nn.Conv2d(c // 2, c, 1), nn.BatchNorm2d(c)
+        )
+        self.eca = _Eca()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.eca(self.body(x)))
+
+
+class _TinyEcaNet(nn.Module):
+    def __init__(self, width: int = 64) -> None:
+        super().__init__()
+        self.stem = tiny_nets.conv_bn(3, width, stride=2)
+        self.blocks = nn.Sequential(*[_EcaBlock(width) for _ in range(4)])
+        self.fc = nn.Linear(width, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+class _Yolo5Head(nn.Module):
+    """Two scales, each a detection conv decoded as YOLOv5 does: view to (N, A, K, H, W),
+    permute, sigmoid, split of the last dim, concat, view to (N, -1, K); scales concat."""
+
+    def __init__(self, width: int = 16, anchors: int = 3, outputs: int = 7) -> None:
+        super().__init__()
+        self.a, self.k = anchors, outputs
+        self.c1 = tiny_nets.conv_bn(3, width, 2)
+        self.c2 = tiny_nets.conv_bn(width, 2 * width, 2)
+        self.det = nn.ModuleList(
+            [nn.Conv2d(width, anchors * outputs, 1), nn.Conv2d(2 * width, anchors * outputs, 1)]
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f1 = self.c1(x)
+        f2 = self.c2(f1)
+        out = []
+        for f, conv in zip((f1, f2), self.det, strict=True):
+            p = conv(f)
+            n, _, h, w = p.shape
+            p = p.view(n, self.a, self.k, h, w).permute(0, 1, 3, 4, 2).sigmoid()
+            xy, wh, conf = p.split((2, 2, self.k - 4), 4)
+            out.append(torch.cat((xy * 2, wh * wh * 4, conf), 4).view(n, -1, self.k))
+        return torch.cat(out, 1)
+
+
+class _Mqa(nn.Module):
+    """MobileNetV4's multi-query attention: per-head queries, one key and one value."""
+
+    def __init__(self, c: int, heads: int = 4, dim: int = 16) -> None:
+        super().__init__()
+        self.h, self.d = heads, dim
+        self.q = nn.Conv2d(c, heads * dim, 1, bias=False)
+        self.k = nn.Conv2d(c, dim, 1, bias=False)
+        self.v = nn.Conv2d(c, dim, 1, bias=False)
+        self.o = nn.Conv2d(heads * dim, c, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, hh, ww = x.shape
+        q = self.q(x).reshape(n, self.h, self.d, -1).transpose(-1, -2)
+        k = self.k(x).flatten(2).transpose(1, 2).unsqueeze(1)
+        v = self.v(x).flatten(2).transpose(1, 2).unsqueeze(1)
+        a = ((q * self.d**-0.5) @ k.transpose(-1, -2)).softmax(-1)
+        o = (a @ v).transpose(1, 2).reshape(n, hh, ww, -1).permute(0, 3, 1, 2)
+        return x + self.o(o)
+
+
+class _TinyMqaNet(nn.Module):
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            tiny_nets.conv_bn(3, width, 2), tiny_nets.conv_bn(width, width, 2)
+        )
+        self.attn = nn.Sequential(_Mqa(width), _Mqa(width))
+        self.fc = nn.Linear(width, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.attn(self.stem(x)).mean((2, 3)))
+
+
+SEARCH_PATTERNS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], int]] = {
+    # (net, input shape, most channel indices the group search may handle)
+    "eca": (_TinyEcaNet, (1, 3, 32, 32), 60_000),  # before: 660k
+    "yolov5_head": (_Yolo5Head, (1, 3, 64, 64), 20_000),  # before: 8M, 24 s
+    "mqa_attention": (_TinyMqaNet, (1, 3, 32, 32), 500_000),  # before: over 66M, > 60 s
+}
+
+
+@pytest.mark.usefixtures("_registered")
+@pytest.mark.parametrize("name", list(SEARCH_PATTERNS))
+def test_group_discovery_stays_linear(name: str, tmp_path: Path, monkeypatch) -> None:
+    from torch_pruning.dependency.group import Group
+
+    from worker.engine import preflight
+    from worker.engine.deadline import Deadline
+
+    build, shape, most = SEARCH_PATTERNS[name]
+    torch.manual_seed(0)
+    path = _export(build(), tmp_path / f"{name}.onnx", shape)
+    loaded = load_model(path)
+    handled = [0]
+    real_add_dep = Group.add_dep
+
+    def counting_add_dep(self, dep, idxs):  # noqa: ANN001, ANN202
+        handled[0] += len(idxs)
+        return real_add_dep(self, dep, idxs)
+
+    monkeypatch.setattr(Group, "add_dep", counting_add_dep)
+    started = time.monotonic()
+    protected, _ = preflight.find_protected(loaded.module, loaded, Deadline(20.0))
+    assert handled[0] <= most, handled[0]
+    assert time.monotonic() - started < 10
+    names = {m: n for n, m in loaded.module.named_modules()}
+    protected_names = [names[m] for m in protected]
+    if name == "eca":  # the ECA blocks prune: only the classifier is kept
+        assert protected_names == ["fc/Gemm"], protected_names
+    if name == "yolov5_head":  # the detection convs keep their channels, the rest prunes
+        assert sorted(protected_names) == ["det/0/Conv", "det/1/Conv"], protected_names
+
+
+@pytest.mark.usefixtures("_registered")
+def test_eca_net_prunes_data_free(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    path = _export(_TinyEcaNet(), tmp_path / "eca.onnx", (1, 3, 32, 32))
+    result = run_pipeline(path, DATA_FREE, tmp_path / "out")
+    achieved = 1.0 - result.report.pruned.macs / result.report.original.macs
+    assert abs(achieved - 0.5) <= 0.02, (achieved, result.report.notes)

@@ -18,6 +18,12 @@ plain torch where torch-pruning needs it:
   reshapes keep the batch and channel dims symbolic, so pruning channels does not
   break a shape baked into the graph;
 - `MatMul` by a constant matrix becomes `nn.Linear`;
+- a convolution across the channels of a pooled vector (ECA attention: reshape to
+  (N, 1, C), Conv1d, reshape back) becomes one `ChannelConv1d`, and a reshape of a
+  rank-4 tensor that splits or merges its channel dim with others (a detection head's
+  (N, A*K, H, W) -> (N, A, K, H, W), attention heads) or a MatMul of two computed
+  tensors becomes a `ChannelRegroup`, which `tp_extensions` teaches torch-pruning not to
+  follow (see there);
 
 `fix_outputs` makes the graph return exactly the ONNX outputs, in order.
 """
@@ -617,6 +623,8 @@ def make_prunable(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> fx.Grap
             _rewrite_resize(gm, node, module)
     split_channel_producers(gm)
     fold_channel_shuffles(gm)
+    fold_channel_convs(gm)
+    fence_channel_regroups(gm)
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
     _drop_unused_initializers(gm)
@@ -1312,3 +1320,202 @@ def _shuffle_at(gm: fx.GraphModule, last: fx.Node) -> tuple[fx.Node, int] | None
     ):
         return None
     return x, split[1]
+
+
+# --- convolutions across channels, and reshapes that regroup channels -----------------------
+
+
+class ChannelConv1d(nn.Module):
+    """ECA attention's convolution over the channels of a pooled (N, C, 1, ...) vector:
+    reshape to (N, 1, C), a same-length Conv1d, and back to the input's shape.
+
+    One module instead of reshape -> Conv1d -> reshape: torch-pruning reads the first
+    reshape as folding C channels into the Conv1d's single one and the second as unfolding
+    them again, so the index set of every channel it follows through an ECA block grows C
+    times over (ecaresnet26t's group discovery did not finish in minutes), and the sizes
+    baked into the reshapes break once channels go. As one module it passes its channels
+    through (`tp_extensions.ChannelConv1dPruner`): the Conv1d's weights do not depend on C,
+    so the block keeps working on whatever channels remain."""
+
+    def __init__(self, conv: nn.Conv1d, channels: int) -> None:
+        super().__init__()
+        self.conv = conv
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.reshape(x.shape[0], 1, -1)).reshape(x.shape)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}"
+
+
+class ChannelRegroup(nn.Module):
+    """An op that moves channels between dims: a reshape that splits or merges the
+    channel dim of a rank-4 tensor with other dims (a YOLOv5 head's (N, 3*85, H, W) ->
+    (N, 3, 85, H, W), attention heads), or a MatMul of two computed tensors (attention).
+
+    torch-pruning maps every rank-4 reshape as a flatten by a stride, which such a
+    reshape is not, and follows a channel through a MatMul's inner expand/reshape/bmm the
+    same way: the index sets it follows multiply by the stride at each reshape (in
+    attention blocks and detection decoders, millions of indices; the group discovery did
+    not finish in minutes). `tp_extensions.ChannelRegroupPruner` stops torch-pruning at
+    the op instead: the layers before it are tried like any other group by `preflight`
+    (where the op's sizes are baked into the graph the trial fails, and they are
+    protected)."""
+
+    def __init__(self, inner: nn.Module | None = None) -> None:
+        super().__init__()
+        self.inner = inner  # the onnx2torch module (OnnxReshape, OnnxMatMul), else None
+
+    def forward(self, x: torch.Tensor, other: Any) -> torch.Tensor:
+        if self.inner is not None:
+            return self.inner(x, other)
+        return torch.reshape(x, other)
+
+
+def fold_channel_convs(gm: fx.GraphModule) -> int:
+    """Replace each reshape (N, C[, 1...]) -> (N, 1, C), Conv1d(1, 1, same length),
+    [unary ops], reshape -> (N, C, 1...) by a `ChannelConv1d` and the unary ops on
+    (N, C[, 1...]), and a channel-keeping reshape; returns how many. Needs ShapeProp
+    metadata."""
+    count = 0
+    for node in list(gm.graph.nodes):
+        found = _channel_conv_at(gm, node)
+        if found is None:
+            continue
+        x, conv_node, unary, last = found
+        x_shape = _meta_shape(x)
+        assert x_shape is not None
+        name = f"channel_conv_{count}"
+        gm.add_submodule(name, ChannelConv1d(gm.get_submodule(str(conv_node.target)), x_shape[1]))
+        graph = gm.graph
+        with graph.inserting_before(last):
+            y = graph.call_module(name, (x,))
+            for op in unary:
+                y = graph.call_module(str(op.target), (y,))
+            out_shape = _meta_shape(last)
+            assert out_shape is not None
+            if tuple(out_shape) != tuple(x_shape):
+                sizes = [graph.call_method("size", (y, 0)), graph.call_method("size", (y, 1))]
+                y = graph.call_function(torch.reshape, (y, (*sizes, *out_shape[2:])))
+        y.meta = dict(last.meta)
+        last.replace_all_uses_with(y)
+        count += 1
+    if count:
+        gm.graph.eliminate_dead_code()
+        gm.delete_all_unused_submodules()
+        gm.recompile()
+    return count
+
+
+def _channel_conv_at(gm: fx.GraphModule, first: fx.Node) -> tuple | None:
+    """(x, conv, unary ops, last reshape) when `first` starts a convolution across the
+    channels of x, else None."""
+    x = _reshape_input(gm, first)
+    x_shape, shape = _meta_shape(x), _meta_shape(first)
+    if (
+        not isinstance(x, fx.Node)
+        or x_shape is None
+        or shape is None
+        or len(x_shape) < 2
+        or any(d != 1 for d in x_shape[2:])
+        or tuple(shape) != (x_shape[0], 1, x_shape[1])
+        or len(first.users) != 1
+    ):
+        return None
+    conv_node = next(iter(first.users))
+    conv = gm.get_submodule(str(conv_node.target)) if conv_node.op == "call_module" else None
+    if (
+        not isinstance(conv, nn.Conv1d)
+        or (conv.in_channels, conv.out_channels, conv.groups) != (1, 1, 1)
+        or _meta_shape(conv_node) != shape
+        or conv_node.args[0] is not first
+    ):
+        return None
+    unary: list[fx.Node] = []
+    node = conv_node
+    while len(users := _users_but_sizes(node)) == 1:
+        user = users[0]
+        if _reshape_input(gm, user) is node:
+            out = _meta_shape(user)
+            if (
+                out is None
+                or len(out) < 2
+                or out[:2] != x_shape[:2]
+                or any(d != 1 for d in out[2:])
+            ):
+                return None
+            return x, conv_node, unary, user
+        module = gm.get_submodule(str(user.target)) if user.op == "call_module" else None
+        if (
+            module is None
+            or len(user.args) != 1
+            or user.kwargs
+            or any(True for _ in module.parameters())
+            or any(True for _ in module.buffers())
+            or _meta_shape(user) != shape
+            or not _keeps_shape(type(module).__name__)
+        ):
+            return None
+        unary.append(user)
+        node = user
+    return None
+
+
+def _users_but_sizes(node: fx.Node) -> list[fx.Node]:
+    """The users of `node` other than `.size()` calls (a reshape's symbolic sizes)."""
+    return [u for u in node.users if not (u.op == "call_method" and u.target == "size")]
+
+
+def fence_channel_regroups(gm: fx.GraphModule) -> int:
+    """Replace each reshape that splits or merges the channel dim of a rank-4 tensor (its
+    output keeps neither the input's batch and channel dims nor flattens everything after
+    the batch) by a `ChannelRegroup`; returns how many. Needs ShapeProp metadata."""
+    count = 0
+    for node in list(gm.graph.nodes):
+        if _is_activation_matmul(gm, node):
+            _fence(gm, node, f"channel_regroup_{count}")
+            count += 1
+            continue
+        x = _reshape_input(gm, node)
+        if not isinstance(x, fx.Node) or len(node.args) != 2:
+            continue
+        if node.op == "call_function" and node.target is not torch.reshape:
+            continue  # torch.flatten
+        if node.op == "call_method":
+            continue
+        in_shape, out_shape = _meta_shape(x), _meta_shape(node)
+        if in_shape is None or out_shape is None or len(in_shape) != 4:
+            continue
+        if tuple(out_shape[:2]) == tuple(in_shape[:2]):
+            continue  # batch and channels kept
+        if len(out_shape) == 2 and out_shape[1] == math.prod(in_shape[1:]):
+            continue  # a flatten, which torch-pruning maps onto the next Linear
+        _fence(gm, node, f"channel_regroup_{count}")
+        count += 1
+    if count:
+        gm.delete_all_unused_submodules()
+        gm.recompile()
+    return count
+
+
+def _is_activation_matmul(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """A MatMul of two computed tensors of rank 3 or more (attention's q @ k^T, a @ v)."""
+    if _module_kind(gm, node) != "OnnxMatMul" or len(node.args) != 2 or node.kwargs:
+        return False
+    shapes = [_meta_shape(a) for a in node.args]
+    return all(
+        isinstance(a, fx.Node) and _constant_of(gm, a) is None and s is not None and len(s) >= 3
+        for a, s in zip(node.args, shapes, strict=True)
+    )
+
+
+def _fence(gm: fx.GraphModule, node: fx.Node, name: str) -> None:
+    """Replace `node` (a reshape or an OnnxMatMul) by a `ChannelRegroup` of it."""
+    inner = gm.get_submodule(str(node.target)) if node.op == "call_module" else None
+    gm.add_submodule(name, ChannelRegroup(inner))
+    with gm.graph.inserting_before(node):
+        new = gm.graph.call_module(name, tuple(node.args))
+    new.meta = dict(node.meta)
+    node.replace_all_uses_with(new)
+    gm.graph.erase_node(node)
