@@ -39,6 +39,7 @@ from worker.engine.deadline import Deadline, analysis_budget, watchdog
 from worker.engine.errors import AnalysisTimeout, JobCancelled, PruningFailed
 from worker.engine.loaders import flatten_outputs
 from worker.engine.onnx_converters import ChannelConst, ChannelShuffle
+from worker.engine.tp_extensions import register
 from worker.engine.types import LoadedModel, Preflight
 
 # The layers whose output channels are pruned. Not nn.LSTM: torch-pruning's LSTM pruner
@@ -93,6 +94,7 @@ CUSTOM_PRUNERS: dict[type, tp.pruner.function.BasePruningFunc] = {
     ChannelConst: ChannelConstPruner(),
     ChannelShuffle: ChannelShufflePruner(),
 }
+register(CUSTOM_PRUNERS)  # channel Conv1d (ECA) and the regroups torch-pruning stops at
 
 # Extra keyword arguments for torch_pruning's pruners (tp.pruner.MetaPruner and friends).
 PRUNER_KWARGS: dict[str, Any] = {
