@@ -91,6 +91,24 @@ class AccuracyBudget(Frozen):
     probes: int = Field(default=6, ge=2, le=20)
 
 
+BUDGET_NEEDS_DATASET = (
+    "accuracy_budget needs a dataset: without one there is no held-back data to measure "
+    "the drop on and none to fine-tune the probes with; add a dataset or remove "
+    "accuracy_budget"
+)
+
+
+def require_dataset_for_budget(budget: AccuracyBudget | None, has_dataset: bool) -> None:
+    """Raise ValueError (BUDGET_NEEDS_DATASET) for an accuracy budget without a dataset.
+
+    The spec does not say whether the job has a dataset; its callers do (the API body's
+    `dataset_id`, the CLI's `--data`), and validate with this. Without data the search
+    would judge data-free probes by their agreement on random inputs and ship whatever
+    that chose."""
+    if budget is not None and not has_dataset:
+        raise ValueError(BUDGET_NEEDS_DATASET)
+
+
 class ExportSpec(Frozen):
     opset: int = Field(default=17, ge=13, le=23)
     dynamic_batch: bool = True
