@@ -123,3 +123,34 @@ export function modelInfo(id) {
   return modelCache.get(id);
 }
 export function forgetModels() { modelCache.clear(); }
+
+// A succeeded job's report never changes: fetch each once per page load (the job list
+// shows a few numbers of every succeeded row, the compare view whole reports).
+const reportCache = new Map();
+export function jobReport(id, { signal } = {}) {
+  if (!reportCache.has(id)) {
+    const pending = api(`/jobs/${encodeURIComponent(id)}/report`, { signal });
+    pending.catch(() => reportCache.delete(id));  // a later view may try again
+    reportCache.set(id, pending);
+  }
+  return reportCache.get(id);
+}
+
+/**
+ * Every item of a paged list (`/jobs`, `/models`, ...), following the cursors up to
+ * `maxPages` pages of 200; `more` tells whether items were left.
+ */
+export async function listAll(path, { signal, maxPages = 5 } = {}) {
+  const items = [];
+  let cursor = null;
+  for (let i = 0; i < maxPages; i += 1) {
+    const q = new URLSearchParams({ limit: '200' });
+    if (cursor) q.set('cursor', cursor);
+    const sep = path.includes('?') ? '&' : '?';
+    const page = await api(`${path}${sep}${q}`, { signal });
+    items.push(...page.items);
+    cursor = page.next_cursor;
+    if (!cursor) return { items, more: false };
+  }
+  return { items, more: true };
+}

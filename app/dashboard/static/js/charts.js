@@ -3,6 +3,7 @@
 // caption and an aria-label summary; the numbers are also in tables next to them.
 
 import { h, s } from './dom.js';
+import { elideMiddle } from './format.js';
 
 const WIDE = 720;
 
@@ -42,10 +43,6 @@ function legendOf(items) {
     items.map(([cls, label]) => h('li', null, h('span', { class: `swatch ${cls}` }), label)));
 }
 
-function shorten(text, max) {
-  return text.length <= max ? text : `…${text.slice(text.length - max + 1)}`;
-}
-
 /** Output channels per layer before and after pruning (report.layers). */
 export function channelsChart(layers, W = chartWidth()) {
   const labelW = narrow(W) ? 112 : 190;
@@ -65,7 +62,7 @@ export function channelsChart(layers, W = chartWidth()) {
     const wa = (l.out_channels_after / max) * barW;
     svg.append(s('g', { class: 'row' },
       s('title', null, `${l.name}: ${l.out_channels_before} → ${l.out_channels_after} channels`),
-      s('text', { x: labelW - 8, y: y + row * 0.68, class: 'label', 'text-anchor': 'end' }, shorten(l.name, narrow(W) ? 15 : 26)),
+      s('text', { x: labelW - 8, y: y + row * 0.68, class: 'label', 'text-anchor': 'end' }, elideMiddle(l.name, narrow(W) ? 15 : 26)),
       s('rect', { x: labelW, y: y + 2, width: wb, height: row - 4, class: 'bar-before', rx: 2 }),
       s('rect', { x: labelW, y: y + 5, width: wa, height: row - 10, class: 'bar-after', rx: 2 }),
       s('text', { x: labelW + barW + 6, y: y + row * 0.68, class: 'value' },
@@ -77,7 +74,8 @@ export function channelsChart(layers, W = chartWidth()) {
 
 /**
  * A line chart with points: `points` are {x, y, label}; connected in the given order.
- * Options: xLabel, yLabel, xFmt, yFmt(value, tickStep), caption, name (data-chart), yMin/yMax.
+ * Options: xLabel, yLabel, xFmt(value, tickStep), yFmt(value, tickStep), caption,
+ * name (data-chart), yMin/yMax, xIntegers (ticks only on whole numbers, e.g. steps).
  */
 export function lineChart(points, opts, W = chartWidth()) {
   const m = { l: 64, r: 20, t: 14, b: 46 };
@@ -104,9 +102,12 @@ export function lineChart(points, opts, W = chartWidth()) {
     svg.append(s('line', { x1: m.l, x2: W - m.r, y1: Y(t), y2: Y(t), class: 'grid' }),
       s('text', { x: m.l - 8, y: Y(t) + 4, class: 'tick', 'text-anchor': 'end' }, opts.yFmt(t, yStep)));
   }
-  for (const t of niceTicks(x0, x1, narrow(W) ? 3 : 5)) {
+  const xTicks = niceTicks(x0, x1, narrow(W) ? 3 : 5)
+    .filter((t) => t >= x0 && t <= x1 && (!opts.xIntegers || Number.isInteger(t)));
+  const xStep = xTicks.length > 1 ? xTicks[1] - xTicks[0] : 0;
+  for (const t of xTicks) {
     svg.append(s('line', { x1: X(t), x2: X(t), y1: height - m.b, y2: height - m.b + 5, class: 'axis' }),
-      s('text', { x: X(t), y: height - m.b + 19, class: 'tick', 'text-anchor': 'middle' }, opts.xFmt(t)));
+      s('text', { x: X(t), y: height - m.b + 19, class: 'tick', 'text-anchor': 'middle' }, opts.xFmt(t, xStep)));
   }
   svg.append(
     s('line', { x1: m.l, x2: W - m.r, y1: height - m.b, y2: height - m.b, class: 'axis' }),
@@ -121,25 +122,23 @@ export function lineChart(points, opts, W = chartWidth()) {
   return figure(opts.caption, svg);
 }
 
-/** Latency p50 bars (before vs after) with a whisker to p99, per provider and batch size. */
+/**
+ * Latency p50 bars (before vs after) with a whisker to p90, per provider and batch size.
+ * The scale ends at the largest p90, not p99: one stray pause of a shared machine would
+ * otherwise squash every bar to a sliver. p99 (when measured) is in the tooltip and table.
+ */
 export function latencyChart(before, after, W = chartWidth()) {
-  const rows = [];
-  for (const [provider, batches] of Object.entries(after || {})) {
-    for (const [batch, p] of Object.entries(batches)) {
-      rows.push({ key: `${provider.replace('ExecutionProvider', '')} · batch ${batch}`,
-        before: before?.[provider]?.[batch] || null, after: p });
-    }
-  }
+  const rows = latencyRows(before, after);
   const labelW = narrow(W) ? 100 : 170;
   const valueW = narrow(W) ? 84 : 150;
   const group = 46;
   const top = 8;
   const barW = W - labelW - valueW;
-  const max = Math.max(1e-9, ...rows.flatMap((r) => [r.before?.p99 || 0, r.after.p99]));
+  const max = Math.max(1e-9, ...rows.flatMap((r) => [r.before, r.after].filter(Boolean).map(reach)));
   const height = top * 2 + rows.length * group;
   const svg = s('svg', {
     viewBox: `0 0 ${W} ${height}`, role: 'img', class: 'chart-svg', 'data-chart': 'latency',
-    'aria-label': 'Latency p50 before and after pruning, whiskers to p99',
+    'aria-label': 'Latency p50 before and after pruning, whiskers to p90',
   });
   rows.forEach((r, i) => {
     const y = top + i * group;
@@ -148,15 +147,38 @@ export function latencyChart(before, after, W = chartWidth()) {
       if (!p) return;
       const bh = group / 2 - 6;
       const x50 = labelW + (p.p50 / max) * barW;
-      const x99 = labelW + (p.p99 / max) * barW;
-      svg.append(s('g', null,
-        s('title', null, `${r.key}, ${cls}: p50 ${p.p50.toFixed(3)} ms, p90 ${p.p90.toFixed(3)} ms, p99 ${p.p99.toFixed(3)} ms`),
+      const x90 = labelW + (reach(p) / max) * barW;
+      svg.append(s('g', { class: `lat-${cls}` },
+        s('title', null, `${r.key}, ${cls === 'before' ? 'original' : 'pruned'}: ${percentiles(p)}`),
         s('rect', { x: labelW, y: by, width: Math.max(1, x50 - labelW), height: bh, class: `bar-${cls}`, rx: 2 }),
-        s('line', { x1: x50, x2: x99, y1: by + bh / 2, y2: by + bh / 2, class: 'whisker' }),
-        s('line', { x1: x99, x2: x99, y1: by + 3, y2: by + bh - 3, class: 'whisker' }),
+        s('line', { x1: x50, x2: x90, y1: by + bh / 2, y2: by + bh / 2, class: 'whisker' }),
+        s('line', { x1: x90, x2: x90, y1: by + 3, y2: by + bh - 3, class: 'whisker' }),
         s('text', { x: labelW + barW + 6, y: by + bh - 3, class: 'value' }, narrow(W) ? `${p.p50.toFixed(2)} ms` : `${p.p50.toFixed(2)} ms p50`)));
     });
   });
-  return figure('Latency (bar: p50, whisker: up to p99)', svg,
+  return figure('Latency (bar: p50, whisker: up to p90)', svg,
     legendOf([['bar-before', 'original'], ['bar-after', 'pruned']]));
+}
+
+function latencyRows(before, after) {
+  const rows = [];
+  for (const [provider, batches] of Object.entries(after || {})) {
+    for (const [batch, p] of Object.entries(batches)) {
+      rows.push({ key: `${provider.replace('ExecutionProvider', '')} · batch ${batch}`,
+        before: before?.[provider]?.[batch] || null, after: p });
+    }
+  }
+  return rows;
+}
+
+// Where a bar's whisker ends: p90, never short of the bar itself.
+function reach(p) {
+  return Math.max(p.p50, p.p90 ?? p.p50);
+}
+
+function percentiles(p) {
+  const parts = [`p50 ${p.p50.toFixed(3)} ms`, `p90 ${(p.p90 ?? p.p50).toFixed(3)} ms`];
+  if (typeof p.p99 === 'number') parts.push(`p99 ${p.p99.toFixed(3)} ms`);
+  if (typeof p.samples === 'number') parts.push(`${p.samples} runs`);
+  return parts.join(', ');
 }

@@ -6,14 +6,20 @@ export function int(n) {
   return n === null || n === undefined ? '—' : nf.format(Math.round(n));
 }
 
-/** 1814073344 -> "1.81 G"; keeps three significant digits. */
-export function compact(n) {
+/** 1814073344 -> "1.81 G"; keeps `digits` significant digits (three by default). */
+export function compact(n, digits = 3) {
   if (n === null || n === undefined) return '—';
   const units = [[1e12, 'T'], [1e9, 'G'], [1e6, 'M'], [1e3, 'k']];
   for (const [size, unit] of units) {
-    if (Math.abs(n) >= size) return `${(n / size).toPrecision(3)} ${unit}`;
+    if (Math.abs(n) >= size) return `${(n / size).toPrecision(digits)} ${unit}`;
   }
   return String(Math.round(n));
+}
+
+/** An axis tick in compact form with the digits its spacing needs, so ticks stay distinct. */
+export function compactTick(v, step) {
+  if (!step || !v) return compact(v);
+  return compact(v, Math.min(6, Math.max(3, Math.ceil(Math.log10(Math.abs(v) / step)) + 1)));
 }
 
 export function bytes(n) {
@@ -82,4 +88,23 @@ export function target(spec) {
 
 export function stageName(stage) {
   return stage ? stage.charAt(0).toUpperCase() + stage.slice(1) : '—';
+}
+
+/** 1 -> "1 epoch", 3 -> "3 epochs" (`many` for irregular plurals). */
+export function plural(n, one, many = `${one}s`) {
+  return `${n} ${Number(n) === 1 ? one : many}`;
+}
+
+/** "backbone.layer4.0.downsample.0" -> "backbone.la…downsample.0": both ends stay readable. */
+export function elideMiddle(text, max) {
+  if (text.length <= max) return text;
+  const tail = Math.ceil((max - 1) / 2);
+  return `${text.slice(0, max - 1 - tail)}…${text.slice(text.length - tail)}`;
+}
+
+/** A signed change in percentage points: 0.012 -> "+1.2 points". */
+export function points(d, digits = 1) {
+  if (d === null || d === undefined || Number.isNaN(d)) return '—';
+  const v = Math.abs(d * 100).toFixed(digits);
+  return `${d > 0 ? '+' : d < 0 ? '−' : '±'}${v} points`;
 }

@@ -1,17 +1,26 @@
-// The shell: hash routing (#/jobs, #/jobs/<id>, #/submit, #/login), sign-in state and
-// clean-up of the previous view (its streams and timers) on every route change.
+// The shell: hash routing (#/jobs, #/jobs/<id>, #/compare, #/models, #/datasets,
+// #/submit, #/login), sign-in state and clean-up of the previous view (its streams and
+// timers) on every route change.
 
 import { forgetModels, session, setUnauthorizedHandler } from './api.js';
 import { h, replace } from './dom.js';
+import { renderCompare } from './views/compare.js';
+import { renderDataset, renderDatasets } from './views/datasets.js';
 import { renderJob } from './views/job.js';
 import { renderJobs } from './views/jobs.js';
 import { renderLogin } from './views/login.js';
+import { renderModel, renderModels } from './views/models.js';
 import { renderSubmit } from './views/submit.js';
 
 const ROUTES = [
   [/^#\/jobs\/([^/?]+)$/, renderJob, 'jobs'],
   [/^#\/jobs(?:\?(.*))?$/, renderJobs, 'jobs'],
-  [/^#\/submit$/, renderSubmit, 'submit'],
+  [/^#\/compare(?:\?(.*))?$/, renderCompare, 'jobs'],
+  [/^#\/models\/([^/?]+)$/, renderModel, 'models'],
+  [/^#\/models$/, renderModels, 'models'],
+  [/^#\/datasets\/([^/?]+)$/, renderDataset, 'datasets'],
+  [/^#\/datasets$/, renderDatasets, 'datasets'],
+  [/^#\/submit(?:\?(.*))?$/, renderSubmit, 'submit'],
 ];
 
 const main = document.getElementById('main');

@@ -35,3 +35,47 @@ export function errorPanel(title, err) {
     h('p', null, err.message || String(err)),
     err.code ? h('p', { class: 'code' }, 'Code: ', h('code', null, err.code)) : null);
 }
+
+/** Copy `text` to the clipboard; the Clipboard API needs a secure context, so fall back. */
+async function copyText(text) {
+  if (navigator.clipboard && window.isSecureContext) {
+    await navigator.clipboard.writeText(text);
+    return;
+  }
+  const area = h('textarea', { readonly: true, class: 'sr-only' }, text);
+  document.body.append(area);
+  area.select();
+  try { document.execCommand('copy'); } finally { area.remove(); }
+}
+
+/** A small button that copies `text` (an id) and says so for a moment. */
+export function copyButton(text, what = 'id') {
+  const label = `Copy ${what} ${text}`;
+  const button = h('button', { type: 'button', class: 'copy', title: label, 'aria-label': label,
+    'data-copy': text }, 'Copy');
+  button.addEventListener('click', async (ev) => {
+    ev.preventDefault();
+    ev.stopPropagation();
+    try {
+      await copyText(text);
+      button.textContent = 'Copied';
+    } catch {
+      button.textContent = 'Copy failed';
+    }
+    setTimeout(() => { button.textContent = 'Copy'; }, 1500);
+  });
+  return button;
+}
+
+/** An id shown shortened by CSS, the full id on hover, with a copy button beside it. */
+export function idWithCopy(id, href, what = 'id') {
+  const label = href
+    ? h('a', { href, class: 'mono-id', title: id }, id)
+    : h('code', { class: 'mono-id', title: id }, id);
+  return h('span', { class: 'id-copy' }, label, copyButton(id, what));
+}
+
+/** The problem detail of a refused request, as a panel (the server's words and code). */
+export function problemPanel(title, err) {
+  return errorPanel(title, { message: err.detail || err.message, code: err.code });
+}

@@ -3,7 +3,7 @@
 
 import { api, modelInfo } from '../api.js';
 import { append, h, replace } from '../dom.js';
-import { date, duration, stageName, target } from '../format.js';
+import { date, duration, plural, stageName, target } from '../format.js';
 import { followJob } from '../sse.js';
 import { errorPanel, progressBar, setProgress, statusBadge, TERMINAL } from './common.js';
 import { renderReport } from './report.js';
@@ -67,7 +67,10 @@ class JobPage {
         h('div', null,
           h('h1', null, 'Job ', h('code', null, job.id)),
           h('p', { class: 'muted' }, 'Model ', modelEl, ' · target ', target(job.spec))),
-        h('div', { class: 'actions' }, this.cancelEl)),
+        h('div', { class: 'actions' },
+          h('a', { class: 'button', id: 'clone-job', href: `#/submit?from=${encodeURIComponent(job.id)}`,
+            title: 'A new job form filled with this job\'s model, data and settings' }, 'Clone & re-run'),
+          this.cancelEl)),
       h('section', { class: 'panel live', 'aria-labelledby': 'live-h' },
         h('h2', { id: 'live-h', class: 'sr-only' }, 'Progress'),
         h('div', { class: 'live-row' },
@@ -89,7 +92,7 @@ class JobPage {
     Object.assign(this.job, data, { progress });
     const { job } = this;
     replace(this.statusEl, statusBadge(job.status));
-    replace(this.stageEl, TERMINAL.has(job.status) ? '—' : stageName(job.stage));
+    replace(this.stageEl, stageLabel(job));
     setProgress(this.bar, job.progress);
     replace(this.runEl, runFacts(job));
     replace(this.timelineEl, timeline(job));
@@ -171,6 +174,13 @@ class JobPage {
   }
 }
 
+// A running job's stage; a failed or cancelled one names the stage it stopped in.
+function stageLabel(job) {
+  if (!TERMINAL.has(job.status)) return stageName(job.stage);
+  if (job.status === 'succeeded' || !job.stage) return '—';
+  return `${job.status === 'failed' ? 'failed in' : 'stopped in'} ${job.stage}`;
+}
+
 // When the job ran, how long, and on which attempt; changes with every status event.
 function runFacts(job) {
   const start = job.started_at ? new Date(job.started_at).getTime() : null;
@@ -194,20 +204,30 @@ function timeline(job) {
     return h('p', { class: 'muted' }, job.status === 'queued' ? 'Waiting for a worker…' : 'No stage has started yet.');
   }
   const t = (iso) => (iso ? new Date(iso).getTime() : null);
+  const failedStage = job.stage || stages[stages.length - 1];
   const spans = stages.map((st) => {
     const start = t(times[st].started_at);
     const running = !times[st].finished_at && !TERMINAL.has(job.status);
     const end = t(times[st].finished_at) ?? (running ? now : t(job.finished_at) ?? now);
-    return { st, start, end, running };
+    // A failed job's stage is the one it failed in (its end closed that stage's time too).
+    const state = running ? 'running' : job.status === 'failed' && st === failedStage ? 'failed' : 'done';
+    return { st, start, end, running, state };
   });
   const t0 = Math.min(...spans.map((x) => x.start));
   const total = Math.max(1, Math.max(...spans.map((x) => x.end)) - t0);
   return h('ol', { class: 'timeline', 'aria-label': 'Stages' },
-    spans.map(({ st, start, end, running }) => h('li', { class: running ? 'running' : 'done', 'data-stage': st },
-      h('span', { class: 'tl-name' }, stageName(st)),
+    spans.map(({ st, start, end, running, state }) => h('li', { class: state, 'data-stage': st },
+      h('span', { class: 'tl-name' }, stageName(st), state === 'failed' ? h('span', { class: 'tl-failed' }, ' (failed)') : null),
       h('span', { class: 'tl-track', 'aria-hidden': 'true' },
         h('span', { class: 'tl-bar', style: `left:${((start - t0) / total) * 100}%;width:${Math.max(0.6, ((end - start) / total) * 100)}%` })),
       h('span', { class: 'tl-dur' }, running ? `${duration(end - start)} so far` : duration(end - start)))));
+}
+
+function quantizeText(q) {
+  if (!q || q.mode === 'none') return 'none';
+  return `${q.mode}, ${q.calibration} calibration on ${plural(q.samples, 'sample')}, `
+    + `${q.per_channel ? 'per channel' : 'per tensor'}, fallback ${q.fallback}`
+    + `${q.exclude?.length ? `, ${plural(q.exclude.length, 'node')} kept in float` : ''}`;
 }
 
 function specPanel(job) {
@@ -221,9 +241,10 @@ function specPanel(job) {
     ['Iterative steps', p.iterative_steps],
     ['Round channels to', p.round_to ?? 'automatic'],
     ['Max per-layer ratio', p.max_layer_ratio],
-    ['Sparsity training', s.regularize ? `${s.regularize.kind}, strength ${s.regularize.strength}, ${s.regularize.epochs} epochs` : 'none'],
-    ['Fine-tuning', f ? `${f.epochs} epochs, lr ${f.lr}, batch ${f.batch_size}, ${f.optimizer}${f.distill ? ', distillation' : ''}` : 'none'],
-    ['Accuracy budget', s.accuracy_budget ? `max drop ${(s.accuracy_budget.max_drop * 100).toFixed(1)} points` : 'none'],
+    ['Sparsity training', s.regularize ? `${s.regularize.kind}, strength ${s.regularize.strength}, ${plural(s.regularize.epochs, 'epoch')}` : 'none'],
+    ['Fine-tuning', f ? `${plural(f.epochs, 'epoch')}, lr ${f.lr}, batch ${f.batch_size}, ${f.optimizer}${f.distill ? ', distillation' : ''}` : 'none'],
+    ['Accuracy budget', s.accuracy_budget ? `max drop ${(s.accuracy_budget.max_drop * 100).toFixed(1)} points, ${plural(s.accuracy_budget.probes ?? 6, 'probe')}` : 'none'],
+    ['Quantization', quantizeText(s.quantize)],
     ['Export', s.export ? `opset ${s.export.opset}${s.export.dynamic_batch ? ', dynamic batch' : ''}` : '—'],
     ['Benchmark', s.benchmark ? `${s.benchmark.providers.join(', ')} · batch ${s.benchmark.batch_sizes.join(', ')} · ${s.benchmark.iterations} runs` : '—'],
     ['Dataset', job.dataset_id || 'none (data-free)'],

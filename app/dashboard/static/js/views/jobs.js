@@ -1,54 +1,89 @@
-// The jobs list: newest first, filter by status, cursor paging, live progress of the
+// The jobs list: newest first, filter by status, sort, cursor paging, live progress of the
 // jobs still running (SSE for a few, polling for the rest: browsers allow only six
-// connections per host and each stream holds one).
+// connections per host and each stream holds one), the result of each succeeded job
+// (read from its report once the row scrolls into view) and a selection to compare.
 
-import { api, modelInfo } from '../api.js';
+import { api, jobReport, modelInfo } from '../api.js';
 import { h, replace } from '../dom.js';
-import { date, stageName, target } from '../format.js';
+import { bytes, date, pct, points, ratio, stageName, target } from '../format.js';
 import { followJob } from '../sse.js';
-import { errorPanel, progressBar, setProgress, STATUSES, statusBadge, TERMINAL } from './common.js';
+import { resultSummary } from '../summary.js';
+import {
+  copyButton, errorPanel, progressBar, setProgress, STATUSES, statusBadge, TERMINAL,
+} from './common.js';
 
 const PAGE = 20;
 const MAX_STREAMS = 3;
 const POLL_MS = 3000;
 
+// Sort keys: the job field or result number, and whether larger comes first.
+const SORTS = {
+  newest: { label: 'Newest first', value: (r) => r.job.created_at || '', desc: true },
+  oldest: { label: 'Oldest first', value: (r) => r.job.created_at || '', desc: false },
+  macs: { label: 'Largest MACs cut', value: (r) => r.summary?.macsCut, desc: true },
+  speedup: { label: 'Fastest speed-up', value: (r) => r.summary?.speedup, desc: true },
+  accuracy: { label: 'Smallest accuracy loss', value: (r) => r.summary?.accuracyChange ?? agreementAsChange(r.summary), desc: true },
+  size: { label: 'Smallest file', value: (r) => r.summary?.finalBytes, desc: false },
+};
+
 export function renderJobs(root, { signal, params }) {
   const query = new URLSearchParams(params[0] || '');
   const status = STATUSES.includes(query.get('status')) ? query.get('status') : '';
+  const sort = SORTS[query.get('sort')] ? query.get('sort') : 'newest';
   // The cursors of the pages walked so far, so "Newer" can go back without server help.
   const cursors = (query.get('page') || '').split(',').filter(Boolean).map(decodeURIComponent);
+  const view = { status, sort, cursors };
   document.title = 'Secateurs · jobs';
 
   const filter = h('select', { id: 'status-filter', name: 'status' },
     h('option', { value: '' }, 'All statuses'),
     STATUSES.map((st) => h('option', { value: st, selected: st === status }, st)));
-  filter.addEventListener('change', () => { window.location.hash = listHash(filter.value, []); });
+  filter.addEventListener('change', () => {
+    window.location.hash = listHash({ ...view, status: filter.value, cursors: [] });
+  });
+  const sorter = h('select', { id: 'sort-jobs', name: 'sort' },
+    Object.entries(SORTS).map(([k, s]) => h('option', { value: k, selected: k === sort }, s.label)));
+  sorter.addEventListener('change', () => { window.location.hash = listHash({ ...view, sort: sorter.value }); });
 
+  const compare = h('a', { class: 'button', id: 'compare-jobs', href: '#/jobs', 'aria-disabled': 'true' },
+    'Compare');
   const body = h('div', { class: 'list-body', 'aria-live': 'polite', 'aria-busy': 'true' }, h('p', { class: 'muted' }, 'Loading jobs…'));
   replace(root, h('section', null,
     h('div', { class: 'page-head' },
       h('h1', null, 'Jobs'),
       h('div', { class: 'tools' },
         h('label', { for: 'status-filter' }, 'Status'), filter,
+        h('label', { for: 'sort-jobs' }, 'Sort'), sorter,
         h('button', { type: 'button', id: 'refresh-jobs',
           onclick: () => window.dispatchEvent(new HashChangeEvent('hashchange')) }, 'Refresh'),
+        compare,
         h('a', { class: 'button primary', href: '#/submit' }, 'New job'))),
     body));
-  load(body, status, cursors, signal);
+  load(body, view, compare, signal);
 }
 
-function listHash(status, cursors) {
+function listHash({ status, sort, cursors }) {
   const q = new URLSearchParams();
   if (status) q.set('status', status);
+  if (sort && sort !== 'newest') q.set('sort', sort);
   if (cursors.length) q.set('page', cursors.map(encodeURIComponent).join(','));
   const qs = q.toString();
   return qs ? `#/jobs?${qs}` : '#/jobs';
 }
 
-async function load(body, status, cursors, signal) {
+// Agreement (no labels) ranks after any measured accuracy change: 96% agreement ~ -4 points.
+function agreementAsChange(summary) {
+  return typeof summary?.agreement === 'number' ? summary.agreement - 1 : null;
+}
+
+// Jobs ticked for comparison; kept while paging, so jobs of different pages can be compared.
+const selected = new Set();
+const MAX_COMPARE = 6;
+
+async function load(body, view, compare, signal) {
   const q = new URLSearchParams({ limit: String(PAGE) });
-  if (status) q.set('status', status);
-  if (cursors.length) q.set('cursor', cursors[cursors.length - 1]);
+  if (view.status) q.set('status', view.status);
+  if (view.cursors.length) q.set('cursor', view.cursors[view.cursors.length - 1]);
   let page;
   try {
     page = await api(`/jobs?${q}`, { signal });
@@ -57,66 +92,168 @@ async function load(body, status, cursors, signal) {
     return;
   }
   if (signal.aborted) return;
-  body.setAttribute('aria-busy', 'false');
-  const jobs = [...page.items].sort((a, b) => (b.created_at || '').localeCompare(a.created_at || ''));
-  if (!jobs.length) {
+  if (!page.items.length) {
+    body.setAttribute('aria-busy', 'false');
     replace(body, h('div', { class: 'panel empty' },
-      h('p', null, status ? `No ${status} jobs.` : 'No jobs yet.'),
+      h('p', null, view.status ? `No ${view.status} jobs.` : 'No jobs yet.'),
       h('p', null, h('a', { href: '#/submit' }, 'Prune a model'), ' to start one.')));
     return;
   }
-  const rows = jobs.map((job) => jobRow(job));
-  const pager = h('nav', { class: 'pager', 'aria-label': 'Pages' },
-    cursors.length ? h('a', { class: 'button', href: listHash(status, cursors.slice(0, -1)) }, '← Newer') : null,
-    h('span', { class: 'muted' }, `Page ${cursors.length + 1}`),
-    page.next_cursor ? h('a', { class: 'button', href: listHash(status, [...cursors, page.next_cursor]) }, 'Older →') : null);
+  const syncCompare = () => updateCompare(compare);
+  const rows = page.items.map((job) => jobRow(job, syncCompare));
+  const sort = SORTS[view.sort];
+  // Sorting by a result needs every result of the page first; the default order does not.
+  if (view.sort !== 'newest' && view.sort !== 'oldest') {
+    await Promise.all(rows.map((r) => r.loadResult(signal)));
+    if (signal.aborted) return;
+  }
+  sortRows(rows, sort);
+  body.setAttribute('aria-busy', 'false');
   replace(body,
     h('div', { class: 'table-wrap' },
       h('table', { class: 'jobs' },
-        h('caption', { class: 'sr-only' }, 'Jobs, newest first'),
+        h('caption', { class: 'sr-only' }, `Jobs, ${sort.label.toLowerCase()}`),
         h('thead', null, h('tr', null,
-          ['Job', 'Model', 'Status', 'Stage', 'Progress', 'Target', 'Created', 'Finished']
+          h('th', { scope: 'col' }, h('span', { class: 'sr-only' }, 'Compare')),
+          ['Job', 'Model', 'Status', 'Progress', 'Target', 'MACs cut', 'Speed-up', 'Accuracy', 'Size', 'Created']
             .map((c) => h('th', { scope: 'col' }, c)))),
         h('tbody', null, rows.map((r) => r.tr)))),
-    pager);
+    view.sort === 'newest' ? null : h('p', { class: 'help' }, `Sorted within this page of ${PAGE}.`),
+    pagerOf(view, page.next_cursor));
+  syncCompare();
+  showResultsInView(rows, signal);
   watch(rows.filter((r) => !TERMINAL.has(r.job.status)), signal);
 }
 
-function jobRow(job) {
+function pagerOf(view, nextCursor) {
+  const { cursors } = view;
+  return h('nav', { class: 'pager', 'aria-label': 'Pages' },
+    cursors.length ? h('a', { class: 'button', href: listHash({ ...view, cursors: cursors.slice(0, -1) }) }, '← Newer') : null,
+    h('span', { class: 'muted' }, `Page ${cursors.length + 1}`),
+    nextCursor ? h('a', { class: 'button', href: listHash({ ...view, cursors: [...cursors, nextCursor] }) }, 'Older →') : null);
+}
+
+// Missing values (no report yet, no benchmark) go last whatever the direction.
+function sortRows(rows, { value, desc }) {
+  rows.sort((a, b) => {
+    const [x, y] = [value(a), value(b)];
+    const [mx, my] = [x === null || x === undefined, y === null || y === undefined];
+    if (mx || my) return mx - my;
+    if (x === y) return 0;
+    return (x < y ? -1 : 1) * (desc ? -1 : 1);
+  });
+}
+
+function updateCompare(link) {
+  const ids = [...selected];
+  const ready = ids.length >= 2;
+  link.textContent = ids.length ? `Compare (${ids.length})` : 'Compare';
+  link.setAttribute('aria-disabled', String(!ready));
+  link.classList.toggle('primary', ready);
+  link.href = ready ? `#/compare?ids=${ids.map(encodeURIComponent).join(',')}` : '#/jobs';
+  link.onclick = ready ? null : (ev) => ev.preventDefault();
+  link.title = ready ? '' : 'Tick two or more jobs to compare them';
+}
+
+// Reports are fetched for the succeeded rows that scroll into view, not the whole page.
+function showResultsInView(rows, signal) {
+  const byRow = new Map(rows.map((r) => [r.tr, r]));
+  const seen = new IntersectionObserver((entries) => {
+    for (const e of entries) {
+      if (!e.isIntersecting) continue;
+      seen.unobserve(e.target);
+      byRow.get(e.target).loadResult(signal);
+    }
+  }, { rootMargin: '200px' });
+  for (const r of rows) if (r.job.status === 'succeeded') seen.observe(r.tr);
+  signal.addEventListener('abort', () => seen.disconnect(), { once: true });
+}
+
+function selectBox(job, onChange) {
+  const box = h('input', { type: 'checkbox', class: 'pick', 'aria-label': `Compare ${job.id}`,
+    checked: selected.has(job.id) });
+  box.addEventListener('change', () => {
+    if (box.checked && selected.size >= MAX_COMPARE) { box.checked = false; return; }
+    if (box.checked) selected.add(job.id); else selected.delete(job.id);
+    onChange();
+  });
+  return box;
+}
+
+function jobRow(job, onSelect) {
   const model = h('td', { 'data-label': 'Model' }, job.model_name || h('span', { class: 'muted' }, job.model_id));
   if (!job.model_name) {
     modelInfo(job.model_id).then((m) => { if (m?.name) replace(model, m.name); });
   }
-  const status = h('td', { 'data-label': 'Status' }, statusBadge(job.status));
-  const stage = h('td', { 'data-label': 'Stage' }, stageLabel(job));
+  const status = h('td', { 'data-label': 'Status' });
   const bar = progressBar(job.progress, `Progress of ${job.id}`);
-  const finished = h('td', { 'data-label': 'Finished' }, date(job.finished_at));
+  const result = resultCells();
   const row = { status: job.status, stage: job.stage };
   const tr = h('tr', { 'data-job': job.id, 'data-status': job.status },
+    h('td', { class: 'pick-cell' }, selectBox(job, onSelect)),
     h('th', { scope: 'row', 'data-label': 'Job' },
-      h('a', { href: `#/jobs/${encodeURIComponent(job.id)}`, class: 'job-id', title: job.id }, job.id)),
-    model, status, stage,
+      h('span', { class: 'id-copy' },
+        h('a', { href: `#/jobs/${encodeURIComponent(job.id)}`, class: 'job-id', title: job.id }, job.id),
+        copyButton(job.id, 'job id'))),
+    model, status,
     h('td', { 'data-label': 'Progress' }, bar),
     h('td', { 'data-label': 'Target' }, target(job.spec)),
-    h('td', { 'data-label': 'Created', title: date(job.created_at, { seconds: true }) }, date(job.created_at)),
-    finished);
-  const update = (data) => {
+    result.cells,
+    h('td', { 'data-label': 'Created', title: date(job.created_at, { seconds: true }) }, date(job.created_at)));
+  const showStatus = () => replace(status, statusBadge(row.status), stageNote(row));
+  showStatus();
+  const out = { job, tr, summary: null };
+  out.loadResult = async (signal) => {
+    if (row.status !== 'succeeded' || out.summary) return;
+    try {
+      out.summary = resultSummary(await jobReport(job.id, { signal }));
+      result.show(out.summary);
+    } catch {
+      result.missing();
+    }
+  };
+  out.update = (data) => {
     if (data.status) row.status = data.status;
     if ('stage' in data) row.stage = data.stage;
     if (data.status && data.status !== tr.dataset.status) {
       tr.dataset.status = data.status;
-      replace(status, statusBadge(data.status));
+      if (data.status === 'succeeded') out.loadResult();
     }
-    replace(stage, stageLabel(row));
+    showStatus();
     if (typeof data.progress === 'number') setProgress(bar, data.progress);
-    if (data.finished_at) replace(finished, date(data.finished_at));
   };
-  return { job, tr, update };
+  return out;
 }
 
-// Where a job is, or where it stopped; a finished job has no stage left to show.
-function stageLabel({ status, stage }) {
-  return status === 'succeeded' ? '—' : stageName(stage);
+// Under the badge: where a job is, or where a failed one stopped.
+function stageNote({ status, stage }) {
+  if (!stage || status === 'succeeded' || status === 'queued') return null;
+  const text = status === 'running' ? stageName(stage)
+    : `${status === 'failed' ? 'failed' : 'stopped'} at ${stage}`;
+  return h('span', { class: 'stage-note' }, text);
+}
+
+// The four result columns: filled in from the report, blank until then.
+function resultCells() {
+  const td = (label) => h('td', { 'data-label': label, class: 'num' }, '');
+  const cells = { macs: td('MACs cut'), speed: td('Speed-up'), acc: td('Accuracy'), size: td('Size') };
+  return {
+    cells: Object.values(cells),
+    show(s) {
+      replace(cells.macs, s.macsCut === null ? '—' : `−${pct(s.macsCut)}`);
+      replace(cells.speed, ratio(s.speedup));
+      if (s.accuracyChange !== null) {
+        replace(cells.acc, h('span', { title: 'Accuracy change, pruned against original' }, points(s.accuracyChange)));
+      } else {
+        replace(cells.acc, h('span', { title: 'Top-1 agreement with the original (no labels)' },
+          s.agreement === null ? '—' : `${pct(s.agreement)} agree`));
+      }
+      replace(cells.size, bytes(s.finalBytes), s.int8 ? h('span', { class: 'tag' }, 'INT8') : null);
+    },
+    missing() {
+      for (const c of Object.values(cells)) replace(c, h('span', { class: 'muted', title: 'The report could not be loaded' }, '?'));
+    },
+  };
 }
 
 async function watch(rows, signal) {

@@ -4,7 +4,8 @@
 import { api, download } from '../api.js';
 import { channelsChart, latencyChart, lineChart } from '../charts.js';
 import { append, h, replace } from '../dom.js';
-import { bytes, compact, int, ms, pct, ratio } from '../format.js';
+import { bytes, compact, compactTick, int, ms, pct, ratio } from '../format.js';
+import { warningsOf } from '../summary.js';
 import { errorPanel } from './common.js';
 
 export async function renderReport(root, job, signal) {
@@ -25,6 +26,7 @@ export async function renderReport(root, job, signal) {
   replace(root,
     h('section', { class: 'report', 'aria-labelledby': 'report-h', id: 'report' },
       h('h2', { id: 'report-h' }, 'Result'),
+      warningsPanel(report),
       headline(report),
       notes(report),
       h('div', { class: 'panel' }, h('h3', null, 'Before and after'), compareTable(report)),
@@ -75,6 +77,18 @@ function headline(r) {
     h('span', { class: 'card-sub' }, sub))));
 }
 
+// Warnings say the result may not be what was asked for: shown above every number.
+function warningsPanel(r) {
+  const warnings = warningsOf(r);
+  if (!warnings.length) return null;
+  const critical = warnings.some((w) => w.severity === 'critical');
+  return h('div', { class: `panel warnings${critical ? ' critical' : ''}`, id: 'report-warnings', role: 'alert' },
+    h('h3', null, warnings.length === 1 ? 'Warning' : `${warnings.length} warnings`),
+    h('ul', null, warnings.map((w) => h('li', { class: `severity-${w.severity || 'warning'}`, 'data-code': w.code },
+      w.severity === 'critical' ? h('strong', null, 'Critical: ') : null,
+      w.message || w.code, ' ', w.code ? h('code', { class: 'muted' }, w.code) : null))));
+}
+
 function notes(r) {
   if (!r.notes?.length) return null;
   return h('div', { class: 'panel note' }, h('h3', null, 'Notes'), h('ul', null, r.notes.map((n) => h('li', null, n))));
@@ -123,7 +137,7 @@ function historyPanel(r) {
     const points = hist.map((pt) => ({ x: pt.step, y: pt.macs, label: `Step ${pt.step}` }));
     return h('div', { class: 'panel' }, lineChart(points, {
       name: 'history', caption: 'MACs over the pruning steps (no data to measure accuracy)',
-      xLabel: 'Step', yLabel: 'MACs', xFmt: (v) => String(v), yFmt: compact, yMin: 0,
+      xLabel: 'Step', yLabel: 'MACs', xFmt: (v) => String(v), xIntegers: true, yFmt: compactTick, yMin: 0,
     }));
   }
   // Accuracy-budget probes come in search order, not by strength: draw them by MACs.
@@ -141,7 +155,7 @@ function historyPanel(r) {
     caption: typeof t.max_accuracy_drop === 'number'
       ? `${label} against MACs: accuracy-budget probes and the final model`
       : `${label} against MACs over the pruning steps`,
-    xLabel: 'MACs', yLabel: label, xFmt: compact, yMin: 0, yMax: 1,
+    xLabel: 'MACs', yLabel: label, xFmt: compactTick, yMin: 0, yMax: 1,
     yFmt: (v, step) => pct(v, decimalsOf(step * 100)),
   }));
 }
