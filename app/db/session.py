@@ -6,8 +6,6 @@ from contextlib import contextmanager
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.models import Base
-
 
 def make_engine(url: str) -> Engine:
     """Create the engine; SQLite gets WAL and a busy timeout so API and worker can share it."""
@@ -31,8 +29,10 @@ def make_engine(url: str) -> Engine:
 
 
 def init_db(engine: Engine) -> None:
-    """Create missing tables (idempotent)."""
-    Base.metadata.create_all(engine)
+    """Bring the schema to the newest migration (idempotent, locked across processes)."""
+    from app.db.migrations import upgrade  # alembic only where a process opens the store
+
+    upgrade(engine)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
