@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.bodylimit import BodyLimitMiddleware
 from app.api.openapi import install_openapi
-from app.api.routes import artifacts, datasets, events, jobs, models, ops
+from app.api.routes import artifacts, datasets, events, jobs, models, ops, webhooks
 from app.core.auth import KeyCache, sync_settings_keys
 from app.core.config import Settings
 from app.core.disk import DiskGuardMiddleware, install_disk_full_handlers
@@ -127,5 +127,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (models, datasets, jobs, events, artifacts, ops):
         app.include_router(module.router)
     app.include_router(dashboard_router)
+    webhooks.install(app, settings)
     install_openapi(app)
     return app

@@ -5,8 +5,9 @@ Every field has a default and every number a bound, so a partial body such as
 """
 
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from contract.base import Frozen
 
@@ -190,3 +191,38 @@ class JobSpec(Frozen):
         default_factory=QuantizeSpec,
         description="Quantize the pruned model after export (default: no quantization).",
     )
+    webhook_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description=(
+            "An http(s) URL that receives a signed POST (Standard Webhooks: webhook-id, "
+            "webhook-timestamp, webhook-signature) when the job ends: job.succeeded, "
+            "job.failed or job.cancelled. Retried with backoff until it answers 2xx. "
+            "Loopback, private, link-local and multicast addresses are refused."
+        ),
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url_shape(cls, url: str | None) -> str | None:
+        if url is not None:
+            check_url_shape(url)
+        return url
+
+
+def check_url_shape(url: str) -> None:
+    """Raise ValueError unless `url` is an absolute http(s) URL with a host and no
+    credentials (they would be stored and shown with the job). Whether its address may be
+    reached is the service's decision, made at submission and again at each delivery."""
+    if any(ch.isspace() or ord(ch) < 32 for ch in url):
+        raise ValueError("must not contain whitespace or control characters")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("must be an http:// or https:// URL")
+    if not parts.hostname:
+        raise ValueError("must name a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not carry credentials")
+    if parts.fragment:
+        raise ValueError("must not have a fragment")
+    _ = parts.port  # raises ValueError for a port that is not a number in 0..65535

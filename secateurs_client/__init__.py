@@ -26,11 +26,13 @@ from secateurs_client.errors import (
 )
 from secateurs_client.events import Event, parse_events
 from secateurs_client.progress import TerminalProgress
+from secateurs_client.webhooks import WebhookVerificationError
+from secateurs_client.webhooks import verify as verify_webhook
 
 __all__ = [
     "AuthError", "ChecksumMismatch", "Client", "Conflict", "ConnectionFailed", "Event",
     "JobFailed", "NotFound", "PayloadTooLarge", "PruneResult", "RateLimited",
     "SecateursError", "TerminalProgress", "Unavailable", "ValidationError", "WaitTimeout",
-    "parse_events",
+    "WebhookVerificationError", "parse_events", "verify_webhook",
 ]
 __version__ = "0.1.0"

@@ -10,7 +10,7 @@ from typing import Any
 from celery import Celery
 
 from app.core.config import Settings
-from worker import sweeper
+from worker import sweeper, webhooks
 from worker.names import QUEUE, TASK_NAME
 
 # How often the embedded (SQL) broker is polled; Kombu's default of 1 s would add up to a
@@ -85,3 +85,4 @@ def make_celery(settings: Settings) -> Celery:
 settings = Settings()
 celery_app = make_celery(settings)
 sweeper.install(celery_app, settings)
+webhooks.install(celery_app, settings)

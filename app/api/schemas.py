@@ -3,9 +3,10 @@
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
 
 from app.db.models import Artifact, Dataset, Job, Model, ModelAnalysis
+from app.webhooks import check_submitted_url
 from contract import JobSpec, ModelStats, TensorInfo
 from contract.model_info import Prunability
 
@@ -103,6 +104,15 @@ class JobCreate(JobSpec):
 
     model_id: Id
     dataset_id: Id | None = None
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url_reachable(cls, url: str | None) -> str | None:
+        # Here, not in JobSpec: only a submission is checked against the address policy
+        # (a stored spec is read again as it was accepted; deliveries check once more).
+        if url is not None:
+            check_submitted_url(url)
+        return url
 
     def spec(self) -> JobSpec:
         """The job specification alone, fully defaulted."""

@@ -97,6 +97,22 @@ class Settings(BaseSettings):
     sandbox_gid: int = 65534
     insecure_no_sandbox: bool = False
 
+    # Webhooks (a job's webhook_url). Failed deliveries are retried after base, 2 x base,
+    # 4 x base... seconds, each wait at most max; with the defaults the last try comes
+    # about a day after the first (5 s doubling to an hour, 32 tries).
+    webhook_retry_base_s: float = Field(default=5.0, gt=0)
+    webhook_retry_max_s: float = Field(default=3600.0, gt=0)
+    webhook_max_attempts: int = Field(default=32, ge=1, le=1000)
+    # Seconds to connect, and to wait for each read of the answer, per attempt.
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    # How often the worker looks for deliveries that are due (the latency after a job ends).
+    webhook_poll_s: float = Field(default=0.5, gt=0)
+    # Deliveries sent at once by one worker.
+    webhook_concurrency: int = Field(default=4, ge=1, le=64)
+    # Allow webhook URLs on loopback, private, link-local and other non-public addresses
+    # (refused by default: they would let a tenant reach the service's own network).
+    webhook_allow_private: bool = False
+
     @cached_property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'secateurs.db').resolve()}"

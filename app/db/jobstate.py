@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.db.models import Job, JobEvent, utcnow
+from app.webhooks import record_job_event
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
@@ -45,6 +46,9 @@ def set_status(
     if error_code:
         job.error_code, job.error_message = error_code, error_message
     append_event(session, job, "status", status_payload(job))
+    if status in TERMINAL:
+        # In this transaction: the end is announced if and only if it is committed.
+        record_job_event(session, job)
 
 
 def set_progress(session: Session, job: Job, stage: str, progress: float) -> None:

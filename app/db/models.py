@@ -146,3 +146,51 @@ class ModelAnalysis(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
+
+
+class WebhookSecret(Base):
+    """A tenant's webhook signing secret (`whsec_…`). Kept as it is, not hashed: every
+    delivery is signed with it."""
+
+    __tablename__ = "webhook_secrets"
+    tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class WebhookEvent(Base):
+    """One event to deliver to a job's webhook_url, written with the job's terminal status
+    (an outbox row). Its id is the `webhook-id` that every attempt sends again, and its
+    body is stored as sent, so each retry signs and sends the same bytes."""
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (Index("ix_webhook_events_due", "status", "next_attempt_at"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # msg_…
+    job_id: Mapped[str] = mapped_column(String(64), ForeignKey("jobs.id"), index=True)
+    tenant: Mapped[str] = mapped_column(String(128))
+    type: Mapped[str] = mapped_column(String(32))  # job.succeeded | job.failed | job.cancelled
+    url: Mapped[str] = mapped_column(String(2048))
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # When the next attempt is due; moved ahead while a worker holds the event (a lease).
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookAttempt(Base):
+    """One attempt at delivering an event: the delivery log of `GET /v1/jobs/{id}/deliveries`."""
+
+    __tablename__ = "webhook_attempts"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(64), ForeignKey("webhook_events.id"),
+                                          index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String(512))
+    # The start of the receiver's answer, for debugging; never more.
+    response_prefix: Mapped[str | None] = mapped_column(String(256))

@@ -73,6 +73,7 @@ def test_openapi_documents_every_route_with_bearer_and_problems(client):
         "/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel",
         "/v1/jobs/{job_id}/report", "/v1/jobs/{job_id}/events",
         "/v1/jobs/{job_id}/artifacts", "/v1/jobs/{job_id}/artifacts/{name}",
+        "/v1/jobs/{job_id}/deliveries", "/v1/webhooks/secret",
     }
     for path, ops in v1.items():
         for method, op in ops.items():
