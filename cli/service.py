@@ -6,11 +6,13 @@ settings point them at Redis, PostgreSQL and S3. None of these import torch in t
 process: the worker's children import the engine when a job starts.
 """
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -28,6 +30,10 @@ WARM_STOP_S = 10.0
 COLD_STOP_S = 5.0
 # A worker that dies under `serve` is restarted, but not in a tight loop.
 MAX_WORKER_RESTARTS = 5
+# Tells serve's worker the pid of serve, so that it can notice being orphaned.
+SERVE_PID_ENV = "SECATEURS_SERVE_PID"
+# Seconds between the worker's looks at whether serve is still its parent.
+PARENT_POLL_S = 1.0
 
 HostOpt = Annotated[str | None, typer.Option(help="Bind address [default: HOST or 127.0.0.1]")]
 PortOpt = Annotated[int | None, typer.Option(help="Port [default: PORT or 8000]")]
@@ -52,6 +58,22 @@ def _sessions(settings: Settings):  # type: ignore[no-untyped-def]
     engine = make_engine(settings.resolved_database_url)
     init_db(engine)
     return make_sessionmaker(engine)
+
+
+def upgrade_schema(settings: Settings) -> None:
+    """Migrate the job store to the newest revision before serving, once here rather than
+    in each of `--workers N` processes at the same moment (they find it done)."""
+    from app.db.migrations import SchemaMismatch
+    from app.db.session import init_db, make_engine
+
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        init_db(engine)
+    except SchemaMismatch as exc:
+        typer.echo(f"error: schema_mismatch: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        engine.dispose()
 
 
 def ensure_first_key(settings: Settings) -> str | None:
@@ -101,7 +123,37 @@ def _start_worker_process() -> subprocess.Popen[bytes]:
     code = "from cli.main import main; main()"
     # A session of its own: the terminal's Ctrl-C reaches only `serve`, which then stops
     # the worker in order (warm first, so the job in hand is handed back, then cold).
-    return subprocess.Popen([sys.executable, "-c", code, "worker"], start_new_session=True)
+    # Being out of serve's process group, it would outlive a serve killed outright; told
+    # serve's pid, it follows its parent (follow_parent).
+    env = {**os.environ, SERVE_PID_ENV: str(os.getpid())}
+    return subprocess.Popen([sys.executable, "-c", code, "worker"], start_new_session=True,
+                            env=env)
+
+
+def follow_parent(parent_pid: int) -> None:
+    """Stop this worker when its parent, `serve`, dies, even by SIGKILL.
+
+    Linux sends SIGTERM (a warm stop) at the parent's death (PR_SET_PDEATHSIG); a thread
+    watching the parent pid covers other systems and a warm stop that does not finish
+    (a broker whose files are gone), ending as `serve` would have: cold, then killed."""
+    from billiard.util import set_pdeathsig
+
+    with contextlib.suppress(OSError):  # not Linux: the watcher alone
+        set_pdeathsig(signal.SIGTERM)
+    # The signal is sent when the thread that started us exits: serve's main thread, or
+    # its keeper thread for a restarted worker; both live as long as serve does.
+    threading.Thread(target=_stop_when_orphaned, args=(parent_pid,), name="parent-watch",
+                     daemon=True).start()
+
+
+def _stop_when_orphaned(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:  # also true when serve died before set_pdeathsig
+        time.sleep(PARENT_POLL_S)
+    for sig, wait_s in ((signal.SIGTERM, WARM_STOP_S), (signal.SIGQUIT, COLD_STOP_S)):
+        os.kill(os.getpid(), sig)
+        time.sleep(wait_s)
+    # Still here: this process and its pool children (its own process group) go at once.
+    os.killpg(os.getpgid(0), signal.SIGKILL)
 
 
 class WorkerKeeper:
@@ -159,6 +211,7 @@ def serve(host: HostOpt = None, port: PortOpt = None, data_dir: DataOpt = None) 
     SQLite job store and an embedded broker in the data directory; no server needed.
     """
     settings = _settings(host, port, data_dir)
+    upgrade_schema(settings)
     key = ensure_first_key(settings)
     if key:
         _print_key_banner(key, settings)
@@ -181,7 +234,9 @@ def api(
     workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes")] = 1,
 ) -> None:
     """Run the HTTP API and dashboard only (jobs run in `secateurs worker` processes)."""
-    _run_api(_settings(host, port, data_dir), workers=workers)
+    settings = _settings(host, port, data_dir)
+    upgrade_schema(settings)
+    _run_api(settings, workers=workers)
 
 
 @app.command()
@@ -192,6 +247,8 @@ def worker(
     data_dir: DataOpt = None,
 ) -> None:
     """Run a job worker: one job at a time on one GPU (or the CPU without one)."""
+    if serve_pid := os.environ.pop(SERVE_PID_ENV, None):
+        follow_parent(int(serve_pid))
     if gpu is not None:
         # Set before anything can touch CUDA: the children inherit it and see one GPU.
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
