@@ -6,6 +6,8 @@ need=()
 if [ "${1:-}" != sandbox ]; then
   [ -x /usr/bin/chromium ] || need+=(chromium)
   command -v redis-server >/dev/null || need+=(redis-server)
+  # The HTTP load generator of bench/service.py.
+  command -v wrk >/dev/null || need+=(wrk)
 fi
 # The sandbox that untrusted models run in: bubblewrap, prlimit/setpriv, libseccomp.
 command -v bwrap >/dev/null || need+=(bubblewrap)

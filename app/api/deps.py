@@ -1,8 +1,9 @@
 """Request dependencies: the database session, the caller's tenant, shared services."""
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
+from anyio import CancelScope
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,13 +26,20 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """A session for this request. Routes commit explicitly; anything left is rolled back."""
-    session: Session = request.app.state.sessionmaker()
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """A session for this request. Routes commit explicitly; anything left is rolled back.
+
+    Async, so that neither opening it (no I/O: the connection is taken at the first query)
+    nor closing it waits for a thread of Starlette's pool: closing hands the connection
+    back on the `release` pool, which never waits for anything (see app.core.pools)."""
+    state = request.app.state
+    session: Session = state.sessionmaker()
     try:
         yield session
     finally:
-        session.close()
+        # Shielded: a client that disconnects must not leave the connection checked out.
+        with CancelScope(shield=True):
+            await run_in(state.pools.release, session.close)
 
 
 def get_store(request: Request) -> ArtifactStore:

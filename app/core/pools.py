@@ -5,6 +5,13 @@ Work that can pile up there (upload storage, event-stream polls) would make ever
 request wait for a thread, authentication included. So each kind gets a small pool of its
 own: authentication never waits behind uploads, and N open event streams never use more
 than a few database connections between them.
+
+Threads and database connections must never wait for each other in a circle (the classic
+deadlock of a full thread pool whose requests wait for connections held by sessions that
+wait for a thread to close them). So: the `db` pool runs the hot status reads, each of
+which opens, uses and closes its own session without waiting for any other thread; and
+request sessions are closed on the `release` pool, whose work needs no connection, so a
+held connection always comes back however busy every other pool is.
 """
 
 import asyncio
@@ -21,6 +28,10 @@ AUTH_THREADS = 4
 EVENT_THREADS = 4
 # Storing an upload (a rename locally, a multipart upload to S3) and its row.
 UPLOAD_THREADS = 4
+# Status reads: a millisecond or so each, GIL-bound on SQLite, a round trip on PostgreSQL.
+DB_THREADS = 4
+# Closing request sessions (a rollback that hands the connection back).
+RELEASE_THREADS = 2
 
 
 class Pools:
@@ -30,9 +41,11 @@ class Pools:
         self.auth = ThreadPoolExecutor(AUTH_THREADS, thread_name_prefix="auth")
         self.events = ThreadPoolExecutor(EVENT_THREADS, thread_name_prefix="events")
         self.uploads = ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="uploads")
+        self.db = ThreadPoolExecutor(DB_THREADS, thread_name_prefix="db")
+        self.release = ThreadPoolExecutor(RELEASE_THREADS, thread_name_prefix="release")
 
     def shutdown(self) -> None:
-        for pool in (self.auth, self.events, self.uploads):
+        for pool in (self.auth, self.events, self.uploads, self.db, self.release):
             pool.shutdown(wait=False, cancel_futures=True)
 
 

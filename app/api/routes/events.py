@@ -18,14 +18,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, defer, sessionmaker
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Receive, Scope, Send
 
 from app.api.deps import Tenant
-from app.api.lookups import find_job
 from app.api.openapi import problem_responses
-from app.core.errors import TooManyRequests
+from app.core.errors import NotFound, TooManyRequests
 from app.core.pools import run_in
 from app.core.ratelimit import TenantSlots
 from app.db.jobstate import TERMINAL, status_payload
@@ -57,13 +56,16 @@ class _SlotStreamResponse(EventSourceResponse):
 
 def _check_job(factory: sessionmaker[Session], tenant: str, job_id: str) -> None:
     with factory() as session:
-        find_job(session, tenant, job_id)
+        found = session.scalar(select(Job.id).where(Job.id == job_id, Job.tenant == tenant))
+    if found is None:
+        raise NotFound(f"job {job_id!r} not found")
 
 
 def _snapshot(factory: sessionmaker[Session], job_id: str) -> tuple[dict[str, Any], int]:
     """The job's current status payload and the id of its newest event (0 if none)."""
     with factory() as session:
-        job = session.get(Job, job_id)
+        # Not the report: it can be megabytes, and a snapshot is taken per stream.
+        job = session.get(Job, job_id, options=[defer(Job.report, raiseload=True)])
         assert job is not None
         last = session.scalar(select(func.max(JobEvent.id)).where(JobEvent.job_id == job_id))
         return status_payload(job), int(last or 0)

@@ -5,11 +5,11 @@ import json
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy import func, select
+from sqlalchemy import Engine, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer, sessionmaker
 
 from app.api.deps import DbSession, Queue, SettingsDep, Store, Tenant
 from app.api.lookups import find_dataset, find_job, find_model
@@ -18,6 +18,7 @@ from app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate
 from app.api.schemas import JobCreate, JobOut, JobStatus, Page, as_utc
 from app.core import ids
 from app.core.errors import Conflict, NotFound, TooManyRequests, Unprocessable
+from app.core.pools import run_in
 from app.db.jobstate import TERMINAL, append_event, request_cancel, status_payload
 from app.db.locks import lock_tenant
 from app.db.models import Artifact, Dataset, Job, Model, utcnow
@@ -144,23 +145,57 @@ def create_job(
 
 
 @router.get("", response_model=Page[JobOut], summary="List jobs, newest first")
-def list_jobs(
+async def list_jobs(
+    request: Request,
     tenant: Tenant,
-    session: DbSession,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
-) -> Page[JobOut]:
-    stmt = select(Job).where(Job.tenant == tenant)
-    if status is not None:
-        stmt = stmt.where(Job.status == status)
-    rows, next_cursor = paginate(session, stmt, Job, limit, cursor)
-    return Page[JobOut](items=[JobOut.from_row(r) for r in rows], next_cursor=next_cursor)
+) -> Response:
+    state = request.app.state
+    body = await run_in(state.pools.db, _read_page, state.sessionmaker, tenant, status, limit,
+                        cursor)
+    return _json(body)
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="One job")
-def get_job(job_id: str, tenant: Tenant, session: DbSession) -> JobOut:
-    return JobOut.from_row(find_job(session, tenant, job_id))
+async def get_job(job_id: str, request: Request, tenant: Tenant) -> Response:
+    state = request.app.state
+    return _json(await run_in(state.pools.db, _read_job, state.engine, tenant, job_id))
+
+
+# The hot status reads (clients poll them) are async routes that run one short function on
+# the `db` pool, which opens, uses and closes its own connection: no request session, no
+# thread of Starlette's pool, and so no way to hold a connection while waiting for a thread
+# (app.core.pools). They leave out the report (megabytes for a large model) and serialize
+# on that thread, answering the JSON bytes directly (FastAPI would validate them again).
+_STATUS_COLUMNS = tuple(column for column in Job.__table__.columns if column.key != "report")
+# Built once: building and keying a statement per request cost more than running it.
+_READ_JOB = select(*_STATUS_COLUMNS).where(Job.id == bindparam("job_id"),
+                                           Job.tenant == bindparam("tenant"))
+
+
+def _json(body: bytes) -> Response:
+    return Response(body, media_type="application/json")
+
+
+def _read_job(engine: Engine, tenant: str, job_id: str) -> bytes:
+    with engine.connect() as conn:
+        row = conn.execute(_READ_JOB, {"job_id": job_id, "tenant": tenant}).first()
+    if row is None:
+        raise NotFound(f"job {job_id!r} not found")
+    return JobOut.from_row(row).model_dump_json().encode()  # type: ignore[arg-type]
+
+
+def _read_page(factory: sessionmaker[Session], tenant: str, status: str | None, limit: int,
+               cursor: str | None) -> bytes:
+    stmt = select(Job).options(defer(Job.report, raiseload=True)).where(Job.tenant == tenant)
+    if status is not None:
+        stmt = stmt.where(Job.status == status)
+    with factory() as session:
+        rows, next_cursor = paginate(session, stmt, Job, limit, cursor)
+        page = Page[JobOut](items=[JobOut.from_row(r) for r in rows], next_cursor=next_cursor)
+    return page.model_dump_json().encode()
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobOut,
