@@ -5,6 +5,7 @@ exceptions, goes through `problem_response`, so clients always get the same shap
 `{"type", "title", "status", "detail", "code"}` with `status` equal to the HTTP status.
 """
 
+import json
 import logging
 from http import HTTPStatus
 from typing import Any
@@ -17,6 +18,66 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 log = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+# Every `code` a problem answer can carry, with what it means: the one list, documented on
+# the Problem schema (app.api.openapi). tests/app/test_docs_offline.py finds each code
+# the app's sources raise and fails on one missing here; an unlisted code is logged.
+ERROR_CODES: dict[str, str] = {
+    # the request itself
+    "bad_request": "the request is malformed (e.g. a broken multipart body)",
+    "invalid_json": "the body is not valid JSON; `detail` gives the line, column and why",
+    "unsupported_media_type": "the body's Content-Type is not the one the route reads",
+    "validation_error": "a field is missing or invalid; `errors` lists each one",
+    "unauthorized": "missing or invalid API key",
+    "forbidden": "the key may not do this (e.g. read /metrics)",
+    "not_found": "no such route or resource (of this tenant)",
+    "method_not_allowed": "the route does not take this method",
+    "not_acceptable": "no representation matches the Accept header",
+    "http_error": "another HTTP error; the status says which",
+    "payload_too_large": "the body is larger than the server accepts",
+    "request_timeout": "the body did not arrive in time, or too slowly",
+    "client_disconnected": "the client went away mid-request",
+    # limits
+    "rate_limited": "too many requests; retry after Retry-After seconds",
+    "too_many_auth_failures": "too many failed authentications from this client",
+    "too_many_jobs": "the tenant's cap of unfinished jobs is reached",
+    "too_many_streams": "the tenant's cap of open event streams is reached",
+    "too_many_uploads": "the tenant's uploads or inspections in progress are at their cap",
+    "storage_quota_exceeded": "the tenant's storage quota has no room for the upload",
+    "insufficient_storage": "the server's data disk is (nearly) full; retry later",
+    # state
+    "conflict": "the resource's state does not allow this",
+    "idempotency_key_reused": "the Idempotency-Key was used with a different request",
+    "dataset_shape_mismatch": "the dataset's samples do not fit the model's input",
+    "dataset_in_use": "an unfinished job uses the dataset",
+    "model_in_use": "an unfinished job uses the model",
+    "job_finished": "the job has already finished",
+    "job_not_succeeded": "the job has not succeeded, so it has no such result",
+    "report_missing": "the job has no report",
+    "webhook_url_forbidden": "the webhook URL points at an address webhooks may not reach",
+    # inspecting an upload (the sandboxed inspector's codes, passed through)
+    "unprocessable": "the input is well-formed but unusable",
+    "invalid_model": "the model file cannot be loaded",
+    "invalid_dataset": "the dataset file cannot be read",
+    "analysis_failed": "the model's prunability analysis failed",
+    "analysis_timeout": "the model's prunability analysis ran out of time",
+    "unsupported_op": "the model uses an operator the engine cannot handle",
+    "unsafe_format": "the file's format could run code when loaded (e.g. a pickle)",
+    "unsafe_archive": "the archive's entries are unsafe (links, paths outside it, bombs)",
+    "external_data_forbidden": "the ONNX model refers to external data files",
+    "non_finite_weights": "the model's weights hold NaN or infinity",
+    "input_shape_required": "the model's input shape cannot be found; give input_shape",
+    "input_shape_mismatch": "the given input_shape does not fit the model",
+    "unknown_arch": "the state dict's architecture is not one the engine knows",
+    "too_large": "the model or dataset is larger than the engine handles",
+    "labels_required": "the dataset has no labels where they are needed",
+    "not_classification": "the model is not a classifier where one is needed",
+    "resources_exceeded": "the inspection ran out of memory or time",
+    # the server
+    "not_ready": "a dependency (database, broker, store) is unreachable",
+    "sandbox_unavailable": "the server cannot isolate untrusted files, so refuses uploads",
+    "internal_error": "a fault of the server; the details are in its log",
+}
 
 
 class ApiError(Exception):
@@ -112,6 +173,8 @@ def problem_response(
     extra: dict[str, Any] | None = None,
 ) -> JSONResponse:
     """Build a problem+json response; `extra` adds extension members (RFC 9457 §3.2)."""
+    if code not in ERROR_CODES:
+        log.error("problem code %r is not listed in ERROR_CODES", code)
     title = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
     body: dict[str, Any] = {
         "type": f"https://secateurs.dev/problems/{code.replace('_', '-')}",
@@ -157,8 +220,42 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return problem_response(exc.status_code, code, detail, headers=dict(exc.headers or {}))
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+def _json_syntax_error(exc: RequestValidationError) -> JSONResponse | None:
+    """The body is not JSON: where and why, instead of the offset as a field name."""
+    error = next((e for e in exc.errors() if e.get("type") == "json_invalid"), None)
+    if error is None:
+        return None
+    loc = error.get("loc", ())
+    position = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else 0
+    document = exc.body.decode("utf-8", "replace") if isinstance(exc.body, bytes) else (
+        exc.body if isinstance(exc.body, str) else "")
+    reason = str((error.get("ctx") or {}).get("error") or "invalid JSON")
+    # json.JSONDecodeError counts lines and columns from the document and the offset.
+    where = json.JSONDecodeError(reason, document, position)
+    detail = (f"the body is not valid JSON: {reason} at line {where.lineno}, "
+              f"column {where.colno} (position {position})")
+    return problem_response(400, "invalid_json", detail, extra={
+        "line": where.lineno, "column": where.colno, "position": position})
+
+
+def _body_not_json(request: Request, exc: RequestValidationError) -> JSONResponse | None:
+    """A JSON route got a body it did not parse: the framework reads JSON only when the
+    Content-Type says so, and otherwise validates the raw bytes, which says nothing useful."""
+    if not (isinstance(exc.body, bytes) and exc.body):
+        return None
+    if not any(tuple(e.get("loc", ()))[:1] == ("body",) for e in exc.errors()):
+        return None
+    given = request.headers.get("content-type") or "none"
+    return problem_response(
+        415, "unsupported_media_type",
+        f"the body must be JSON, sent with Content-Type: application/json (got {given})")
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    special = _json_syntax_error(exc) or _body_not_json(request, exc)
+    if special is not None:
+        return special
     errors = [
         {"field": _field_name(e.get("loc", ())), "message": str(e.get("msg", "invalid"))}
         for e in exc.errors()
