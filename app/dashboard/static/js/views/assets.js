@@ -114,7 +114,7 @@ export async function jobsUsing(el, field, id, signal) {
     replace(el, h('p', { class: 'muted', id: 'jobs-using' }, 'No job has used it yet.'));
     return;
   }
-  replace(el, h('div', { class: 'table-wrap' }, h('table', { class: 'compare', id: 'jobs-using' },
+  replace(el, h('div', { class: 'table-wrap' }, h('table', { class: 'plain', id: 'jobs-using' },
     h('thead', null, h('tr', null, ['Job', 'Status', 'Target', 'Created'].map((c) => h('th', { scope: 'col' }, c)))),
     h('tbody', null, jobs.map((j) => h('tr', { 'data-job': j.id },
       h('th', { scope: 'row' }, h('a', { href: `#/jobs/${encodeURIComponent(j.id)}`, class: 'job-id', title: j.id }, j.id)),

@@ -115,7 +115,7 @@ async function load(body, view, compare, signal) {
         h('caption', { class: 'sr-only' }, `Jobs, ${sort.label.toLowerCase()}`),
         h('thead', null, h('tr', null,
           h('th', { scope: 'col' }, h('span', { class: 'sr-only' }, 'Compare')),
-          ['Job', 'Model', 'Status', 'Progress', 'Target', 'MACs cut', 'Speed-up', 'Accuracy', 'Size', 'Created']
+          ['Job', 'Model', 'Status', 'Target', 'MACs cut', 'Speed-up', 'Accuracy', 'Size', 'Created']
             .map((c) => h('th', { scope: 'col' }, c)))),
         h('tbody', null, rows.map((r) => r.tr)))),
     view.sort === 'newest' ? null : h('p', { class: 'help' }, `Sorted within this page of ${PAGE}.`),
@@ -190,17 +190,21 @@ function jobRow(job, onSelect) {
   const result = resultCells();
   const row = { status: job.status, stage: job.stage };
   const tr = h('tr', { 'data-job': job.id, 'data-status': job.status },
-    h('td', { class: 'pick-cell' }, selectBox(job, onSelect)),
+    h('td', { class: 'pick-cell', 'data-label': 'Compare' }, selectBox(job, onSelect)),
     h('th', { scope: 'row', 'data-label': 'Job' },
       h('span', { class: 'id-copy' },
         h('a', { href: `#/jobs/${encodeURIComponent(job.id)}`, class: 'job-id', title: job.id }, job.id),
         copyButton(job.id, 'job id'))),
     model, status,
-    h('td', { 'data-label': 'Progress' }, bar),
     h('td', { 'data-label': 'Target' }, target(job.spec)),
     result.cells,
     h('td', { 'data-label': 'Created', title: date(job.created_at, { seconds: true }) }, date(job.created_at)));
-  const showStatus = () => replace(status, statusBadge(row.status), stageNote(row));
+  // One wrapper, so that the phone layout's label column stays beside the badge and note;
+  // the progress bar shows only while the job has some way to go.
+  const showStatus = () => {
+    bar.hidden = TERMINAL.has(row.status);
+    replace(status, h('span', { class: 'status-cell' }, statusBadge(row.status), stageNote(row), bar));
+  };
   showStatus();
   const out = { job, tr, summary: null };
   out.loadResult = async (signal) => {

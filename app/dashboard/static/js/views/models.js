@@ -111,7 +111,7 @@ function downloadButton(model) {
 function tensorTable(title, tensors, id) {
   const shape = (t) => (t.shape || []).map((d) => (d === null ? '?' : d)).join(' × ');
   return h('div', null, h('h3', null, title), h('div', { class: 'table-wrap' },
-    h('table', { class: 'compare tensors', id },
+    h('table', { class: 'plain tensors', id },
       h('thead', null, h('tr', null, ['Name', 'Shape', 'Type'].map((c) => h('th', { scope: 'col' }, c)))),
       h('tbody', null, (tensors || []).map((t) => h('tr', null,
         h('th', { scope: 'row' }, h('code', null, t.name)), h('td', null, shape(t)), h('td', null, t.dtype)))))));
@@ -152,7 +152,7 @@ function prunabilityReport(p) {
       card('Analysis', `${p.analysis_s.toFixed(1)} s`, 'in the sandbox')),
     p.notes?.length ? h('div', { class: 'panel note' }, h('ul', null, p.notes.map((n) => h('li', null, n)))) : null,
     h('details', { open: groups.length <= 30 }, h('summary', null, `Channel groups (${groups.length})`),
-      h('div', { class: 'table-wrap' }, h('table', { class: 'compare groups', id: 'prunability-groups' },
+      h('div', { class: 'table-wrap' }, h('table', { class: 'plain groups', id: 'prunability-groups' },
         h('thead', null, h('tr', null, ['Layer', 'Channels', 'Prunable', 'Why not'].map((c) => h('th', { scope: 'col' }, c)))),
         h('tbody', null, groups.map((g) => h('tr', { class: g.prunable ? null : 'protected' },
           h('th', { scope: 'row', title: g.layer }, h('code', null, elideMiddle(g.layer, 48))),

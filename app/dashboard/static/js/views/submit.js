@@ -373,7 +373,7 @@ const splitList = (s) => s.split(',').map((x) => x.trim()).filter(Boolean);
 
 /** The job spec the form describes: the inverse of applySpec. */
 function specOf(el, hasData) {
-  return {
+  const spec = {
     prune: {
       method: el.method.value,
       target: { [checkedTarget()]: Number(el.amount.value) / 100 },
@@ -401,8 +401,10 @@ function specOf(el, hasData) {
       mode: el.quantize.value, calibration: el.calibration.value, samples: Number(el.qSamples.value),
       per_channel: el.perChannel.checked, fallback: el.fallback.value, exclude: splitList(el.exclude.value),
     },
-    webhook_url: el.webhook.value.trim() || null,
   };
+  // Only when given: the field is newer than the rest, and servers refuse unknown fields.
+  if (el.webhook.value.trim()) spec.webhook_url = el.webhook.value.trim();
+  return spec;
 }
 
 // Clone & re-run: the earlier job's spec, model and dataset, ready to change and submit.
