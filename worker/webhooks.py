@@ -14,6 +14,7 @@ up after `webhook_timeout_s` per connect or read, and keep only a short prefix o
 answer.
 """
 
+import contextlib
 import http.client
 import logging
 import os
@@ -45,6 +46,8 @@ USER_AGENT = "Secateurs-Webhooks/1"
 # Bytes of the receiver's answer kept in the delivery log.
 RESPONSE_PREFIX_BYTES = 256
 ERROR_CHARS = 512
+# A whole attempt (connect, send, read the answer's start) may take this many timeouts.
+TOTAL_TIMEOUTS = 2
 
 
 @dataclass(frozen=True)
@@ -124,16 +127,33 @@ def post(url: str, body: bytes, headers: dict[str, str], *, timeout_s: float,
     kind = _PinnedHTTPSConnection if https else _PinnedHTTPConnection
     conn = kind(host, port, address, timeout_s)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    # The timeout bounds each connect and read; a receiver that drips its answer a byte
+    # at a time would meet none of them, so the whole attempt has a deadline too.
+    limit_s = TOTAL_TIMEOUTS * timeout_s
+    cut = threading.Event()
+    deadline = threading.Timer(limit_s, _cut, args=(conn, cut))
+    deadline.start()
     try:
         conn.request("POST", path, body=body, headers={
             "content-type": "application/json", "user-agent": USER_AGENT, **headers})
         response = conn.getresponse()
         prefix = response.read(RESPONSE_PREFIX_BYTES).decode("utf-8", "replace")
-        return Answer(status_code=response.status, prefix=prefix)
+        answer = Answer(status_code=response.status, prefix=prefix)
     except (OSError, http.client.HTTPException) as exc:
-        return Answer(error=f"{type(exc).__name__}: {exc}"[:ERROR_CHARS])
+        answer = Answer(error=f"{type(exc).__name__}: {exc}"[:ERROR_CHARS])
     finally:
+        deadline.cancel()
         conn.close()
+    # Whatever was parsed from a cut answer is not the receiver's whole answer.
+    return Answer(error=f"no whole answer within {limit_s:g} s") if cut.is_set() else answer
+
+
+def _cut(conn: http.client.HTTPConnection, cut: threading.Event) -> None:
+    """End an attempt past its deadline: shutting the socket down wakes a blocked read."""
+    cut.set()
+    if conn.sock is not None:
+        with contextlib.suppress(OSError):
+            conn.sock.shutdown(socket.SHUT_RDWR)
 
 
 Sender = Callable[..., Answer]

@@ -1,7 +1,9 @@
 """Webhook delivery against a real local HTTP receiver: signatures, retries with backoff
 reusing the event id, the delivery log, claims, redirects, timeouts and the address check."""
 
+import contextlib
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -250,6 +252,36 @@ def test_slow_receivers_time_out_and_answers_are_cut(hook_settings, sessions, ma
     answer = quick.deliver(slow_id)
     assert time.monotonic() - started < 0.9
     assert answer is not None and answer.status_code is None and "timed out" in answer.error
+
+
+def test_a_receiver_dripping_its_answer_is_cut_at_the_deadline(hook_settings, sessions,
+                                                               make_ctx):
+    # Each byte comes well within the read timeout; the whole answer never does.
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def drip() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            while not stop.is_set():
+                with contextlib.suppress(OSError):
+                    conn.sendall(b"x")
+                time.sleep(0.05)
+
+    threading.Thread(target=drip, daemon=True).start()
+    port = listener.getsockname()[1]
+    finished_job(sessions, make_ctx, f"http://127.0.0.1:{port}/")
+    quick = Deliverer(hook_settings.model_copy(update={"webhook_timeout_s": 0.3}), sessions)
+    started = time.monotonic()
+    try:
+        answer = quick.deliver(the_event(sessions).id)
+    finally:
+        stop.set()
+        listener.close()
+    assert time.monotonic() - started < 1.5
+    assert answer is not None and answer.error == "no whole answer within 0.6 s"
+    assert the_event(sessions).status == "pending"
 
 
 def test_a_receiver_down_then_back_gets_the_event_once(hook_settings, sessions, make_ctx):
