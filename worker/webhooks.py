@@ -88,44 +88,56 @@ class Backoff:
 # Sending
 
 
-class _PinnedHTTPConnection(http.client.HTTPConnection):
-    """HTTP to a checked address, with the URL's host in the Host header."""
+def _connect_any(addresses: list[str], port: int, timeout: float | None) -> socket.socket:
+    """A connection to the first of the (checked) addresses that answers."""
+    refused: OSError = OSError("no address to connect to")
+    for address in addresses:
+        try:
+            return socket.create_connection((address, port), timeout)
+        except OSError as exc:
+            refused = exc
+    raise refused
 
-    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """HTTP to checked addresses only, with the URL's host in the Host header."""
+
+    def __init__(self, host: str, port: int, addresses: list[str], timeout: float) -> None:
         super().__init__(host, port, timeout=timeout)
-        self._address = address
+        self._addresses = addresses
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = _connect_any(self._addresses, self.port, self.timeout)
 
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    """HTTPS to a checked address; the certificate is verified against the URL's host."""
+    """HTTPS to checked addresses only; the certificate is verified against the URL's host."""
 
-    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
+    def __init__(self, host: str, port: int, addresses: list[str], timeout: float) -> None:
         self._tls = ssl.create_default_context()
         super().__init__(host, port, timeout=timeout, context=self._tls)
-        self._address = address
+        self._addresses = addresses
 
     def connect(self) -> None:
-        sock = socket.create_connection((self._address, self.port), self.timeout)
+        sock = _connect_any(self._addresses, self.port, self.timeout)
         self.sock = self._tls.wrap_socket(sock, server_hostname=self.host)
 
 
 def post(url: str, body: bytes, headers: dict[str, str], *, timeout_s: float,
          allow_private: bool) -> Answer:
-    """POST `body` to `url` once, at the first address it resolves to (all checked)."""
+    """POST `body` to `url` once, at the first address it resolves to that answers (every
+    one checked first)."""
     parts = urlsplit(url)
     https = parts.scheme == "https"
     host, port = parts.hostname or "", parts.port or (443 if https else 80)
     try:
-        address = resolve_checked(host, port, allow_private=allow_private)[0]
+        addresses = resolve_checked(host, port, allow_private=allow_private)
     except ForbiddenAddress as exc:
         return Answer(error=f"address forbidden: {exc}", final=True)
     except (OSError, UnicodeError) as exc:
         return Answer(error=f"cannot resolve {host}: {exc}"[:ERROR_CHARS])
     kind = _PinnedHTTPSConnection if https else _PinnedHTTPConnection
-    conn = kind(host, port, address, timeout_s)
+    conn = kind(host, port, addresses, timeout_s)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     # The timeout bounds each connect and read; a receiver that drips its answer a byte
     # at a time would meet none of them, so the whole attempt has a deadline too.

@@ -3,7 +3,10 @@ reusing the event id, the delivery log, claims, redirects, timeouts and the addr
 
 import contextlib
 import json
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +27,7 @@ from contract import JobSpec
 from secateurs_client.webhooks import verify
 from tests.worker.conftest import FakePipeline, add_job
 from worker import runner
-from worker.webhooks import Answer, Backoff, Deliverer, DeliveryThread
+from worker.webhooks import Answer, Backoff, Deliverer, DeliveryThread, post
 
 
 @dataclass
@@ -330,3 +333,39 @@ def test_payload_of_a_failed_job(hook_settings, sessions, make_ctx, receiver):
     assert payload["type"] == "job.failed" and payload["data"]["status"] == "failed"
     assert payload["data"]["error"]["message"] == "it broke"
     assert "report" not in payload["data"]["links"]
+
+
+@pytest.fixture
+def tls_receiver(tmp_path, monkeypatch) -> Iterator[tuple[Receiver, str]]:
+    """A receiver serving HTTPS with a certificate for `localhost` only."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    receiver = Receiver()
+    assert receiver.server is not None
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(cert, key)
+    receiver.server.socket = server_side.wrap_socket(receiver.server.socket, server_side=True)
+    yield receiver, str(cert)
+    receiver.stop()
+
+
+def test_tls_is_verified_against_the_urls_host(tls_receiver, monkeypatch):
+    receiver, cert = tls_receiver
+    body, headers = b"{}", {"webhook-id": "msg_tls"}
+    unknown = post(f"https://localhost:{receiver.port}/", body, headers, timeout_s=2,
+                   allow_private=True)
+    assert unknown.error and "CERTIFICATE_VERIFY_FAILED" in unknown.error
+
+    trusted = ssl.create_default_context(cafile=cert)
+    monkeypatch.setattr("worker.webhooks.ssl.create_default_context", lambda: trusted)
+    # Pinned to the checked address, still verified as `localhost` (SNI and hostname).
+    ok = post(f"https://localhost:{receiver.port}/", body, headers, timeout_s=2,
+              allow_private=True)
+    assert ok.status_code == 200 and receiver.received[-1]["headers"]["webhook-id"] == "msg_tls"
+    mismatch = post(f"https://127.0.0.1:{receiver.port}/", body, headers, timeout_s=2,
+                    allow_private=True)
+    assert mismatch.error and "CERTIFICATE_VERIFY_FAILED" in mismatch.error
