@@ -1,14 +1,23 @@
 """The report of a finished job (`GET /v1/jobs/{id}/report`, `report.json`)."""
 
+from typing import Literal
+
 from pydantic import Field
 
 from contract.base import Frozen
+
+# Fewest timed runs from which a p99 is reported: below it the "p99" is the slowest run or
+# two, whatever one stray pause of a shared machine made of them.
+P99_MIN_SAMPLES = 200
 
 
 class Percentiles(Frozen):
     p50: float
     p90: float
-    p99: float
+    p99: float | None = Field(
+        default=None, description=f"null when fewer than {P99_MIN_SAMPLES} runs were timed"
+    )
+    samples: int | None = Field(default=None, description="timed runs the percentiles are of")
 
 
 # provider name -> batch size (as a string, JSON keys) -> latency percentiles in ms
@@ -96,6 +105,23 @@ class Quantization(Frozen):
     reason: str | None = Field(default=None, description="why INT8 was not applied")
 
 
+class ReportWarning(Frozen):
+    """Something about the result a reader must not miss: it may not be what was asked.
+
+    Codes: `accuracy_drop`, `low_agreement`, `data_free_disagrees`, `slower_than_original`,
+    `latency_target_missed`, `too_little_heldout_data`; new codes may be added, so a
+    client shows an unknown one by its message.
+    """
+
+    code: str = Field(description="stable identifier, e.g. slower_than_original")
+    message: str = Field(description="one sentence: what was measured and what it means")
+    severity: Literal["warning", "critical"] = Field(
+        default="warning",
+        description="critical: the model likely fails its purpose (slower than the original, "
+        "disagreeing with it on most inputs)",
+    )
+
+
 class Report(Frozen):
     original: Summary
     pruned: Summary
@@ -108,6 +134,7 @@ class Report(Frozen):
     target: dict[str, float] = Field(default_factory=dict)
     verification: dict[str, float] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
+    warnings: list[ReportWarning] = Field(default_factory=list)
     timings_s: dict[str, float] = Field(default_factory=dict)
     # Absent unless the job asked for quantization; `pruned` is then the float model.
     quantization: Quantization | None = None

@@ -24,7 +24,7 @@ import numpy as np
 import onnxruntime as ort
 
 from contract import BenchmarkSpec, Environment, Percentiles
-from contract.report import LatencyTable
+from contract.report import P99_MIN_SAMPLES, LatencyTable
 from worker.engine.errors import EngineError
 
 CPU = "CPUExecutionProvider"
@@ -111,10 +111,16 @@ def interleaved_timings(
 
 
 def percentiles_ms(seconds: Sequence[float]) -> Percentiles:
-    """p50/p90/p99 of durations given in seconds, in milliseconds."""
+    """p50/p90 of durations given in seconds, in milliseconds, and p99 from enough runs
+    (P99_MIN_SAMPLES), with the number of runs they are of."""
     ms = np.asarray(seconds, dtype=np.float64) * 1000.0
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-    return Percentiles(p50=float(p50), p90=float(p90), p99=float(p99))
+    return Percentiles(
+        p50=float(p50),
+        p90=float(p90),
+        p99=float(p99) if len(ms) >= P99_MIN_SAMPLES else None,
+        samples=len(ms),
+    )
 
 
 def feeds_from_shapes(shapes: InputShapes, seed: int = 0) -> FeedsFn:

@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
 from contract import Fidelity, FinetuneSpec, HistoryPoint, JobSpec, PruneSpec, Report, Target
+from contract.report import ReportWarning
 from contract.stages import overall_progress
 from worker.engine import benchmark, quantize, report
 from worker.engine.blocks import traced_for_blocks
@@ -182,6 +183,8 @@ class _State:
     # Accuracy-budget probes, when a budget was set; else the pruning steps are the history.
     probes: list[HistoryPoint] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # What the report must flag beyond what its own figures show (see report_warnings).
+    warnings: list[ReportWarning] = field(default_factory=list)
     verification: dict[str, float] = field(default_factory=dict)
     # Latency targets: the runtime to measure on. Sensitivity scope: weights, scanned once.
     latency: LatencyProbe | None = None
@@ -430,8 +433,8 @@ def _probe(
         state, candidate, _with_target(spec.prune, value), device, t, (lo, lo + 0.7 * (hi - lo))
     )
     ft = spec.finetune
-    if state.splits is not None and ft is not None and ft.epochs > 0:
-        assert state.teacher is not None
+    if _distils_probes(state, spec):
+        assert state.teacher is not None and state.splits is not None and ft is not None
         finetune(
             candidate,
             state.teacher,
@@ -502,11 +505,10 @@ def _budget_target(state: _State, spec: JobSpec, device: str, t: _Tracker) -> Pr
         upper=spec.prune.target.value,
         probes=budget.probes,
     )
-    measured_on = "held-back accuracy" if labeled else "agreement with the original"
     if labeled and state.splits is not None and state.splits.val is not None:
         warning = sampling_warning(base, len(state.splits.val), budget.max_drop)
         if warning:
-            state.notes.append(warning)
+            state.warnings.append(ReportWarning(code="too_little_heldout_data", message=warning))
     chosen = search.chosen
     if chosen is None:
         chosen = min(p.strength for p in search.probes)
@@ -521,11 +523,33 @@ def _budget_target(state: _State, spec: JobSpec, device: str, t: _Tracker) -> Pr
     )
     state.notes.append(
         f"accuracy budget: {spec.prune.target.kind}={chosen:.3f} chosen from "
-        f"{len(search.probes)} probes (max drop {budget.max_drop:.3f} on {measured_on}; "
-        f"drop per probed strength after its short distillation, and where noise was pooled "
-        f"its monotone fit: {drops})"
+        f"{len(search.probes)} probes (max drop {budget.max_drop:.3f} on "
+        f"{_budget_measure(state)}; drop per probed strength {_probe_recovery(state, spec)}, "
+        f"and where noise was pooled its monotone fit: {drops})"
     )
     return _with_target(spec.prune, chosen)
+
+
+def _budget_measure(state: _State) -> str:
+    if _has_labels(state):
+        return "held-back accuracy"
+    if state.splits is None:
+        return "agreement with the original on synthetic inputs"
+    return "agreement with the original on held-back samples"
+
+
+def _probe_recovery(state: _State, spec: JobSpec) -> str:
+    """How each budget probe was measured: after the short distillation `_probe` gives it,
+    or as pruned, saying why (the notes must not claim a distillation that never ran)."""
+    if _distils_probes(state, spec):
+        return "after its short distillation"
+    if state.splits is None:
+        return "as pruned, without distillation (no dataset)"
+    return "as pruned, without distillation (fine-tuning is off)"
+
+
+def _distils_probes(state: _State, spec: JobSpec) -> bool:
+    return state.splits is not None and spec.finetune is not None and spec.finetune.epochs > 0
 
 
 def _prune(state: _State, spec: JobSpec, device: str, t: _Tracker, cache_dir: Path | None) -> None:
@@ -777,6 +801,8 @@ def _report(state: _State, spec: JobSpec, paths, tables, env, timings) -> Report
         quantization=None
         if state.quantized is None
         else quantize.report_section(state.quantized, spec.quantize, paths, tables),
+        warnings=state.warnings,
+        data_free=state.splits is None,
     )
 
 

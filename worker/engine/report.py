@@ -16,12 +16,9 @@ from contract import (
     Report,
     Summary,
 )
-from contract.report import LatencyTable
+from contract.report import LatencyTable, ReportWarning
+from worker.engine.report_warnings import derive_warnings, timed_pair, unique
 
-CPU = "CPUExecutionProvider"
-
-# Below this speed-up the pruned model is called slower: smaller gaps are timing noise.
-SLOWER = 0.95
 NOTE_UNSTRUCTURED = (
     "unstructured sparsity gives no speed-up: weights are zeroed, not removed, so the "
     "dense model runs as fast as before"
@@ -51,24 +48,12 @@ def _ratio(before: float, after: float) -> float:
     return float(before) / float(max(after, 1))
 
 
-def _batch1_p50(table: LatencyTable, provider: str) -> float | None:
-    by_batch = table.get(provider, {})
-    if not by_batch:
-        return None
-    batch = "1" if "1" in by_batch else min(by_batch, key=int)
-    return by_batch[batch].p50
-
-
 def latency_speedup(original: LatencyTable, pruned: LatencyTable) -> float | None:
     """Original p50 ÷ pruned p50 at batch 1 on the CPU provider, else the first one timed."""
-    providers = [p for p in original if p in pruned]
-    if not providers:
+    pair = timed_pair(original, pruned)
+    if pair is None or not pair[3].p50:
         return None
-    provider = CPU if CPU in providers else providers[0]
-    before, after = _batch1_p50(original, provider), _batch1_p50(pruned, provider)
-    if before is None or not after:
-        return None
-    return before / after
+    return pair[2].p50 / pair[3].p50
 
 
 def compute_ratios(original: Summary, pruned: Summary) -> Ratios:
@@ -95,20 +80,12 @@ def target_record(spec: JobSpec, original: Summary, pruned: Summary, ratios: Rat
     return record
 
 
-def standard_notes(spec: JobSpec, ratios: Ratios, existing: Sequence[str] = ()) -> list[str]:
-    """Notes every reader should see, derived from the spec and the measured ratios."""
+def standard_notes(spec: JobSpec, existing: Sequence[str] = ()) -> list[str]:
+    """Notes every reader should see, derived from the spec."""
     notes = []
     if spec.prune.method == "unstructured_l1":
         if not any("unstructured sparsity" in note for note in existing):
             notes.append(NOTE_UNSTRUCTURED)
-    elif ratios.latency_speedup is not None and ratios.latency_speedup < SLOWER:
-        advice = ""
-        if spec.prune.round_to is not None and spec.prune.round_to < 8:
-            advice = "; widths in multiples of 8 or 16 (round_to) usually run faster"
-        notes.append(
-            f"the pruned model measured {1 / ratios.latency_speedup:.2f}x slower than the "
-            f"original on this machine{advice}"
-        )
     return notes
 
 
@@ -126,10 +103,16 @@ def build_report(
     timings_s: Mapping[str, float] | None = None,
     target_figures: Mapping[str, float] | None = None,
     quantization: Quantization | None = None,
+    warnings: Sequence[ReportWarning] = (),
+    data_free: bool = False,
 ) -> Report:
-    """Assemble and validate the contract's report; ratios and target come from the summaries."""
+    """Assemble and validate the contract's report; ratios, target and the warnings they
+    call for come from the summaries (`warnings` adds the pipeline's own)."""
     ratios = compute_ratios(original, pruned)
-    all_notes = list(dict.fromkeys([*notes, *standard_notes(spec, ratios, notes)]))
+    all_notes = list(dict.fromkeys([*notes, *standard_notes(spec, notes)]))
+    derived = derive_warnings(
+        spec, original, pruned, fidelity, speedup=ratios.latency_speedup, data_free=data_free
+    )
     return Report(
         original=original,
         pruned=pruned,
@@ -141,6 +124,7 @@ def build_report(
         target={**target_record(spec, original, pruned, ratios), **(target_figures or {})},
         verification=dict(verification or {}),
         notes=all_notes,
+        warnings=unique([*warnings, *derived]),
         timings_s={k: round(v, 3) for k, v in (timings_s or {}).items()},
         quantization=quantization,
     )
