@@ -110,8 +110,9 @@ def _init_state(app: FastAPI, settings: Settings) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application and everything it holds on `app.state`."""
     settings = settings or Settings()
+    # The document and its viewers are served by install_openapi, from local files.
     app = FastAPI(title="Secateurs", version="1.0.0", description=DESCRIPTION,
-                  lifespan=_lifespan)
+                  lifespan=_lifespan, openapi_url=None, docs_url=None, redoc_url=None)
     _init_state(app, settings)
     install_error_handlers(app)
     install_disk_full_handlers(app)

@@ -1,14 +1,33 @@
-"""Helpers that document error responses and multipart bodies in the OpenAPI schema."""
+"""The OpenAPI document and its viewers, and helpers that document error responses and
+multipart bodies in it.
+
+`/docs` (Swagger UI) and `/redoc` (ReDoc) load their scripts from files shipped with the
+package (`app/dashboard/static/vendor/`), not from a CDN, so they work without internet.
+"""
 
 from http import HTTPStatus
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from app.api.schemas import Problem
-from app.core.errors import PROBLEM_MEDIA_TYPE
+from app.core.errors import ERROR_CODES, PROBLEM_MEDIA_TYPE
 
 _PROBLEM_SCHEMA = {"$ref": "#/components/schemas/Problem"}
+
+OPENAPI_URL = "/openapi.json"
+# The viewers' files, under the dashboard's static route (see vendor/README.md).
+_VENDOR = "/static/vendor"
+DOCS_ASSETS = {
+    "swagger_js": f"{_VENDOR}/swagger-ui/swagger-ui-bundle.js",
+    "swagger_css": f"{_VENDOR}/swagger-ui/swagger-ui.css",
+    "redoc_js": f"{_VENDOR}/redoc/redoc.standalone.js",
+    "favicon": "/static/favicon.svg",
+}
+# Swagger UI would otherwise send the document to validator.swagger.io for a badge.
+_SWAGGER_PARAMETERS = {"validatorUrl": None}
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -55,13 +74,61 @@ def _only_problem_content(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+def _codes_table() -> str:
+    rows = "\n".join(f"| `{code}` | {meaning} |" for code, meaning in sorted(ERROR_CODES.items()))
+    return ("A stable snake_case code saying what went wrong; new codes may be added.\n\n"
+            f"| code | meaning |\n|---|---|\n{rows}")
+
+
+def _document_codes(schema: dict[str, Any]) -> dict[str, Any]:
+    # A documented table rather than an enum: a client generated with an enum would
+    # refuse an answer carrying a code added after it was generated.
+    code = schema["components"]["schemas"]["Problem"]["properties"]["code"]
+    code["description"] = _codes_table()
+    return schema
+
+
+def _server_url(request: Request) -> str:
+    # As the client reached us: scheme and host (after the proxy headers uvicorn trusts)
+    # and the root path a proxy mounts us under, so "Try it out" calls the same address.
+    return str(request.base_url).rstrip("/")
+
+
+def _static_url(request: Request, path: str) -> str:
+    return request.scope.get("root_path", "").rstrip("/") + path
+
+
 def install_openapi(app: FastAPI) -> None:
-    """Build the schema once, with error responses documented as problem+json only."""
+    """Serve the schema (built once, error responses documented as problem+json only, its
+    `servers` taken from each request) and the two viewers, from local files.
+
+    The app is created with FastAPI's own `openapi_url`, `docs_url` and `redoc_url` off."""
     default = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = _only_problem_content(default())
+            app.openapi_schema = _document_codes(_only_problem_content(default()))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+    @app.get(OPENAPI_URL, include_in_schema=False)
+    def openapi_document(request: Request) -> JSONResponse:
+        return JSONResponse({**app.openapi(), "servers": [{"url": _server_url(request)}]})
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui(request: Request) -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=_static_url(request, OPENAPI_URL), title=f"{app.title} API",
+            swagger_js_url=_static_url(request, DOCS_ASSETS["swagger_js"]),
+            swagger_css_url=_static_url(request, DOCS_ASSETS["swagger_css"]),
+            swagger_favicon_url=_static_url(request, DOCS_ASSETS["favicon"]),
+            swagger_ui_parameters=_SWAGGER_PARAMETERS)
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc(request: Request) -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=_static_url(request, OPENAPI_URL), title=f"{app.title} API",
+            redoc_js_url=_static_url(request, DOCS_ASSETS["redoc_js"]),
+            redoc_favicon_url=_static_url(request, DOCS_ASSETS["favicon"]),
+            with_google_fonts=False)

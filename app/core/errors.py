@@ -53,6 +53,8 @@ ERROR_CODES: dict[str, str] = {
     "model_in_use": "an unfinished job uses the model",
     "job_finished": "the job has already finished",
     "job_not_succeeded": "the job has not succeeded, so it has no such result",
+    "job_not_finished": "the job is queued or running; cancel it first",
+    "artifacts_expired": "the job's files were removed after the retention period",
     "report_missing": "the job has no report",
     "webhook_url_forbidden": "the webhook URL points at an address webhooks may not reach",
     # inspecting an upload (the sandboxed inspector's codes, passed through)
