@@ -14,6 +14,7 @@ import pytest
 from app.db.models import Dataset, Job, Model, ModelAnalysis, utcnow
 from app.db.session import session_scope
 from contract import JobSpec
+from tests.browser.conftest import Uploads
 from tests.browser.test_dashboard_scripted import KEY, REPORT, ScriptedService
 
 pytestmark = pytest.mark.browser
@@ -334,3 +335,21 @@ def test_a_dataset_is_listed_shown_and_deleted(page: Any) -> None:
     page.wait_for_url("**#/datasets")
     page.locator("tr[data-dataset='ds_tiny']").wait_for()
     assert page.locator("tr[data-dataset]").count() == 1
+
+
+def test_a_dataset_uploads_from_its_page(page: Any, uploads: Uploads) -> None:
+    page.goto("/#/datasets")
+    page.click("details.upload summary")
+    page.set_input_files("#dataset-upload-file", str(uploads.dataset))
+    page.fill("#dataset-upload-name", "uploaded here")
+    page.click("#dataset-upload button[type=submit]")
+    page.locator("h1", has_text="uploaded here").wait_for(timeout=60_000)
+    assert "128" in page.locator("#dataset-facts").inner_text()
+    # A model file that is not one: the server's problem detail, on the page.
+    page.goto("/#/models")
+    page.click("details.upload summary")
+    page.set_input_files("#model-upload-file", str(uploads.garbage))
+    page.click("#model-upload button[type=submit]")
+    refusal = page.locator("#model-upload .panel.error")
+    refusal.wait_for(timeout=60_000)
+    assert refusal.locator("code").inner_text()
