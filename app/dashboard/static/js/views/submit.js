@@ -346,7 +346,7 @@ function applySpec(el, spec) {
   el.opset.value = x.opset;
   el.dynamicBatch.checked = x.dynamic_batch;
   const b = { ...DEFAULT_SPEC.benchmark, ...spec.benchmark };
-  choose(el.providers, providersValue(b.providers));
+  choose(el.providers, b.providers.join(','));  // an unusual list becomes its own choice
   el.batchSizes.value = b.batch_sizes.join(', ');
   el.warmup.value = b.warmup;
   el.iterations.value = b.iterations;
@@ -355,12 +355,6 @@ function applySpec(el, spec) {
 
 function setAll(el, names, values) {
   for (const [input, key] of Object.entries(names)) el[input].value = values[key];
-}
-
-// The providers list as one of the select's choices; an unusual list gets its own option.
-function providersValue(list) {
-  const short = list.map((p) => p.replace('ExecutionProvider', '').toLowerCase()).join(',');
-  return short === 'cuda,cpu' ? 'cpu,cuda' : short;
 }
 
 /** Select `value` in `select`, adding it as an option when it is not one (yet). */
