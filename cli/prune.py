@@ -7,6 +7,8 @@ shares the typer app) starts without them.
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Annotated, Any
@@ -145,27 +147,58 @@ def summary_table(report: Any) -> Any:
     return table
 
 
+ProgressFn = Callable[[str, float], None]
+
+
+class LineProgress:
+    """Progress for a log or CI, where a bar draws nothing: one line on `stream` when the
+    stage changes and each time the whole job passes another tenth."""
+
+    STEP = 0.1
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._stage: str | None = None
+        self._tenths = -1
+
+    def __call__(self, stage: str, overall: float) -> None:
+        tenths = int(overall / self.STEP + 1e-9)
+        if stage == self._stage and tenths <= self._tenths:
+            return
+        self._stage, self._tenths = stage, tenths
+        print(f"progress: {overall:4.0%} {stage}", file=self._stream, flush=True)
+
+
+@contextmanager
+def progress_reporter() -> Iterator[ProgressFn]:
+    """An on_progress callback drawing on stderr: a bar in a terminal, else lines. stderr,
+    so that stdout carries only the result (`--json`)."""
+    if not sys.stderr.isatty():
+        yield LineProgress(sys.stderr)
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description:<13}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("loading", total=1.0)
+        yield lambda stage, overall: bar.update(task, completed=overall, description=stage)
+
+
 def _run(
     model: Path, output: Path, report_path: Path | None, spec: Any, options: dict[str, Any]
 ) -> Any:
-    """Run the pipeline with a progress bar; copy model.onnx (and report.json) into place."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
+    """Run the pipeline showing its progress; copy model.onnx (and report.json) into place."""
     from worker.engine.pipeline import run_pipeline
 
     with tempfile.TemporaryDirectory(prefix="secateurs-") as tmp:
-        with Progress(
-            TextColumn("{task.description:<13}"),
-            BarColumn(),
-            TextColumn("{task.percentage:>3.0f}%"),
-            TimeElapsedColumn(),
-            transient=True,
-        ) as bar:
-            task = bar.add_task("loading", total=1.0)
-
-            def on_progress(stage: str, overall: float) -> None:
-                bar.update(task, completed=overall, description=stage)
-
+        with progress_reporter() as on_progress:
             result = run_pipeline(model, spec, Path(tmp), on_progress=on_progress, **options)
         output.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(result.artifacts["model.onnx"], output)
@@ -213,10 +246,11 @@ def prune(
             "beside it as NAME.fp32.onnx)"
         ),
     ] = "none",
+    json_output: Annotated[
+        bool, typer.Option("--json", help="print the report as JSON on stdout, no table")
+    ] = False,
 ) -> None:
     """Prune MODEL, fine-tune it if --data is given, and write a verified ONNX to -o."""
-    from rich.console import Console
-
     try:
         if not model.is_file():
             raise CliError("not_found", f"no such file: {model}")
@@ -242,6 +276,7 @@ def prune(
             iterations=iterations,
             quantize=quantize,
         )
+        _require_data_for_budget(spec, data is not None)
         options = {
             "dataset_path": data,
             "arch": arch,
@@ -257,14 +292,50 @@ def prune(
         _fail("cancelled", "interrupted", status=130)
     except Exception as exc:  # engine errors carry a stable code; anything else is ours
         _fail(getattr(exc, "code", "internal_error"), getattr(exc, "message", str(exc)))
-    console = Console()
-    console.print(summary_table(result))
-    for note in result.notes:
-        console.print(f"note: {note}")
+    _show(result, output, report, json_output)
+
+
+def _require_data_for_budget(spec: Any, has_data: bool) -> None:
+    from contract.spec import require_dataset_for_budget
+
+    try:
+        require_dataset_for_budget(spec.accuracy_budget, has_data)
+    except ValueError as exc:
+        raise CliError("invalid_spec", f"--max-drop: {exc} (--data)") from None
+
+
+def _show(result: Any, output: Path, report: Path | None, json_output: bool) -> None:
+    """The report as JSON on stdout; else the table, its warnings and notes."""
+    from rich.console import Console
+
     written = [str(output)]
     if result.quantization is not None and result.quantization.applied:
         written.append(f"{fp32_path(output)} (float)")
-    console.print("wrote " + ", ".join(written) + (f" and {report}" if report else ""))
+    wrote = "wrote " + ", ".join(written) + (f" and {report}" if report else "")
+    if json_output:
+        print(result.model_dump_json(indent=2))
+        print(wrote, file=sys.stderr)
+        return
+    console = Console()
+    console.print(summary_table(result))
+    # Whole lines (soft_wrap), so that a log keeps each message greppable on one line.
+    for line, style in warning_lines(result):
+        console.print(line, style=style, markup=False, soft_wrap=True)
+    for note in result.notes:
+        console.print(f"note: {note}", markup=False, soft_wrap=True)
+    console.print(wrote, markup=False, soft_wrap=True)
+
+
+def warning_lines(report: Any) -> list[tuple[str, str]]:
+    """(line, rich style) per report warning: `warning: <message> [<code>]`, critical first."""
+    ordered = sorted(report.warnings, key=lambda w: w.severity != "critical")
+    return [
+        (
+            f"{w.severity}: {w.message} [{w.code}]",
+            "bold red" if w.severity == "critical" else "yellow",
+        )
+        for w in ordered
+    ]
 
 
 def _fail(code: str, message: str, status: int = 1) -> None:
