@@ -202,7 +202,7 @@ def test_the_list_shows_results_sorts_and_compares(page: Any, screenshots: Path)
     assert page.locator(".side-by-side table.compare").count() == 2
 
 
-def test_the_list_and_compare_at_phone_width_in_dark(browser: Any, views: ScriptedService,
+def test_the_list_compare_and_model_at_phone_width_in_dark(browser: Any, views: ScriptedService,
                                                      screenshots: Path) -> None:
     context, pg, errors = open_page(browser, views, phone=True, dark=True)
     try:
@@ -216,7 +216,14 @@ def test_the_list_and_compare_at_phone_width_in_dark(browser: Any, views: Script
         pg.goto("/#/compare?ids=job_fast,job_small,job_exact")
         pg.locator("#compare-spec").wait_for()
         shot(pg, screenshots, "compare-phone-dark")
+        pg.goto("/#/models/mdl_resnet")
+        pg.locator("#prunability[data-status=ready]").wait_for()
+        pg.locator("#jobs-using tbody tr").first.wait_for()
+        assert pg.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        shot(pg, screenshots, "model-detail-phone-dark")
         pg.set_viewport_size(DESKTOP)
+        pg.goto("/#/compare?ids=job_fast,job_small,job_exact")
+        pg.locator("#compare-spec").wait_for()
         shot(pg, screenshots, "compare-desktop-dark")
     finally:
         context.close()

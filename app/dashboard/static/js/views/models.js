@@ -110,7 +110,7 @@ function downloadButton(model) {
 
 function tensorTable(title, tensors, id) {
   const shape = (t) => (t.shape || []).map((d) => (d === null ? '?' : d)).join(' × ');
-  return h('div', null, h('h3', null, title), h('div', { class: 'table-wrap' },
+  return h('div', { class: 'block' }, h('h3', null, title), h('div', { class: 'table-wrap' },
     h('table', { class: 'plain tensors', id },
       h('thead', null, h('tr', null, ['Name', 'Shape', 'Type'].map((c) => h('th', { scope: 'col' }, c)))),
       h('tbody', null, (tensors || []).map((t) => h('tr', null,
