@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -154,19 +154,23 @@ class Sweeper:
 
 
 class SweeperThread(threading.Thread):
-    """Runs `Sweeper.sweep_once` now and then every `interval_s` until stopped."""
+    """Runs `Sweeper.sweep_once`, and each of `chores` (periodic upkeep that throttles
+    itself), now and then every `interval_s` until stopped."""
 
-    def __init__(self, sweeper: Sweeper, interval_s: float) -> None:
+    def __init__(self, sweeper: Sweeper, interval_s: float,
+                 chores: Iterable[Callable[[], object]] = ()) -> None:
         super().__init__(name="job-sweeper", daemon=True)
         self.sweeper, self.interval_s = sweeper, interval_s
+        self.chores = [sweeper.sweep_once, *chores]
         self.stopped = threading.Event()
 
     def run(self) -> None:
         while True:
-            try:
-                self.sweeper.sweep_once()
-            except Exception as exc:  # noqa: BLE001 - keep sweeping after a store outage
-                log.warning("sweeper: pass failed: %s", exc)
+            for chore in self.chores:
+                try:
+                    chore()
+                except Exception as exc:  # noqa: BLE001 - keep sweeping after a store outage
+                    log.warning("sweeper: pass failed: %s", exc)
             if self.stopped.wait(self.interval_s):
                 return
 
@@ -192,6 +196,19 @@ def _parent_engine(settings: Settings) -> Engine:
     return engine
 
 
+def _retention_chores(settings: Settings,
+                      sessions: sessionmaker[Session]) -> list[Callable[[], object]]:
+    """Removing expired artifacts, when SECATEURS_ARTIFACT_RETENTION_DAYS sets a period."""
+    if not settings.artifact_retention_days:
+        return []
+    from app.storage import make_store
+    from app.storage.lifecycle import ArtifactRetention
+
+    retention = ArtifactRetention(sessions, make_store(settings),
+                                  settings.artifact_retention_days)
+    return [retention.run_if_due]
+
+
 def install(app: Celery, settings: Settings, *, interval_s: float = 5.0) -> None:
     """Start a sweeper when the worker is ready and stop it at shutdown."""
     state: dict[str, SweeperThread] = {}
@@ -199,7 +216,8 @@ def install(app: Celery, settings: Settings, *, interval_s: float = 5.0) -> None
     @worker_ready.connect(weak=False)
     def _start(**_: Any) -> None:
         sessions = make_sessionmaker(_parent_engine(settings))
-        thread = SweeperThread(Sweeper(app, settings, sessions), interval_s)
+        thread = SweeperThread(Sweeper(app, settings, sessions), interval_s,
+                               _retention_chores(settings, sessions))
         state["thread"] = thread
         thread.start()
 

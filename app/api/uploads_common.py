@@ -1,17 +1,22 @@
 """What the model and dataset upload routes share: a per-tenant slot, the quota check,
-receiving the file, form-field parsing and cleaning up."""
+receiving the file, finding an earlier upload of the same file, form-field parsing and
+cleaning up."""
 
 import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import TypeVar
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.requests import Request
 
 from app.core.config import Settings
 from app.core.errors import InsufficientStorage, TooManyRequests, ValidationFailed
 from app.core.pools import run_in
 from app.core.ratelimit import NoTurn, TenantTurns
+from app.db.models import Dataset, Model
 from app.db.quota import quota_left
 from app.uploads import SavedUpload, is_out_of_space, quota_exceeded, receive_upload
 
@@ -20,6 +25,8 @@ TOO_MANY_UPLOADS_RETRY_S = 5.0
 
 _ARCH_RE = re.compile(r"^[A-Za-z0-9_.-]+:[A-Za-z0-9_.\-/]+$")
 MAX_NAME = 256
+
+Upload = TypeVar("Upload", Model, Dataset)
 
 
 def parse_input_shape(raw: str | None) -> list[int] | None:
@@ -58,6 +65,18 @@ def display_name(raw: str | None, filename: str | None, fallback: str) -> str:
         if base:
             return base[:MAX_NAME]
     return fallback
+
+
+def same_file_uploads(
+    factory: sessionmaker[Session], entity: type[Upload], tenant: str, sha256: str
+) -> list[Upload]:
+    """The tenant's live (not deleted) uploads of this kind with this SHA-256, oldest first:
+    uploading the same file again answers the existing one instead of storing a copy."""
+    with factory(expire_on_commit=False) as session:
+        return list(session.scalars(
+            select(entity).where(entity.tenant == tenant, entity.sha256 == sha256,
+                                 entity.deleted_at.is_(None))
+            .order_by(entity.created_at, entity.id)))
 
 
 @contextmanager

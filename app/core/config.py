@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     upload_turn_wait_s: float = Field(default=300.0, gt=0)
     # Bytes of live models and datasets a tenant may keep; 0 = unlimited.
     tenant_storage_quota_bytes: int = 20 * GiB
+    # Days after a job finishes before the worker's sweeper removes its artifact files (the
+    # job and its artifact list stay; downloads answer 410 artifacts_expired); 0 = never.
+    artifact_retention_days: float = Field(default=0.0, ge=0)
     # Below this much free space on the data disk, /readyz answers 503 and uploads and job
     # submissions 507, before the disk is so full that SQLite or a write fails half-way.
     min_free_disk_bytes: int = 256 * MiB

@@ -106,7 +106,7 @@ def test_dataset_shape_must_match_model_input(client, app, model_id):
     assert resp.json()["dataset_id"] == good
     app.state.inspector.dataset_result = DatasetInfo(
         format="npz", num_samples=5, sample_shape=[1, 16, 16], num_classes=2, labeled=True)
-    bad = upload_dataset(client).json()["id"]
+    bad = upload_dataset(client, b"other-dataset-bytes").json()["id"]  # not the same file
     resp = client.post("/v1/jobs", headers=AUTH_A, json={"model_id": model_id, "dataset_id": bad})
     problem = assert_problem(resp, 422, "dataset_shape_mismatch")
     assert "[1, 16, 16]" in problem["detail"] and "[3, 8, 8]" in problem["detail"]

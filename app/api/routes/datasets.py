@@ -3,6 +3,7 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
 from sqlalchemy import func, select
 
 from app.api.deps import DbSession, InspectorDep, MetricsDep, SettingsDep, Store, Tenant
@@ -10,7 +11,7 @@ from app.api.lookups import find_dataset
 from app.api.openapi import multipart_body, problem_responses
 from app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate
 from app.api.schemas import DatasetOut, Page
-from app.api.uploads_common import display_name, received_upload
+from app.api.uploads_common import display_name, received_upload, same_file_uploads
 from app.core import ids
 from app.core.errors import Conflict
 from app.core.pools import run_in
@@ -28,7 +29,9 @@ router = APIRouter(
     status_code=201,
     response_model=DatasetOut,
     summary="Upload a dataset (.npz or a zipped image folder)",
-    responses=problem_responses(400, 408, 413, 415, 507),
+    responses={200: {"model": DatasetOut, "description": "the tenant uploaded this file (the "
+                     "same SHA-256) before: that dataset, stored once"},
+               **problem_responses(400, 408, 413, 415, 507)},
     openapi_extra=multipart_body({"name": "display name"}),
 )
 async def upload_dataset(
@@ -38,8 +41,9 @@ async def upload_dataset(
     store: Store,
     inspector: InspectorDep,
     metrics: MetricsDep,
-) -> DatasetOut:
-    """Stream the file to disk, check it in a child process, then store it."""
+) -> DatasetOut | JSONResponse:
+    """Stream the file to disk, check it in a child process, then store it. A file the
+    tenant already uploaded (and did not delete) answers that dataset with 200."""
     dataset_id = ids.new_id(ids.DATASET)
     tmp = settings.data_dir / "tmp" / f"{dataset_id}.upload"
     factory = request.app.state.sessionmaker
@@ -47,6 +51,11 @@ async def upload_dataset(
     async with received_upload(
         request, tenant, settings, tmp, max_file_bytes=settings.max_dataset_bytes, fields={"name"}
     ) as saved:
+        earlier = await run_in(pool, same_file_uploads, factory, Dataset, tenant, saved.sha256)
+        if earlier:
+            metrics.upload_bytes.labels(kind="dataset").inc(saved.size_bytes)
+            return JSONResponse(DatasetOut.from_row(earlier[0]).model_dump(mode="json"),
+                                status_code=200)
         info = await inspector.dataset(tmp, tenant=tenant)
         row = Dataset(
             id=dataset_id,

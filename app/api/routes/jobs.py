@@ -1,4 +1,4 @@
-"""`/v1/jobs`: submit, list, read and cancel pruning jobs, and read their reports."""
+"""`/v1/jobs`: submit, list, read, cancel and delete pruning jobs, and read their reports."""
 
 import hashlib
 import json
@@ -15,6 +15,7 @@ from app.api.deps import DbSession, Queue, SettingsDep, Store, Tenant
 from app.api.lookups import find_dataset, find_job, find_model
 from app.api.openapi import problem_responses
 from app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate
+from app.api.routes.artifacts import artifacts_expired
 from app.api.schemas import JobCreate, JobOut, JobStatus, Page, as_utc
 from app.core import ids
 from app.core.errors import Conflict, NotFound, TooManyRequests, Unprocessable
@@ -23,6 +24,7 @@ from app.db.jobstate import TERMINAL, append_event, request_cancel, status_paylo
 from app.db.locks import lock_tenant
 from app.db.models import Artifact, Dataset, Job, Model, utcnow
 from app.storage import KeyNotFound
+from app.storage.lifecycle import delete_job_rows, is_expired, remove_files
 from contract import JobSpec, Report
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"],
@@ -211,8 +213,25 @@ def cancel_job(job_id: str, tenant: Tenant, session: DbSession) -> JSONResponse:
     return _job_response(job, 202)
 
 
+@router.delete("/{job_id}", status_code=204, summary="Delete a finished job",
+               response_class=Response, responses=problem_responses(409))
+def delete_job(job_id: str, tenant: Tenant, session: DbSession, store: Store) -> Response:
+    """The job, its events and its artifacts (files included) go for good. Refused (409
+    `job_not_finished`) while it is queued or running: cancel it first."""
+    job = find_job(session, tenant, job_id)
+    if job.status not in TERMINAL:
+        raise Conflict(f"job {job_id!r} is {job.status}; cancel it, then delete it once it "
+                       "has stopped", code="job_not_finished")
+    keys = delete_job_rows(session, job)
+    session.commit()
+    # After the commit: a failure in between leaves an unreferenced file, never a row
+    # pointing at a file that is gone.
+    remove_files(store, keys)
+    return Response(status_code=204)
+
+
 @router.get("/{job_id}/report", summary="The report of a succeeded job",
-            responses={200: {"model": Report}, **problem_responses(409)})
+            responses={200: {"model": Report}, **problem_responses(409, 410)})
 def get_report(job_id: str, tenant: Tenant, session: DbSession,
                store: Store) -> JSONResponse:
     """409 `job_not_succeeded` until the job has succeeded."""
@@ -228,6 +247,8 @@ def _stored_report(session: Session, store: Any, job_id: str) -> Any:
     artifact = session.get(Artifact, (job_id, "report.json"))
     if artifact is None:
         raise NotFound("the job has no report", code="report_missing")
+    if is_expired(artifact):
+        raise artifacts_expired(job_id)
     try:
         return json.loads(b"".join(store.open_stream(artifact.storage_key)))
     except KeyNotFound as exc:

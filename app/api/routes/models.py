@@ -3,6 +3,7 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -17,6 +18,7 @@ from app.api.uploads_common import (
     parse_arch,
     parse_input_shape,
     received_upload,
+    same_file_uploads,
 )
 from app.core import ids
 from app.core.errors import Conflict
@@ -38,7 +40,9 @@ _FILE_SUFFIX = {"onnx": "onnx", "pt2": "pt2", "safetensors": "safetensors", "sta
     status_code=201,
     response_model=ModelOut,
     summary="Upload a model",
-    responses=problem_responses(400, 408, 413, 415, 507),
+    responses={200: {"model": ModelOut, "description": "the tenant uploaded this file (the "
+                     "same SHA-256, arch and input_shape) before: that model, stored once"},
+               **problem_responses(400, 408, 413, 415, 507)},
     openapi_extra=multipart_body(
         {
             "arch": "architecture for weight-only uploads, e.g. torchvision:resnet18",
@@ -54,8 +58,9 @@ async def upload_model(
     store: Store,
     inspector: InspectorDep,
     metrics: MetricsDep,
-) -> ModelOut:
-    """Stream the file to disk, inspect it in a child process, then store it."""
+) -> ModelOut | JSONResponse:
+    """Stream the file to disk, inspect it in a child process, then store it. A file the
+    tenant already uploaded (and did not delete) answers that model with 200."""
     model_id = ids.new_id(ids.MODEL)
     tmp = settings.data_dir / "tmp" / f"{model_id}.upload"
     factory = request.app.state.sessionmaker
@@ -70,6 +75,10 @@ async def upload_model(
     ) as saved:
         arch = parse_arch(saved.fields.get("arch"))
         input_shape = parse_input_shape(saved.fields.get("input_shape"))
+        earlier = await run_in(pool, same_file_uploads, factory, Model, tenant, saved.sha256)
+        if (same := _same_model(earlier, arch, input_shape)) is not None:
+            metrics.upload_bytes.labels(kind="model").inc(saved.size_bytes)
+            return JSONResponse(ModelOut.from_row(same).model_dump(mode="json"), status_code=200)
         info = await inspector.model(tmp, tenant=tenant, arch=arch, input_shape=input_shape)
         row = Model(
             id=model_id,
@@ -91,6 +100,17 @@ async def upload_model(
     await run_in(pool, commit_upload_row, factory, store, row, settings.tenant_storage_quota_bytes)
     metrics.upload_bytes.labels(kind="model").inc(saved.size_bytes)
     return ModelOut.from_row(row)
+
+
+def _same_model(earlier: list[Model], arch: str | None,
+                input_shape: list[int] | None) -> Model | None:
+    """The first earlier upload of the file read the way this one asks: the same file with
+    another architecture or input shape is another model."""
+    for row in earlier:
+        if (arch is None or row.arch == arch) and (input_shape is None
+                                                   or row.input_shape == input_shape):
+            return row
+    return None
 
 
 @router.get("", response_model=Page[ModelOut], summary="List models, newest first")
