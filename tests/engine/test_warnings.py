@@ -41,30 +41,45 @@ def _report(
     fidelity: Fidelity = AGREES,
     data_free: bool = False,
 ) -> Report:
+    args = _report_args(tmp_path)
+    return rp.build_report(
+        **args
+        | {
+            "spec": spec or JobSpec(),
+            "original": rp.summarize(
+                params=100,
+                macs=800,
+                onnx_path=tmp_path / "o.onnx",
+                accuracy=accuracy[0],
+                latency=before_ms if before_ms is not None else _timed(10.0),
+            ),
+            "pruned": rp.summarize(
+                params=50,
+                macs=400,
+                onnx_path=tmp_path / "p.onnx",
+                accuracy=accuracy[1],
+                latency=after_ms if after_ms is not None else _timed(6.0),
+            ),
+            "fidelity": fidelity,
+            "data_free": data_free,
+        }
+    )
+
+
+def _report_args(tmp_path: Path) -> dict:
+    """build_report's arguments that no warning depends on, and defaults for the rest."""
     (tmp_path / "o.onnx").write_bytes(b"x" * 40)
     (tmp_path / "p.onnx").write_bytes(b"x" * 10)
-    return rp.build_report(
-        spec=spec or JobSpec(),
-        original=rp.summarize(
-            params=100,
-            macs=800,
-            onnx_path=tmp_path / "o.onnx",
-            accuracy=accuracy[0],
-            latency=before_ms if before_ms is not None else _timed(10.0),
-        ),
-        pruned=rp.summarize(
-            params=50,
-            macs=400,
-            onnx_path=tmp_path / "p.onnx",
-            accuracy=accuracy[1],
-            latency=after_ms if after_ms is not None else _timed(6.0),
-        ),
-        fidelity=fidelity,
-        layers=[],
-        history=[],
-        environment=Environment(torch="2", onnxruntime="1", device="cpu", providers=[CPU]),
-        data_free=data_free,
-    )
+    summary = {"params": 100, "macs": 800, "onnx_path": tmp_path / "o.onnx"}
+    return {
+        "spec": JobSpec(),
+        "original": rp.summarize(**summary, latency=_timed(10.0)),
+        "pruned": rp.summarize(**summary, latency=_timed(6.0)),
+        "fidelity": AGREES,
+        "layers": [],
+        "history": [],
+        "environment": Environment(torch="2", onnxruntime="1", device="cpu", providers=[CPU]),
+    }
 
 
 def _codes(report: Report) -> list[str]:
@@ -91,6 +106,10 @@ def test_low_agreement_without_labels(tmp_path: Path) -> None:
     # Without a classification output, the cosine of the outputs is the agreement.
     no_top1 = Fidelity(top1_agreement=None, max_abs_diff=1.0, cosine=0.5)
     assert _codes(_report(tmp_path, fidelity=no_top1)) == ["low_agreement"]
+    # A multi-input model is compared on synthetic inputs even with a dataset.
+    args = _report_args(tmp_path) | {"fidelity": low, "synthetic_agreement": True}
+    [synthetic] = rp.build_report(**args).warnings
+    assert "synthetic inputs" in synthetic.message
 
 
 def test_data_free_model_that_disagrees_is_critical(tmp_path: Path) -> None:
@@ -172,7 +191,8 @@ def _budget_state(monkeypatch: pytest.MonkeyPatch, splits) -> tuple:
 
     monkeypatch.setattr(pipeline, "_probe", fake_probe)
     monkeypatch.setattr(pipeline, "_quality", lambda state, module, device: (0.99, 1.0))
-    state = pipeline._State(loaded=SimpleNamespace(module=torch.nn.Linear(2, 2)), splits=splits)
+    loaded = SimpleNamespace(module=torch.nn.Linear(2, 2), inputs=["x"])
+    state = pipeline._State(loaded=loaded, splits=splits)
     state.teacher = torch.nn.Linear(2, 2)
     spec = JobSpec(
         prune=PruneSpec(target=Target(params_reduction=0.5)),

@@ -208,11 +208,16 @@ def _batch(state: _State, wanted: int) -> int:
 def _fidelity_inputs(state: _State) -> tuple[torch.Tensor, ...]:
     """Held-back dataset samples (datasets feed single-input models), else seeded noise;
     at the model's own batch size when its graph fixes one."""
-    splits = state.splits
     batch = _batch(state, FIDELITY_SAMPLES)
-    if splits is not None and splits.val is not None and len(state.loaded.inputs) == 1:
-        return (splits.val.tensors[0][:batch],)
+    if _agreement_on_data(state):
+        assert state.splits is not None and state.splits.val is not None
+        return (state.splits.val.tensors[0][:batch],)
     return state.loaded.example_inputs(batch=min(batch, 16), seed=1)
+
+
+def _agreement_on_data(state: _State) -> bool:
+    splits = state.splits
+    return splits is not None and splits.val is not None and len(state.loaded.inputs) == 1
 
 
 def _taylor_loss(state: _State, device: str) -> Callable[[nn.Module], torch.Tensor] | None:
@@ -531,11 +536,12 @@ def _budget_target(state: _State, spec: JobSpec, device: str, t: _Tracker) -> Pr
 
 
 def _budget_measure(state: _State) -> str:
+    """What the budget's drop is measured on, as `_quality` measures it."""
     if _has_labels(state):
         return "held-back accuracy"
-    if state.splits is None:
-        return "agreement with the original on synthetic inputs"
-    return "agreement with the original on held-back samples"
+    if _agreement_on_data(state):
+        return "agreement with the original on held-back samples"
+    return "agreement with the original on synthetic inputs"
 
 
 def _probe_recovery(state: _State, spec: JobSpec) -> str:
@@ -803,6 +809,7 @@ def _report(state: _State, spec: JobSpec, paths, tables, env, timings) -> Report
         else quantize.report_section(state.quantized, spec.quantize, paths, tables),
         warnings=state.warnings,
         data_free=state.splits is None,
+        synthetic_agreement=not _agreement_on_data(state),
     )
 
 

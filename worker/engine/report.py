@@ -105,13 +105,20 @@ def build_report(
     quantization: Quantization | None = None,
     warnings: Sequence[ReportWarning] = (),
     data_free: bool = False,
+    synthetic_agreement: bool | None = None,
 ) -> Report:
     """Assemble and validate the contract's report; ratios, target and the warnings they
     call for come from the summaries (`warnings` adds the pipeline's own)."""
     ratios = compute_ratios(original, pruned)
     all_notes = list(dict.fromkeys([*notes, *standard_notes(spec, notes)]))
     derived = derive_warnings(
-        spec, original, pruned, fidelity, speedup=ratios.latency_speedup, data_free=data_free
+        spec,
+        original,
+        pruned,
+        fidelity,
+        speedup=ratios.latency_speedup,
+        data_free=data_free,
+        synthetic=synthetic_agreement,
     )
     return Report(
         original=original,

@@ -132,9 +132,11 @@ def quality_warnings(
     fidelity: Fidelity,
     *,
     data_free: bool,
+    synthetic: bool,
 ) -> list[ReportWarning]:
     """Held-back accuracy lost beyond the budget (or ACCURACY_DROP); without labels, agreement
-    with the original below 1 - budget (or LOW_AGREEMENT)."""
+    with the original below 1 - budget (or LOW_AGREEMENT), measured on `synthetic` inputs
+    or on held-back samples."""
     budget = spec.accuracy_budget
     if original.accuracy is not None and pruned.accuracy is not None:
         limit = budget.max_drop if budget is not None else ACCURACY_DROP
@@ -149,16 +151,16 @@ def quality_warnings(
                 f"{pruned.accuracy:.1%}), more than {allowed} of {limit:.1%}",
             )
         ]
-    return agreement_warnings(spec, fidelity, data_free=data_free)
+    return agreement_warnings(spec, fidelity, data_free=data_free, synthetic=synthetic)
 
 
 def agreement_warnings(
-    spec: JobSpec, fidelity: Fidelity, *, data_free: bool
+    spec: JobSpec, fidelity: Fidelity, *, data_free: bool, synthetic: bool
 ) -> list[ReportWarning]:
     """Agreement below 1 - budget (or LOW_AGREEMENT); data-free, below half: critical."""
     top1 = fidelity.top1_agreement
     agreement, measure = (top1, "top-1") if top1 is not None else (fidelity.cosine, "cosine")
-    inputs = "synthetic inputs" if data_free else "held-back samples"
+    inputs = "synthetic inputs" if synthetic else "held-back samples"
     if data_free and agreement < MOST_INPUTS:
         return [
             warn(
@@ -191,10 +193,15 @@ def derive_warnings(
     *,
     speedup: float | None,
     data_free: bool,
+    synthetic: bool | None = None,
 ) -> list[ReportWarning]:
-    """Every warning the report's own figures call for."""
+    """Every warning the report's own figures call for. `synthetic`: agreement was measured
+    on synthetic inputs (default: when data-free; also a multi-input model with data)."""
+    synthetic = data_free if synthetic is None else synthetic
     return [
-        *quality_warnings(spec, original, pruned, fidelity, data_free=data_free),
+        *quality_warnings(
+            spec, original, pruned, fidelity, data_free=data_free, synthetic=synthetic
+        ),
         *slower_warning(spec, original, pruned),
         *latency_warning(spec, speedup),
     ]
