@@ -5,14 +5,19 @@ on the embedded defaults (SQLite + SQL broker) with --embedded — and prints:
 
   * submit → running: median and max of (started_at − created_at) with an idle worker
     (target ≤ 1 s on Redis);
-  * GET /v1/jobs/{id}: p50/p90/p99 with N concurrent pollers (target p99 ≤ 50 ms);
+  * GET /v1/jobs/{id} under load: wrk with N keep-alive connections (`wrk -c100`, Debian's
+    `wrk`; scripts/system-deps.sh installs it) for a few seconds, polling a job while the
+    worker runs it: p50/p90/p99/max and requests per second (targets p99 ≤ 50 ms and
+    ≥ 1,000 req/s); without wrk, N Python pollers (the client then costs the cores more);
   * a 1 GiB dataset upload: transfer throughput (target ≥ 200 MB/s) and the API's RSS growth
     during it (target ≤ 50 MB).
 
 The client runs on the same machine as the server, so the polling figures include the
-client's own share of the cores; they are printed with the core count.
+client's own share of the cores; they are printed with the core count. The API runs as
+`secateurs api --workers N` (--api-workers, default 1), as production runs it.
 
-    python bench/service.py [--embedded] [--jobs 7] [--pollers 100] [--upload-mib 1024]
+    python bench/service.py [--embedded] [--api-workers 2] [--jobs 7] [--pollers 100]
+                            [--poll-s 10] [--upload-mib 1024] [--only-polling]
 """
 
 import argparse
@@ -20,7 +25,9 @@ import asyncio
 import contextlib
 import os
 import platform
+import re
 import secrets
+import shutil
 import signal
 import socket
 import statistics
@@ -68,8 +75,8 @@ def postgres_database() -> Iterator[str]:
 class Processes:
     """The API and one worker as child processes of this script."""
 
-    def __init__(self, data_dir: Path, settings: dict[str, str]) -> None:
-        self.data_dir, self.port = data_dir, free_port()
+    def __init__(self, data_dir: Path, settings: dict[str, str], api_workers: int = 1) -> None:
+        self.data_dir, self.port, self.api_workers = data_dir, free_port(), api_workers
         self.key = "sk_bench_" + secrets.token_hex(8)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("SECATEURS_")}
         self.env.update({"SECATEURS_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1",
@@ -84,9 +91,9 @@ class Processes:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        self._spawn("api", [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
+        self._spawn("api", [sys.executable, "-c", "from cli.main import main; main()", "api",
                             "--host", "127.0.0.1", "--port", str(self.port),
-                            "--log-level", "warning", "--no-access-log"])
+                            "--workers", str(self.api_workers)])
         self._wait(lambda: httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200)
         self._spawn("worker", [sys.executable, "-c", "from cli.main import main; main()",
                                "worker", "--loglevel", "warning"])
@@ -107,10 +114,8 @@ class Processes:
         raise RuntimeError("the API did not start; see api.log in " + str(self.data_dir))
 
     def rss_bytes(self, name: str = "api") -> int:
-        for line in Path(f"/proc/{self.procs[name].pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        return 0
+        """Resident memory of the process and its children (uvicorn's worker processes)."""
+        return sum(_rss(pid) for pid in _tree(self.procs[name].pid))
 
     def stop(self) -> None:
         for proc in self.procs.values():
@@ -121,6 +126,28 @@ class Processes:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        out.append(todo.pop())
+        todo.extend(children.get(out[-1], []))
+    return out
+
+
+def _rss(pid: int) -> int:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def tiny_onnx(path: Path) -> Path:
@@ -180,6 +207,67 @@ async def _poll(base_url: str, key: str, job_id: str, pollers: int, each: int) -
 
         results = await asyncio.gather(*(one() for _ in range(pollers)))
     return [t for r in results for t in r]
+
+
+_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def _ms(text: str) -> float:
+    """wrk's `812.00us`, `3.45ms`, `1.20s` in milliseconds."""
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+    return float(number) * _UNIT_MS[unit]
+
+
+def parse_wrk(out: str) -> dict[str, float]:
+    """The figures of `wrk --latency` output: p50/p90/p99 and max in ms, req/s, errors."""
+    figures = {f"p{q}": _ms(m.group(1)) for q in (50, 90, 99)
+               if (m := re.search(rf"^\s+{q}%\s+(\S+)", out, re.M))}
+    figures["max"] = _ms(re.search(r"Latency\s+\S+\s+\S+\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    figures["rps"] = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    figures["requests"] = float(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    figures["non_2xx"] = float(non_2xx.group(1)) if non_2xx else 0.0
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                       out)
+    figures["socket_errors"] = float(sum(map(int, errors.groups()))) if errors else 0.0
+    return figures
+
+
+def wrk_poll(procs: Processes, job_id: str, connections: int, seconds: float) -> dict[str, float]:
+    """`wrk -t2 -cN` on GET /v1/jobs/{id} for `seconds`, keep-alive, 5 s request timeout."""
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--latency", "--timeout", "5s",
+         "-H", f"Authorization: Bearer {procs.key}", f"{procs.base_url}/v1/jobs/{job_id}"],
+        capture_output=True, text=True, check=True).stdout
+    return parse_wrk(out)
+
+
+def report_polling(args: argparse.Namespace, procs: Processes, job_id: str) -> None:
+    if shutil.which("wrk"):
+        w = wrk_poll(procs, job_id, args.pollers, args.poll_s)
+        print(f"GET /v1/jobs/{{id}}, wrk -t2 -c{args.pollers} for {args.poll_s:g} s, "
+              f"{args.api_workers} API process(es): p50 {w['p50']:.1f} ms, p90 {w['p90']:.1f} ms,"
+              f" p99 {w['p99']:.1f} ms, max {w['max']:.0f} ms, {w['rps']:.0f} req/s "
+              f"({w['requests']:.0f} requests, {w['non_2xx']:.0f} non-2xx, "
+              f"{w['socket_errors']:.0f} socket errors/timeouts) "
+              f"(targets p99 <= 50 ms, >= 1000 req/s)")
+        return
+    times = asyncio.run(_poll(procs.base_url, procs.key, job_id, args.pollers, args.each))
+    ms = [t * 1000 for t in times]
+    print(f"GET /v1/jobs/{{id}}, {args.pollers} concurrent Python pollers x {args.each} (no wrk):"
+          f" p50 {percentile(ms, 50):.1f} ms, p90 {percentile(ms, 90):.1f} ms, p99 "
+          f"{percentile(ms, 99):.1f} ms, {len(ms) / (sum(times) / args.pollers):.0f} req/s "
+          f"(target p99 <= 50 ms)")
+
+
+def running_job(client: httpx.Client, model_id: str) -> str:
+    """A job for the worker to run while its status is polled: a few pruning steps."""
+    body = {"model_id": model_id, "finetune": None,
+            "prune": {"target": {"channel_ratio": 0.5}, "iterative_steps": 5},
+            "benchmark": {"providers": ["cpu"], "warmup": 0, "iterations": 50}}
+    resp = client.post("/v1/jobs", json=body)
+    resp.raise_for_status()
+    return str(resp.json()["id"])
 
 
 def write_npz(path: Path, mib: int) -> Path:
@@ -245,27 +333,22 @@ def machine() -> str:
 
 
 def run(args: argparse.Namespace, data_dir: Path, settings: dict[str, str]) -> None:
-    procs = Processes(data_dir, settings)
+    procs = Processes(data_dir, settings, api_workers=args.api_workers)
     procs.start()
     try:
         client = httpx.Client(base_url=procs.base_url, timeout=60,
                               headers={"Authorization": f"Bearer {procs.key}"})
         with tiny_onnx(data_dir / "tiny.onnx").open("rb") as fh:
             model = client.post("/v1/models", files={"file": ("tiny.onnx", fh)}).json()
-        lat = pickup_latency(client, model["id"], args.jobs, args.idle_s)
-        print(f"submit -> running, idle worker, {len(lat)} jobs: median "
-              f"{statistics.median(lat) * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms "
-              f"(target median <= 1000 ms)")
+        if not args.only_polling:
+            lat = pickup_latency(client, model["id"], args.jobs, args.idle_s)
+            print(f"submit -> running, idle worker, {len(lat)} jobs: median "
+                  f"{statistics.median(lat) * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms "
+                  f"(target median <= 1000 ms)")
 
-        job_id = client.get("/v1/jobs", params={"limit": 1}).json()["items"][0]["id"]
-        times = asyncio.run(_poll(procs.base_url, procs.key, job_id, args.pollers, args.each))
-        ms = [t * 1000 for t in times]
-        print(f"GET /v1/jobs/{{id}}, {args.pollers} concurrent pollers x {args.each}: p50 "
-              f"{percentile(ms, 50):.1f} ms, p90 {percentile(ms, 90):.1f} ms, p99 "
-              f"{percentile(ms, 99):.1f} ms, {len(ms) / (sum(times) / args.pollers):.0f} req/s "
-              f"(target p99 <= 50 ms)")
+        report_polling(args, procs, running_job(client, model["id"]))
 
-        if args.upload_mib:
+        if args.upload_mib and not args.only_polling:
             up = upload_throughput(procs, write_npz(data_dir / "big.npz", args.upload_mib))
             mb = up["bytes"] / 1e6
             print(f"upload {up['bytes'] / 2**30:.2f} GiB dataset: HTTP {up['status']}, transfer "
@@ -284,9 +367,15 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=7, help="jobs timed for pick-up")
     parser.add_argument("--idle-s", type=float, default=5.0,
                         help="seconds the worker idles before each timed job")
-    parser.add_argument("--pollers", type=int, default=100)
-    parser.add_argument("--each", type=int, default=20, help="requests per poller")
+    parser.add_argument("--api-workers", type=int, default=1,
+                        help="API processes (secateurs api --workers)")
+    parser.add_argument("--pollers", type=int, default=100, help="concurrent connections")
+    parser.add_argument("--poll-s", type=float, default=10.0, help="seconds of wrk polling")
+    parser.add_argument("--each", type=int, default=20,
+                        help="requests per poller, without wrk")
     parser.add_argument("--upload-mib", type=int, default=1024, help="0 skips the upload")
+    parser.add_argument("--only-polling", action="store_true",
+                        help="skip the pick-up latency and the upload")
     args = parser.parse_args()
     backend = "SQLite + embedded broker" if args.embedded else "Redis + PostgreSQL"
     print(f"# bench/service.py on {machine()}")
