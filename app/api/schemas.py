@@ -3,12 +3,20 @@
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+    model_validator,
+)
 
 from app.db.models import Artifact, Dataset, Job, Model, ModelAnalysis
 from app.webhooks import check_submitted_url
 from contract import JobSpec, ModelStats, TensorInfo
 from contract.model_info import Prunability
+from contract.spec import require_dataset_for_budget
 
 
 def as_utc(value: datetime) -> datetime:
@@ -113,6 +121,11 @@ class JobCreate(JobSpec):
         if url is not None:
             check_submitted_url(url)
         return url
+
+    @model_validator(mode="after")
+    def _budget_needs_dataset(self) -> "JobCreate":
+        require_dataset_for_budget(self.accuracy_budget, self.dataset_id is not None)
+        return self
 
     def spec(self) -> JobSpec:
         """The job specification alone, fully defaulted."""

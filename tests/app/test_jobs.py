@@ -67,14 +67,20 @@ def test_invalid_bodies_name_the_field(client, model_id, body, field):
 
 def test_latency_target_and_sensitivity_scope_are_accepted(client, model_id):
     body = {"model_id": model_id, "prune": {"target": {"latency_reduction": 0.6},
-                                            "scope": "sensitivity"},
-            "accuracy_budget": {"max_drop": 0.02, "probes": 8}}
+                                            "scope": "sensitivity"}}
     resp = client.post("/v1/jobs", headers=AUTH_A, json=body)
     assert resp.status_code == 202, resp.text
     spec = resp.json()["spec"]
     assert spec["prune"]["target"]["latency_reduction"] == 0.6
     assert spec["prune"]["scope"] == "sensitivity"
-    assert spec["accuracy_budget"] == {"max_drop": 0.02, "probes": 8}
+
+
+def test_an_accuracy_budget_without_a_dataset_is_refused(client, model_id):
+    # Without data the budget would be judged on random inputs: refused, not shipped.
+    body = {"model_id": model_id, "accuracy_budget": {"max_drop": 0.02, "probes": 8}}
+    problem = assert_problem(client.post("/v1/jobs", headers=AUTH_A, json=body), 422,
+                             "validation_error")
+    assert "dataset" in problem["detail"], problem["detail"]
 
 
 def test_missing_model_id_and_bad_json(client):
@@ -83,7 +89,7 @@ def test_missing_model_id_and_bad_json(client):
     assert problem["detail"].startswith("model_id")
     resp = client.post("/v1/jobs", headers={**AUTH_A, "Content-Type": "application/json"},
                        content=b"{not json")
-    assert_problem(resp, 422, "validation_error")
+    assert assert_problem(resp, 400, "invalid_json")["position"] == 1
 
 
 def test_other_tenants_model_or_dataset_is_404(client, app, model_id):
