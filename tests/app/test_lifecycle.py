@@ -5,7 +5,9 @@ import hashlib
 from datetime import timedelta
 from pathlib import Path
 
+import boto3
 import pytest
+from moto import mock_aws
 from sqlalchemy import func, select
 
 from app.core.config import Settings
@@ -13,6 +15,7 @@ from app.db import jobstate
 from app.db.models import Artifact, Job, JobEvent, WebhookAttempt, WebhookEvent, utcnow
 from app.storage import artifact_key
 from app.storage.lifecycle import ArtifactRetention, expire_artifacts
+from app.storage.s3 import S3Store
 from tests.app.helpers import (
     AUTH_A,
     AUTH_B,
@@ -29,6 +32,19 @@ FILES = {"model.onnx": b"pruned-model", "report.json": b'{"ok": true}'}
 @pytest.fixture
 def model_id(client):
     return upload_model(client).json()["id"]
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_store(request, app):
+    """The app's artifact store: its local directory, or an S3 bucket (moto)."""
+    if request.param == "local":
+        yield
+        return
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket="artifacts")
+        app.state.store = S3Store("artifacts", prefix="pfx/", client=client)
+        yield
 
 
 def finished_job(app, model_id: str, status: str = "succeeded", *, days_ago: float = 0,
@@ -67,7 +83,7 @@ def count(app, table, job_id: str) -> int:
 
 @pytest.mark.parametrize("status", ["succeeded", "failed", "cancelled"])
 def test_delete_a_finished_job_removes_it_its_files_and_its_events(client, app, model_id,
-                                                                   status):
+                                                                   any_store, status):
     job_id = finished_job(app, model_id, status)
     assert client.get(f"/v1/jobs/{job_id}/artifacts/model.onnx", headers=AUTH_A).content \
         == FILES["model.onnx"]
@@ -98,7 +114,7 @@ def test_delete_another_tenants_job_is_404_and_keeps_it(client, app, model_id):
     assert app.state.store.exists(artifact_key(job_id, "model.onnx"))
 
 
-def test_expired_artifacts_answer_410_and_the_job_stays(client, app, model_id):
+def test_expired_artifacts_answer_410_and_the_job_stays(client, app, model_id, any_store):
     old = finished_job(app, model_id, days_ago=40)
     recent = finished_job(app, model_id, days_ago=1)
     running = insert_job(app.state.sessionmaker, "alice", model_id, status="running")
