@@ -25,6 +25,8 @@ from tests.browser.conftest import free_port_local
 pytestmark = pytest.mark.browser
 
 KEY = "key-carol"
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
 STAGES = ["loading", "analyzing", "pruning", "finetuning", "evaluating", "exporting",
           "benchmarking"]
 REPORT = Report.model_validate({
@@ -98,15 +100,12 @@ class ScriptedService:
             fn(s, s.get(Job, job_id))
 
 
-@pytest.fixture(scope="module")
-def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScriptedService]:
-    with ScriptedService(tmp_path_factory.mktemp("scripted")) as svc:
-        yield svc
-
-
-@pytest.fixture
-def page(browser: Any, scripted: ScriptedService) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=scripted.url)
+def open_page(browser: Any, svc: ScriptedService, *, phone: bool = False,
+              dark: bool = False) -> tuple[Any, Any, list[str]]:
+    """A logged-in page on `svc` (context, page, the page errors it collects)."""
+    context = browser.new_context(viewport=PHONE if phone else DESKTOP, is_mobile=phone,
+                                  color_scheme="dark" if dark else "light",
+                                  base_url=svc.url)
     context.set_default_timeout(15_000)
     pg = context.new_page()
     errors: list[str] = []
@@ -115,6 +114,18 @@ def page(browser: Any, scripted: ScriptedService) -> Iterator[Any]:
     pg.fill("#api-key", KEY)
     pg.click("#login-form button[type=submit]")
     pg.wait_for_selector("#nav:not([hidden])")
+    return context, pg, errors
+
+
+@pytest.fixture(scope="module")
+def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScriptedService]:
+    with ScriptedService(tmp_path_factory.mktemp("scripted")) as svc:
+        yield svc
+
+
+@pytest.fixture
+def page(browser: Any, scripted: ScriptedService) -> Iterator[Any]:
+    context, pg, errors = open_page(browser, scripted)
     yield pg
     context.close()
     assert errors == []

@@ -15,12 +15,16 @@ from app.db.models import Dataset, Job, Model, ModelAnalysis, utcnow
 from app.db.session import session_scope
 from contract import JobSpec
 from tests.browser.conftest import Uploads
-from tests.browser.test_dashboard_scripted import KEY, REPORT, ScriptedService
+from tests.browser.test_dashboard_scripted import (
+    DESKTOP,
+    PHONE,
+    REPORT,
+    ScriptedService,
+    open_page,
+)
 
 pytestmark = pytest.mark.browser
 
-DESKTOP = {"width": 1280, "height": 900}
-PHONE = {"width": 390, "height": 844}
 LONG_LAYER = "backbone.stage4.block3.attention.projection.depthwise_conv"
 
 # Three results that sort differently by each column: (job id, speed-up, pruned accuracy,
@@ -125,22 +129,6 @@ def views(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScriptedService]
     with ScriptedService(tmp_path_factory.mktemp("views")) as svc:
         seed(svc)
         yield svc
-
-
-def open_page(browser: Any, svc: ScriptedService, *, phone: bool = False,
-              dark: bool = False) -> tuple[Any, Any, list[str]]:
-    context = browser.new_context(viewport=PHONE if phone else DESKTOP, is_mobile=phone,
-                                  color_scheme="dark" if dark else "light",
-                                  base_url=svc.url)
-    context.set_default_timeout(15_000)
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.goto("/")
-    pg.fill("#api-key", KEY)
-    pg.click("#login-form button[type=submit]")
-    pg.wait_for_selector("#nav:not([hidden])")
-    return context, pg, errors
 
 
 @pytest.fixture
