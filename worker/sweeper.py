@@ -18,7 +18,6 @@ from datetime import timedelta
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_ready, worker_shutdown
 from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
@@ -27,6 +26,7 @@ from app.core.config import Settings
 from app.db.models import Job, utcnow
 from app.db.session import init_db, make_engine, make_sessionmaker
 from worker import claim
+from worker.background import run_while_worker_runs
 from worker.names import QUEUE, TASK_NAME
 
 log = logging.getLogger(__name__)
@@ -210,18 +210,11 @@ def _retention_chores(settings: Settings,
 
 
 def install(app: Celery, settings: Settings, *, interval_s: float = 5.0) -> None:
-    """Start a sweeper when the worker is ready and stop it at shutdown."""
-    state: dict[str, SweeperThread] = {}
+    """Run a sweeper beside the worker."""
 
-    @worker_ready.connect(weak=False)
-    def _start(**_: Any) -> None:
+    def make_thread() -> SweeperThread:
         sessions = make_sessionmaker(_parent_engine(settings))
-        thread = SweeperThread(Sweeper(app, settings, sessions), interval_s,
-                               _retention_chores(settings, sessions))
-        state["thread"] = thread
-        thread.start()
+        return SweeperThread(Sweeper(app, settings, sessions), interval_s,
+                             _retention_chores(settings, sessions))
 
-    @worker_shutdown.connect(weak=False)
-    def _stop(**_: Any) -> None:
-        if "thread" in state:
-            state["thread"].stopped.set()
+    run_while_worker_runs(make_thread)

@@ -26,11 +26,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 from urllib.parse import urlsplit
 
 from celery import Celery
-from celery.signals import worker_ready, worker_shutdown
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -38,6 +36,7 @@ from app.core.config import Settings
 from app.db.models import WebhookAttempt, WebhookEvent, utcnow
 from app.db.session import make_engine, make_sessionmaker, session_scope
 from app.webhooks import ForbiddenAddress, resolve_checked, signed_headers, tenant_secret
+from worker.background import run_while_worker_runs
 from worker.sweeper import ensure_tables
 
 log = logging.getLogger(__name__)
@@ -305,18 +304,11 @@ def _main_engine(settings: Settings) -> Engine:
 
 
 def install(app: Celery, settings: Settings) -> None:
-    """Start the delivery thread when the worker is ready and stop it at shutdown."""
-    state: dict[str, DeliveryThread] = {}
+    """Run the delivery thread beside the worker."""
 
-    @worker_ready.connect(weak=False)
-    def _start(**_: Any) -> None:
+    def make_thread() -> DeliveryThread:
         deliverer = Deliverer(settings, make_sessionmaker(_main_engine(settings)))
-        thread = DeliveryThread(deliverer, poll_s=settings.webhook_poll_s,
-                                concurrency=settings.webhook_concurrency)
-        state["thread"] = thread
-        thread.start()
+        return DeliveryThread(deliverer, poll_s=settings.webhook_poll_s,
+                              concurrency=settings.webhook_concurrency)
 
-    @worker_shutdown.connect(weak=False)
-    def _stop(**_: Any) -> None:
-        if "thread" in state:
-            state["thread"].stopped.set()
+    run_while_worker_runs(make_thread)
