@@ -187,6 +187,23 @@ def test_list_filters_by_status_and_paginates(client, app, model_id):
     assert problem["detail"].startswith("status")
 
 
+def test_list_filters_by_model_and_dataset(client, model_id):
+    other_model = upload_model(client, data=b"other-model-bytes").json()["id"]
+    dataset_id = upload_dataset(client).json()["id"]
+    plain = client.post("/v1/jobs", headers=AUTH_A, json={"model_id": model_id}).json()["id"]
+    with_data = client.post("/v1/jobs", headers=AUTH_A,
+                            json={"model_id": other_model, "dataset_id": dataset_id}).json()["id"]
+
+    def listed(query: str, headers: dict = AUTH_A) -> list[str]:
+        return [j["id"] for j in client.get(f"/v1/jobs?{query}", headers=headers).json()["items"]]
+
+    assert listed(f"model_id={model_id}") == [plain]
+    assert listed(f"model_id={other_model}") == [with_data]
+    assert listed(f"dataset_id={dataset_id}") == [with_data]
+    assert listed(f"model_id={model_id}&dataset_id={dataset_id}") == []
+    assert listed(f"model_id={model_id}", AUTH_B) == []
+
+
 def test_cancel_queued_running_and_finished(client, app, model_id):
     job_id = client.post("/v1/jobs", headers=AUTH_A, json={"model_id": model_id}).json()["id"]
     assert_problem(client.post(f"/v1/jobs/{job_id}/cancel", headers=AUTH_B), 404, "not_found")

@@ -3,6 +3,7 @@
 import functools
 import hashlib
 import json
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -152,11 +153,16 @@ async def list_jobs(
     request: Request,
     tenant: Tenant,
     status: JobStatus | None = None,
+    model_id: Annotated[str | None, Query(max_length=64,
+                                          description="Only the jobs of this model")] = None,
+    dataset_id: Annotated[str | None, Query(max_length=64,
+                                            description="Only the jobs of this dataset")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> Response:
     state = request.app.state
-    body = await run_in(state.pools.db, _read_page, state.sessionmaker, tenant, status, limit,
+    filters = JobFilters(status=status, model_id=model_id, dataset_id=dataset_id)
+    body = await run_in(state.pools.db, _read_page, state.sessionmaker, tenant, filters, limit,
                         cursor)
     return _json(body)
 
@@ -200,11 +206,24 @@ def _read_job(engine: Engine, tenant: str, job_id: str) -> bytes:
     return JobOut.from_row(row).model_dump_json().encode()  # type: ignore[arg-type]
 
 
-def _read_page(factory: sessionmaker[Session], tenant: str, status: str | None, limit: int,
+@dataclass(frozen=True)
+class JobFilters:
+    """What a job list is narrowed to (None: any)."""
+
+    status: str | None = None
+    model_id: str | None = None
+    dataset_id: str | None = None
+
+
+def _read_page(factory: sessionmaker[Session], tenant: str, filters: JobFilters, limit: int,
                cursor: str | None) -> bytes:
     stmt = select(Job).options(defer(Job.report, raiseload=True)).where(Job.tenant == tenant)
-    if status is not None:
-        stmt = stmt.where(Job.status == status)
+    if filters.status is not None:
+        stmt = stmt.where(Job.status == filters.status)
+    if filters.model_id is not None:
+        stmt = stmt.where(Job.model_id == filters.model_id)
+    if filters.dataset_id is not None:
+        stmt = stmt.where(Job.dataset_id == filters.dataset_id)
     with factory() as session:
         rows, next_cursor = paginate(session, stmt, Job, limit, cursor)
         page = Page[JobOut](items=[JobOut.from_row(r) for r in rows], next_cursor=next_cursor)

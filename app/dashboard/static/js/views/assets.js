@@ -103,13 +103,13 @@ export async function jobsUsing(el, field, id, signal) {
   replace(el, h('p', { class: 'muted' }, 'Looking for jobs…'));
   let found;
   try {
-    found = await listAll('/jobs', { signal });
+    found = await listAll(`/jobs?${new URLSearchParams({ [field]: id })}`, { signal });
   } catch (err) {
     if (!signal.aborted) replace(el, errorPanel('Could not list the jobs', err));
     return;
   }
   if (signal.aborted) return;
-  const jobs = found.items.filter((j) => j[field] === id);
+  const jobs = found.items;
   if (!jobs.length) {
     replace(el, h('p', { class: 'muted', id: 'jobs-using' }, 'No job has used it yet.'));
     return;
@@ -119,7 +119,7 @@ export async function jobsUsing(el, field, id, signal) {
     h('tbody', null, jobs.map((j) => h('tr', { 'data-job': j.id },
       h('th', { scope: 'row' }, h('a', { href: `#/jobs/${encodeURIComponent(j.id)}`, class: 'job-id', title: j.id }, j.id)),
       h('td', null, statusBadge(j.status)), h('td', null, target(j.spec)), h('td', null, date(j.created_at))))))),
-  found.more ? h('p', { class: 'help' }, 'Only the newest 1,000 jobs were searched.') : null);
+  found.more ? h('p', { class: 'help' }, 'Only the newest 1,000 of them are listed.') : null);
 }
 
 /** A paged list's body: the table, or a friendly empty panel. */
