@@ -6,7 +6,7 @@ import contextlib
 import hashlib
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -134,6 +134,27 @@ class Client:
     def cancel(self, job_id: str) -> dict[str, Any]:
         """Ask for the job to stop; raises `Conflict` when it has already finished."""
         return self._json("POST", f"/v1/jobs/{_q(job_id)}/cancel")
+
+    def delete_job(self, job_id: str) -> None:
+        """Delete a finished job with its events and files; raises `Conflict`
+        (`job_not_finished`) while it is queued or running."""
+        self._http.request("DELETE", f"/v1/jobs/{_q(job_id)}")
+
+    def jobs(self, *, status: str | None = None, model_id: str | None = None,
+             dataset_id: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every job of this key's tenant, newest first, fetched a page at a time."""
+        params = {k: v for k, v in
+                  {"status": status, "model_id": model_id, "dataset_id": dataset_id}.items()
+                  if v is not None}
+        cursor: str | None = None
+        while True:
+            page = self._json("GET", "/v1/jobs",
+                              params={**params, "limit": 200,
+                                      **({"cursor": cursor} if cursor else {})})
+            yield from page["items"]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
 
     def report(self, job_id: str) -> dict[str, Any]:
         """The report of a succeeded job; raises `Conflict` before it has succeeded."""

@@ -401,3 +401,32 @@ def test_the_client_imports_neither_the_service_nor_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# Listing and deleting ----------------------------------------------------------------------
+
+def test_jobs_walks_every_page_with_its_filters() -> None:
+    seen: list[dict[str, str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        params = dict(request.url.params)
+        seen.append(params)
+        if "cursor" not in params:
+            return httpx.Response(200, json={"items": [{"id": "job_2"}], "next_cursor": "c1"})
+        return httpx.Response(200, json={"items": [{"id": "job_1"}], "next_cursor": None})
+
+    with client(handler) as c:
+        assert [j["id"] for j in c.jobs(model_id="mdl_1", status="succeeded")] == [
+            "job_2", "job_1"]
+    assert seen[0]["model_id"] == "mdl_1" and seen[0]["status"] == "succeeded"
+    assert "dataset_id" not in seen[0] and seen[1]["cursor"] == "c1"
+
+
+def test_deleting_a_running_job_raises_conflict() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.method == "DELETE" and request.url.path == "/v1/jobs/job_1"
+        return problem(409, "job_not_finished")
+
+    with client(handler) as c, pytest.raises(sc.Conflict) as err:
+        c.delete_job("job_1")
+    assert err.value.code == "job_not_finished"
