@@ -82,15 +82,16 @@ def stamp_pre_migration(connection: Connection) -> bool:
 @contextmanager
 def migration_lock(engine: Engine) -> Iterator[Connection]:
     """A connection held under the database-wide migration lock (across processes)."""
-    with engine.connect() as connection:
-        if connection.dialect.name == "postgresql":
-            with _pg_advisory_lock(connection):
-                yield connection
-        elif connection.dialect.name == "sqlite":
-            with _file_lock(engine.url.database):
-                yield connection
-        else:
-            raise NotImplementedError(f"no migration lock for {connection.dialect.name}")
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection, _pg_advisory_lock(connection):
+            yield connection
+    elif engine.dialect.name == "sqlite":
+        # The lock before the connection: a new connection switches a fresh database to
+        # WAL, which fails at once ("database is locked") while another one does the same.
+        with _file_lock(engine.url.database), engine.connect() as connection:
+            yield connection
+    else:
+        raise NotImplementedError(f"no migration lock for {engine.dialect.name}")
 
 
 @contextmanager
