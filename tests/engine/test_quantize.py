@@ -287,3 +287,81 @@ def test_a_budget_int8_cannot_meet_fails_typed(outlier_onnx: Path, tmp_path: Pat
     # With the fallback, the same budget is met.
     met = _outlier_run(outlier_onnx, tmp_path / "int8.onnx", "auto", 0.01)
     assert met.path is not None and met.drop is not None and met.drop <= 0.01
+
+
+class Head(nn.Module):
+    """Two convolutions and a linear head without biases, so that inputs with different
+    channel means get different classes; `noise` perturbs the head like a lossy pruning."""
+
+    def __init__(self, noise: float = 0.0) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.fc = nn.Linear(8, 4, bias=False)
+        torch.manual_seed(1)
+        with torch.no_grad():
+            self.fc.weight.add_(noise * torch.randn_like(self.fc.weight))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv2(torch.relu(self.conv1(x))).mean(dim=(2, 3)))
+
+
+def _export(module: nn.Module, path: Path) -> Path:
+    torch.onnx.export(
+        module.eval(),
+        (torch.randn(1, 3, 16, 16),),
+        str(path),
+        dynamo=False,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+        opset_version=17,
+    )
+    return path
+
+
+def _budget_run(tmp_path: Path, noise: float, max_drop: float) -> quantize.QuantizeOutcome:
+    """Head() as the original, Head(noise) as the pruned float model, quantized under a
+    budget on held-back batches labeled with the original's predictions (accuracy 1)."""
+    original = _export(Head(), tmp_path / "original.onnx")
+    pruned = _export(Head(noise), tmp_path / "pruned.onnx")
+    rng = np.random.default_rng(0)
+
+    def batch() -> dict[str, np.ndarray]:
+        x = 0.3 * rng.standard_normal((16, 3, 16, 16)) + rng.standard_normal((16, 3, 1, 1))
+        return {"x": x.astype(np.float32)}
+
+    calibration = [batch() for _ in range(2)]
+    held_back = quantize.EvalSet(batches=[batch() for _ in range(4)])
+    outputs = quantize.run_batches(original, held_back).outputs
+    held_back.labels = np.concatenate([o[0].argmax(1) for o in outputs])
+    return quantize.quantize_int8(
+        pruned,
+        original,
+        tmp_path / "int8.onnx",
+        QuantizeSpec(mode="int8"),
+        calibration=calibration,
+        evalset=held_back,
+        synthetic=False,
+        max_drop=max_drop,
+    )
+
+
+def test_with_a_budget_int8_is_judged_against_the_original(tmp_path: Path) -> None:
+    outcome = _budget_run(tmp_path, noise=0.1, max_drop=0.3)
+    assert outcome.path is not None and outcome.drop is not None
+    assert outcome.measured_on == "held-back accuracy, against the original model"
+    assert outcome.accuracy["original"] == 1.0 and outcome.accuracy["pruned_fp32"] < 1.0
+    # The drop is the whole job's: the original's accuracy to the INT8 file's.
+    assert outcome.drop == pytest.approx(outcome.accuracy["original"] - outcome.accuracy["int8"])
+    assert outcome.drop <= 0.3
+    assert any("judged against the original model" in n for n in outcome.notes)
+
+
+def test_a_budget_the_pruned_float_model_already_spent_fails_typed(tmp_path: Path) -> None:
+    with pytest.raises(QuantizationFailed) as caught:
+        _budget_run(tmp_path, noise=0.1, max_drop=0.05)
+    assert caught.value.code == "quantization_budget_unmet"
+    assert "against the original model" in caught.value.message
+    assert "pruned float model alone loses" in caught.value.message

@@ -6,12 +6,15 @@ dataset's training part, or seeded synthetic inputs shaped like the model input)
 writes a QDQ model: per-channel int8 weights, uint8 activations. Its inputs and outputs
 stay float32 under the same names and declared shapes, which is checked.
 
-The INT8 model is then measured in onnxruntime, against the pruned float model on the
-same samples: held-back accuracy with labels, else its agreement with the float model.
-When the drop exceeds the tolerance (the job's accuracy budget, else one point) and the
-fallback is `auto`, each Conv/Gemm/MatMul is quantized away in turn (with the cached
-calibration, so each try costs a graph rewrite and one evaluation) and the costliest are
-left in float, fewest first, until the drop fits.
+The INT8 model is then measured in onnxruntime on the same samples as its reference:
+held-back accuracy with labels, else its agreement with the reference. With an accuracy
+budget the reference is the original model and the tolerance the budget: one budget
+bounds what pruning and INT8 lose together, so the final file is never further from the
+upload than `max_drop`. Without one, INT8 is judged against the pruned float model with
+a tolerance of one point. When the drop exceeds the tolerance and the fallback is
+`auto`, each Conv/Gemm/MatMul is quantized away in turn (with the cached calibration, so
+each try costs a graph rewrite and one evaluation) and the costliest are left in float,
+fewest first, until the drop fits.
 
 Anything onnxruntime cannot do (an exception while pre-processing or quantizing, no node
 it can quantize, an INT8 model it cannot run) leaves the float model as the product and
@@ -295,7 +298,7 @@ def quantize_int8(
         calibration_data="synthetic" if synthetic else "dataset",
         samples=_rows(calibration),
         tolerance=tolerance,
-        measured_on="held-back accuracy" if labeled else "agreement with the pruned float model",
+        measured_on=measured_on(labeled, against_original=max_drop is not None),
     )
     if synthetic:
         outcome.notes.append(
@@ -308,12 +311,19 @@ def quantize_int8(
     _score_table(outcome, "original", original_scores, original_scores)
     _score_table(outcome, "pruned_fp32", float_scores, original_scores)
 
-    def judge(scores: Scores) -> float:
-        if labeled:
-            assert scores.accuracy is not None and float_scores.accuracy is not None
-            return float_scores.accuracy - scores.accuracy
-        return 1.0 - agreement(float_scores, scores)
+    # With a budget, the drop is the whole job's: the original model is the reference.
+    reference = float_scores if max_drop is None else original_scores
 
+    def judge(scores: Scores) -> float:
+        return drop_from(reference, scores, labeled)
+
+    pruned_drop = judge(float_scores)
+    if max_drop is not None:
+        outcome.notes.append(
+            f"quantization: judged against the original model on {outcome.measured_on} "
+            f"(one budget for pruning and INT8): the pruned float model alone loses "
+            f"{pruned_drop:.3f} of the {max_drop:g} allowed"
+        )
     with tempfile.TemporaryDirectory(prefix="quantize-") as tmp:
         workdir = Path(tmp)
         try:
@@ -327,7 +337,9 @@ def quantize_int8(
             if quantized == 0:
                 raise EngineError("onnxruntime found no node it can quantize in this model")
             fallback: list[str] = []
-            if drop > tolerance and spec.fallback == "auto" and layers:
+            # No layer kept in float can bring INT8 below the float model's own drop.
+            hopeless = max_drop is not None and pruned_drop > tolerance
+            if drop > tolerance and spec.fallback == "auto" and layers and not hopeless:
                 best, scores, drop, fallback = _fall_back(trial, layers, drop, tolerance, progress)
             keep_interface(float_path, best, evalset.batches[0])
         except (JobCancelled, QuantizationFailed):
@@ -343,16 +355,8 @@ def quantize_int8(
         outcome.float_fallback = fallback
         if drop > tolerance:
             if max_drop is not None:
-                raise QuantizationFailed(
-                    f"INT8 loses {drop:.3f} of {outcome.measured_on} against the pruned float "
-                    f"model, more than accuracy_budget.max_drop={max_drop:g}"
-                    + (
-                        f" even with {len(fallback)} layer(s) left in float"
-                        if fallback
-                        else " (fallback is 'none': set it to 'auto' to keep layers in float)"
-                    ),
-                    code="quantization_budget_unmet",
-                )
+                measure = outcome.measured_on
+                raise _budget_unmet(measure, pruned_drop, drop, max_drop, spec, fallback)
             if spec.fallback == "auto":
                 outcome.reason = (
                     f"INT8 lost {drop:.3f} of {outcome.measured_on} (tolerance {tolerance:g}) "
@@ -375,6 +379,46 @@ def quantize_int8(
         )
     progress(1.0)
     return outcome
+
+
+def measured_on(labeled: bool, *, against_original: bool) -> str:
+    """What a drop is measured on, naming its reference model."""
+    if labeled:
+        return "held-back accuracy" + (", against the original model" if against_original else "")
+    return "agreement with the " + ("original model" if against_original else "pruned float model")
+
+
+def drop_from(reference: Scores, scores: Scores, labeled: bool) -> float:
+    """Accuracy points lost against `reference` with labels, else 1 - agreement with it."""
+    if labeled:
+        assert scores.accuracy is not None and reference.accuracy is not None
+        return reference.accuracy - scores.accuracy
+    return 1.0 - agreement(reference, scores)
+
+
+def _budget_unmet(
+    measure: str,
+    pruned_drop: float,
+    drop: float,
+    max_drop: float,
+    spec: QuantizeSpec,
+    fallback: list[str],
+) -> QuantizationFailed:
+    """The job's failure when no INT8 model keeps the whole job within its budget."""
+    if pruned_drop > max_drop:
+        how = " (the pruned float model already spends the whole budget)"
+    elif fallback:
+        how = f" even with {len(fallback)} layer(s) left in float"
+    elif spec.fallback == "none":
+        how = " (fallback is 'none': set it to 'auto' to keep layers in float)"
+    else:
+        how = ""
+    return QuantizationFailed(
+        f"INT8 loses {drop:.3f} of {measure}, more than "
+        f"accuracy_budget.max_drop={max_drop:g}; the pruned float model alone loses "
+        f"{pruned_drop:.3f}{how}",
+        code="quantization_budget_unmet",
+    )
 
 
 def _score_table(outcome: QuantizeOutcome, key: str, scores: Scores, original: Scores) -> None:
