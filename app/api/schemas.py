@@ -33,36 +33,68 @@ Timestamp = Annotated[datetime, PlainSerializer(rfc3339, return_type=str, when_u
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 Id = Annotated[str, Field(min_length=1, max_length=64)]
 T = TypeVar("T")
+# A docstring under a field is its description in the OpenAPI document.
+_DOCUMENTED = ConfigDict(use_attribute_docstrings=True)
 
 
 class Problem(BaseModel):
     """RFC 9457 problem details, with a stable snake_case `code`."""
 
+    model_config = _DOCUMENTED
+
     type: str
+    """A URI naming the kind of problem (`https://secateurs.dev/problems/<code>`); match
+    on `code` rather than on this."""
     title: str
+    """The HTTP status phrase (e.g. `Unprocessable Entity`)."""
     status: int
+    """The HTTP status code, the same as the response's."""
     detail: str
+    """What went wrong in this request, in words, for a person to read."""
     code: str
+    """A stable snake_case code saying what went wrong (the document lists them)."""
     errors: list[dict[str, str]] | None = None
+    """`validation_error` only: every invalid field, each as `{"field": "prune.target",
+    "message": "..."}` (`field` is the dotted path in the body, query or path)."""
 
 
 class Page(BaseModel, Generic[T]):
+    model_config = _DOCUMENTED
+
     items: list[T]
+    """This page, newest first (at most `limit` items)."""
     next_cursor: str | None = None
+    """Pass as `cursor` to get the next page; null on the last page."""
 
 
 class ModelOut(BaseModel):
+    model_config = _DOCUMENTED
+
     id: str
+    """The model's id (`mdl_…`), for `model_id` in a job."""
     name: str
+    """Display name: the upload's `name` field, else its file name."""
     format: str
+    """How the model is stored: `onnx`, `pt2`, `safetensors` or `state_dict`."""
     sha256: str
+    """SHA-256 of the uploaded file, lowercase hex; uploading the same file again answers
+    this model."""
     size_bytes: int
+    """Size of the uploaded file, bytes."""
     inputs: list[TensorInfo]
+    """The model's inputs, in call order."""
     outputs: list[TensorInfo]
+    """The model's outputs, in order."""
     stats: ModelStats
+    """Parameters and MACs (batch 1) of the model as uploaded."""
     arch: str | None = None
+    """The architecture a weights-only upload is rebuilt from (e.g.
+    `torchvision:resnet18`); null for ONNX and `.pt2`."""
     input_shape: list[int]
+    """The concrete input shape jobs run the model with (batch 1, dynamic dimensions
+    filled in)."""
     created_at: Timestamp
+    """When it was uploaded (RFC 3339, UTC)."""
 
     @classmethod
     def from_row(cls, row: Model) -> "ModelOut":
@@ -76,16 +108,31 @@ class ModelOut(BaseModel):
 
 
 class DatasetOut(BaseModel):
+    model_config = _DOCUMENTED
+
     id: str
+    """The dataset's id (`ds_…`), for `dataset_id` in a job."""
     name: str
+    """Display name: the upload's `name` field, else its file name."""
     format: Literal["npz", "imagefolder"]
+    """`npz` (arrays `x`, optional `y`, `mean`, `std`) or `imagefolder` (a `.zip` of
+    `class_name/*.png` folders)."""
     num_samples: int
+    """Samples in the upload; a job holds part of them back to measure accuracy."""
     sample_shape: list[int]
+    """Shape of one sample, without the batch dimension."""
     num_classes: int | None = None
+    """Distinct labels; null without labels."""
     labeled: bool
+    """Whether samples carry labels: with them jobs measure accuracy, without them only
+    agreement with the original."""
     sha256: str
+    """SHA-256 of the uploaded file, lowercase hex; uploading the same file again answers
+    this dataset."""
     size_bytes: int
+    """Size of the uploaded file, bytes."""
     created_at: Timestamp
+    """When it was uploaded (RFC 3339, UTC)."""
 
     @classmethod
     def from_row(cls, row: Dataset) -> "DatasetOut":
@@ -111,7 +158,10 @@ class JobCreate(JobSpec):
     ]})
 
     model_id: Id
+    """The model to prune (`mdl_…`, from `POST /v1/models`)."""
     dataset_id: Id | None = None
+    """Training data (`ds_…`, from `POST /v1/datasets`) for fine-tuning, accuracy and
+    budgets; null prunes data-free (agreement measured on synthetic inputs)."""
 
     @field_validator("webhook_url")
     @classmethod
@@ -133,19 +183,29 @@ class JobCreate(JobSpec):
 
 
 class JobErrorOut(BaseModel):
+    model_config = _DOCUMENTED
+
     code: str
+    """Stable snake_case reason (e.g. `target_unreachable`, `worker_crashed`,
+    `cancelled`)."""
     message: str
+    """What happened and what to change, in words."""
 
 
 class PrunabilityOut(BaseModel):
     """`analyzing` until the sandboxed analysis is done; then `ready` with the report, or
     `failed` with the reason (the same codes a job's analysis would give)."""
 
-    model_config = ConfigDict(protected_namespaces=())
+    model_config = ConfigDict(protected_namespaces=(), use_attribute_docstrings=True)
     model_id: str
+    """The model analysed."""
     status: Literal["analyzing", "ready", "failed"]
+    """`analyzing` (ask again later), `ready` (see `prunability`) or `failed` (see
+    `error`)."""
     prunability: Prunability | None = None
+    """The analysis, once `ready`; else null."""
     error: JobErrorOut | None = None
+    """Why the analysis failed, once `failed`; else null."""
 
     @classmethod
     def from_row(cls, row: ModelAnalysis) -> "PrunabilityOut":
@@ -159,22 +219,41 @@ class PrunabilityOut(BaseModel):
 
 
 class JobOut(BaseModel):
-    model_config = ConfigDict(protected_namespaces=())
+    model_config = ConfigDict(protected_namespaces=(), use_attribute_docstrings=True)
 
     id: str
+    """The job's id (`job_…`)."""
     status: JobStatus
+    """`queued`, `running`, then one of `succeeded`, `failed`, `cancelled` (final)."""
     stage: str | None = None
+    """The stage running or last run: `loading`, `analyzing`, `regularizing`, `pruning`,
+    `finetuning`, `evaluating`, `exporting`, `quantizing`, `benchmarking`; null before
+    the job starts. Stages a job does not need are skipped."""
     progress: float
+    """Progress of the whole job, a fraction 0-1 that never goes back (stages weighted
+    by their usual share of the time, so not a time estimate)."""
     attempts: int
+    """Runs started: above 1 when a worker died and the job was run again; it fails with
+    `worker_crashed` after the service's limit (`SECATEURS_MAX_ATTEMPTS`, default 3)."""
     model_id: str
+    """The model pruned."""
     dataset_id: str | None = None
+    """The dataset used; null for a data-free job."""
     spec: JobSpec
+    """The job specification as accepted, every default filled in."""
     error: JobErrorOut | None = None
+    """Why the job failed or was cancelled; null otherwise."""
     cancel_requested: bool = False
+    """A cancellation was asked for; a running job stops at its next check."""
     created_at: Timestamp
+    """When the job was submitted (RFC 3339, UTC)."""
     started_at: Timestamp | None = None
+    """When a worker first started it; null while queued."""
     finished_at: Timestamp | None = None
+    """When it reached a final status; null until then."""
     stage_times: dict[str, Any] = Field(default_factory=dict)
+    """Stage name -> `{"started_at", "finished_at"}` (ISO 8601, UTC; `finished_at` null
+    while the stage runs), for the stages entered so far."""
 
     @classmethod
     def from_row(cls, row: Job) -> "JobOut":
@@ -193,10 +272,17 @@ class JobOut(BaseModel):
 
 
 class ArtifactOut(BaseModel):
+    model_config = _DOCUMENTED
+
     name: str
+    """File name, to download at `/v1/jobs/{id}/artifacts/{name}` (e.g. `model.onnx`,
+    `report.json`)."""
     size_bytes: int
+    """File size, bytes."""
     sha256: str
+    """SHA-256 of the file, lowercase hex: check the download against it."""
     media_type: str
+    """The Content-Type it is served with."""
 
     @classmethod
     def from_row(cls, row: Artifact) -> "ArtifactOut":
@@ -205,4 +291,8 @@ class ArtifactOut(BaseModel):
 
 
 class Health(BaseModel):
+    model_config = _DOCUMENTED
+
     status: str
+    """`ok` from `/healthz` (the process answers), `ready` from `/readyz` (job store,
+    broker and artifact store reachable, room on the data disk; else a 503 problem)."""
