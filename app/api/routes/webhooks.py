@@ -20,7 +20,7 @@ from app.core.config import Settings
 from app.db.models import WebhookAttempt, WebhookEvent, WebhookSecret
 from app.webhooks import configure, rotate_secret, tenant_secret
 
-router = APIRouter(tags=["webhooks"], responses=problem_responses(401, 404, 429))
+router = APIRouter(tags=["webhooks"], responses=problem_responses(401, 404, 422, 429))
 
 
 def install(app: FastAPI, settings: Settings) -> None:
@@ -31,7 +31,7 @@ def install(app: FastAPI, settings: Settings) -> None:
 
 class SecretOut(BaseModel):
     secret: str = Field(description="`whsec_` + base64 key: verify each delivery with it.")
-    created_at: Timestamp
+    created_at: Timestamp = Field(description="When this secret was made (RFC 3339, UTC).")
 
     @classmethod
     def from_row(cls, row: WebhookSecret) -> "SecretOut":
@@ -39,9 +39,9 @@ class SecretOut(BaseModel):
 
 
 class AttemptOut(BaseModel):
-    attempt: int
-    at: Timestamp
-    duration_ms: int
+    attempt: int = Field(description="1 for the first try, counting up.")
+    at: Timestamp = Field(description="When the attempt started (RFC 3339, UTC).")
+    duration_ms: int = Field(description="Wall time of the attempt, to answer or error, ms.")
     status_code: int | None = Field(None, description="The receiver's HTTP status, if any.")
     error: str | None = Field(None, description="Why no status came back (refused, timeout…).")
     response_prefix: str | None = Field(None, description="The start of the receiver's answer.")
@@ -55,18 +55,22 @@ class AttemptOut(BaseModel):
 
 class DeliveryOut(BaseModel):
     id: str = Field(description="The event id, sent as `webhook-id` by every attempt.")
-    type: Literal["job.succeeded", "job.failed", "job.cancelled"]
-    url: str
-    status: Literal["pending", "delivered", "failed"]
+    type: Literal["job.succeeded", "job.failed", "job.cancelled"] = Field(
+        description="The event: how the job ended.")
+    url: str = Field(description="Where it is sent: the job's webhook_url.")
+    status: Literal["pending", "delivered", "failed"] = Field(
+        description="pending (retried with backoff), delivered (a 2xx came back) or failed "
+        "(out of attempts).")
     next_attempt_at: Timestamp | None = Field(
         None, description="When the next attempt is due (pending events only).")
-    created_at: Timestamp
-    delivered_at: Timestamp | None = None
-    attempts: list[AttemptOut]
+    created_at: Timestamp = Field(description="When the job ended and the event was made.")
+    delivered_at: Timestamp | None = Field(
+        None, description="When a 2xx answer came back; null until then.")
+    attempts: list[AttemptOut] = Field(description="Every attempt so far, oldest first.")
 
 
 class DeliveriesOut(BaseModel):
-    items: list[DeliveryOut]
+    items: list[DeliveryOut] = Field(description="The job's events, oldest first.")
 
 
 @router.get("/v1/webhooks/secret", response_model=SecretOut,
