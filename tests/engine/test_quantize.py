@@ -365,3 +365,53 @@ def test_a_budget_the_pruned_float_model_already_spent_fails_typed(tmp_path: Pat
     assert caught.value.code == "quantization_budget_unmet"
     assert "against the original model" in caught.value.message
     assert "pruned float model alone loses" in caught.value.message
+
+
+def test_budget_probes_are_measured_as_int8(
+    tiny_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each probe's history point carries the agreement of its INT8 file with the
+    original, as onnxruntime measured them on the quantizing stage's samples."""
+    measured: dict[str, list[quantize.Scores]] = {"original": [], "int8": []}
+    run_batches = quantize.run_batches
+
+    def spy(path: Path, evalset: quantize.EvalSet) -> quantize.Scores:
+        scores = run_batches(path, evalset)
+        if path.name == "probe-original.onnx":
+            measured["original"].append(scores)
+        elif path.parent.name.startswith("probe-"):
+            measured["int8"].append(scores)
+        return scores
+
+    monkeypatch.setattr(quantize, "run_batches", spy)
+    spec = _spec(
+        prune={"target": {"macs_reduction": 0.5}},
+        accuracy_budget={"max_drop": 0.2, "probes": 2},
+    )
+    report = run_pipeline(tiny_onnx, spec, tmp_path / "out").report
+    (original,) = measured["original"]
+    probes = report.history[:-1]
+    assert len(probes) == len(measured["int8"]) >= 1
+    for point, scores in zip(probes, measured["int8"], strict=True):
+        assert point.agreement == pytest.approx(quantize.agreement(original, scores))
+    assert any("measured as INT8" in n for n in report.notes)
+    q = report.quantization
+    assert q is not None and q.measured_on == "agreement with the original model"
+    assert q.drop is not None and q.drop <= 0.2
+
+
+def test_a_probe_onnxruntime_cannot_quantize_is_measured_in_float(
+    tiny_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Unsupported op: FancyConv")
+
+    monkeypatch.setattr(quantize, "quantize_plain", refuse)
+    spec = _spec(
+        prune={"target": {"macs_reduction": 0.5}},
+        accuracy_budget={"max_drop": 0.2, "probes": 2},
+    )
+    report = run_pipeline(tiny_onnx, spec, tmp_path / "out").report
+    assert any("could not quantize probe 1" in n and "FancyConv" in n for n in report.notes)
+    assert not any("measured as INT8" in n for n in report.notes)
+    assert all(p.agreement is not None for p in report.history)

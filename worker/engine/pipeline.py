@@ -9,7 +9,7 @@ import copy
 import math
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -167,6 +167,20 @@ def failing_layer(exc: BaseException, model: nn.Module | None) -> str | None:
 
 
 @dataclass
+class _Int8Probes:
+    """What measures accuracy-budget probes as INT8 when the job quantizes: the
+    quantizing stage's calibration and comparison set, the original model's scores on
+    that set, a scratch directory; `failed` says why onnxruntime stopped quantizing them."""
+
+    calibration: Sequence[quantize.Feeds]
+    evalset: quantize.EvalSet
+    original: quantize.Scores
+    workdir: Path
+    measured: int = 0
+    failed: str | None = None
+
+
+@dataclass
 class _State:
     """What the stages hand each other."""
 
@@ -191,6 +205,7 @@ class _State:
     sensitivity: dict[str, float] | None = None
     target_figures: dict[str, float] = field(default_factory=dict)
     quantized: quantize.QuantizeOutcome | None = None
+    int8_probes: _Int8Probes | None = None
 
 
 def _has_labels(state: _State) -> bool:
@@ -452,7 +467,7 @@ def _probe(
             should_cancel=t.cancelled,
             unpruned=state.unpruned,
         )
-    acc, agreement = _quality(state, candidate, device)
+    acc, agreement = _int8_quality(state, spec, candidate) or _quality(state, candidate, device)
     return ProbeResult(
         strength=value,
         score=_score(acc, agreement, labeled=_has_labels(state)),
@@ -460,6 +475,72 @@ def _probe(
         params=result.params_after,
         accuracy=acc,
         agreement=agreement,
+    )
+
+
+def _start_int8_probes(state: _State, spec: JobSpec, workdir: Path) -> float | None:
+    """When the job quantizes, budget probes are measured as INT8 (see `_int8_quality`) so
+    that pruning leaves room for quantization's own loss. Returns the original model's
+    score on that measure, the search's reference; None when probes stay float."""
+    if spec.quantize.mode != "int8":
+        return None
+    assert state.teacher is not None
+    calibration, evalset, _ = quantize.stage_data(state.loaded, state.splits, spec.quantize)
+    if (evalset.labels is not None) != _has_labels(state):
+        # A multi-input model's labeled data is not fed to onnxruntime: keep one measure.
+        state.notes.append("accuracy budget: probes were measured in float (multi-input model)")
+        return None
+    original = export_onnx(
+        copy.deepcopy(state.teacher).cpu().eval(),
+        state.loaded,
+        workdir / "probe-original.onnx",
+        spec.export,
+    )
+    scores = quantize.run_batches(original, evalset)
+    state.int8_probes = _Int8Probes(calibration, evalset, scores, workdir)
+    return scores.accuracy if scores.accuracy is not None else 1.0
+
+
+def _int8_quality(
+    state: _State, spec: JobSpec, candidate: nn.Module
+) -> tuple[float | None, float] | None:
+    """(held-back accuracy or None, agreement with the original) of the candidate quantized
+    once as the job says, in onnxruntime on the quantizing stage's samples; None when
+    probes are not measured as INT8 or onnxruntime cannot quantize this one (then the
+    float score stands, and a note says from which probe on)."""
+    probes = state.int8_probes
+    if probes is None or probes.failed is not None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="probe-", dir=probes.workdir) as tmp:
+        try:
+            float_path = export_onnx(
+                copy.deepcopy(candidate).cpu().eval(),
+                state.loaded,
+                Path(tmp) / "candidate.onnx",
+                spec.export,
+            )
+            int8 = quantize.quantize_plain(float_path, Path(tmp), spec.quantize, probes.calibration)
+            scores = quantize.run_batches(int8, probes.evalset)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's errors are untyped
+            probes.failed = f"{type(exc).__name__}: {describe_failure(exc)}"
+            state.notes.append(
+                f"accuracy budget: onnxruntime could not quantize probe {probes.measured + 1} "
+                f"({probes.failed}); it and later probes were measured in float"
+            )
+            return None
+    probes.measured += 1
+    return scores.accuracy, quantize.agreement(probes.original, scores)
+
+
+def _int8_probe_note(state: _State) -> str | None:
+    """How many probes were measured as INT8, and how, when any were."""
+    probes = state.int8_probes
+    if probes is None or probes.measured == 0:
+        return None
+    return (
+        f"accuracy budget: {probes.measured} probe(s) were measured as INT8 in onnxruntime "
+        "(each quantized once as the quantize spec says, without the float fallback), "
+        "against the original model, so pruning leaves room for quantization's own loss"
     )
 
 
@@ -482,10 +563,10 @@ def _score(acc: float | None, agreement: float, *, labeled: bool) -> float:
 
 def _budget_target(state: _State, spec: JobSpec, device: str, t: _Tracker) -> PruneSpec:
     """The strongest target strength, up to the requested one, whose measured drop after a
-    short distillation stays within the accuracy budget (see `budget.py`)."""
+    short distillation (and INT8, when the job quantizes) stays within the accuracy
+    budget (see `budget.py`)."""
     assert spec.accuracy_budget is not None and state.teacher is not None
     labeled = _has_labels(state)
-    base = _score(*_quality(state, state.teacher, device), labeled=labeled)
     budget = spec.accuracy_budget
     share = 1.0 / (budget.probes + 1)  # of the pruning stage, per probe
 
@@ -503,13 +584,17 @@ def _budget_target(state: _State, spec: JobSpec, device: str, t: _Tracker) -> Pr
         )
         return found
 
-    search = search_strength(
-        probe,
-        reference=base,
-        max_drop=budget.max_drop,
-        upper=spec.prune.target.value,
-        probes=budget.probes,
-    )
+    with tempfile.TemporaryDirectory(prefix="probes-") as workdir:
+        base = _start_int8_probes(state, spec, Path(workdir))
+        if base is None:
+            base = _score(*_quality(state, state.teacher, device), labeled=labeled)
+        search = search_strength(
+            probe,
+            reference=base,
+            max_drop=budget.max_drop,
+            upper=spec.prune.target.value,
+            probes=budget.probes,
+        )
     if labeled and state.splits is not None and state.splits.val is not None:
         warning = sampling_warning(base, len(state.splits.val), budget.max_drop)
         if warning:
@@ -532,6 +617,8 @@ def _budget_target(state: _State, spec: JobSpec, device: str, t: _Tracker) -> Pr
         f"{_budget_measure(state)}; drop per probed strength {_probe_recovery(state, spec)}, "
         f"and where noise was pooled its monotone fit: {drops})"
     )
+    if note := _int8_probe_note(state):
+        state.notes.append(note)
     return _with_target(spec.prune, chosen)
 
 

@@ -200,6 +200,19 @@ def _quantize(
     return out
 
 
+def quantize_plain(
+    float_path: Path, workdir: Path, spec: QuantizeSpec, calibration: Sequence[Feeds]
+) -> Path:
+    """`float_path` quantized once as `spec` says, in `workdir` (fresh: the calibration
+    cached there is this model's), without the fallback scan: how an accuracy-budget
+    probe is measured. Never better than what the stage ships, whose fallback may keep
+    costly layers in float, so a probe that fits leaves the stage room to fit too."""
+    model = _preprocess(float_path, workdir / "pre.onnx", [])
+    out = workdir / "int8.onnx"
+    cache = workdir / "calibration.json"
+    return _quantize(model, out, spec, spec.exclude, _Reader(calibration), cache)
+
+
 def count_nodes(path: Path) -> tuple[int, int, list[str]]:
     """(quantized nodes, float nodes, names of quantized FALLBACK_OPS layers) of a QDQ
     model: a node is quantized when one of its inputs comes out of a DequantizeLinear."""
