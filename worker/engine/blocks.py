@@ -188,7 +188,7 @@ def _out_of_place(graph: fx.GraphModule) -> None:
     with them (not in what it computes)."""
     for layer in graph.modules():
         if isinstance(getattr(layer, "inplace", None), bool):
-            layer.inplace = False
+            setattr(layer, "inplace", False)  # noqa: B010 - any module's flag, not one class's
     for node in graph.graph.nodes:
         if node.op == "call_function" and node.target in _OUT_OF_PLACE:
             node.target = _OUT_OF_PLACE[node.target]

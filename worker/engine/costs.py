@@ -5,7 +5,7 @@ input channels gone", so the allocator can price any step without touching the m
 """
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -63,7 +63,7 @@ class ChannelCost(LayerCost):
 
     def __call__(self, layer: nn.Module, removed_out: float, removed_in: float) -> float:
         width = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
-        return max(0.0, width - removed_out)
+        return max(0.0, float(cast(int, width)) - removed_out)
 
 
 def input_shapes(module: nn.Module, inputs: Sequence[torch.Tensor]) -> dict[nn.Module, tuple]:

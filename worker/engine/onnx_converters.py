@@ -34,7 +34,7 @@ import functools
 import math
 import operator
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import onnx.defs
 import torch
@@ -1306,7 +1306,7 @@ def _shuffle_at(gm: fx.GraphModule, last: fx.Node) -> tuple[fx.Node, int] | None
         return None
     x_shape, split, moved, out = shapes
     assert x_shape is not None and split is not None and moved is not None
-    perm = list(gm.get_submodule(str(swapped.target)).perm or [])
+    perm = list(cast(list[int], gm.get_submodule(str(swapped.target)).perm) or [])
     if (
         len(x_shape) < 2
         or out != x_shape
@@ -1387,7 +1387,8 @@ def fold_channel_convs(gm: fx.GraphModule) -> int:
         x_shape = _meta_shape(x)
         assert x_shape is not None
         name = f"channel_conv_{count}"
-        gm.add_submodule(name, ChannelConv1d(gm.get_submodule(str(conv_node.target)), x_shape[1]))
+        conv = cast(torch.nn.Conv1d, gm.get_submodule(str(conv_node.target)))
+        gm.add_submodule(name, ChannelConv1d(conv, x_shape[1]))
         graph = gm.graph
         with graph.inserting_before(last):
             y = graph.call_module(name, (x,))

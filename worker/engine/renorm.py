@@ -12,7 +12,8 @@ does in training mode), which is most of what a pruned network needs to recover.
 channels are found by their bias: pruning copies a folded conv's bias values unchanged.
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -46,7 +47,7 @@ def _plain_convs(module: nn.Module) -> Iterator[tuple[str, nn.modules.conv._Conv
 
 @torch.no_grad()
 def _output_stats(
-    module: nn.Module, convs: list[tuple[str, nn.Module]], inputs: tuple[torch.Tensor, ...]
+    module: nn.Module, convs: Sequence[tuple[str, nn.Module]], inputs: tuple[torch.Tensor, ...]
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per-channel mean and variance of every conv's output on `inputs`."""
     stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -74,7 +75,8 @@ def _kept_channels(conv: nn.Module, original: nn.Module | None) -> torch.Tensor 
     """For each output channel of `conv`, its index in `original`, matched by bias value."""
     if original is None or conv.bias is None or getattr(original, "bias", None) is None:
         return None
-    same = conv.bias.detach()[:, None] == original.bias.detach()[None, :]
+    kept, full = cast(torch.Tensor, conv.bias), cast(torch.Tensor, original.bias)
+    same = kept.detach()[:, None] == full.detach()[None, :]
     if not bool((same.sum(dim=1) == 1).all()):
         return None  # missing or ambiguous (repeated bias values): no reliable match
     return same.float().argmax(dim=1)
@@ -141,7 +143,7 @@ def _measure_running_stats(
     module: nn.Module, names: list[str], inputs: tuple[torch.Tensor, ...]
 ) -> None:
     """Running statistics as the new norms see them, each after the norms upstream of it."""
-    norms = [module.get_submodule(name).norm for name in names]
+    norms = [cast(ConvNorm, module.get_submodule(name)).norm for name in names]
     was_training = module.training
     module.eval()
     for norm in norms:
@@ -165,11 +167,13 @@ def fold_batchnorm(module: nn.Module, names: list[str]) -> None:
         if not isinstance(wrapped, ConvNorm):
             continue
         conv, norm = wrapped.conv, wrapped.norm
-        scale = norm.weight / (norm.running_var + norm.eps).sqrt()
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
+        # A ConvNorm's norm always tracks running statistics (it is built that way).
+        mean, var = cast(torch.Tensor, norm.running_mean), cast(torch.Tensor, norm.running_var)
+        scale = norm.weight / (var + norm.eps).sqrt()
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(mean)
         shape = (-1,) + (1,) * (conv.weight.dim() - 1)
         conv.weight.mul_(scale.view(shape))
-        new_bias = (bias - norm.running_mean) * scale + norm.bias
+        new_bias = (bias - mean) * scale + norm.bias
         if conv.bias is None:
             conv.bias = nn.Parameter(new_bias.detach().clone())
         else:

@@ -49,6 +49,7 @@ def _matmul_macs(args: tuple, kwargs: dict, out: Any) -> int:
 def _addmm_macs(args: tuple, kwargs: dict, out: Any) -> int:
     # addmm(input, mat1, mat2) / baddbmm(input, batch1, batch2): the product is what costs.
     left = args[1] if len(args) > 1 else kwargs.get("mat1", kwargs.get("batch1"))
+    assert left is not None, "addmm/baddbmm without its first factor"
     return out.numel() * left.shape[-1]
 
 

@@ -25,7 +25,10 @@ def run_migrations() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    engine = create_engine(context.config.get_main_option("sqlalchemy.url"))
+    url = context.config.get_main_option("sqlalchemy.url")
+    if url is None:
+        raise RuntimeError("migrations need a connection or sqlalchemy.url")
+    engine = create_engine(url)
     with engine.connect() as connection:
         _configure(connection)
         with context.begin_transaction():
