@@ -5,6 +5,7 @@ onnxruntime cannot quantize, and the default spec leaving the pipeline as it was
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -17,7 +18,7 @@ from torch import nn
 from contract import JobSpec, QuantizeSpec, Report
 from contract.stages import STAGES
 from tests.engine.tiny_nets import TinyResNet, seeded
-from worker.engine import quantize
+from worker.engine import pipeline, quantize
 from worker.engine.errors import QuantizationFailed
 from worker.engine.pipeline import run_pipeline
 
@@ -124,8 +125,22 @@ def test_data_free_int8_end_to_end(tiny_onnx: Path, tmp_path: Path) -> None:
     assert set(q.agreement) == {"pruned_fp32", "int8"} and not q.accuracy
     assert any("not measured on real data" in n for n in report.notes)
     assert "quantizing" in report.timings_s
+    assert "achieved_latency_reduction_int8" in report.target
     again = Report.model_validate(json.loads(result.artifacts["report.json"].read_text()))
     assert again == report
+
+    # A latency target is judged on the INT8 model's time, not the pruned float one's.
+    latency = _spec(prune={"target": {"latency_reduction": 0.5}})
+    tables = {k: q.latency_ms[k] for k in ("original", "int8")}
+    cpu = tables["original"]["CPUExecutionProvider"]["1"]
+    for int8_ms, missed in ((0.5 * cpu.p50, False), (0.9 * cpu.p50, True)):
+        timed = cpu.model_copy(update={"p50": int8_ms, "p90": int8_ms})
+        tables["int8"] = {"CPUExecutionProvider": {"1": timed}}
+        judged = pipeline._latency_of_int8(report, latency, tables)
+        codes = [w.code for w in judged.warnings]
+        assert ("latency_target_missed" in codes) is missed
+        reached = judged.target["achieved_latency_reduction_int8"]
+        assert reached == pytest.approx(1.0 - int8_ms / cpu.p50)
 
 
 def test_with_a_dataset_accuracy_is_measured_on_the_int8_file(
@@ -415,3 +430,48 @@ def test_a_probe_onnxruntime_cannot_quantize_is_measured_in_float(
     assert any("could not quantize probe 1" in n and "FancyConv" in n for n in report.notes)
     assert not any("measured as INT8" in n for n in report.notes)
     assert all(p.agreement is not None for p in report.history)
+
+
+def test_pruning_aims_at_the_float_latency_int8_turns_into_the_goal() -> None:
+    # INT8 at half the float time: 80% less time needs the float model at 40% of it.
+    assert pipeline.pruning_goal(0.2, 0.5) == pytest.approx(0.4)
+    # INT8 alone (or within the search's slack) reaches the goal: nothing to aim at.
+    assert pipeline.pruning_goal(0.5, 0.5) is None
+    assert pipeline.pruning_goal(0.49, 0.5) is None
+    assert pipeline.pruning_goal(0.47, 0.5) == pytest.approx(0.94)
+    # INT8 slower than float (a CPU without fast int8 kernels): pruning must do more.
+    assert pipeline.pruning_goal(0.5, 1.25) == pytest.approx(0.4)
+
+
+def _aim(monkeypatch: pytest.MonkeyPatch, speed: object) -> tuple[JobSpec, SimpleNamespace]:
+    """`_aim_before_int8` for a 60%-less-time target with INT8 measured at `speed`."""
+
+    def measured(*args: object) -> float:
+        if isinstance(speed, Exception):
+            raise speed
+        return float(speed)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline, "_int8_speed", measured)
+    state = SimpleNamespace(notes=[], target_figures={})
+    spec = _spec(prune={"target": {"latency_reduction": 0.6}})
+    return pipeline._aim_before_int8(state, spec, "cpu", Path()), state  # type: ignore[arg-type]
+
+
+def test_a_latency_target_with_int8_prunes_for_what_int8_leaves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    aimed, state = _aim(monkeypatch, 0.5)
+    assert aimed.prune.target.latency_reduction == pytest.approx(0.2)
+    assert state.target_figures == {
+        "int8_latency_ratio": 0.5,
+        "latency_float_goal_ratio": pytest.approx(0.8),
+    }
+    assert any("pruning aims at 0.80x" in n for n in state.notes)
+
+    aimed, state = _aim(monkeypatch, 0.4)
+    assert aimed.prune.target.latency_reduction == pytest.approx(1.0 - pipeline.INT8_ALONE)
+    assert any("INT8 alone" in n for n in state.notes)
+
+    aimed, state = _aim(monkeypatch, RuntimeError("no int8 kernels"))
+    assert aimed.prune.target.latency_reduction == pytest.approx(0.6)
+    assert any("could not be measured" in n for n in state.notes)

@@ -48,6 +48,7 @@ from worker.engine.loaders import load_model
 from worker.engine.preflight import run_preflight
 from worker.engine.prune import TOLERANCE, PruneResult, prune_model
 from worker.engine.prune_alloc import sensitivity_weights
+from worker.engine.report_warnings import latency_warning
 from worker.engine.types import CancelFn, LoadedModel, Preflight, ProgressFn
 
 # Samples on which the pruned model's agreement with the original is measured.
@@ -57,6 +58,9 @@ PROBE_STEPS = 300
 # Most optimizer steps of the distillation that judges a latency candidate.
 RECOVERY_STEPS = 50
 NOTE_DATA_FREE = "no dataset: pruned data-free; fine-tuning and accuracy were skipped"
+# A latency target INT8 alone brings within this ratio of the float model's time (the
+# latency search's slack) needs no pruning for speed: pruning then aims this far only.
+INT8_ALONE = 0.97
 
 
 @dataclass
@@ -367,13 +371,26 @@ def _scan_once(state: _State, spec: JobSpec, device: str, t: _Tracker) -> None:
     )
 
 
+def _runtime(spec: JobSpec, device: str) -> tuple[str, int]:
+    """The worker's own runtime, for a latency target: its first benchmark provider."""
+    provider = benchmark.resolve_providers(spec.benchmark.providers, device)[0]
+    return provider, benchmark.default_threads()
+
+
+def _timing_feeds(state: _State) -> dict[str, np.ndarray]:
+    """Seeded batch-1 inputs shaped like the model's, that latency candidates are timed on."""
+    shapes = {
+        i.name: s for i, s in zip(state.loaded.inputs, state.loaded.input_shapes, strict=True)
+    }
+    return benchmark.feeds_from_shapes(shapes)(1)
+
+
 def _latency_probe(
     state: _State, spec: JobSpec, device: str, workdir: Path, cache_dir: Path | None
 ) -> LatencyProbe:
     """The worker's own runtime, for a latency target: its first benchmark provider."""
     assert state.teacher is not None
-    provider = benchmark.resolve_providers(spec.benchmark.providers, device)[0]
-    threads = benchmark.default_threads()
+    provider, threads = _runtime(spec, device)
     table = LatencyTable(provider, device=device, threads=threads, cache_dir=cache_dir)
     original = export_onnx(
         copy.deepcopy(state.teacher).cpu().eval(),
@@ -381,10 +398,7 @@ def _latency_probe(
         workdir / "original.onnx",
         spec.export,
     )
-    shapes = {
-        i.name: s for i, s in zip(state.loaded.inputs, state.loaded.input_shapes, strict=True)
-    }
-    feeds = benchmark.feeds_from_shapes(shapes)(1)
+    feeds = _timing_feeds(state)
 
     def measure(candidates: dict[str, nn.Module]) -> dict[str, float]:
         paths = {"original": original}
@@ -402,6 +416,69 @@ def _latency_probe(
         )
 
     return LatencyProbe(table=table, measure=measure, recover=_recovery_judge(state, spec, device))
+
+
+def pruning_goal(goal_ratio: float, int8_ratio: float) -> float | None:
+    """The latency ratio (to the original) the pruned float model must reach for INT8,
+    which runs at `int8_ratio` of a float model's time, to land on `goal_ratio`; None
+    when INT8 alone comes within INT8_ALONE of it."""
+    float_goal = goal_ratio / int8_ratio
+    return None if float_goal >= INT8_ALONE else float_goal
+
+
+def _int8_speed(state: _State, spec: JobSpec, device: str, workdir: Path) -> float:
+    """INT8's time as a fraction of the float model's: the original exported by
+    `_latency_probe`, quantized as the job says, both timed interleaved as latency
+    candidates are (calibration ranges do not change speed: two batches calibrate it)."""
+    calibration, _, _ = quantize.stage_data(state.loaded, state.splits, spec.quantize)
+    scratch = workdir / "int8-speed"
+    scratch.mkdir()
+    original = workdir / "original.onnx"
+    int8 = quantize.quantize_plain(original, scratch, spec.quantize, calibration[:2])
+    provider, threads = _runtime(spec, device)
+    times = benchmark.median_ms(
+        {"float": original, "int8": int8},
+        _timing_feeds(state),
+        provider,
+        device=device,
+        threads=threads,
+        seconds=4.0,
+    )
+    return times["int8"] / times["float"]
+
+
+def _aim_before_int8(state: _State, spec: JobSpec, device: str, workdir: Path) -> JobSpec:
+    """A latency target with INT8 is met by both: pruning aims at the float latency that
+    INT8's own speed-up, measured once on the original, turns into the goal."""
+    if spec.quantize.mode != "int8":
+        return spec
+    goal = 1.0 - spec.prune.target.value
+    try:
+        int8_ratio = _int8_speed(state, spec, device, workdir)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's errors are untyped
+        state.notes.append(
+            f"latency target: INT8's speed-up could not be measured ({type(exc).__name__}: "
+            f"{describe_failure(exc)}); pruning aims at the whole target"
+        )
+        return spec
+    float_goal = pruning_goal(goal, int8_ratio)
+    state.target_figures["int8_latency_ratio"] = int8_ratio
+    if float_goal is None:
+        float_goal = INT8_ALONE
+        state.notes.append(
+            f"latency target: INT8 alone runs at {int8_ratio:.2f}x the float model's time, "
+            f"within reach of the goal ({goal:.2f}x the original's): pruned only to "
+            f"{float_goal:.2f}x"
+        )
+    else:
+        state.notes.append(
+            f"latency target: INT8 runs at {int8_ratio:.2f}x the float model's time "
+            f"(measured on the original), so pruning aims at {float_goal:.2f}x the "
+            f"original's time for the INT8 model to reach {goal:.2f}x"
+        )
+    state.target_figures["latency_float_goal_ratio"] = float_goal
+    prune = _with_target(spec.prune, 1.0 - float_goal)
+    return spec.model_copy(update={"prune": prune})
 
 
 def _recovery_judge(
@@ -654,6 +731,7 @@ def _prune(state: _State, spec: JobSpec, device: str, t: _Tracker, cache_dir: Pa
         if spec.prune.target.kind == "latency_reduction":
             _trace_for_blocks(state, device)
             state.latency = _latency_probe(state, spec, device, Path(workdir), cache_dir)
+            spec = _aim_before_int8(state, spec, device, Path(workdir))
         _scan_once(state, spec, device, t)
         prune = spec.prune
         final_span = (0.0, 1.0)
@@ -867,7 +945,7 @@ def _report(state: _State, spec: JobSpec, paths, tables, env, timings) -> Report
     assert state.pruned is not None and state.fidelity is not None
     pruned = state.pruned
     notes = [*state.notes] + ([NOTE_DATA_FREE] if state.splits is None else [])
-    return report.build_report(
+    built = report.build_report(
         spec=spec,
         original=report.summarize(
             params=pruned.params_before,
@@ -898,6 +976,23 @@ def _report(state: _State, spec: JobSpec, paths, tables, env, timings) -> Report
         data_free=state.splits is None,
         synthetic_agreement=not _agreement_on_data(state),
     )
+    return _latency_of_int8(built, spec, tables)
+
+
+def _latency_of_int8(built: Report, spec: JobSpec, tables) -> Report:
+    """With INT8 timed, model.onnx is the INT8 model: its speed-up is what a latency
+    target is judged on (the report's own warning reads the pruned float model's)."""
+    if "int8" not in tables:
+        return built
+    speedup = report.latency_speedup(tables["original"], tables["int8"])
+    if not speedup:
+        return built
+    target = {**built.target, "achieved_latency_reduction_int8": 1.0 - 1.0 / speedup}
+    if spec.prune.target.kind != "latency_reduction":
+        return built.model_copy(update={"target": target})
+    kept = [w for w in built.warnings if w.code != "latency_target_missed"]
+    warnings = [*kept, *latency_warning(spec, speedup)]
+    return built.model_copy(update={"target": target, "warnings": warnings})
 
 
 def _check_device(device: str) -> None:
