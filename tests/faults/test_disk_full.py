@@ -1,6 +1,7 @@
 """A job whose run cannot write (the disk is full) fails with a clear code, not
 `internal_error`, and leaves no artifacts. The full disk is real for the process: a
-file-size limit makes every write past 256 KiB fail (EFBIG, as ENOSPC would)."""
+file-size limit makes every write past 4 MiB fail (EFBIG, as ENOSPC would); the job
+store's own files (SQLite and its write-ahead log) stay under it."""
 
 import contextlib
 import resource
@@ -12,7 +13,7 @@ from app.db.models import Artifact, Job
 from tests.faults.runner_ctx import runner_context
 from worker.runner import run_job
 
-LIMIT = 256 << 10
+LIMIT = 4 << 20
 
 
 @contextlib.contextmanager
@@ -26,9 +27,9 @@ def small_disk() -> Iterator[None]:
 
 
 def export_a_big_model(model_path: Path, spec: Any, out_dir: Path, **_: Any) -> Any:
-    """Stands in for the engine's export step: writes a 1 MiB model file."""
+    """Stands in for the engine's export step: writes an 8 MiB model file."""
     with (out_dir / "model.onnx").open("wb") as fh:
-        for _ in range(16):
+        for _ in range(128):
             fh.write(bytes(64 << 10))
     raise AssertionError("the write above must fail")
 
