@@ -371,7 +371,7 @@ def test_with_a_budget_int8_is_judged_against_the_original(tmp_path: Path) -> No
     # The drop is the whole job's: the original's accuracy to the INT8 file's.
     assert outcome.drop == pytest.approx(outcome.accuracy["original"] - outcome.accuracy["int8"])
     assert outcome.drop <= 0.3
-    assert any("judged against the original model" in n for n in outcome.notes)
+    assert any("one budget for pruning and INT8" in n for n in outcome.notes)
 
 
 def test_a_budget_the_pruned_float_model_already_spent_fails_typed(tmp_path: Path) -> None:
@@ -475,3 +475,21 @@ def test_a_latency_target_with_int8_prunes_for_what_int8_leaves(
     aimed, state = _aim(monkeypatch, RuntimeError("no int8 kernels"))
     assert aimed.prune.target.latency_reduction == pytest.approx(0.6)
     assert any("could not be measured" in n for n in state.notes)
+
+
+def test_one_budget_bounds_the_int8_model_against_the_original(
+    tiny_onnx: Path, tiny_npz: Path, tmp_path: Path
+) -> None:
+    spec = _spec(
+        prune={"target": {"macs_reduction": 0.5}},
+        accuracy_budget={"max_drop": 0.1, "probes": 2},
+        quantize={"mode": "int8", "samples": 32},
+    )
+    result = run_pipeline(tiny_onnx, spec, tmp_path / "out", dataset_path=tiny_npz)
+    q = result.report.quantization
+    assert q is not None and q.applied and q.drop is not None
+    assert q.measured_on == "held-back accuracy, against the original model"
+    # The budget's drop is the INT8 file's from the original, not from the pruned float.
+    assert q.drop == pytest.approx(q.accuracy["original"] - q.accuracy["int8"])
+    assert q.drop <= 0.1
+    assert all(p.accuracy is not None for p in result.report.history)

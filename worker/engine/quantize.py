@@ -333,8 +333,8 @@ def quantize_int8(
     pruned_drop = judge(float_scores)
     if max_drop is not None:
         outcome.notes.append(
-            f"quantization: judged against the original model on {outcome.measured_on} "
-            f"(one budget for pruning and INT8): the pruned float model alone loses "
+            f"quantization: one budget for pruning and INT8, its drop measured on "
+            f"{outcome.measured_on}: the pruned float model alone loses "
             f"{pruned_drop:.3f} of the {max_drop:g} allowed"
         )
     with tempfile.TemporaryDirectory(prefix="quantize-") as tmp:
