@@ -247,18 +247,7 @@ class Outlier(nn.Module):
 
 @pytest.fixture(scope="module")
 def outlier_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("outlier") / "outlier.onnx"
-    torch.onnx.export(
-        Outlier().eval(),
-        (torch.randn(1, 3, 16, 16),),
-        str(path),
-        dynamo=False,
-        input_names=["x"],
-        output_names=["y"],
-        dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
-        opset_version=17,
-    )
-    return path
+    return _export(Outlier(), tmp_path_factory.mktemp("outlier") / "outlier.onnx")
 
 
 def _outlier_run(path: Path, out: Path, fallback: str, max_drop: float | None):
