@@ -1,5 +1,6 @@
 """Request and response bodies of the HTTP API (the OpenAPI schema is built from these)."""
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
@@ -12,7 +13,16 @@ from pydantic import (
     model_validator,
 )
 
-from app.db.models import Artifact, Dataset, Job, Model, ModelAnalysis
+from app.db.models import (
+    JOB_NAME_MAX,
+    JOB_TAG_MAX,
+    JOB_TAGS_MAX,
+    Artifact,
+    Dataset,
+    Job,
+    Model,
+    ModelAnalysis,
+)
 from app.webhooks import check_submitted_url
 from contract import JobSpec, ModelStats, TensorInfo
 from contract.model_info import Prunability
@@ -144,6 +154,49 @@ class DatasetOut(BaseModel):
         )
 
 
+# A tag: letters, digits and `_ . : / = + -`, starting with a letter or digit.
+_TAG = re.compile(r"\w[\w.:/=+-]*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def clean_name(name: str | None) -> str | None:
+    """A job name trimmed; blank becomes null. Refuses control characters."""
+    if name is None:
+        return None
+    name = name.strip()
+    if _CONTROL.search(name):
+        raise ValueError("a job name cannot contain control characters (newlines, tabs)")
+    if len(name) > JOB_NAME_MAX:
+        raise ValueError(f"a job name has at most {JOB_NAME_MAX} characters, not {len(name)}")
+    return name or None
+
+
+def clean_tags(tags: list[str] | None) -> list[str]:
+    """Tags trimmed, each checked, duplicates dropped (first kept); null becomes none."""
+    out: list[str] = []
+    for raw in tags or []:
+        tag = raw.strip()
+        if not tag:
+            raise ValueError("a tag cannot be empty")
+        if len(tag) > JOB_TAG_MAX:
+            raise ValueError(f"a tag has at most {JOB_TAG_MAX} characters: {tag[:40]!r}")
+        if not _TAG.fullmatch(tag):
+            raise ValueError(f"tag {tag!r}: letters, digits and _ . : / = + - only, starting "
+                             "with a letter or digit")
+        if tag not in out:
+            out.append(tag)
+    if len(out) > JOB_TAGS_MAX:
+        raise ValueError(f"a job has at most {JOB_TAGS_MAX} tags, not {len(out)}")
+    return out
+
+
+_NAME_DOC = (f"A short display name (at most {JOB_NAME_MAX} characters, trimmed; blank means "
+             "none). Not unique; `GET /v1/jobs?q=` finds jobs by part of it.")
+_TAGS_DOC = (f"Labels to group and find jobs by (`GET /v1/jobs?tag=`): at most {JOB_TAGS_MAX}, "
+             f"each 1-{JOB_TAG_MAX} characters of letters, digits and `_ . : / = + -`, "
+             "starting with a letter or digit; trimmed, duplicates dropped, case kept.")
+
+
 class JobCreate(JobSpec):
     """The body of `POST /v1/jobs`: the ids plus every `JobSpec` field (all defaulted).
 
@@ -162,6 +215,19 @@ class JobCreate(JobSpec):
     dataset_id: Id | None = None
     """Training data (`ds_…`, from `POST /v1/datasets`) for fine-tuning, accuracy and
     budgets; null prunes data-free (agreement measured on synthetic inputs)."""
+    name: str | None = Field(default=None, max_length=4 * JOB_NAME_MAX, description=_NAME_DOC)
+    tags: list[str] | None = Field(default=None, max_length=4 * JOB_TAGS_MAX,
+                                   description=_TAGS_DOC + " Null or absent: none.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str | None) -> str | None:
+        return clean_name(name)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, tags: list[str] | None) -> list[str]:
+        return clean_tags(tags)
 
     @field_validator("webhook_url")
     @classmethod
@@ -179,7 +245,59 @@ class JobCreate(JobSpec):
 
     def spec(self) -> JobSpec:
         """The job specification alone, fully defaulted."""
-        return JobSpec.model_validate(self.model_dump(exclude={"model_id", "dataset_id"}))
+        return JobSpec.model_validate(
+            self.model_dump(exclude={"model_id", "dataset_id", "name", "tags"}))
+
+
+class JobUpdate(BaseModel):
+    """The body of `PATCH /v1/jobs/{id}`: the fields to change, the others left as they
+    are (`{"name": null}` removes the name, `{"tags": []}` every tag)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True,
+                              json_schema_extra={"examples": [
+                                  {"name": "resnet18, half the MACs", "tags": ["baseline"]}]})
+
+    name: str | None = Field(default=None, max_length=4 * JOB_NAME_MAX, description=_NAME_DOC)
+    tags: list[str] | None = Field(default=None, max_length=4 * JOB_TAGS_MAX,
+                                   description=_TAGS_DOC + " Null removes every tag.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str | None) -> str | None:
+        return clean_name(name)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, tags: list[str] | None) -> list[str]:
+        return clean_tags(tags)
+
+
+class JobResult(BaseModel):
+    """A succeeded job's headline figures, taken from its report when it succeeded (the
+    report has the rest). A figure the report lacks is null."""
+
+    model_config = _DOCUMENTED
+
+    macs_reduction: float | None = None
+    """Share of the original's MACs removed, a fraction 0-1 (0.75 = three quarters)."""
+    params_reduction: float | None = None
+    """Share of the original's parameters removed, a fraction 0-1."""
+    speedup: float | None = None
+    """Original p50 ÷ pruned p50 latency at batch 1 (the report's
+    `ratios.latency_speedup`); null when batch 1 was not timed."""
+    accuracy_change: float | None = None
+    """Held-back top-1 accuracy of the pruned model minus the original's, a fraction
+    (-0.007 = 0.7 points lost); null without a labeled dataset."""
+    agreement: float | None = None
+    """Top-1 agreement of the pruned model with the original, a fraction 0-1 (the report's
+    `fidelity.top1_agreement`); null when the output is not class scores."""
+    size_bytes: int | None = None
+    """Size of `model.onnx`, bytes: the INT8 model's when `int8`, else the pruned float
+    model's."""
+    int8: bool = False
+    """Whether `model.onnx` is the INT8 model (quantization asked for and applied)."""
+    warnings: int = 0
+    """How many warnings the report carries (see its `warnings`); 0 when none."""
 
 
 class JobErrorOut(BaseModel):
@@ -254,6 +372,14 @@ class JobOut(BaseModel):
     stage_times: dict[str, Any] = Field(default_factory=dict)
     """Stage name -> `{"started_at", "finished_at"}` (ISO 8601, UTC; `finished_at` null
     while the stage runs), for the stages entered so far."""
+    name: str | None = None
+    """The job's display name; null when it has none. Set at submission or by `PATCH`."""
+    tags: list[str] = Field(default_factory=list)
+    """The job's tags, in the order given; empty when none. Set at submission or by
+    `PATCH`."""
+    result: JobResult | None = None
+    """A succeeded job's headline figures from its report; null until it succeeds (and
+    for jobs that finished before the service kept them)."""
 
     @classmethod
     def from_row(cls, row: Job) -> "JobOut":
@@ -267,7 +393,8 @@ class JobOut(BaseModel):
             dataset_id=row.dataset_id, spec=JobSpec.model_validate(row.spec), error=error,
             cancel_requested=bool(row.cancel_requested), created_at=row.created_at,
             started_at=row.started_at, finished_at=row.finished_at,
-            stage_times=row.stage_times or {},
+            stage_times=row.stage_times or {}, name=row.name, tags=row.tags or [],
+            result=JobResult.model_validate(row.result) if row.result else None,
         )
 
 

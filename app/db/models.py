@@ -20,7 +20,14 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, validates
+
+from app.db.summary import summarize_report
+
+# Longest job name and tag, and most tags on one job (the API validates against these).
+JOB_NAME_MAX = 100
+JOB_TAG_MAX = 32
+JOB_TAGS_MAX = 10
 
 
 def utcnow() -> datetime:
@@ -100,6 +107,12 @@ class Job(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     worker: Mapped[str | None] = mapped_column(String(256))  # hostname of the last runner
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The report's headline figures (app.db.summary), kept with the report by `_summarize`:
+    # lists and status reads show them without loading the report.
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    # A display name and labels, set at submission and changed by PATCH; not in the spec.
+    name: Mapped[str | None] = mapped_column(String(JOB_NAME_MAX))
+    tags: Mapped[list[Any] | None] = mapped_column(JSON(none_as_null=True), default=list)
     # stage -> {"started_at": iso, "finished_at": iso | null}, for the dashboard timeline
     stage_times: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -108,6 +121,13 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
+
+    @validates("report")
+    def _summarize(self, _key: str, report: dict[str, Any] | None) -> dict[str, Any] | None:
+        # Wherever the report is written (the worker's success, a test's row), its summary
+        # is written with it, in the same transaction.
+        self.result = summarize_report(report)
+        return report
 
 
 class JobEvent(Base):
