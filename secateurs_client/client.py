@@ -39,6 +39,16 @@ Progress = bool | Callable[[dict[str, Any]], None] | None
 PathLike = str | Path
 
 
+class _Unset:
+    """A keyword left out (as opposed to None, which clears a job's name or tags)."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()
+
+
 @dataclass(frozen=True)
 class PruneResult:
     """What `Client.prune` produced: the finished job, the uploaded model (and dataset),
@@ -115,15 +125,21 @@ class Client:
     # Jobs --------------------------------------------------------------------------------
 
     def submit(self, model_id: str, spec: Mapping[str, Any], *, dataset_id: str | None = None,
-               idempotency_key: str | None = None) -> dict[str, Any]:
+               idempotency_key: str | None = None, name: str | None = None,
+               tags: Sequence[str] | None = None) -> dict[str, Any]:
         """Submit a pruning job; returns the job (`status` "queued").
 
         `spec` is the job's fields as in the API (`prune`, `finetune`, `benchmark`, …; any
-        may be left out). An `Idempotency-Key` is always sent (a random one unless given),
+        may be left out). `name` (a short display name) and `tags` (labels to find it by)
+        are optional. An `Idempotency-Key` is always sent (a random one unless given),
         so a retried submit never creates a second job."""
         body = {**spec, "model_id": model_id}
         if dataset_id is not None:
             body["dataset_id"] = dataset_id
+        if name is not None:
+            body["name"] = name
+        if tags:
+            body["tags"] = list(tags)
         headers = {"Idempotency-Key": idempotency_key or f"sc-{uuid.uuid4().hex}"}
         return self._json("POST", "/v1/jobs", json=body, headers=headers)
 
@@ -140,11 +156,27 @@ class Client:
         (`job_not_finished`) while it is queued or running."""
         self._http.request("DELETE", f"/v1/jobs/{_q(job_id)}")
 
+    def update_job(self, job_id: str, *, name: str | None = UNSET,
+                   tags: Sequence[str] | None = UNSET) -> dict[str, Any]:
+        """Rename or retag a job, in any status; returns the job. Only what is given
+        changes: `name=None` removes the name, `tags=[]` (or None) every tag."""
+        body: dict[str, Any] = {}
+        if name is not UNSET:
+            body["name"] = name
+        if tags is not UNSET:
+            body["tags"] = None if tags is None else list(tags)
+        return self._json("PATCH", f"/v1/jobs/{_q(job_id)}", json=body)
+
     def jobs(self, *, status: str | None = None, model_id: str | None = None,
-             dataset_id: str | None = None) -> Iterator[dict[str, Any]]:
-        """Every job of this key's tenant, newest first, fetched a page at a time."""
+             dataset_id: str | None = None, tag: str | None = None, q: str | None = None,
+             sort: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every job of this key's tenant, fetched a page at a time: newest first, or in
+        the `sort` order (`"-speedup"`, `"finished_at"`, `"name"`, … as the API lists);
+        `tag` and `q` (part of the name) narrow it like `status`, `model_id` and
+        `dataset_id`. Each job's `result` has its headline figures once it succeeded."""
         params = {k: v for k, v in
-                  {"status": status, "model_id": model_id, "dataset_id": dataset_id}.items()
+                  {"status": status, "model_id": model_id, "dataset_id": dataset_id,
+                   "tag": tag, "q": q, "sort": sort}.items()
                   if v is not None}
         cursor: str | None = None
         while True:
@@ -295,15 +327,17 @@ class Client:
     def prune(self, model_path: PathLike, spec: Mapping[str, Any] | None = None, *,
               dataset_path: PathLike | None = None, dest_dir: PathLike | None = None,
               arch: str | None = None, input_shape: str | Sequence[int] | None = None,
-              timeout: float | None = None, progress: Progress = None) -> PruneResult:
-        """Upload the model (and dataset), submit the job, wait for it, and download every
-        artifact into `dest_dir` (default: a directory named after the job id).
+              timeout: float | None = None, progress: Progress = None,
+              name: str | None = None, tags: Sequence[str] | None = None) -> PruneResult:
+        """Upload the model (and dataset), submit the job (with its `name` and `tags`, if
+        given), wait for it, and download every artifact into `dest_dir` (default: a
+        directory named after the job id).
 
         Raises `JobFailed` when the job fails; the uploads stay on the service."""
         model = self.upload_model(model_path, arch=arch, input_shape=input_shape)
         dataset = self.upload_dataset(dataset_path) if dataset_path is not None else None
         job = self.submit(model["id"], spec or {},
-                          dataset_id=dataset["id"] if dataset else None)
+                          dataset_id=dataset["id"] if dataset else None, name=name, tags=tags)
         job = self.wait(job["id"], timeout=timeout, progress=progress)
         out = Path(dest_dir) if dest_dir is not None else Path(job["id"])
         out.mkdir(parents=True, exist_ok=True)

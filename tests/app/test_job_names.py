@@ -8,17 +8,19 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import sessionmaker
 
+import secateurs_client as sc
 from app.api.routes.jobs import SORT_KEYS, JobFilters, _read_page
 from app.db import jobstate
 from app.db.migrations import upgrade
 from app.db.models import Job, Model, utcnow
 from app.db.summary import summarize_report
 from contract import JobSpec
-from tests.app.helpers import AUTH_A, AUTH_B, assert_problem, upload_model
+from tests.app.helpers import AUTH_A, AUTH_B, KEY_A, assert_problem, upload_model
 from tests.conftest import PG_HOST, PG_PORT, PG_USER
 
 REPORT: dict[str, Any] = {
@@ -195,6 +197,35 @@ def test_the_list_filters_by_tag_and_name(client, app, model_id):
     assert ids(client.get("/v1/jobs?tag=r50", headers=AUTH_B)) == [bobs]
     assert_problem(client.get(f"/v1/jobs?tag={'t' * 33}", headers=AUTH_A), 422,
                    "validation_error")
+
+
+class ThroughApp(httpx.BaseTransport):
+    """The Python client's requests, answered by the app through its test client."""
+
+    def __init__(self, test_client: Any) -> None:
+        self.test_client = test_client
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        answer = self.test_client.request(request.method, str(request.url),
+                                          headers=dict(request.headers), content=request.read())
+        return httpx.Response(answer.status_code, headers=answer.headers,
+                              content=answer.content)
+
+
+def test_the_python_client_names_tags_sorts_and_reads_results(client, app, model_id):
+    with sc.Client("http://testserver", KEY_A, transport=ThroughApp(client)) as c:
+        first = c.submit(model_id, {}, name="first", tags=["client"])
+        second = c.submit(model_id, {}, tags=["client", "other"])
+        assert (first["name"], first["tags"]) == ("first", ["client"])
+        assert c.update_job(second["id"], name="second")["tags"] == ["client", "other"]
+        succeed(app, first["id"], report(2.0))
+        succeed(app, second["id"], report(3.0))
+        listed = list(c.jobs(tag="client", sort="-speedup"))
+        assert [j["name"] for j in listed] == ["second", "first"]
+        assert [j["result"]["speedup"] for j in listed] == [3.0, 2.0]
+        assert [j["id"] for j in c.jobs(q="firs")] == [first["id"]]
+        with pytest.raises(sc.ValidationError):
+            list(c.jobs(sort="colour"))
 
 
 # Sorting ------------------------------------------------------------------------------------
