@@ -171,7 +171,7 @@ def test_the_list_shows_results_sorts_and_compares(page: Any, screenshots: Path)
                            ("size", ["job_small", "job_fast", "job_exact"])]:
         page.select_option("#sort-jobs", sort)
         page.wait_for_url(f"**#/jobs?sort={sort}")
-        page.locator("p.help", has_text="Sorted within this page").wait_for()
+        page.locator(f"p.help[data-sort={sort}]").wait_for()  # sorted by the server
         assert page.locator("tr[data-job]").evaluate_all(order) == expected, sort
     shot(page, screenshots, "jobs-results-desktop-light")
 

@@ -22,6 +22,25 @@ export function resultSummary(report) {
   };
 }
 
+/**
+ * The same summary from a job's `result` (the API keeps it beside the report, so the job
+ * list needs no report); null when the job has none (not succeeded, or finished before
+ * the service kept results).
+ */
+export function jobResultSummary(job) {
+  const r = job?.result;
+  if (!r || typeof r !== 'object') return null;
+  const num = (x) => (typeof x === 'number' ? x : null);
+  return {
+    macsCut: num(r.macs_reduction),
+    speedup: num(r.speedup),
+    accuracyChange: num(r.accuracy_change),
+    agreement: num(r.agreement),
+    finalBytes: num(r.size_bytes),
+    int8: Boolean(r.int8),
+  };
+}
+
 /** The report's warnings ({code, message}), or none when it has no such field. */
 export function warningsOf(report) {
   return Array.isArray(report?.warnings) ? report.warnings.filter((w) => w && typeof w === 'object') : [];

@@ -79,3 +79,16 @@ export function idWithCopy(id, href, what = 'id') {
 export function problemPanel(title, err) {
   return errorPanel(title, { message: err.detail || err.message, code: err.code });
 }
+
+/** A job's tags, each a link to the list of the jobs with that tag; null when none. */
+export function tagLinks(tags) {
+  if (!Array.isArray(tags) || !tags.length) return null;
+  return h('span', { class: 'job-tags' }, tags.map((t) => h('a', {
+    class: 'job-tag', href: `#/jobs?${new URLSearchParams({ tag: t })}`, title: `Jobs tagged ${t}`,
+  }, t)));
+}
+
+/** Tags typed as a comma- or space-separated list. */
+export function parseTags(text) {
+  return String(text || '').split(/[\s,]+/).map((t) => t.trim()).filter(Boolean);
+}

@@ -57,6 +57,7 @@ async function loadEntry(id, signal) {
 function jobHeaders(entries) {
   return h('thead', null, h('tr', null, h('th', { scope: 'col' }, ''),
     entries.map(({ job }) => h('th', { scope: 'col' },
+      job.name ? h('span', { class: 'job-name', title: job.name }, job.name) : null,
       h('a', { href: `#/jobs/${encodeURIComponent(job.id)}`, class: 'job-id', title: job.id }, job.id)))));
 }
 

@@ -1,11 +1,13 @@
-// One job: spec, stage timeline, live progress while it runs (SSE), cancel, the error
+// One job: its name and tags (editable), spec, stage timeline, live progress while it runs (SSE), cancel, the error
 // when it failed, and the report with charts and downloads when it succeeded.
 
 import { api, modelInfo } from '../api.js';
 import { append, h, replace } from '../dom.js';
 import { date, duration, plural, stageName, target } from '../format.js';
 import { followJob } from '../sse.js';
-import { errorPanel, progressBar, setProgress, statusBadge, TERMINAL } from './common.js';
+import {
+  errorPanel, parseTags, problemPanel, progressBar, setProgress, statusBadge, tagLinks, TERMINAL,
+} from './common.js';
 import { renderReport } from './report.js';
 
 // The order of contract.stages.STAGES.
@@ -55,6 +57,8 @@ class JobPage {
     this.messageEl = h('p', { class: 'message', role: 'status' });
     this.resultEl = h('div', { class: 'result' });
     this.cancelEl = this.cancelButton();
+    this.titleEl = h('div', { id: 'job-title' });
+    this.editEl = h('div', { id: 'job-edit-box' });
   }
 
   render() {
@@ -65,12 +69,15 @@ class JobPage {
       h('p', { class: 'crumbs' }, h('a', { href: '#/jobs' }, '← All jobs')),
       h('div', { class: 'page-head' },
         h('div', null,
-          h('h1', null, 'Job ', h('code', null, job.id)),
+          this.titleEl,
           h('p', { class: 'muted' }, 'Model ', modelEl, ' · target ', target(job.spec))),
         h('div', { class: 'actions' },
+          h('button', { type: 'button', id: 'edit-job', onclick: () => this.edit(),
+            title: 'Change the job\'s name and tags' }, 'Name & tags'),
           h('a', { class: 'button', id: 'clone-job', href: `#/submit?from=${encodeURIComponent(job.id)}`,
             title: 'A new job form filled with this job\'s model, data and settings' }, 'Clone & re-run'),
           this.cancelEl)),
+      this.editEl,
       h('section', { class: 'panel live', 'aria-labelledby': 'live-h' },
         h('h2', { id: 'live-h', class: 'sr-only' }, 'Progress'),
         h('div', { class: 'live-row' },
@@ -82,7 +89,55 @@ class JobPage {
         this.timelineEl),
       this.resultEl,
       specPanel(job));
+    this.showTitle();
     this.update(job);
+  }
+
+  /** The name as the heading (the id under it), else the id; the tags below. */
+  showTitle() {
+    const { job } = this;
+    document.title = `Secateurs · ${job.name || job.id}`;
+    replace(this.titleEl,
+      job.name ? h('h1', { id: 'job-name' }, job.name) : h('h1', null, 'Job ', h('code', null, job.id)),
+      job.name ? h('p', { class: 'muted job-id-line' }, 'Job ', h('code', null, job.id)) : null,
+      tagLinks(job.tags));
+  }
+
+  /** A small form that renames and retags the job (PATCH), in any status. */
+  edit() {
+    if (this.editEl.firstChild) { replace(this.editEl); return; }
+    const name = h('input', { id: 'edit-name', name: 'name', type: 'text', maxlength: 100,
+      value: this.job.name || '', autocomplete: 'off', placeholder: 'resnet18, half the MACs' });
+    const tags = h('input', { id: 'edit-tags', name: 'tags', type: 'text', autocomplete: 'off',
+      value: (this.job.tags || []).join(', '), placeholder: 'baseline, resnet' });
+    const error = h('div', { role: 'alert' });
+    const save = h('button', { type: 'submit', class: 'primary', id: 'edit-save' }, 'Save');
+    const form = h('form', { class: 'panel', id: 'job-edit', novalidate: true },
+      h('div', { class: 'grid' },
+        h('div', { class: 'field' }, h('label', { for: 'edit-name' }, 'Name'), name,
+          h('p', { class: 'help' }, 'Up to 100 characters; empty for none.')),
+        h('div', { class: 'field' }, h('label', { for: 'edit-tags' }, 'Tags'), tags,
+          h('p', { class: 'help' }, 'Comma-separated, up to 10; letters, digits and _ . : / = + -'))),
+      error,
+      h('div', { class: 'actions' }, save,
+        h('button', { type: 'button', onclick: () => replace(this.editEl) }, 'Cancel')));
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      save.disabled = true;
+      replace(error);
+      try {
+        const job = await api(`/jobs/${encodeURIComponent(this.job.id)}`, {
+          method: 'PATCH', json: { name: name.value.trim() || null, tags: parseTags(tags.value) } });
+        Object.assign(this.job, { name: job.name, tags: job.tags });
+        this.showTitle();
+        replace(this.editEl);
+      } catch (err) {
+        replace(error, problemPanel('The change was refused', err));
+        save.disabled = false;
+      }
+    });
+    replace(this.editEl, form);
+    name.focus();
   }
 
   /** Reflect the job's status, stage and progress; called on every event. */

@@ -1,38 +1,45 @@
-// The jobs list: newest first, filter by status, sort, cursor paging, live progress of the
-// jobs still running (SSE for a few, polling for the rest: browsers allow only six
-// connections per host and each stream holds one), the result of each succeeded job
-// (read from its report once the row scrolls into view) and a selection to compare.
+// The jobs list: newest first, filter by status, tag and name, sorted by the server over
+// every job, cursor paging, live progress of the jobs still running (SSE for a few,
+// polling for the rest: browsers allow only six connections per host and each stream
+// holds one), the result of each succeeded job (the job's own `result`; read from its
+// report, once the row scrolls into view, only for jobs that finished without one) and a
+// selection to compare.
 
 import { api, jobReport, modelInfo } from '../api.js';
 import { h, replace } from '../dom.js';
 import { bytes, date, pct, points, ratio, stageName, target } from '../format.js';
 import { followJob } from '../sse.js';
-import { resultSummary } from '../summary.js';
+import { jobResultSummary, resultSummary } from '../summary.js';
 import {
-  copyButton, errorPanel, progressBar, setProgress, STATUSES, statusBadge, TERMINAL,
+  copyButton, errorPanel, progressBar, setProgress, STATUSES, statusBadge, tagLinks, TERMINAL,
 } from './common.js';
 
 const PAGE = 20;
 const MAX_STREAMS = 3;
 const POLL_MS = 3000;
 
-// Sort keys: the job field or result number, and whether larger comes first.
+// The orders offered, each the API's `sort` key (the server sorts every job, not a page).
 const SORTS = {
-  newest: { label: 'Newest first', value: (r) => r.job.created_at || '', desc: true },
-  oldest: { label: 'Oldest first', value: (r) => r.job.created_at || '', desc: false },
-  macs: { label: 'Largest MACs cut', value: (r) => r.summary?.macsCut, desc: true },
-  speedup: { label: 'Fastest speed-up', value: (r) => r.summary?.speedup, desc: true },
-  accuracy: { label: 'Smallest accuracy loss', value: (r) => r.summary?.accuracyChange ?? agreementAsChange(r.summary), desc: true },
-  size: { label: 'Smallest file', value: (r) => r.summary?.finalBytes, desc: false },
+  newest: { label: 'Newest first', api: '-created_at' },
+  oldest: { label: 'Oldest first', api: 'created_at' },
+  finished: { label: 'Recently finished', api: '-finished_at' },
+  name: { label: 'Name', api: 'name' },
+  macs: { label: 'Largest MACs cut', api: '-macs_reduction' },
+  speedup: { label: 'Fastest speed-up', api: '-speedup' },
+  // Agreement (no labels) ranks with accuracy changes: 96% agreement ~ -4 points.
+  accuracy: { label: 'Smallest accuracy loss', api: '-accuracy_change' },
+  size: { label: 'Smallest file', api: 'size_bytes' },
 };
 
 export function renderJobs(root, { signal, params }) {
   const query = new URLSearchParams(params[0] || '');
   const status = STATUSES.includes(query.get('status')) ? query.get('status') : '';
   const sort = SORTS[query.get('sort')] ? query.get('sort') : 'newest';
+  const tag = query.get('tag') || '';
+  const q = query.get('q') || '';
   // The cursors of the pages walked so far, so "Newer" can go back without server help.
   const cursors = (query.get('page') || '').split(',').filter(Boolean).map(decodeURIComponent);
-  const view = { status, sort, cursors };
+  const view = { status, sort, tag, q, cursors };
   document.title = 'Secateurs · jobs';
 
   const filter = h('select', { id: 'status-filter', name: 'status' },
@@ -43,7 +50,18 @@ export function renderJobs(root, { signal, params }) {
   });
   const sorter = h('select', { id: 'sort-jobs', name: 'sort' },
     Object.entries(SORTS).map(([k, s]) => h('option', { value: k, selected: k === sort }, s.label)));
-  sorter.addEventListener('change', () => { window.location.hash = listHash({ ...view, sort: sorter.value }); });
+  // A cursor continues the order it came from: a new order starts at the first page.
+  sorter.addEventListener('change', () => { window.location.hash = listHash({ ...view, sort: sorter.value, cursors: [] }); });
+  const search = h('input', { id: 'name-filter', name: 'q', type: 'search', value: q,
+    placeholder: 'Part of a name', autocomplete: 'off', maxlength: 100 });
+  search.addEventListener('change', () => {
+    window.location.hash = listHash({ ...view, q: search.value.trim(), cursors: [] });
+  });
+  const tagBox = h('input', { id: 'tag-filter', name: 'tag', type: 'search', value: tag,
+    placeholder: 'A tag', autocomplete: 'off', maxlength: 32 });
+  tagBox.addEventListener('change', () => {
+    window.location.hash = listHash({ ...view, tag: tagBox.value.trim(), cursors: [] });
+  });
 
   const compare = h('a', { class: 'button', id: 'compare-jobs', href: '#/jobs', 'aria-disabled': 'true' },
     'Compare');
@@ -54,6 +72,8 @@ export function renderJobs(root, { signal, params }) {
       h('div', { class: 'tools' },
         h('label', { for: 'status-filter' }, 'Status'), filter,
         h('label', { for: 'sort-jobs' }, 'Sort'), sorter,
+        h('label', { for: 'name-filter' }, 'Name'), search,
+        h('label', { for: 'tag-filter' }, 'Tag'), tagBox,
         h('button', { type: 'button', id: 'refresh-jobs',
           onclick: () => window.dispatchEvent(new HashChangeEvent('hashchange')) }, 'Refresh'),
         compare,
@@ -62,18 +82,15 @@ export function renderJobs(root, { signal, params }) {
   load(body, view, compare, signal);
 }
 
-function listHash({ status, sort, cursors }) {
-  const q = new URLSearchParams();
-  if (status) q.set('status', status);
-  if (sort && sort !== 'newest') q.set('sort', sort);
-  if (cursors.length) q.set('page', cursors.map(encodeURIComponent).join(','));
-  const qs = q.toString();
+function listHash({ status = '', sort = 'newest', tag = '', q = '', cursors = [] } = {}) {
+  const query = new URLSearchParams();
+  if (status) query.set('status', status);
+  if (tag) query.set('tag', tag);
+  if (q) query.set('q', q);
+  if (sort && sort !== 'newest') query.set('sort', sort);
+  if (cursors.length) query.set('page', cursors.map(encodeURIComponent).join(','));
+  const qs = query.toString();
   return qs ? `#/jobs?${qs}` : '#/jobs';
-}
-
-// Agreement (no labels) ranks after any measured accuracy change: 96% agreement ~ -4 points.
-function agreementAsChange(summary) {
-  return typeof summary?.agreement === 'number' ? summary.agreement - 1 : null;
 }
 
 // Jobs ticked for comparison; kept while paging, so jobs of different pages can be compared.
@@ -81,8 +98,12 @@ const selected = new Set();
 const MAX_COMPARE = 6;
 
 async function load(body, view, compare, signal) {
+  const sort = SORTS[view.sort];
   const q = new URLSearchParams({ limit: String(PAGE) });
   if (view.status) q.set('status', view.status);
+  if (view.tag) q.set('tag', view.tag);
+  if (view.q) q.set('q', view.q);
+  if (view.sort !== 'newest') q.set('sort', sort.api);
   if (view.cursors.length) q.set('cursor', view.cursors[view.cursors.length - 1]);
   let page;
   try {
@@ -94,20 +115,17 @@ async function load(body, view, compare, signal) {
   if (signal.aborted) return;
   if (!page.items.length) {
     body.setAttribute('aria-busy', 'false');
+    const narrowed = view.tag || view.q;
+    const what = [view.tag && `tagged ${view.tag}`, view.q && `named like “${view.q}”`].filter(Boolean).join(' and ');
     replace(body, h('div', { class: 'panel empty' },
-      h('p', null, view.status ? `No ${view.status} jobs.` : 'No jobs yet.'),
-      h('p', null, h('a', { href: '#/submit' }, 'Prune a model'), ' to start one.')));
+      h('p', null, narrowed ? `No ${view.status ? `${view.status} ` : ''}jobs ${what}.`
+        : view.status ? `No ${view.status} jobs.` : 'No jobs yet.'),
+      narrowed ? h('p', null, h('a', { href: listHash({ status: view.status, sort: view.sort }) }, 'Show every job'))
+        : h('p', null, h('a', { href: '#/submit' }, 'Prune a model'), ' to start one.')));
     return;
   }
   const syncCompare = () => updateCompare(compare);
   const rows = page.items.map((job) => jobRow(job, syncCompare));
-  const sort = SORTS[view.sort];
-  // Sorting by a result needs every result of the page first; the default order does not.
-  if (view.sort !== 'newest' && view.sort !== 'oldest') {
-    await Promise.all(rows.map((r) => r.loadResult(signal)));
-    if (signal.aborted) return;
-  }
-  sortRows(rows, sort);
   body.setAttribute('aria-busy', 'false');
   replace(body,
     h('div', { class: 'table-wrap' },
@@ -118,7 +136,8 @@ async function load(body, view, compare, signal) {
           ['Job', 'Model', 'Status', 'Target', 'MACs cut', 'Speed-up', 'Accuracy', 'Size', 'Created']
             .map((c) => h('th', { scope: 'col' }, c)))),
         h('tbody', null, rows.map((r) => r.tr)))),
-    view.sort === 'newest' ? null : h('p', { class: 'help' }, `Sorted within this page of ${PAGE}.`),
+    view.sort === 'newest' ? null : h('p', { class: 'help', 'data-sort': view.sort },
+      `${sort.label}, across all pages; jobs without the value come last.`),
     pagerOf(view, page.next_cursor));
   syncCompare();
   showResultsInView(rows, signal);
@@ -133,17 +152,6 @@ function pagerOf(view, nextCursor) {
     nextCursor ? h('a', { class: 'button', href: listHash({ ...view, cursors: [...cursors, nextCursor] }) }, 'Older →') : null);
 }
 
-// Missing values (no report yet, no benchmark) go last whatever the direction.
-function sortRows(rows, { value, desc }) {
-  rows.sort((a, b) => {
-    const [x, y] = [value(a), value(b)];
-    const [mx, my] = [x === null || x === undefined, y === null || y === undefined];
-    if (mx || my) return mx - my;
-    if (x === y) return 0;
-    return (x < y ? -1 : 1) * (desc ? -1 : 1);
-  });
-}
-
 function updateCompare(link) {
   const ids = [...selected];
   const ready = ids.length >= 2;
@@ -155,7 +163,8 @@ function updateCompare(link) {
   link.title = ready ? '' : 'Tick two or more jobs to compare them';
 }
 
-// Reports are fetched for the succeeded rows that scroll into view, not the whole page.
+// Succeeded jobs without a `result` (finished before the service kept one): their reports
+// are fetched as their rows scroll into view, not for the whole page.
 function showResultsInView(rows, signal) {
   const byRow = new Map(rows.map((r) => [r.tr, r]));
   const seen = new IntersectionObserver((entries) => {
@@ -165,7 +174,7 @@ function showResultsInView(rows, signal) {
       byRow.get(e.target).loadResult(signal);
     }
   }, { rootMargin: '200px' });
-  for (const r of rows) if (r.job.status === 'succeeded') seen.observe(r.tr);
+  for (const r of rows) if (r.job.status === 'succeeded' && !r.summary) seen.observe(r.tr);
   signal.addEventListener('abort', () => seen.disconnect(), { once: true });
 }
 
@@ -191,10 +200,12 @@ function jobRow(job, onSelect) {
   const row = { status: job.status, stage: job.stage };
   const tr = h('tr', { 'data-job': job.id, 'data-status': job.status },
     h('td', { class: 'pick-cell', 'data-label': 'Compare' }, selectBox(job, onSelect)),
-    h('th', { scope: 'row', 'data-label': 'Job' },
+    h('th', { scope: 'row', 'data-label': 'Job' }, h('span', { class: 'job-cell' },
+      job.name ? h('a', { class: 'job-name', href: `#/jobs/${encodeURIComponent(job.id)}`, title: job.name }, job.name) : null,
       h('span', { class: 'id-copy' },
         h('a', { href: `#/jobs/${encodeURIComponent(job.id)}`, class: 'job-id', title: job.id }, job.id),
-        copyButton(job.id, 'job id'))),
+        copyButton(job.id, 'job id')),
+      tagLinks(job.tags))),
     model, status,
     h('td', { 'data-label': 'Target' }, target(job.spec)),
     result.cells,
@@ -206,7 +217,8 @@ function jobRow(job, onSelect) {
     replace(status, h('span', { class: 'status-cell' }, statusBadge(row.status), stageNote(row), bar));
   };
   showStatus();
-  const out = { job, tr, summary: null };
+  const out = { job, tr, summary: jobResultSummary(job) };
+  if (out.summary) result.show(out.summary);
   out.loadResult = async (signal) => {
     if (row.status !== 'succeeded' || out.summary) return;
     try {
@@ -219,9 +231,16 @@ function jobRow(job, onSelect) {
   out.update = (data) => {
     if (data.status) row.status = data.status;
     if ('stage' in data) row.stage = data.stage;
-    if (data.status && data.status !== tr.dataset.status) {
-      tr.dataset.status = data.status;
-      if (data.status === 'succeeded') out.loadResult();
+    if (data.status && data.status !== tr.dataset.status) tr.dataset.status = data.status;
+    // A whole job (a refresh, not a stream event) carries its result once it succeeded.
+    if ('result' in data && !out.summary) {
+      const summary = jobResultSummary(data);
+      if (summary) {
+        out.summary = summary;
+        result.show(summary);
+      } else if (row.status === 'succeeded') {
+        out.loadResult();
+      }
     }
     showStatus();
     if (typeof data.progress === 'number') setProgress(bar, data.progress);
@@ -237,7 +256,7 @@ function stageNote({ status, stage }) {
   return h('span', { class: 'stage-note' }, text);
 }
 
-// The four result columns: filled in from the report, blank until then.
+// The four result columns: filled in from the job's result, blank until then.
 function resultCells() {
   const td = (label) => h('td', { 'data-label': label, class: 'num' }, '');
   const cells = { macs: td('MACs cut'), speed: td('Speed-up'), acc: td('Accuracy'), size: td('Size') };

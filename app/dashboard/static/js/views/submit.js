@@ -1,12 +1,12 @@
 // Submit a job: upload a model (and optionally a dataset), choose how to prune, start it,
 // and land on the new job's page. Every field of the job spec is here with its default
 // and a line of help; "clone & re-run" (#/submit?from=<job id>) fills the form from an
-// earlier job, and a model's page links here with ?model=<id>.
+// earlier job (its name and tags too), and a model's page links here with ?model=<id>.
 
 import { api, upload as uploadForm } from '../api.js';
 import { h, replace } from '../dom.js';
 import { bytes, compact } from '../format.js';
-import { progressBar, setProgress } from './common.js';
+import { parseTags, progressBar, setProgress } from './common.js';
 
 const METHODS = {
   l2: 'Filter L2 norm: removes the channels with the smallest weights. A good default.',
@@ -130,6 +130,9 @@ function inputs() {
     batchSizes: text('batch-sizes', '1', INTS),
     warmup: num('warmup', 10, { min: 0, max: 1000, step: 1 }),
     iterations: num('iterations', 50, { min: 1, max: 10000, step: 1 }),
+    jobName: h('input', { id: 'job-name-input', name: 'name', type: 'text', maxlength: 100,
+      placeholder: 'resnet18, half the MACs', autocomplete: 'off' }),
+    tags: text('job-tags-input', 'baseline, resnet'),
     webhook: h('input', { id: 'webhook', name: 'webhook', type: 'url', placeholder: 'https://example.com/hooks/secateurs', autocomplete: 'off' }),
   };
 }
@@ -151,7 +154,7 @@ export function renderSubmit(root, { signal, params = [] }) {
   const form = h('form', { id: 'submit-form', class: 'submit', novalidate: true },
     h('h1', null, 'New pruning job'),
     cloneNote,
-    modelSection(el), dataSection(el), pruningSection(el, helps), recoverySection(el),
+    nameSection(el), modelSection(el), dataSection(el), pruningSection(el, helps), recoverySection(el),
     quantizeSection(el), benchmarkSection(el), notifySection(el),
     errorBox, status, bar,
     h('div', { class: 'actions' }, button, h('a', { class: 'button', href: '#/jobs' }, 'Back to jobs')));
@@ -196,6 +199,13 @@ function dynamicHelps(el) {
   el.method.setAttribute('aria-describedby', 'method-help');
   el.scope.setAttribute('aria-describedby', 'scope-help');
   return helps;
+}
+
+function nameSection(el) {
+  return h('fieldset', { class: 'panel' }, h('legend', null, 'Name and tags (optional)'),
+    h('div', { class: 'grid' },
+      field('job-name-input', 'Name', el.jobName, 'A short name for the job list, up to 100 characters. Default: none.'),
+      field('job-tags-input', 'Tags', el.tags, 'Comma-separated labels to find the job by, up to 10: letters, digits and _ . : / = + -. Default: none.')));
 }
 
 function modelSection(el) {
@@ -413,6 +423,8 @@ async function cloneFrom(id, el, picks, note, signal) {
   const [models, datasets] = await picks;
   if (signal.aborted) return;
   applySpec(el, job.spec || {});
+  el.jobName.value = job.name || '';
+  el.tags.value = (job.tags || []).join(', ');
   const missing = [];
   if (models.some((m) => m.id === job.model_id)) choose(el.modelPick, job.model_id);
   else missing.push('its model was deleted: upload one');
@@ -499,6 +511,10 @@ async function upload(kind, file, extra, { status, bar }, signal) {
 function jobBody(el, model, dataset) {
   const body = { model_id: model.id, ...specOf(el, Boolean(dataset)) };
   if (dataset) body.dataset_id = dataset.id;
+  // Only when given, like webhook_url: an older server refuses unknown fields.
+  if (el.jobName.value.trim()) body.name = el.jobName.value.trim();
+  const tags = parseTags(el.tags.value);
+  if (tags.length) body.tags = tags;
   return body;
 }
 
