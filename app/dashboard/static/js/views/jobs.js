@@ -53,12 +53,12 @@ export function renderJobs(root, { signal, params }) {
   // A cursor continues the order it came from: a new order starts at the first page.
   sorter.addEventListener('change', () => { window.location.hash = listHash({ ...view, sort: sorter.value, cursors: [] }); });
   const search = h('input', { id: 'name-filter', name: 'q', type: 'search', value: q,
-    placeholder: 'Part of a name', autocomplete: 'off', maxlength: 100 });
+    placeholder: 'Name', autocomplete: 'off', maxlength: 100 });
   search.addEventListener('change', () => {
     window.location.hash = listHash({ ...view, q: search.value.trim(), cursors: [] });
   });
   const tagBox = h('input', { id: 'tag-filter', name: 'tag', type: 'search', value: tag,
-    placeholder: 'A tag', autocomplete: 'off', maxlength: 32 });
+    placeholder: 'Tag', autocomplete: 'off', maxlength: 32 });
   tagBox.addEventListener('change', () => {
     window.location.hash = listHash({ ...view, tag: tagBox.value.trim(), cursors: [] });
   });
@@ -72,8 +72,8 @@ export function renderJobs(root, { signal, params }) {
       h('div', { class: 'tools' },
         h('label', { for: 'status-filter' }, 'Status'), filter,
         h('label', { for: 'sort-jobs' }, 'Sort'), sorter,
-        h('label', { for: 'name-filter' }, 'Name'), search,
-        h('label', { for: 'tag-filter' }, 'Tag'), tagBox,
+        h('label', { for: 'name-filter', class: 'sr-only' }, 'Name contains'), search,
+        h('label', { for: 'tag-filter', class: 'sr-only' }, 'Tag'), tagBox,
         h('button', { type: 'button', id: 'refresh-jobs',
           onclick: () => window.dispatchEvent(new HashChangeEvent('hashchange')) }, 'Refresh'),
         compare,
