@@ -117,7 +117,9 @@ export async function jobsUsing(el, field, id, signal) {
   replace(el, h('div', { class: 'table-wrap' }, h('table', { class: 'plain', id: 'jobs-using' },
     h('thead', null, h('tr', null, ['Job', 'Status', 'Target', 'Created'].map((c) => h('th', { scope: 'col' }, c)))),
     h('tbody', null, jobs.map((j) => h('tr', { 'data-job': j.id },
-      h('th', { scope: 'row' }, h('a', { href: `#/jobs/${encodeURIComponent(j.id)}`, class: 'job-id', title: j.id }, j.id)),
+      h('th', { scope: 'row' },
+        j.name ? h('span', { class: 'job-name', title: j.name }, j.name) : null,
+        h('a', { href: `#/jobs/${encodeURIComponent(j.id)}`, class: 'job-id', title: j.id }, j.id)),
       h('td', null, statusBadge(j.status)), h('td', null, target(j.spec)), h('td', null, date(j.created_at))))))),
   found.more ? h('p', { class: 'help' }, 'Only the newest 1,000 of them are listed.') : null);
 }
