@@ -100,19 +100,55 @@ def _export_torchscript(
         for info in [*loaded.inputs, *loaded.outputs]
         if (dims := _dynamic_dims(info, spec))
     }
+    # The TorchScript exporter refuses some legal ONNX names ("387", as older exporters
+    # named values): export under placeholder names, then give the file the upload's.
+    names = {
+        **{f"secateurs_input_{j}": i.name for j, i in enumerate(loaded.inputs)},
+        **{f"secateurs_output_{j}": o.name for j, o in enumerate(loaded.outputs)},
+    }
+    placeholder = {real: safe for safe, real in names.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module,
             inputs,
             str(path),
-            input_names=[i.name for i in loaded.inputs],
-            output_names=[o.name for o in loaded.outputs],
-            dynamic_axes=dynamic_axes or None,
+            input_names=[placeholder[i.name] for i in loaded.inputs],
+            output_names=[placeholder[o.name] for o in loaded.outputs],
+            dynamic_axes={placeholder[k]: v for k, v in dynamic_axes.items()} or None,
             opset_version=spec.opset,
             do_constant_folding=True,
             dynamo=False,
         )
+    import onnx
+
+    model = onnx.load(str(path))
+    _rename_values(model.graph, names)
+    onnx.save(model, str(path))
+
+
+def _rename_values(graph: Any, renames: dict[str, str]) -> None:
+    """Rename values of `graph` (old -> new) everywhere; a value that already holds a new
+    name is moved aside first."""
+    taken = {v.name for v in [*graph.input, *graph.output, *graph.value_info]}
+    taken |= {t.name for t in graph.initializer}
+    taken |= {o for node in graph.node for o in node.output}
+    moves = dict(renames)
+    for new in set(renames.values()) & taken - set(renames):
+        aside = new
+        while aside in taken or aside in renames.values():
+            aside += "_"
+        taken.add(aside)
+        moves[new] = aside
+
+    def renamed(name: str) -> str:
+        return moves.get(name, name)
+
+    for value in [*graph.input, *graph.output, *graph.value_info, *graph.initializer]:
+        value.name = renamed(value.name)
+    for node in graph.node:
+        node.input[:] = [renamed(n) for n in node.input]
+        node.output[:] = [renamed(n) for n in node.output]
 
 
 def _export_dynamo(

@@ -237,7 +237,7 @@ def _load_onnx(path: Path, given: list[tuple[int, ...]] | None) -> LoadedModel:
     example = _example(shapes)
     reference = _onnxruntime_outputs(model, data, inputs, example)
 
-    prepared = _prepare_onnx(model)
+    prepared = _prepare_onnx(model, inputs, example, reference)
     module: Any = _onnx_to_torch(prepared, [o.name for o in outputs], example, reference)
     _name_placeholders(module, [i.name for i in inputs])
     notes = [f"ONNX opset {_opset(model)}, producer {model.producer_name or 'unknown'}"]
@@ -342,9 +342,19 @@ def _onnxruntime_outputs(
         raise UnsupportedModel(f"onnxruntime cannot run the model: {_short(exc)}") from exc
 
 
-def _prepare_onnx(model: Any) -> Any:
+def _prepare_onnx(
+    model: Any,
+    inputs: Sequence[TensorInfo],
+    example: Sequence[torch.Tensor],
+    reference: Sequence[np.ndarray],
+) -> Any:
     """Let onnxslim fold constants, infer shapes and fuse (Conv+BN, Conv+Mul/Add,
-    MatMul+Add -> Gemm).
+    MatMul+Add -> Gemm), where the slimmed graph still computes what the original does.
+
+    onnxslim trusts the shapes a file declares; a file whose declared output shape is
+    wrong (an OCR model that declares `[1, seqlen]` for a `[seqlen, 1, classes]` output)
+    comes back computing something else, so its slimmed graph is run in onnxruntime on
+    the example and dropped when its outputs differ from the original's.
 
     Dynamic dims stay symbolic (unnamed ones get a name so that shape inference can
     follow them): fixing them at the concrete input shape would fold sizes such as a
@@ -369,11 +379,25 @@ def _prepare_onnx(model: Any) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             slimmed = onnxslim.slim(work)
-        if slimmed is not None:
+        if slimmed is not None and _same_as_reference(slimmed, inputs, example, reference):
             work = slimmed
     except Exception:  # onnxslim is an optimisation: convert the unslimmed graph instead
         pass
     return work
+
+
+def _same_as_reference(
+    model: Any,
+    inputs: Sequence[TensorInfo],
+    example: Sequence[torch.Tensor],
+    reference: Sequence[np.ndarray],
+) -> bool:
+    try:
+        outputs = _onnxruntime_outputs(model, model.SerializeToString(), inputs, example)
+        _compare([torch.from_numpy(np.asarray(o)) for o in outputs], reference, "slimmed")
+    except UnsupportedModel:
+        return False
+    return True
 
 
 def _drop_reshape_allowzero(model: Any) -> None:

@@ -46,6 +46,7 @@ from onnx2torch.node_converters.registry import (
     OperationDescription,
     add_converter,
 )
+from onnx2torch.node_converters.reshape import OnnxReshape
 from onnx2torch.onnx_graph import OnnxGraph
 from onnx2torch.onnx_node import OnnxNode
 from onnx2torch.utils.common import (
@@ -365,6 +366,18 @@ def _hard_sigmoid(fallback: Callable[..., OperationConverterResult]) -> Callable
 for _version in _registered_versions("HardSigmoid"):
     _key = OperationDescription("", "HardSigmoid", _version)
     _CONVERTER_REGISTRY[_key] = _hard_sigmoid(_CONVERTER_REGISTRY[_key])
+
+
+def _traced_reshape(self: OnnxReshape, x: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+    return self._do_reshape(x, shape)
+
+
+# A reshape to a computed shape (PaddlePaddle's `[0, -1, ...]` from `Shape` slices) goes
+# through onnx2torch's custom ONNX export, whose output the TorchScript exporter types
+# with the sizes seen while tracing: a dynamic batch becomes 1 there, and later `Shape`
+# ops on it are folded to that constant, so the file only runs at batch 1. Tracing the
+# reshape itself records its shape arithmetic and keeps the batch symbolic.
+OnnxReshape.forward = _traced_reshape  # type: ignore[method-assign]
 
 
 class GlobalMaxPool(nn.Module):

@@ -1,0 +1,137 @@
+"""Graph patterns found in real ONNX files (the coverage bench's PyPI corpus), each in a
+tiny hand-built graph: every one must prune data-free through run_pipeline with a file
+that still runs at any batch size."""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from contract import BenchmarkSpec, JobSpec, PruneSpec, Target
+from worker.engine.pipeline import run_pipeline
+
+DATA_FREE = JobSpec(
+    prune=PruneSpec(target=Target(macs_reduction=0.5)),
+    finetune=None,
+    benchmark=BenchmarkSpec(providers=["cpu"], batch_sizes=[1], warmup=1, iterations=3),
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _const(name: str, values: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(values, name)
+
+
+def _conv(name: str, x: str, cin: int, cout: int, rng: np.random.Generator) -> tuple:
+    weight = rng.normal(0, 0.3, (cout, cin, 3, 3)).astype(np.float32)
+    bias = rng.normal(0, 0.1, cout).astype(np.float32)
+    node = helper.make_node(
+        "Conv", [x, f"{name}.w", f"{name}.b"], [name], pads=[1, 1, 1, 1], name=name
+    )
+    relu = helper.make_node("Relu", [name], [f"{name}.relu"])
+    return [node, relu], [_const(f"{name}.w", weight), _const(f"{name}.b", bias)]
+
+
+def _save(path: Path, nodes: list, inits: list, inputs: list, outputs: list, opset=13) -> Path:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def _runs_at_batches(path: Path, shape: tuple[int, ...]) -> None:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    for batch in (1, 3):
+        session.run(None, {name: np.random.rand(batch, *shape[1:]).astype(np.float32)})
+
+
+def paddle_computed_reshape(path: Path, x_name: str = "x", y_name: str = "y") -> Path:
+    """PP-OCR's recogniser (SVTR): a feature map flattened by a reshape whose shape is
+    computed from `Shape` (`[N, C, -1]`), then attention's reshape of a projection to
+    `[0, -1, 3, heads, dim]`, where 0 copies the batch. Height and width are dynamic, so
+    the flattening shape stays computed."""
+    rng = np.random.default_rng(0)
+    nodes, inits = [], []
+    for name, x, cin, cout in (("c1", x_name, 3, 16), ("c2", "c1.relu", 16, 16)):
+        n, i = _conv(name, x, cin, cout, rng)
+        nodes += n
+        inits += i
+    inits += [
+        _const("proj", rng.normal(0, 0.3, (16, 24)).astype(np.float32)),
+        _const("heads", np.array([0, -1, 3, 2, 4], np.int64)),
+    ]
+    # paddle2onnx writes the slice bounds as Constant nodes, with the axes input.
+    nodes += [
+        helper.make_node("Constant", [], [name], value=_const(name, np.array([v], np.int64)))
+        for name, v in (("start", 0), ("end", 2), ("axis", 0), ("minus_one", -1))
+    ]
+    nodes += [
+        helper.make_node("Shape", ["c2.relu"], ["shape"]),
+        helper.make_node("Slice", ["shape", "start", "end", "axis"], ["nc"]),
+        helper.make_node("Concat", ["nc", "minus_one"], ["flat_shape"], axis=0),
+        helper.make_node("Reshape", ["c2.relu", "flat_shape"], ["flat"]),
+        helper.make_node("Transpose", ["flat"], ["tokens"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["tokens", "proj"], ["qkv"]),
+        helper.make_node("Reshape", ["qkv", "heads"], [y_name]),
+    ]
+    x = helper.make_tensor_value_info(x_name, TensorProto.FLOAT, ["N", 3, "H", "W"])
+    y = helper.make_tensor_value_info(y_name, TensorProto.FLOAT, ["N", "T", 3, 2, 4])
+    return _save(path, nodes, inits, [x], [y])
+
+
+def test_a_reshape_to_a_computed_shape_keeps_the_batch_dynamic(tmp_path: Path) -> None:
+    model = paddle_computed_reshape(tmp_path / "svtr.onnx")
+    result = run_pipeline(model, DATA_FREE, tmp_path / "out", input_shape=[1, 3, 8, 8])
+    achieved = 1.0 - result.report.pruned.macs / result.report.original.macs
+    assert achieved >= 0.3, result.report.notes
+    _runs_at_batches(result.artifacts["model.onnx"], (1, 3, 8, 8))
+
+
+def test_numbered_value_names_are_kept(tmp_path: Path) -> None:
+    """Older PyTorch exports (ddddocr's CRNN) name values by number, the output included
+    (`387`), which torch's TorchScript exporter refuses as a name; a computed reshape
+    rules out the torch.export route, as in that model."""
+    model = paddle_computed_reshape(tmp_path / "numbered.onnx", x_name="0", y_name="7")
+    result = run_pipeline(model, DATA_FREE, tmp_path / "out", input_shape=[1, 3, 8, 8])
+    pruned = onnx.load(str(result.artifacts["model.onnx"]))
+    assert [v.name for v in pruned.graph.input] == ["0"]
+    assert [v.name for v in pruned.graph.output] == ["7"]
+    _runs_at_batches(result.artifacts["model.onnx"], (1, 3, 8, 8))
+
+
+def test_a_graph_onnxslim_would_change_is_converted_unslimmed(tmp_path, monkeypatch) -> None:
+    """onnxslim trusts declared shapes; where a file declares a wrong one, the slimmed
+    graph computes something else (ddddocr's CRNN declares `[1, seqlen]` for a
+    `[seqlen, 1, classes]` output). The loader keeps only a slimmed graph that agrees."""
+    import onnxslim
+
+    from worker.engine.loaders import load_model
+
+    def wrong_slim(model: onnx.ModelProto) -> onnx.ModelProto:
+        changed = onnx.ModelProto()
+        changed.CopyFrom(model)
+        weight = next(t for t in changed.graph.initializer if t.name == "proj")
+        weight.CopyFrom(_const(weight.name, numpy_helper.to_array(weight) * 2))
+        return changed
+
+    monkeypatch.setattr(onnxslim, "slim", wrong_slim)
+    path = paddle_computed_reshape(tmp_path / "svtr.onnx")
+    loaded = load_model(path, input_shape=[1, 3, 8, 8])
+    x = torch.rand(1, 3, 8, 8)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (expected,) = session.run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        got = loaded.module(x)
+    got = got[0] if isinstance(got, (tuple, list)) else got
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-4)
