@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, event, text
 from sqlalchemy.orm import sessionmaker
 
 import secateurs_client as sc
@@ -459,3 +459,24 @@ def test_the_migration_fills_in_the_results_of_earlier_jobs(store):
         assert ok.result == summarize_report(REPORT)
         assert (ok.name, ok.tags) == (None, None)
         assert failed.result is None
+
+
+def test_lists_reads_and_patches_never_read_the_report_column(client, app, model_id):
+    job_id = submit(client, model_id, tags=["t"]).json()["id"]
+    succeed(app, job_id, REPORT)
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(app.state.engine, "before_cursor_execute", record)
+    try:
+        for url in ("/v1/jobs", "/v1/jobs?sort=-speedup&tag=t&q=x", "/v1/jobs?sort=name",
+                    f"/v1/jobs/{job_id}"):
+            assert client.get(url, headers=AUTH_A).status_code == 200
+        assert client.patch(f"/v1/jobs/{job_id}", headers=AUTH_A,
+                            json={"name": "n"}).status_code == 200
+    finally:
+        event.remove(app.state.engine, "before_cursor_execute", record)
+    reads = [s for s in statements if "FROM jobs" in s]
+    assert reads and not [s for s in reads if "jobs.report" in s]
