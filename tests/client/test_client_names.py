@@ -1,7 +1,8 @@
 """The client's job names, tags, sort and update against a scripted service
-(httpx.MockTransport)."""
+(httpx.MockTransport), and a job run by the real worker that comes back with its result."""
 
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -65,3 +66,23 @@ def test_a_refused_tag_raises_a_validation_error() -> None:
     with client(handler) as c, pytest.raises(sc.ValidationError) as err:
         c.update_job("job_1", tags=["bad tag"])
     assert err.value.code == "validation_error"
+
+
+@pytest.mark.e2e
+def test_a_job_run_by_the_worker_carries_its_name_tags_and_result(
+        embedded_service: Any, tmp_path: Path) -> None:
+    from tests.e2e.helpers import QUICK_BENCH, build_onnx
+
+    spec = {"prune": {"target": {"macs_reduction": 0.4}, "iterative_steps": 2},
+            "finetune": None, "benchmark": QUICK_BENCH}
+    with sc.Client(embedded_service.base_url, embedded_service.key_a, retries=2) as c:
+        result = c.prune(build_onnx(tmp_path / "tiny.onnx"), spec, dest_dir=tmp_path / "out",
+                         timeout=240, name="tiny, 40% MACs", tags=["e2e"])
+        listed = list(c.jobs(tag="e2e", sort="-macs_reduction"))
+    job, report = result.job, result.report
+    assert (job["name"], job["tags"]) == ("tiny, 40% MACs", ["e2e"])
+    expected = 1 - report["pruned"]["macs"] / report["original"]["macs"]
+    assert job["result"]["macs_reduction"] == pytest.approx(expected)
+    assert job["result"]["speedup"] == report["ratios"]["latency_speedup"]
+    assert job["result"]["size_bytes"] == report["pruned"]["size_bytes"]
+    assert [j["id"] for j in listed] == [job["id"]] and listed[0]["result"] == job["result"]
