@@ -135,3 +135,36 @@ def test_a_graph_onnxslim_would_change_is_converted_unslimmed(tmp_path, monkeypa
         got = loaded.module(x)
     got = got[0] if isinstance(got, (tuple, list)) else got
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def waveform_reflect_pad(path: Path) -> Path:
+    """Audio models (silero-vad) pad a `[N, samples]` waveform by reflection before their
+    STFT convolution: a rank-2 reflect pad, which torch only takes on rank 3+."""
+    rng = np.random.default_rng(2)
+    inits = [
+        _const("pads", np.array([0, 4, 0, 4], np.int64)),
+        _const("axis", np.array([1], np.int64)),
+        _const("w1", rng.normal(0, 0.3, (16, 1, 9)).astype(np.float32)),
+        _const("w2", rng.normal(0, 0.3, (16, 16, 3)).astype(np.float32)),
+        _const("w3", rng.normal(0, 0.3, (4, 16, 3)).astype(np.float32)),
+    ]
+    nodes = [
+        helper.make_node("Pad", ["x", "pads"], ["padded"], mode="reflect"),
+        helper.make_node("Unsqueeze", ["padded", "axis"], ["signal"]),
+        helper.make_node("Conv", ["signal", "w1"], ["a"], strides=[2]),
+        helper.make_node("Relu", ["a"], ["a.relu"]),
+        helper.make_node("Conv", ["a.relu", "w2"], ["b"], pads=[1, 1]),
+        helper.make_node("Relu", ["b"], ["b.relu"]),
+        helper.make_node("Conv", ["b.relu", "w3"], ["y"], pads=[1, 1]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 256])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 128])
+    return _save(path, nodes, inits, [x], [y])
+
+
+def test_a_reflect_pad_of_a_waveform_converts(tmp_path: Path) -> None:
+    model = waveform_reflect_pad(tmp_path / "vad.onnx")
+    result = run_pipeline(model, DATA_FREE, tmp_path / "out")
+    achieved = 1.0 - result.report.pruned.macs / result.report.original.macs
+    assert achieved >= 0.3, result.report.notes
+    _runs_at_batches(result.artifacts["model.onnx"], (1, 256))

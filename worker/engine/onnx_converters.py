@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import onnx.defs
+import onnx2torch.node_converters.pad as _onnx2torch_pad
 import torch
 import torch.nn.functional as F
 from onnx2torch.node_converters.pad import OnnxPadStatic
@@ -314,6 +315,48 @@ def _pad_18(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
 
 
 _register("Pad", _newer_than_registered("Pad"), _pad_18)
+
+
+def _inner_pads(pads: list[int], mode: str) -> list[int]:
+    """torch's pad list (last dim first) without the trailing unpadded outer dims: torch
+    pads at most three inner dims in the non-constant modes. Replaces onnx2torch's
+    version, which assumes a rank-3 to rank-5 tensor (a waveform `[N, samples]` padded by
+    reflection, as audio models' STFT does, is rank 2)."""
+    if mode == "constant":
+        return list(pads)
+    pads = [int(p) for p in pads]
+    while len(pads) > 2 and pads[-2:] == [0, 0]:
+        pads = pads[:-2]
+    if len(pads) > 6:
+        raise NotImplementedError(f"{mode} padding of more than the last 3 dimensions")
+    return pads
+
+
+def _pad_any_rank(x: torch.Tensor, pads: list[int], mode: str, value: Any) -> torch.Tensor:
+    """F.pad, for a tensor of any rank: torch's non-constant modes take k padded dims on
+    a tensor of rank k+1 or k+2, so other ranks are padded as (1, rest, *padded dims)."""
+    padded = len(pads) // 2
+    if mode == "constant" or x.dim() in (padded + 1, padded + 2):
+        return F.pad(x, pads, mode=mode, value=value if mode == "constant" else None)
+    inner = x.shape[x.dim() - padded :]
+    out = F.pad(x.reshape(1, -1, *inner), pads, mode=mode)
+    return out.reshape(*x.shape[: x.dim() - padded], *out.shape[2:])
+
+
+def _pad_static_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+    return _pad_any_rank(x, list(self.pads), self.mode, self.constant_value)
+
+
+def _pad_dynamic_forward(
+    self: Any, x: torch.Tensor, pads: torch.Tensor, constant_value: float | None = 0.0
+) -> torch.Tensor:
+    torch_pads = _inner_pads(_onnx2torch_pad._onnx_padding_to_torch(pads.tolist()), self.mode)
+    return _pad_any_rank(x, torch_pads, self.mode, constant_value)
+
+
+_onnx2torch_pad._torch_padding_to_mode_format = _inner_pads
+OnnxPadStatic.forward = _pad_static_forward  # type: ignore[method-assign]
+_onnx2torch_pad.OnnxPadDynamic.forward = _pad_dynamic_forward  # type: ignore[method-assign]
 
 
 def _resize_18(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
