@@ -218,6 +218,20 @@ def running_service(data_dir: Path, **settings: str) -> Iterator[Service]:
         service.stop()
 
 
+@pytest.fixture(scope="session")
+def embedded_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """One real service on the server-less defaults (SQLite job store, embedded broker,
+    local artifacts), shared by the end-to-end tests that need no service of their own:
+    starting one, and the worker's first job importing the engine, cost more than most
+    of those tests. Webhooks may go to a loopback receiver, and failed deliveries are
+    retried quickly (0.2 s doubling to 0.8 s), so that an outage lasts a couple of seconds.
+    """
+    with running_service(tmp_path_factory.mktemp("embedded") / "data",
+                         webhook_allow_private="1", webhook_retry_base_s="0.2",
+                         webhook_retry_max_s="0.8", webhook_max_attempts="30") as svc:
+        yield svc
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     """Keep each phase's report on the item, so fixtures can print service logs on failure."""

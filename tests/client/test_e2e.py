@@ -2,23 +2,21 @@
 broker): `Client.prune` takes a tiny ONNX model through upload, job, events and download."""
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import secateurs_client as sc
-from tests.conftest import Service, running_service
+from tests.conftest import Service
 from tests.e2e.helpers import QUICK_BENCH, build_onnx, check_onnx_drop_in
 
 pytestmark = [pytest.mark.e2e]
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    with running_service(tmp_path_factory.mktemp("client") / "data") as svc:
-        yield svc
+def service(embedded_service: Service) -> Service:
+    return embedded_service
 
 
 def test_prune_through_the_client(service: Service, tmp_path: Path) -> None:

@@ -2,14 +2,13 @@
 (Kombu's SQLAlchemy transport on SQLite) and the local artifact store."""
 
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import Service, running_service
+from tests.conftest import Service
 from tests.e2e.helpers import (
     TERMINAL,
     build_onnx,
@@ -30,9 +29,8 @@ PICKUP_LIMIT_S = 2.5
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    with running_service(tmp_path_factory.mktemp("embedded") / "data") as svc:
-        yield svc
+def service(embedded_service: Service) -> Service:
+    return embedded_service
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,12 @@ event that outlives its receiver being down, delivered once when it comes back."
 
 import socket
 import time
-from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
 
 from secateurs_client.webhooks import verify
-from tests.conftest import Service, running_service
+from tests.conftest import Service
 from tests.e2e.helpers import build_onnx, job_body, submit, upload, wait_for
 from tests.worker.test_webhooks import Receiver
 
@@ -18,13 +17,10 @@ pytestmark = [pytest.mark.e2e]
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+def service(embedded_service: Service) -> Service:
     # The receiver is on loopback, so private addresses are allowed; retries are quick
     # (0.2 s doubling to 0.8 s) so an outage of a few attempts lasts a couple of seconds.
-    with running_service(tmp_path_factory.mktemp("webhooks") / "data",
-                         webhook_allow_private="1", webhook_retry_base_s="0.2",
-                         webhook_retry_max_s="0.8", webhook_max_attempts="30") as svc:
-        yield svc
+    return embedded_service
 
 
 @pytest.fixture(scope="module")
