@@ -94,8 +94,10 @@ def test_redis_restarted_with_jobs_queued(service: Service, client: httpx.Client
     worker = service.procs.pop("worker")  # no worker: the jobs below wait in Redis
     os.killpg(worker.pid, signal.SIGTERM)
     worker.wait(timeout=60)
-    ids = [submit(client, body(inputs[0])) for _ in range(3)]
-    redis_server.restart()  # no persistence: the three messages are gone
+    # Two are enough to show that every lost message is found, and that a republished
+    # job waits its turn behind another.
+    ids = [submit(client, body(inputs[0])) for _ in range(2)]
+    redis_server.restart()  # no persistence: both messages are gone
     service.start_worker()
     for job_id in ids:
         done = finish(client, job_id)
@@ -121,6 +123,14 @@ def test_redis_down_when_a_job_is_submitted(service: Service, client: httpx.Clie
 
 STAGES = ["queued", "loading", "analyzing", "pruning", "finetuning", "evaluating",
           "exporting", "benchmarking"]
+# A cancel takes one of three ways, whatever the stage: a queued job is cancelled by the
+# API; a running one has its sandbox killed by the worker's watch loop, which polls for
+# cancels the same way in every stage of the sandboxed engine; and one that lands as the
+# sandbox ends is caught before the results are stored. The stages tested cover each way:
+# the first stage in the sandbox, the long one (fine-tuning) and the last (benchmarking,
+# where the cancel may also land as the sandbox ends); the stages between them add runs,
+# not ways.
+CANCELLED_IN = ["queued", "loading", "finetuning", "benchmarking"]
 
 
 @pytest.fixture(scope="module")
@@ -149,17 +159,11 @@ def _cancel_in(client: httpx.Client, job: dict, stage: str) -> tuple[str, str, f
     return job_id, "queued" if got["status"] == "cancelled" else got["stage"], sent
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", CANCELLED_IN)
 def test_cancel_in_every_stage_frees_the_worker(service: Service, client: httpx.Client,
                                                 inputs, big_dataset: str, stage: str) -> None:
     if STAGES.index(stage) <= STAGES.index("finetuning"):
-        # Many pruning steps keep the (otherwise sub-second) pruning stage long enough to
-        # be caught on a fast machine.
-        job = body(*inputs, epochs=30, iterations=3000, steps=100)
-        if stage == "pruning":
-            # Taylor importance backpropagates before each of the 100 steps: a pruning
-            # stage of seconds, where 100 plain steps can pass between two polls.
-            job["prune"]["method"] = "taylor"
+        job = body(*inputs, epochs=30, iterations=3000)
     else:  # one quick pass of fine-tuning, then a long evaluation and benchmark
         job = body(inputs[0], big_dataset, epochs=1, batch_size=256, iterations=3000)
     for _ in range(4):  # a short stage may be over before the cancel lands: try again
