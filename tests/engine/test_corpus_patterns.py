@@ -168,3 +168,23 @@ def test_a_reflect_pad_of_a_waveform_converts(tmp_path: Path) -> None:
     achieved = 1.0 - result.report.pruned.macs / result.report.original.macs
     assert achieved >= 0.3, result.report.notes
     _runs_at_batches(result.artifacts["model.onnx"], (1, 256))
+
+
+def test_an_input_without_a_batch_dim_keeps_its_shape() -> None:
+    """A recurrent state input (`[2, 1, 128]` in silero-vad) has no batch dim: example
+    inputs at any batch size keep its declared shape."""
+    from contract import TensorInfo
+    from worker.engine.types import LoadedModel
+
+    loaded = LoadedModel(
+        module=torch.nn.Identity(),
+        format="onnx",
+        inputs=[
+            TensorInfo(name="x", shape=["N", 576]),
+            TensorInfo(name="state", shape=[2, 1, 128]),
+        ],
+        outputs=[],
+        input_shapes=[(1, 576), (2, 1, 128)],
+    )
+    shapes = [tuple(t.shape) for t in loaded.example_inputs(batch=3)]
+    assert shapes == [(3, 576), (2, 1, 128)]

@@ -29,11 +29,19 @@ class LoadedModel:
     notes: list[str] = field(default_factory=list)
 
     def example_inputs(self, batch: int = 1, seed: int = 0) -> tuple[torch.Tensor, ...]:
-        """Seeded random inputs of the concrete shapes, with the given batch size."""
+        """Seeded random inputs of the concrete shapes, with the given batch size.
+
+        An input whose first dim is declared as a fixed size other than 1 has no batch
+        dim (a recurrent state `[layers, 1, hidden]`): it keeps its shape."""
         gen = torch.Generator().manual_seed(seed)
         return tuple(
-            torch.randn((batch, *shape[1:]), generator=gen) for shape in self.input_shapes
+            torch.randn(shape if self._fixed_first_dim(j) else (batch, *shape[1:]), generator=gen)
+            for j, shape in enumerate(self.input_shapes)
         )
+
+    def _fixed_first_dim(self, j: int) -> bool:
+        declared = self.inputs[j].shape if j < len(self.inputs) else []
+        return bool(declared) and isinstance(declared[0], int) and declared[0] > 1
 
 
 @dataclass
