@@ -327,8 +327,27 @@ def test_latency_target_on_the_real_runtime(tiny_onnx: Path, tmp_path: Path) -> 
 def _make_block_removal_win(monkeypatch: pytest.MonkeyPatch) -> None:
     """The first block-removing finalist wins the latency search, whatever this
     machine's timings, and neither the short-distillation judge nor the fresh timing
-    of the settling step overrules it."""
-    from worker.engine import latency_search
+    of the settling step overrules it. Candidates are "timed" by their MACs, without an
+    export or a runtime: what these tests check comes after the choice, and timing each
+    family's candidates on onnxruntime cost most of their time."""
+    from worker.engine import latency_search, pipeline
+    from worker.engine.stats import count_macs
+
+    real_probe = pipeline._latency_probe
+
+    def macs_probe(state, spec, device, workdir, cache_dir):
+        probe = real_probe(state, spec, device, workdir, cache_dir)
+        feeds = (torch.zeros(SHAPE),)
+        original = count_macs(state.teacher, feeds)
+
+        def measure(candidates: dict[str, torch.nn.Module]) -> dict[str, float]:
+            return {"original": 1.0} | {
+                name: count_macs(module, feeds) / original for name, module in candidates.items()
+            }
+
+        return latency_search.LatencyProbe(probe.table, measure, probe.recover)
+
+    monkeypatch.setattr(pipeline, "_latency_probe", macs_probe)
 
     def prefer_blocks(finalists, goal):
         removing = [c for c in finalists if "blocks removed" in c.label]
