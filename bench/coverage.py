@@ -422,6 +422,11 @@ def write_markdown(path: Path, rows: list[dict], summary: list[dict], meta: dict
         f"- command: `{meta['command']}`",
         f"- machine: {meta['machine']}",
         f"- date: {meta['date']}; wall time {meta['wall_s'] / 60:.0f} min",
+        *(
+            [f"- not in these runs: {len(meta['not_run'])} corpus entries ({_names(meta)})"]
+            if meta.get("not_run")
+            else []
+        ),
         "",
         "## Summary",
         "",
@@ -546,6 +551,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {args.md}")
 
 
+def _names(meta: dict, limit: int = 12) -> str:
+    names = meta["not_run"]
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
 def report_merged(args: argparse.Namespace) -> None:
     """Tables and markdown over the rows of several runs (say, one per group), in corpus
     order; a model in more than one run keeps its last row."""
@@ -567,6 +578,7 @@ def report_merged(args: argparse.Namespace) -> None:
             "machine": machine(args.threads), "timeout": args.timeout,
             "wall_s": sum(r.get("wall_s") or 0 for r in ordered),
             "date": time.strftime("%Y-%m-%d"),
+            "not_run": [name for name in order if name not in rows],
         }  # fmt: skip
         write_markdown(args.md, ordered, summary, meta)
         print(f"wrote {args.md}")
