@@ -9,15 +9,15 @@ large models.
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch_pruning as tp
 from torch import nn
-from torch_pruning.dependency import index_mapping
+
+from worker.engine.tp_extensions import index_mapping_frozen
 
 WidthMultiple = Callable[[int], int]
 Removed = dict[tuple[nn.Module, str], int]
@@ -69,23 +69,8 @@ class WidthPruner(tp.pruner.BasePruner):
         """The groups step `step` would prune at cumulative channel ratio `ratio`."""
         self.current_step = step
         self.per_step_pruning_ratio = [ratio] * (self.iterative_steps + 1)
-        with _index_mapping_frozen(self.DG):
+        with index_mapping_frozen(self.DG):
             return list(self._prune())
-
-
-@contextmanager
-def _index_mapping_frozen(graph: tp.DependencyGraph) -> Iterator[None]:
-    """torch-pruning recomputes the channel index mapping of every concat, split and
-    reshape in the graph each time it builds a group; planning does not change the model,
-    so the mapping is computed once per plan. On a DenseNet (hundreds of groups behind
-    long concat chains) that was 95% of the pruning time."""
-    update = index_mapping.update_index_mapping
-    update(graph)
-    index_mapping.update_index_mapping = lambda _graph: None  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        index_mapping.update_index_mapping = update
 
 
 def removed_channels(pruner: tp.pruner.BasePruner, groups: list[Any]) -> Removed:

@@ -39,7 +39,7 @@ from worker.engine.deadline import Deadline, analysis_budget, watchdog
 from worker.engine.errors import AnalysisTimeout, JobCancelled, PruningFailed
 from worker.engine.loaders import flatten_outputs
 from worker.engine.onnx_converters import ChannelConst, ChannelShuffle
-from worker.engine.tp_extensions import register
+from worker.engine.tp_extensions import index_mapping_frozen, register
 from worker.engine.types import LoadedModel, Preflight
 
 # The layers whose output channels are pruned. Not nn.LSTM: torch-pruning's LSTM pruner
@@ -221,7 +221,8 @@ def analyse_groups(
     try:
         with watchdog(deadline, "torch-pruning's search for the layer groups"):
             dg = build_dependency_graph(work, inputs, output_transform=keep_outputs)
-            groups = list(dg.get_all_groups(root_module_types=ROOT_MODULE_TYPES))
+            with index_mapping_frozen(dg):
+                groups = list(dg.get_all_groups(root_module_types=ROOT_MODULE_TYPES))
     except (JobCancelled, AnalysisTimeout):
         raise
     except Exception as exc:  # torch-pruning's tracing gives up on this graph

@@ -1,5 +1,6 @@
 """torch-pruning's knowledge of the modules `onnx_converters` creates beyond `ChannelConst`
-and `ChannelShuffle`: customized pruners, registered with `register`.
+and `ChannelShuffle`: customized pruners, registered with `register`; and
+`index_mapping_frozen`, for building many groups of a model that does not change.
 
 - `ChannelConv1d` (ECA attention's convolution across channels) passes its channels
   through, like a BatchNorm, and has nothing to prune: its Conv1d's weights do not depend
@@ -13,11 +14,13 @@ and `ChannelShuffle`: customized pruners, registered with `register`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch_pruning as tp
 from torch import nn
+from torch_pruning.dependency import index_mapping
 
 from worker.engine.onnx_converters import ChannelConv1d, ChannelRegroup
 
@@ -68,3 +71,19 @@ def register(pruners: dict) -> dict:
     for layer_type, pruner in custom_pruners().items():
         pruners.setdefault(layer_type, pruner)
     return pruners
+
+
+@contextmanager
+def index_mapping_frozen(graph: tp.DependencyGraph) -> Iterator[None]:
+    """torch-pruning recomputes the channel index mapping of every concat, split and
+    reshape in the graph each time it builds a group. Where the model does not change
+    (listing the groups, planning a step) it is computed once on entry: on a DenseNet
+    (hundreds of groups behind long concat chains) the recomputing was 95% of the
+    pruning time."""
+    update = index_mapping.update_index_mapping
+    update(graph)
+    index_mapping.update_index_mapping = lambda _graph: None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        index_mapping.update_index_mapping = update
