@@ -109,7 +109,8 @@ def check_result(built: Built, pruned: Path, row: dict, seconds: float, threads:
     """Independent checks of the pruned file against the uploaded one (its ONNX form)."""
     from corpus import checks
 
-    problems = checks.interface_problems(built.reference, pruned)
+    ranks = checks.output_ranks(built.reference, built.input_shape, built.fixed_feeds)
+    problems = checks.interface_problems(built.reference, pruned, ranks)
     run, batches = checks.run_problems(
         built.reference, pruned, built.input_shape, built.fixed_feeds
     )

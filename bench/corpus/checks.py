@@ -121,9 +121,14 @@ def _node_macs(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> int:
     return math.prod(y) * (x[-1] if x else 1)  # MatMul
 
 
-def interface_problems(original: Path, pruned: Path) -> list[str]:
+def interface_problems(
+    original: Path, pruned: Path, true_ranks: dict[str, int] | None = None
+) -> list[str]:
     """Differences that stop the pruned file being a drop-in: names, ranks, dtypes and
-    a batch dimension that was open and is now fixed."""
+    a batch dimension that was open and is now fixed. `true_ranks`: the ranks of the
+    original's outputs as it runs; where a file declares another rank (ddddocr's CRNN
+    declares `[1, seqlen]` for a rank-3 output), the pruned file may declare the true one."""
+    true_ranks = true_ranks or {}
     a = onnx.load(str(original), load_external_data=False)
     b = onnx.load(str(pruned), load_external_data=False)
     problems = []
@@ -139,11 +144,18 @@ def interface_problems(original: Path, pruned: Path) -> list[str]:
             tx, ty = x.type.tensor_type.elem_type, y.type.tensor_type.elem_type
             if tx != ty:
                 problems.append(f"{kind} {x.name} dtype {tx} -> {ty}")
-            if len(dx) != len(dy):
+            if len(dx) != len(dy) and true_ranks.get(x.name) != len(dy):
                 problems.append(f"{kind} {x.name} rank {len(dx)} -> {len(dy)}")
             elif dx and not isinstance(dx[0], int) and isinstance(dy[0], int):
                 problems.append(f"{kind} {x.name} batch dim {dx[0]!r} fixed to {dy[0]}")
     return problems
+
+
+def output_ranks(path: Path, input_shape, fixed: dict[str, np.ndarray]) -> dict[str, int]:
+    """The rank of each output of the file at batch 1, as onnxruntime computes it."""
+    outputs = session(path).run(None, make_feeds(path, 1, input_shape, fixed))
+    names = [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
+    return {name: np.asarray(value).ndim for name, value in zip(names, outputs, strict=False)}
 
 
 def run_problems(
