@@ -218,17 +218,32 @@ def running_service(data_dir: Path, **settings: str) -> Iterator[Service]:
         service.stop()
 
 
+# The shared service's limits: small, so that the security tests' hostile inputs hit them
+# cheaply, and far above what the end-to-end tests' tiny models and datasets need.
+SHARED_MAX_MODEL_BYTES = 1 << 20
+SHARED_MAX_DATASET_BYTES = 16 << 20
+SHARED_IDLE_TIMEOUT_S = 2
+# Long enough for a tiny model's honest inspection on a busy machine.
+SHARED_INSPECT_TIMEOUT_S = 40
+
+
 @pytest.fixture(scope="session")
 def embedded_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """One real service on the server-less defaults (SQLite job store, embedded broker,
-    local artifacts), shared by the end-to-end tests that need no service of their own:
-    starting one, and the worker's first job importing the engine, cost more than most
-    of those tests. Webhooks may go to a loopback receiver, and failed deliveries are
-    retried quickly (0.2 s doubling to 0.8 s), so that an outage lasts a couple of seconds.
-    """
-    with running_service(tmp_path_factory.mktemp("embedded") / "data",
-                         webhook_allow_private="1", webhook_retry_base_s="0.2",
-                         webhook_retry_max_s="0.8", webhook_max_attempts="30") as svc:
+    local artifacts), shared by the end-to-end, client, webhook and security tests that
+    need no service of their own: starting one costs more than most of those tests.
+    Webhooks may go to a loopback receiver, and failed deliveries are retried quickly
+    (0.2 s doubling to 0.8 s), so that an outage lasts a couple of seconds."""
+    with running_service(
+        tmp_path_factory.mktemp("embedded") / "data",
+        max_model_bytes=str(SHARED_MAX_MODEL_BYTES),
+        max_dataset_bytes=str(SHARED_MAX_DATASET_BYTES),
+        upload_idle_timeout_s=str(SHARED_IDLE_TIMEOUT_S),
+        inspect_timeout_s=str(SHARED_INSPECT_TIMEOUT_S),
+        inspect_memory_total_bytes=str(8 << 30),
+        webhook_allow_private="1", webhook_retry_base_s="0.2", webhook_retry_max_s="0.8",
+        webhook_max_attempts="30",
+    ) as svc:
         yield svc
 
 
