@@ -62,3 +62,54 @@ def test_a_plan_maps_indices_once_and_matches_the_recomputing_path(monkeypatch) 
     assert len(calls) > 1  # torch-pruning's own path: once per group built
     assert _summary(planned) == _summary(recomputed)
     assert index_mapping.update_index_mapping is counted  # restored after the plan
+
+
+class _TwiceConcat(torch.nn.Module):
+    """A concatenation that takes one tensor twice, and a split re-concatenated (C2f)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.b = torch.nn.Conv2d(16, 8, 3, padding=1)
+        self.c = torch.nn.Conv2d(24, 6, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.a(x)
+        left, right = torch.split(a, [4, 4], dim=1)
+        b = self.b(torch.cat([a, a], dim=1))
+        return self.c(torch.cat([left, b, right, a], dim=1))
+
+
+def _mappings(graph: tp.DependencyGraph) -> list:
+    found = []
+    for node in graph.module2node.values():
+        for dep in node.dependencies:
+            mapping = dep.index_mapping[1]
+            if isinstance(mapping, index_mapping._ConcatIndexMapping):
+                found.append((id(dep), tuple(mapping.offset), mapping.reverse))
+    return sorted(found)
+
+
+def _graph(model: torch.nn.Module, x: torch.Tensor) -> tp.DependencyGraph:
+    from worker.engine.preflight import build_dependency_graph
+
+    return build_dependency_graph(model, (x,))
+
+
+def test_the_concat_mapping_matches_torch_prunings_own(monkeypatch) -> None:
+    from worker.engine import tp_extensions
+
+    for model, x in (_dense_net(), (_TwiceConcat().eval(), torch.randn(1, 3, 8, 8))):
+        graph = _graph(model, x)
+        ours = _mappings(graph)
+        monkeypatch.setattr(
+            index_mapping,
+            "update_concat_index_mapping",
+            tp_extensions.torch_pruning_concat_mapping,
+        )
+        for node in graph.module2node.values():
+            for dep in node.dependencies:
+                dep.index_mapping[1] = None
+        index_mapping.update_index_mapping(graph)
+        monkeypatch.undo()
+        assert ours and ours == _mappings(graph)
