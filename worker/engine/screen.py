@@ -858,7 +858,7 @@ def _check_onnx_domains(model: Any, allowed: frozenset[str]) -> None:
 
 
 def _domains(domains: Iterable[str]) -> str:
-    return ", ".join(sorted(repr(d or "ai.onnx") for d in set(domains)))
+    return ", ".join(sorted({repr(d or "ai.onnx") for d in domains}))
 
 
 # Shape-making ops and the input that decides their output's size.
