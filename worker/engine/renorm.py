@@ -9,14 +9,17 @@ layout (and the same conv objects) for export.
 Given the unpruned model as `reference`, each new norm maps its channel back to the
 statistics the same channel had before pruning (what a BatchNorm kept through pruning
 does in training mode), which is most of what a pruned network needs to recover. Kept
-channels are found by their bias: pruning copies a folded conv's bias values unchanged.
+channels are found by their per-channel values, which pruning copies unchanged: a folded
+conv's bias, and the per-channel constants (`ChannelConst`) that alone consume its output.
+A converted graph that keeps its batch norm as a Mul and an Add after a bias-free conv
+(tf2onnx) is matched by those constants.
 """
 
 from collections.abc import Iterator, Sequence
 from typing import cast
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
@@ -71,27 +74,52 @@ def _output_stats(
     return stats
 
 
-def _kept_channels(conv: nn.Module, original: nn.Module | None) -> torch.Tensor | None:
-    """For each output channel of `conv`, its index in `original`, matched by bias value."""
-    if original is None or conv.bias is None or getattr(original, "bias", None) is None:
+def _channel_values(root: nn.Module, name: str, conv: nn.Module) -> torch.Tensor | None:
+    """Per output channel of `conv`, the values pruning carries with it unchanged: its bias,
+    then the weights of the chain of per-channel constants that alone consume its output
+    (a converted batch norm's Mul and Add). Shape (channels, values); None without any."""
+    columns = [] if conv.bias is None else [cast(torch.Tensor, conv.bias).detach().flatten()]
+    channels = cast(torch.Tensor, conv.weight).shape[0]
+    if isinstance(root, fx.GraphModule):
+        node = next(
+            (n for n in root.graph.nodes if n.op == "call_module" and n.target == name), None
+        )
+        while node is not None and len(node.users) == 1:
+            (user,) = node.users
+            if user.op != "call_module":
+                break
+            const = root.get_submodule(cast(str, user.target))
+            weight = getattr(const, "weight", None)
+            if type(const).__name__ != "ChannelConst" or not isinstance(weight, torch.Tensor):
+                break
+            if weight.numel() != channels:
+                break
+            columns.append(weight.detach().flatten())
+            node = user
+    return torch.stack(columns, dim=1) if columns else None
+
+
+def _kept_channels(kept: torch.Tensor | None, full: torch.Tensor | None) -> torch.Tensor | None:
+    """For each row of `kept` (a pruned conv's channel values), its row index in `full`
+    (the unpruned conv's)."""
+    if kept is None or full is None or kept.shape[1] != full.shape[1]:
         return None
-    kept, full = cast(torch.Tensor, conv.bias), cast(torch.Tensor, original.bias)
-    same = kept.detach()[:, None] == full.detach()[None, :]
+    same = (kept[:, None, :] == full[None, :, :]).all(dim=2)
     if not bool((same.sum(dim=1) == 1).all()):
-        return None  # missing or ambiguous (repeated bias values): no reliable match
+        return None  # missing or ambiguous (repeated values): no reliable match
     return same.float().argmax(dim=1)
 
 
 def _target_stats(
     name: str,
-    conv: nn.Module,
+    values: torch.Tensor | None,
     own: tuple[torch.Tensor, torch.Tensor],
-    reference: dict[str, tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]],
+    reference: dict[str, tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor]]],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The mean and variance each channel should have: the unpruned one's where known."""
     if name in reference:
         original, (mean, var) = reference[name]
-        kept = _kept_channels(conv, original)
+        kept = _kept_channels(values, original)
         if kept is not None:
             return mean[kept], var[kept]
     return own
@@ -100,12 +128,12 @@ def _target_stats(
 @torch.no_grad()
 def _reference_stats(
     reference: nn.Module | None, names: list[str], inputs: tuple[torch.Tensor, ...]
-) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]]:
+) -> dict[str, tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor]]]:
     if reference is None:
         return {}
     convs = [(n, m) for n, m in _plain_convs(reference) if n in set(names)]
     stats = _output_stats(reference, convs, inputs)
-    return {n: (m, stats[n]) for n, m in convs if n in stats}
+    return {n: (_channel_values(reference, n, m), stats[n]) for n, m in convs if n in stats}
 
 
 def insert_batchnorm(
@@ -120,10 +148,12 @@ def insert_batchnorm(
     convs = list(_plain_convs(module))
     stats = _output_stats(module, convs, inputs)
     reference_stats = _reference_stats(reference, [n for n, _ in convs], inputs)
+    # Read before any conv is wrapped: the chain of constants starts at the bare conv.
+    values = {name: _channel_values(module, name, conv) for name, conv in convs}
     for name, conv in convs:
         if name not in stats:
             continue  # not on the path from these inputs
-        target_mean, target_var = _target_stats(name, conv, stats[name], reference_stats)
+        target_mean, target_var = _target_stats(name, values[name], stats[name], reference_stats)
         # The weight, not `out_channels`, says how many channels the conv has: the
         # attribute is bookkeeping that a pruning function may have left stale.
         channels = conv.weight.shape[0]
