@@ -385,7 +385,8 @@ def _decode_sort_cursor(cursor: str, sort: str, is_time: bool) -> tuple[Any, str
     return value, job_id
 
 
-@router.patch("/{job_id}", response_model=JobOut, summary="Rename or retag a job")
+@router.patch("/{job_id}", response_model=JobOut, summary="Rename or retag a job",
+              responses=problem_responses(400))
 def update_job(job_id: str, body: JobUpdate, tenant: Tenant,
                session: DbSession) -> JSONResponse:
     """Changes the fields given (`name`, `tags`), in any status; the others stay as they
