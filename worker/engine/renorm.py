@@ -99,7 +99,15 @@ def _channel_values(root: nn.Module, name: str, conv: nn.Module) -> torch.Tensor
     return torch.stack(columns, dim=1) if columns else None
 
 
-def _kept_channels(kept: torch.Tensor | None, full: torch.Tensor | None) -> torch.Tensor | None:
+def _kept_channels(conv: nn.Module, original: nn.Module | None) -> torch.Tensor | None:
+    """For each output channel of `conv`, its index in `original`, matched by bias value
+    (a module on its own: see `_channel_values` for the constants that follow it)."""
+    if original is None:
+        return None
+    return _matching_rows(_channel_values(conv, "", conv), _channel_values(original, "", original))
+
+
+def _matching_rows(kept: torch.Tensor | None, full: torch.Tensor | None) -> torch.Tensor | None:
     """For each row of `kept` (a pruned conv's channel values), its row index in `full`
     (the unpruned conv's)."""
     if kept is None or full is None or kept.shape[1] != full.shape[1]:
@@ -119,7 +127,7 @@ def _target_stats(
     """The mean and variance each channel should have: the unpruned one's where known."""
     if name in reference:
         original, (mean, var) = reference[name]
-        kept = _kept_channels(values, original)
+        kept = _matching_rows(values, original)
         if kept is not None:
             return mean[kept], var[kept]
     return own
