@@ -98,7 +98,10 @@ class HistoryPoint(Frozen):
     """Held-back top-1 accuracy (fraction 0-1) after this step's short fine-tune (probes)
     or of the final model (last point); null where not measured or without labels."""
     agreement: float | None = None
-    """Top-1 agreement with the original (fraction 0-1) where measured, as `accuracy`."""
+    """Top-1 agreement with the original (fraction 0-1): after a pruning step, on 8 seeded
+    random inputs before any fine-tuning; for a budget probe, after its short fine-tune;
+    on the last point, of the final model. Null where not measured or where the output
+    is not class scores."""
     params: int | None = None
     """Parameters after this step."""
 

@@ -56,6 +56,20 @@ def test_macs_target_reached_and_outputs_kept(case: str) -> None:
     assert any(c.out_channels_after < c.out_channels_before for c in result.layers)
 
 
+def test_every_step_records_its_agreement_with_the_original() -> None:
+    """The report's curve has a point per step: class-score models get each step's top-1
+    agreement with the unpruned model; other outputs get none."""
+    model, x, head = _model("mobilenet")
+    result = prune_model(model, x, PruneSpec(target=Target(macs_reduction=0.5)), protected=[head])
+    agreements = [p.agreement for p in result.history]
+    assert all(a is not None and 0.0 <= a <= 1.0 for a in agreements), agreements
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 4, 1))
+    spec = PruneSpec(target=Target(channel_ratio=0.5))
+    result = prune_model(dense, torch.randn(IMAGE), spec, protected=[dense[2]])
+    assert result.history and all(p.agreement is None for p in result.history)
+
+
 def test_params_target_reached() -> None:
     model, x, head = _model("resconcat")
     params0 = count_params(model)

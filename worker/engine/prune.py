@@ -21,7 +21,7 @@ from torch import nn
 
 from contract import HistoryPoint, LayerChange, PruneSpec, Target
 from worker.engine.errors import JobCancelled, PruningFailed
-from worker.engine.evaluate import output_tensors
+from worker.engine.evaluate import is_classification, output_tensors
 from worker.engine.importance import make_importance
 from worker.engine.latency_search import LatencyProbe, prune_to_latency
 from worker.engine.planner import (
@@ -228,6 +228,38 @@ def _apply(run: _Run, choice: Choice) -> None:
     run.pruner.forget_importance()
 
 
+class _StepAgreement:
+    """Top-1 agreement with the unpruned model on seeded noise, measured after each step
+    (before any fine-tuning) so that the report's curve has a point per step. None where
+    the first output is not class scores, or the model does not run on such a batch."""
+
+    SAMPLES = 8
+
+    def __init__(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        gen = torch.Generator().manual_seed(1)
+        self.probes = tuple(
+            torch.randn((self.SAMPLES, *x.shape[1:]), generator=gen, dtype=x.dtype).to(x.device)
+            for x in inputs
+        )
+        self.reference: torch.Tensor | None = None
+        try:
+            first = self._first_output(module)
+        except Exception:  # a fixed batch, an input without a batch dim: no curve
+            return
+        if is_classification(first):
+            self.reference = first.argmax(dim=1)
+
+    def _first_output(self, module: nn.Module) -> torch.Tensor:
+        with torch.no_grad():
+            return output_tensors(module(*self.probes))[0]
+
+    def __call__(self, module: nn.Module) -> float | None:
+        if self.reference is None:
+            return None
+        same = self._first_output(module).argmax(dim=1) == self.reference
+        return float(same.float().mean())
+
+
 def _iterate(
     run: _Run,
     loss_fn: LossFn | None,
@@ -237,6 +269,7 @@ def _iterate(
     """Prune step by step; returns the history and the last channel ratio used."""
     steps, history, ratio = run.spec.iterative_steps, [], 0.0
     proxy = None
+    agreement = _StepAgreement(run.module, run.inputs)
     for step in range(1, steps + 1):
         if cancel():
             raise JobCancelled()
@@ -248,7 +281,12 @@ def _iterate(
         _apply(run, choice)
         ratio = choice.ratio
         history.append(
-            HistoryPoint(step=step, macs=run.profile.estimate(), params=count_params(run.module))
+            HistoryPoint(
+                step=step,
+                macs=run.profile.estimate(),
+                params=count_params(run.module),
+                agreement=agreement(run.module),
+            )
         )
         if on_progress is not None:
             on_progress(step / steps)

@@ -132,7 +132,11 @@ function historyPanel(r) {
   const hist = r.history || [];
   const t = r.target || {};
   if (!hist.length) return null;
-  const metric = ['accuracy', 'agreement'].find((k) => hist.some((pt) => typeof pt[k] === 'number'));
+  // The measure with the most points: every pruning step records its agreement, while
+  // accuracy may exist for the final model only.
+  const count = (k) => hist.filter((pt) => typeof pt[k] === 'number').length;
+  const metric = ['accuracy', 'agreement'].filter((k) => count(k) > 0)
+    .sort((a, b) => count(b) - count(a))[0];
   if (!metric) {
     const points = hist.map((pt) => ({ x: pt.step, y: pt.macs, label: `Step ${pt.step}` }));
     return h('div', { class: 'panel' }, lineChart(points, {
