@@ -84,7 +84,14 @@ QUICK = {
     "mobilenetv4_conv_small",
 }
 # Models whose stems or fixed-size blocks need more than the default input.
-SIZES = {"inception_v3": 128, "xception41": 128, "bat_resnext26ts": 128, "hrnet_w18_small": 128}
+# VGG's 7x7 adaptive pooling exports only from an input that pools to it exactly (224).
+SIZES = {
+    "inception_v3": 128,
+    "xception41": 128,
+    "bat_resnext26ts": 128,
+    "hrnet_w18_small": 128,
+    "vgg11_bn": 224,
+}
 DEFAULT_SIZE = 96
 
 

@@ -11,11 +11,13 @@ from torch import nn
 from corpus import Built, Entry
 from corpus._export import Flat, built_from_torch, export_onnx
 
-# Smallest input each family accepts comfortably (AlexNet's 6x6 adaptive pooling exports
-# only from an input that pools to it exactly), the rest at 64x64 to keep the bench short.
+# Smallest input each family accepts comfortably (AlexNet's 6x6 and VGG's 7x7 adaptive
+# pooling export only from an input that pools to it exactly), the rest at 64x64 to keep
+# the bench short.
 # ViT and MaxViT are built for their input size and fixed at it.
 SIZES = {
     "alexnet": 224,
+    "vgg": 224,
     "inception_v3": 96,
     "maxvit_t": 224,
     "swin": 128,
