@@ -24,6 +24,7 @@ import contextlib
 import copy
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -303,7 +304,14 @@ def _settle(row: dict, code: int | None, timeout: float, log_tail: str) -> None:
 
 def _tail(log: Path, lines: int = 3) -> str:
     text = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
-    return " | ".join(line.strip() for line in text[-lines:])[:400]
+    return _without_paths(" | ".join(line.strip() for line in text[-lines:]))[:400]
+
+
+def _without_paths(text: str) -> str:
+    """A traceback's file names relative to the repository or the installed packages:
+    the report names no directory of the machine that ran it."""
+    text = re.sub(r"/\S*?/site-packages/", "", text)
+    return text.replace(f"{ROOT}/", "")
 
 
 def run_all(
@@ -477,7 +485,7 @@ def write_markdown(path: Path, rows: list[dict], summary: list[dict], meta: dict
         detail = (f"`{r['code']}` " if r.get("code") else "") + (r.get("message") or "")
         if r.get("where"):
             detail += f" (at {r['where']})"
-        detail = detail.replace("|", "\\|").replace("\n", " ")[:300]
+        detail = _without_paths(detail).replace("|", "\\|").replace("\n", " ")[:300]
         lines.append(
             f"| {r['name']} | {r['family']} | {r.get('format', '-')} | {r['outcome']} | "
             f"{_f(r.get('macs_reduction'))} | {_f(r.get('speedup'))} | "
