@@ -49,8 +49,9 @@ def export_onnx(module: nn.Module, loaded: LoadedModel, path: str | Path, spec: 
     errors = []
     for route in (_export_torchscript, _export_dynamo):
         try:
-            route(module, inputs, tmp, loaded, spec)
+            renames = route(module, inputs, tmp, loaded, spec)
             model = onnx.load(str(tmp))
+            _rename_values(model.graph, renames)
             _declare_shapes(model, loaded, spec)
             onnx.checker.check_model(model)
             onnx.save(model, str(tmp))
@@ -94,14 +95,15 @@ def _export_torchscript(
     path: Path,
     loaded: LoadedModel,
     spec: ExportSpec,
-) -> None:
+) -> dict[str, str]:
     dynamic_axes = {
         info.name: dims
         for info in [*loaded.inputs, *loaded.outputs]
         if (dims := _dynamic_dims(info, spec))
     }
     # The TorchScript exporter refuses some legal ONNX names ("387", as older exporters
-    # named values): export under placeholder names, then give the file the upload's.
+    # named values): export under placeholder names; `export_onnx` renames them to the
+    # upload's (the returned placeholder -> name map).
     names = {
         **{f"secateurs_input_{j}": i.name for j, i in enumerate(loaded.inputs)},
         **{f"secateurs_output_{j}": o.name for j, o in enumerate(loaded.outputs)},
@@ -120,11 +122,7 @@ def _export_torchscript(
             do_constant_folding=True,
             dynamo=False,
         )
-    import onnx
-
-    model = onnx.load(str(path))
-    _rename_values(model.graph, names)
-    onnx.save(model, str(path))
+    return names
 
 
 def _rename_values(graph: Any, renames: dict[str, str]) -> None:
@@ -157,7 +155,7 @@ def _export_dynamo(
     path: Path,
     loaded: LoadedModel,
     spec: ExportSpec,
-) -> None:
+) -> dict[str, str]:
     dynamic = [_dynamic_dims(info, spec) for info in loaded.inputs]
     # torch.export specialises dims of size 1; trace at batch 2 when the batch is dynamic.
     if any(0 in dims for dims in dynamic):
@@ -179,6 +177,7 @@ def _export_dynamo(
         if program is None:
             raise ExportFailed("the exporter returned no program")
         program.save(str(path), external_data=False)
+    return {}  # the file already has the upload's names
 
 
 def _declare_shapes(model: Any, loaded: LoadedModel, spec: ExportSpec) -> None:
