@@ -35,7 +35,7 @@ from worker.engine.planner import (
     search_ratio,
 )
 from worker.engine.preflight import PRUNER_KWARGS
-from worker.engine.prune_alloc import prune_by_cost
+from worker.engine.prune_alloc import prune_by_cost, seeded_probes
 from worker.engine.stats import MacProfile, count_macs, count_params
 
 __all__ = ["PruneResult", "hardware_multiple", "prune_model", "TOLERANCE", "UNSTRUCTURED_NOTE"]
@@ -236,11 +236,7 @@ class _StepAgreement:
     SAMPLES = 8
 
     def __init__(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        gen = torch.Generator().manual_seed(1)
-        self.probes = tuple(
-            torch.randn((self.SAMPLES, *x.shape[1:]), generator=gen, dtype=x.dtype).to(x.device)
-            for x in inputs
-        )
+        self.probes = seeded_probes(inputs, self.SAMPLES)
         self.reference: torch.Tensor | None = None
         try:
             first = self._first_output(module)
