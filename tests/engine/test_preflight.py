@@ -128,3 +128,35 @@ def test_a_yolo_style_channel_split_becomes_prunable(tmp_path):
     assert [modules[n].out_channels for n in halves] == [8, 8]
     with torch.no_grad():
         assert loaded.module(*x).shape == (2, 3)
+
+
+def test_no_layer_of_a_protected_group_is_pruned_on_its_own(tmp_path):
+    """A shifted-window Swin: the window reverse is a reshape with the channel count baked
+    in, so its attention projection's group is protected. From the projection, the group
+    search does not reach the protected root (the windows' spatial slices read as channel
+    slices), so the pruner would make it a root of its own: every layer of a protected
+    group must be ignored too."""
+    import torchvision
+
+    from worker.engine.preflight import ROOT_MODULE_TYPES, analyse_groups, build_dependency_graph
+
+    model = torchvision.models.SwinTransformer(
+        patch_size=[4, 4], embed_dim=32, depths=[2, 2, 2], num_heads=[2, 4, 8], window_size=[7, 7]
+    ).eval()
+    path = tmp_path / "swin.onnx"
+    torch.onnx.export(
+        model, (torch.randn(1, 3, 128, 128),), str(path), opset_version=17, dynamo=False,
+        input_names=["x"], dynamic_axes={"x": {0: "n"}},
+    )  # fmt: skip
+    loaded = load_model(path)
+    analysis = analyse_groups(loaded.module, loaded)
+    assert analysis.protected
+    names = {m: n for n, m in loaded.module.named_modules()}
+    graph = build_dependency_graph(loaded.module, loaded.example_inputs(seed=0))
+    roots = [
+        names[group[0].dep.target.module]
+        for group in graph.get_all_groups(
+            ignored_layers=analysis.protected_modules, root_module_types=ROOT_MODULE_TYPES
+        )
+    ]
+    assert roots and set(roots) <= set(analysis.prunable)

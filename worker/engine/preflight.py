@@ -236,8 +236,10 @@ def analyse_groups(
     names = {m: n for n, m in work.named_modules()}
 
     to_output, shuffled, candidates = [], [], []
+    members: dict[nn.Module, list[nn.Module]] = {}
     for group in groups:
         root = group[0].dep.target.module
+        members[root] = _out_channel_layers(dg, group)
         if any(isinstance(dep.target.module, ChannelShuffle) for dep, _ in group):
             shuffled.append(root)
         elif any(
@@ -277,7 +279,13 @@ def analyse_groups(
     for m, reason in reasons:
         if names.get(m) in original:
             analysis.protected.setdefault(names[m], reason)
-            analysis.protected_modules.append(original[names[m]])
+            # Every layer whose output channels the group holds, not only its root: the
+            # pruner skips ignored roots before it builds their groups, and a member whose
+            # own search does not reach the root (a window partition read as a channel
+            # slice) would become a root of its own, pruned without any trial.
+            for layer in [m, *members.get(m, ())]:
+                if names.get(layer) in original:
+                    analysis.protected_modules.append(original[names[layer]])
     analysis.prunable = [
         names[m] for m in candidates if m not in breaking and names.get(m) in original
     ]
@@ -313,6 +321,16 @@ def analyse_groups(
         f"input {[list(t.shape) for t in inputs]} in {time.perf_counter() - started:.1f} s"
     )
     return analysis
+
+
+def _out_channel_layers(dg: tp.DependencyGraph, group: Any) -> list[nn.Module]:
+    """The root-type layers whose output channels `group` prunes."""
+    return [
+        dep.target.module
+        for dep, _ in group
+        if isinstance(dep.target.module, ROOT_MODULE_TYPES)
+        and dg.is_out_channel_pruning_fn(dep.handler)
+    ]
 
 
 def _list(names: Any, limit: int = 8) -> str:
