@@ -247,3 +247,28 @@ def test_unreachable_target_is_reported() -> None:
     assert result.achieved["macs_reduction"] < 0.78
     assert any("not reachable" in n for n in result.notes)
     assert model(x).shape == (1, 10)
+
+
+def test_a_finer_rounding_in_the_last_step_searches_below_the_earlier_ratio(monkeypatch) -> None:
+    """DPN-68: under the coarse width rules its grouped convolutions prune nothing, so the
+    earlier steps end at the highest ratio; the finest rule prunes 75% of the MACs there.
+    The last step must search that rule from ratio 0, not from the earlier steps' ratio."""
+    from types import SimpleNamespace
+
+    from worker.engine.planner import Choice
+    from worker.engine.prune import _Run
+
+    class Run(_Run):
+        def evaluate(self, step):
+            finest = self.pruner.width_multiple == "any width"
+            return lambda r: Choice(ratio=r, groups=[], value=0.83 * r if finest else 0.001)
+
+    spec = PruneSpec(target=Target(macs_reduction=0.5))
+    run = Run(
+        module=nn.Identity(), inputs=(), spec=spec, profile=None, macs_before=1,
+        params_before=1, notes=[], pruner=SimpleNamespace(width_multiple="coarse"),
+    )  # type: ignore[arg-type]  # fmt: skip
+    rules = [("coarse", "coarse"), ("any width", "any width")]
+    monkeypatch.setattr("worker.engine.prune._width_rules", lambda _spec: rules)
+    choice = run._choose_last(spec.iterative_steps, 0.5, 0.9, 0.9)
+    assert abs(choice.value - 0.5) <= 0.02

@@ -193,8 +193,13 @@ class _Run:
         for index, (label, rule) in enumerate(_width_rules(self.spec)):
             if index > 0 and self.spec.round_to is None:
                 self.pruner.width_multiple = rule
+            # The earlier steps' ratio bounds the search only under their own rounding: a
+            # finer one may reach the goal at a lower ratio (DPN-68's grouped convolutions
+            # pruned nothing at 0.9 under multiples of 4 and 75% of the MACs at 0.9 under
+            # any width). The ratio is cumulative, so a lower one prunes no channel back.
+            lowest = floor if index == 0 else 0.0
             choice = search_ratio(
-                self.evaluate(step), goal, floor, upper, aim=_AIM_FINAL, max_evals=_EVALS_FINAL
+                self.evaluate(step), goal, lowest, upper, aim=_AIM_FINAL, max_evals=_EVALS_FINAL
             )
             if best is None or abs(choice.value - goal) < abs(best.value - goal):
                 best = choice
