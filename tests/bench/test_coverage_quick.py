@@ -3,6 +3,7 @@ YOLO-style detector and an entry whose package is missing. Checks the row format
 the figures (those are the bench's to report)."""
 
 import importlib.util
+import json
 import sys
 from functools import partial
 from pathlib import Path
@@ -92,3 +93,5 @@ def test_summary_and_markdown(tmp_path: Path) -> None:
     coverage.write_markdown(path, rows, list(summary.values()), meta)
     text = path.read_text()
     assert "| yolo | 2 | 2 | 1 (50%)" in text and "x\\|y" in text
+    raw = json.loads((tmp_path / "coverage.json").read_text())
+    assert [r["name"] for r in raw["rows"]] == [r["name"] for r in rows]
