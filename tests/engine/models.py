@@ -127,6 +127,18 @@ def to_onnx(
     return path
 
 
+def swin_onnx(path: Path, *, dim: int, heads: list[int], window: int, size: int) -> Path:
+    """A torchvision Swin of three stages of two blocks, exported for `size`x`size` inputs
+    (its window shapes are baked in at that size)."""
+    import torchvision
+
+    model = torchvision.models.SwinTransformer(
+        patch_size=[4, 4], embed_dim=dim, depths=[2, 2, 2], num_heads=heads,
+        window_size=[window, window],
+    )  # fmt: skip
+    return to_onnx(model, path, (1, 3, size, size))
+
+
 def save_pt2(model: nn.Module, path: Path, input_shape: Sequence[int]) -> Path:
     """A `torch.export` archive with a dynamic batch, as a user would make one."""
     example = torch.randn((2, *input_shape[1:]))

@@ -8,6 +8,7 @@ import torch_pruning as tp
 import torchvision
 from torch import nn
 
+from tests.engine import models
 from worker.engine import tp_extensions
 from worker.engine.preflight import ROOT_MODULE_TYPES, build_dependency_graph
 from worker.engine.tp_extensions import index_mapping_frozen
@@ -84,14 +85,7 @@ def test_the_same_groups_where_torch_prunings_search_goes_round_in_circles(tmp_p
     one group without end). Where it does end, the groups hold the same channels."""
     from worker.engine.loaders import load_model
 
-    model = torchvision.models.SwinTransformer(
-        patch_size=[4, 4], embed_dim=16, depths=[2, 2, 2], num_heads=[2, 2, 2], window_size=[4, 4]
-    ).eval()
-    path = tmp_path / "swin.onnx"
-    torch.onnx.export(
-        model, (torch.randn(1, 3, 64, 64),), str(path), opset_version=17, dynamo=False,
-        input_names=["x"], dynamic_axes={"x": {0: "n"}},
-    )  # fmt: skip
+    path = models.swin_onnx(tmp_path / "swin.onnx", dim=16, heads=[2, 2, 2], window=4, size=64)
     loaded = load_model(path)
     graph = build_dependency_graph(loaded.module, loaded.example_inputs(seed=0))
     ours = _groups(graph, tp_extensions.pruning_group)

@@ -136,18 +136,9 @@ def test_no_layer_of_a_protected_group_is_pruned_on_its_own(tmp_path):
     search does not reach the protected root (the windows' spatial slices read as channel
     slices), so the pruner would make it a root of its own: every layer of a protected
     group must be ignored too."""
-    import torchvision
-
     from worker.engine.preflight import ROOT_MODULE_TYPES, analyse_groups, build_dependency_graph
 
-    model = torchvision.models.SwinTransformer(
-        patch_size=[4, 4], embed_dim=32, depths=[2, 2, 2], num_heads=[2, 4, 8], window_size=[7, 7]
-    ).eval()
-    path = tmp_path / "swin.onnx"
-    torch.onnx.export(
-        model, (torch.randn(1, 3, 128, 128),), str(path), opset_version=17, dynamo=False,
-        input_names=["x"], dynamic_axes={"x": {0: "n"}},
-    )  # fmt: skip
+    path = models.swin_onnx(tmp_path / "swin.onnx", dim=32, heads=[2, 4, 8], window=7, size=128)
     loaded = load_model(path)
     analysis = analyse_groups(loaded.module, loaded)
     assert analysis.protected
