@@ -283,7 +283,7 @@ def analyse_groups(
             # pruner skips ignored roots before it builds their groups, and a member whose
             # own search does not reach the root (a window partition read as a channel
             # slice) would become a root of its own, pruned without any trial.
-            for layer in [m, *members.get(m, ())]:
+            for layer in dict.fromkeys([m, *members.get(m, ())]):
                 if names.get(layer) in original:
                     analysis.protected_modules.append(original[names[layer]])
     analysis.prunable = [
