@@ -197,6 +197,24 @@ def test_accuracy_budget_keeps_strongest_passing_probe(tiny_onnx: Path, tmp_path
     assert any(note.startswith("accuracy budget") for note in report.notes)
 
 
+def test_a_budget_ceiling_beyond_the_models_reach_prunes_to_what_it_reaches(
+    tiny_onnx: Path, tmp_path: Path
+) -> None:
+    """A budget's target is a ceiling ("up to 98% fewer MACs within the budget"): a model
+    that cannot go that far (its classifier protected, max_layer_ratio) is pruned as far
+    as the chosen probe got, not refused as `target_unreachable`."""
+    spec = JobSpec(
+        prune=PruneSpec(target=Target(macs_reduction=0.98)),
+        finetune=None,
+        accuracy_budget=AccuracyBudget(max_drop=1.0, probes=2),
+        benchmark=FAST_BENCH,
+    )
+    report = run_pipeline(tiny_onnx, spec, tmp_path / "out").report
+    reduction = 1 - report.pruned.macs / report.original.macs
+    assert 0.5 < reduction < 0.98 - 0.02, reduction
+    assert any("pruned to that" in note for note in report.notes), report.notes
+
+
 def test_budget_probes_become_history_and_the_strongest_fitting_one_wins(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

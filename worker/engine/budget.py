@@ -43,6 +43,9 @@ class ProbeResult:
     params: int
     accuracy: float | None = None
     agreement: float | None = None
+    # The fraction the probe actually removed: short of `strength` when the model holds
+    # layers back (protected layers, max_layer_ratio); None when not measured.
+    reached: float | None = None
 
 
 @dataclass

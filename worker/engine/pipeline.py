@@ -552,7 +552,22 @@ def _probe(
         params=result.params_after,
         accuracy=acc,
         agreement=agreement,
+        reached=result.achieved.get(spec.prune.target.kind),
     )
+
+
+def _reachable(probes: list[ProbeResult], chosen: float, kind: str, notes: list[str]) -> float:
+    """A budget's target is a ceiling: when the chosen probe removed less than it asked
+    for (the model holds layers back), the job prunes to what that probe reached instead
+    of being refused as short of a strength the user only allowed."""
+    reached = next((p.reached for p in probes if p.strength == chosen), None)
+    if reached is None or reached >= chosen - TOLERANCE:
+        return chosen
+    notes.append(
+        f"accuracy budget: the chosen {kind}={chosen:.3f} reaches {reached:.3f} on this model "
+        "(layers held back, see the analysis notes); pruned to that"
+    )
+    return reached
 
 
 def _start_int8_probes(state: _State, spec: JobSpec, workdir: Path) -> float | None:
@@ -683,6 +698,7 @@ def _budget_target(state: _State, spec: JobSpec, device: str, t: _Tracker) -> Pr
             f"accuracy budget: no probed strength kept the drop within {budget.max_drop:.3f}; "
             f"pruned at the mildest probed target {chosen:.3f}"
         )
+    chosen = _reachable(search.probes, chosen, spec.prune.target.kind, state.notes)
     drops = ", ".join(
         f"{p.strength:.3f}: {base - p.score:+.3f}"
         + (f" (fitted {f:+.3f})" if abs(f - (base - p.score)) > 1e-9 else "")
