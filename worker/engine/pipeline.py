@@ -67,6 +67,8 @@ REAIM_BAND = LATENCY_BAND / 2
 # Re-aims at most: each is a latency search of its own; the second corrects what the
 # first one's narrower layers changed in INT8's gain again.
 REAIMS = 2
+# A re-aim that moves the float target by less than this would repeat the last pruning.
+REAIM_STEP = 0.01
 
 
 @dataclass
@@ -433,24 +435,32 @@ def pruning_goal(goal_ratio: float, int8_ratio: float) -> float | None:
 
 
 def _int8_speed(state: _State, spec: JobSpec, device: str, workdir: Path) -> float:
-    """INT8's time as a fraction of the float model's: the original exported by
-    `_latency_probe`, quantized as the job says, both timed interleaved as latency
+    """INT8's time as a fraction of the float model's, measured on the original."""
+    times = _int8_times(state, spec, device, workdir, pruned=None)
+    return times["int8"] / times["original"]
+
+
+def _int8_times(
+    state: _State, spec: JobSpec, device: str, workdir: Path, pruned: nn.Module | None
+) -> dict[str, float]:
+    """Median ms of the original exported by `_latency_probe` and of `pruned` (the original
+    when None) exported and quantized as the job says, timed interleaved as latency
     candidates are (calibration ranges do not change speed: two batches calibrate it)."""
     calibration, _, _ = quantize.stage_data(state.loaded, state.splits, spec.quantize)
-    scratch = workdir / "int8-speed"
-    scratch.mkdir()
+    scratch = Path(tempfile.mkdtemp(prefix="int8-speed-", dir=workdir))
     original = workdir / "original.onnx"
-    int8 = quantize.quantize_plain(original, scratch, spec.quantize, calibration[:2])
+    models = {"original": original}
+    float_path = original
+    if pruned is not None:
+        float_path = export_onnx(
+            copy.deepcopy(pruned).cpu().eval(), state.loaded, scratch / "pruned.onnx", spec.export
+        )
+        models["pruned"] = float_path
+    models["int8"] = quantize.quantize_plain(float_path, scratch, spec.quantize, calibration[:2])
     provider, threads = _runtime(spec, device)
-    times = benchmark.median_ms(
-        {"float": original, "int8": int8},
-        _timing_feeds(state),
-        provider,
-        device=device,
-        threads=threads,
-        seconds=4.0,
+    return benchmark.median_ms(
+        models, _timing_feeds(state), provider, device=device, threads=threads, seconds=4.0
     )
-    return times["int8"] / times["float"]
 
 
 def _aim_before_int8(state: _State, spec: JobSpec, device: str, workdir: Path) -> JobSpec:
@@ -514,7 +524,7 @@ def _reaim_after_int8(
     speed-up; None when the first aim holds (or the INT8 model cannot be timed)."""
     wanted = 1.0 - goal.prune.target.value
     try:
-        times = _pruned_int8_times(state, goal, device, workdir)
+        times = _int8_times(state, goal, device, workdir, state.loaded.module)
     except Exception as exc:  # noqa: BLE001 - onnxruntime's errors are untyped
         state.notes.append(
             f"latency target: the pruned INT8 model could not be timed before fine-tuning "
@@ -527,6 +537,8 @@ def _reaim_after_int8(
         return None
     own = times["int8"] / times["pruned"]
     float_goal = pruning_goal(wanted, own) or INT8_ALONE
+    if abs((1.0 - float_goal) - aimed.target.value) < REAIM_STEP:
+        return None  # the same aim again: INT8 alone (or noise) decides, not pruning
     state.notes.append(
         f"latency target: the first aim made an INT8 model at {reached:.3f}x the original's "
         f"time, not {wanted:.3f}x (INT8 runs at {own:.2f}x the pruned float model's time); "
@@ -534,30 +546,6 @@ def _reaim_after_int8(
     )
     state.target_figures["latency_float_goal_ratio"] = float_goal
     return _with_target(aimed, 1.0 - float_goal)
-
-
-def _pruned_int8_times(
-    state: _State, spec: JobSpec, device: str, workdir: Path
-) -> dict[str, float]:
-    """Median ms of the original, the pruned float model and its INT8 file, interleaved."""
-    calibration, _, _ = quantize.stage_data(state.loaded, state.splits, spec.quantize)
-    scratch = Path(tempfile.mkdtemp(prefix="int8-reaim-", dir=workdir))
-    pruned = export_onnx(
-        copy.deepcopy(state.loaded.module).cpu().eval(),
-        state.loaded,
-        scratch / "pruned.onnx",
-        spec.export,
-    )
-    int8 = quantize.quantize_plain(pruned, scratch, spec.quantize, calibration[:2])
-    provider, threads = _runtime(spec, device)
-    return benchmark.median_ms(
-        {"original": workdir / "original.onnx", "pruned": pruned, "int8": int8},
-        _timing_feeds(state),
-        provider,
-        device=device,
-        threads=threads,
-        seconds=4.0,
-    )
 
 
 def _recovery_judge(
