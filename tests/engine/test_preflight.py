@@ -151,3 +151,16 @@ def test_no_layer_of_a_protected_group_is_pruned_on_its_own(tmp_path):
         )
     ]
     assert roots and set(roots) <= set(analysis.prunable)
+
+
+def test_the_reachable_reduction_keeps_every_layer_of_a_protected_group(tmp_path):
+    """The upload's prunability search holds back what a job holds back: a Swin's
+    attention value projection, a member of a protected group that the group search
+    reaches only from its root, pruned alone broke the window reshape and the search
+    raised instead of answering."""
+    from worker.engine.prunability import prunability
+
+    path = models.swin_onnx(tmp_path / "swin.onnx", dim=32, heads=[2, 4, 8], window=7, size=128)
+    report = prunability(load_model(path), budget_s=600)  # a loaded machine: no timeout
+    assert report.protected_groups and report.prunable_groups
+    assert report.max_macs_reduction is not None and 0.1 < report.max_macs_reduction < 0.9

@@ -47,7 +47,11 @@ def prunability(
         for name, reason in analysis.protected.items()
     ]
     notes = list(analysis.notes)
-    reachable = _max_macs_reduction(loaded, list(analysis.protected), deadline, notes)
+    # Every layer a protected group holds, not only its root (as a job's pruning does):
+    # a member the group search reaches only from the root would otherwise be pruned alone.
+    names = {m: n for n, m in loaded.module.named_modules()}
+    held = [names[m] for m in analysis.protected_modules if m in names]
+    reachable = _max_macs_reduction(loaded, held, deadline, notes)
     return Prunability(
         groups=groups,
         prunable_groups=len(analysis.prunable),
