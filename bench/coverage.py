@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from corpus import GROUPS, Built, Entry, SkipEntry, all_entries  # noqa: E402
+from corpus.keras import TF_PYTHON  # noqa: E402
 
 TARGET = 0.5
 TIMEOUT_S = 600
@@ -532,6 +533,10 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--merge", help="comma-separated --json files of earlier runs: report them together"
     )
+    parser.add_argument(
+        "--tf-python",
+        help="interpreter of a virtualenv with tensorflow and tf2onnx, for the Keras entries",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -549,6 +554,8 @@ def _child(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
+    if args.tf_python:  # read by corpus.keras, here and in each entry's child process
+        os.environ[TF_PYTHON] = str(Path(args.tf_python).resolve())
     if args.child:
         _child(args)
         return

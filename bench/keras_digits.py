@@ -147,6 +147,22 @@ def keras_train(work: Path, epochs: int, seed: int, keep_norm_ops: bool) -> None
 # --- the engine part: run with the project's interpreter ------------------------------------
 
 
+def build_keras_onnx(
+    work: Path, tf_python: str | None, *, epochs: int, seed: int, fold_norms: bool = False
+) -> Path:
+    """work/keras.onnx: the Keras CNN trained on work/digits.npz by TensorFlow's own
+    interpreter (`keras_train`); kept when it is already there."""
+    keras_onnx = work / "keras.onnx"
+    if not keras_onnx.exists():
+        if not tf_python:
+            raise SystemExit("--tf-python is needed to build the Keras model")
+        cmd = [tf_python, __file__, "--keras-train", "--work", str(work)]
+        cmd += ["--epochs", str(epochs), "--seed", str(seed)]
+        cmd += ["--fold-norms"] if fold_norms else []
+        subprocess.run(cmd, check=True)
+    return keras_onnx
+
+
 def _torch_twin():  # noqa: ANN202
     """The Keras CNN's layers in PyTorch (dropout included), for a native export."""
     from torch import nn
@@ -244,14 +260,9 @@ def _bench(args: argparse.Namespace, work: Path) -> None:
     np.savez(work / "digits.npz", x_tr=x_tr, y_tr=y_tr, x_te=x_te, y_te=y_te)
     models: dict[str, tuple[Path, Path, np.ndarray]] = {}
     if "keras" in only:
-        keras_onnx = work / "keras.onnx"
-        if not keras_onnx.exists():
-            if not args.tf_python:
-                raise SystemExit("--tf-python is needed to build the Keras model")
-            cmd = [args.tf_python, __file__, "--keras-train", "--work", str(work)]
-            cmd += ["--epochs", str(args.epochs), "--seed", str(args.seed)]
-            cmd += ["--fold-norms"] if args.fold_norms else []
-            subprocess.run(cmd, check=True)
+        keras_onnx = build_keras_onnx(
+            work, args.tf_python, epochs=args.epochs, seed=args.seed, fold_norms=args.fold_norms
+        )
         nhwc_te = np.ascontiguousarray(np.moveaxis(x_te, 1, -1))
         np.savez(work / "keras-train.npz", x=np.moveaxis(x_tr, 1, -1), y=y_tr)
         models["keras (tf2onnx)"] = (keras_onnx, work / "keras-train.npz", nhwc_te)

@@ -11,10 +11,13 @@ Two parts, each a benchmark that prints figures (not a test):
 - trained models (`--trained digits,seq`): the digits ResNet and the Conv1d sequence net
   of `bench/budget.py`, pruned under a 1-point accuracy budget with INT8 on; accuracy of
   the final INT8 file on held-back and test samples, and its size against the original.
+  `keras` adds the Keras CNN of `bench/keras_digits.py` (tf2onnx, NHWC), trained by
+  TensorFlow in a virtualenv of its own (`--tf-python`).
 
     python bench/quantize.py        # resnet18, resnet50, mobilenet_v2, efficientnet_b0
     python bench/quantize.py --models resnet18 --latency 0.8
     python bench/quantize.py --models none --trained digits,seq
+    python bench/quantize.py --models none --trained keras --tf-python tfenv/bin/python
 """
 
 import argparse
@@ -167,11 +170,41 @@ def _describe(target: Target) -> str:
     return f"{target.macs_reduction:.0%} fewer MACs, data-free"
 
 
+def _keras_task(work: Path, args: argparse.Namespace):  # noqa: ANN202 - budget.Task
+    """The Keras CNN of bench/keras_digits.py (tf2onnx, NHWC input) as a trained task:
+    TensorFlow trains it on the digits' training samples in its own virtualenv."""
+    import numpy as np
+    from _common import digits
+    from budget import Task
+    from keras_digits import SIZE, build_keras_onnx
+
+    from worker.engine.data import load_dataset
+
+    x_tr, y_tr, x_te, y_te = digits(size=SIZE, seed=0)
+    np.savez(work / "digits.npz", x_tr=x_tr, y_tr=y_tr, x_te=x_te, y_te=y_te)
+    onnx = build_keras_onnx(work, args.tf_python, epochs=args.epochs_keras, seed=0)
+    nhwc = lambda a: np.ascontiguousarray(np.moveaxis(a, 1, -1))  # noqa: E731
+    npz = work / "keras-train.npz"
+    np.savez(npz, x=nhwc(x_tr), y=y_tr)
+    splits = load_dataset(npz, (1, SIZE, SIZE, 1))
+    assert splits.val is not None
+    train = tuple(t.numpy() for t in splits.train.tensors)
+    val = tuple(t.numpy() for t in splits.val.tensors)
+    test = (nhwc(x_te), y_te)
+    return Task(
+        "keras (tf2onnx)", None, onnx, npz, train, val, test,
+        reference=accuracy_onnx(onnx, *val), test_reference=accuracy_onnx(onnx, *test),
+    )  # fmt: skip
+
+
 def run_trained(name: str, args: argparse.Namespace, work: Path) -> None:
     """A trained task of bench/budget.py under a 1-point budget with INT8 on."""
     from budget import make_task
 
-    task = make_task(name, work, epochs=args.epochs_original)
+    if name == "keras":
+        task = _keras_task(work, args)
+    else:
+        task = make_task(name, work, epochs=args.epochs_original)
     spec = JobSpec(
         prune=PruneSpec(method="l2", scope="sensitivity", target=Target(macs_reduction=0.98)),
         accuracy_budget=AccuracyBudget(max_drop=args.max_drop, probes=6),
@@ -221,7 +254,9 @@ def main() -> None:
     parser.add_argument("--macs", type=float, default=0.5)
     parser.add_argument("--latency", type=float, help="a latency_reduction target instead")
     parser.add_argument("--iterations", type=int, default=100)
-    parser.add_argument("--trained", default="", help="trained tasks: digits,seq")
+    parser.add_argument("--trained", default="", help="trained tasks: digits,seq,keras")
+    parser.add_argument("--tf-python", help="interpreter with tensorflow and tf2onnx (keras)")
+    parser.add_argument("--epochs-keras", type=int, default=40)
     parser.add_argument("--max-drop", type=float, default=0.01)
     parser.add_argument("--epochs-original", type=int, default=10)
     args = parser.parse_args()
