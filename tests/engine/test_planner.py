@@ -113,3 +113,56 @@ def test_the_concat_mapping_matches_torch_prunings_own(monkeypatch) -> None:
         index_mapping.update_index_mapping(graph)
         monkeypatch.undo()
         assert ours and ours == _mappings(graph)
+
+
+class _BoxDecode(torch.nn.Module):
+    """A detector's box decode: a split whose parts are each read twice, concatenated."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.box = torch.nn.Conv2d(3, 4, 1)
+        self.head = torch.nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xy, wh = self.box(x).split((2, 2), 1)
+        return self.head(torch.cat((xy - wh / 2, xy + wh / 2), 1))
+
+
+def _split_mappings(graph: tp.DependencyGraph) -> list:
+    found = []
+    for node in graph.module2node.values():
+        for dep in node.dependencies:
+            mapping = dep.index_mapping[0]
+            if isinstance(mapping, index_mapping._SplitIndexMapping):
+                found.append((str(dep), tuple(mapping.offset), mapping.reverse))
+    return sorted(found)
+
+
+def test_the_split_mapping_matches_torch_prunings_where_each_part_is_read_once(
+    monkeypatch,
+) -> None:
+    from worker.engine import tp_extensions
+
+    graph = _graph(_TwiceConcat().eval(), torch.randn(1, 3, 8, 8))
+    ours = _split_mappings(graph)
+    monkeypatch.setattr(
+        index_mapping, "update_split_index_mapping", tp_extensions.torch_pruning_split_mapping
+    )
+    for node in graph.module2node.values():
+        for dep in node.dependencies:
+            dep.index_mapping[0] = None
+    index_mapping.update_index_mapping(graph)
+    monkeypatch.undo()
+    assert ours and ours == _split_mappings(graph)
+
+
+def test_a_split_part_read_twice_is_mapped_to_its_own_channels() -> None:
+    """torch-pruning gives a split's consumers the parts in the order it meets them, so
+    the third and fourth readers of a two-part split ran past the offsets (IndexError
+    while the graph was built, a YOLOv10-style head)."""
+    from worker.engine.preflight import ROOT_MODULE_TYPES
+
+    graph = _graph(_BoxDecode().eval(), torch.randn(1, 3, 8, 8))
+    spans = {offset for _, offset, _ in _split_mappings(graph)}
+    assert spans == {(0, 2), (2, 4)}
+    assert list(graph.get_all_groups(root_module_types=ROOT_MODULE_TYPES))

@@ -32,6 +32,7 @@ from torch import fx, nn
 from contract import TensorInfo
 from worker.engine.errors import EngineError, UnsupportedModel, describe_failure
 from worker.engine.evaluate import same_outputs
+from worker.engine.row_order import selects_rows, unordered_difference
 from worker.engine.screen import check_onnx_allocations, screen_onnx, screen_pt2
 from worker.engine.sniff import sniff_format
 from worker.engine.types import LoadedModel
@@ -394,7 +395,12 @@ def _same_as_reference(
 ) -> bool:
     try:
         outputs = _onnxruntime_outputs(model, model.SerializeToString(), inputs, example)
-        _compare([torch.from_numpy(np.asarray(o)) for o in outputs], reference, "slimmed")
+        _compare(
+            [torch.from_numpy(np.asarray(o)) for o in outputs],
+            reference,
+            "slimmed",
+            reorderable=selects_rows(model.graph),
+        )
     except UnsupportedModel:
         return False
     return True
@@ -445,10 +451,12 @@ def _onnx_to_torch(
         ) from exc
     # onnxruntime ran the original at this shape: a failure here is the conversion's.
     converted = _run(gm, example, "the converted model", code="unsupported_op")
-    _compare(converted, reference, "the converted model")
+    reorderable = selects_rows(model.graph)
+    _compare(converted, reference, "the converted model", reorderable=reorderable)
     try:
         prunable = conv.make_prunable(gm, example)
-        _compare(_run(prunable, example, "the rewritten model"), reference, "the rewritten model")
+        rewritten = _run(prunable, example, "the rewritten model")
+        _compare(rewritten, reference, "the rewritten model", reorderable=reorderable)
         return prunable
     except Exception as exc:
         # The rewrites only make more of the graph prunable; the plain conversion is right.
@@ -534,7 +542,16 @@ def _check_converters(model: Any) -> None:
         )
 
 
-def _compare(ours: Sequence[torch.Tensor], reference: Sequence[np.ndarray], what: str) -> None:
+def _compare(
+    ours: Sequence[torch.Tensor],
+    reference: Sequence[np.ndarray],
+    what: str,
+    *,
+    reorderable: bool = False,
+) -> None:
+    """Raise UnsupportedModel unless `ours` computes `reference`. `reorderable`: the graph
+    selects rows by score, so near-tied rows may come in another order
+    (`row_order.unordered_difference`)."""
     if len(ours) != len(reference):
         raise UnsupportedModel(
             f"{what} returns {len(ours)} outputs, onnxruntime {len(reference)}",
@@ -556,6 +573,8 @@ def _compare(ours: Sequence[torch.Tensor], reference: Sequence[np.ndarray], what
             continue
         diff = (mine.float() - ref_t.float()).abs().max().item() if ref_t.numel() else 0.0
         scale = max(1.0, ref_t.float().abs().max().item() if ref_t.numel() else 0.0)
+        if not diff <= 1e-3 * scale and reorderable:
+            diff = unordered_difference(mine, ref_t) or diff
         if not diff <= 1e-3 * scale:
             raise UnsupportedModel(
                 f"{what} disagrees with onnxruntime on output {i} (max abs diff {diff:.3g})",

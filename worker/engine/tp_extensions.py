@@ -1,7 +1,8 @@
 """torch-pruning's knowledge of the modules `onnx_converters` creates beyond `ChannelConst`
 and `ChannelShuffle`: customized pruners, registered with `register`; and two speed-ups
 of its channel index mapping: `index_mapping_frozen`, for building many groups of a model
-that does not change, and `map_concat_indices`, installed in place of its own; and
+that does not change, and `map_concat_indices`, installed in place of its own;
+`map_split_indices`, its split mapping with each consumer given the part it reads; and
 `pruning_group`, its group search made to end on every graph, installed in place of
 `DependencyGraph.get_pruning_group`.
 
@@ -115,11 +116,11 @@ def map_concat_indices(graph: tp.DependencyGraph, node: Any) -> None:
         return  # concatenated along another dim than the channels
     sizes = node.module.concat_sizes
     if sizes is None:
-        sizes = [shape_infer.infer_channels_between(graph, n, node) for n in node.inputs]
+        sizes = [_channels_between(graph, n, node) for n in node.inputs]
         node.module.concat_sizes = sizes
     if any(size is None for size in sizes):
         return
-    total = shape_infer.infer_in_channels_recursively(graph, node, recursive_depth=[0])
+    total = _channels_into(graph, node)
     if total is not None and total != sum(sizes):
         return
     offsets = list(itertools.accumulate(sizes, initial=0))
@@ -140,6 +141,73 @@ def map_concat_indices(graph: tp.DependencyGraph, node: Any) -> None:
         if from_input[id(source)]:
             mapping = index_mapping._ConcatIndexMapping(offset=span, reverse=False)
             from_input[id(source)].popleft().index_mapping[1] = mapping
+
+
+def map_split_indices(graph: tp.DependencyGraph, node: Any) -> None:
+    """torch-pruning's `update_split_index_mapping`, with each consumer of a split mapped
+    to the part it reads (the output number its autograd edge names) instead of the part
+    at its position among the split's consumers: where a part is read twice (a box
+    decode's xy - wh / 2 and xy + wh / 2) the later consumers got the wrong offsets, and
+    the last ran past them."""
+    if node.type != ops.OPTYPE.SPLIT or not _splits_channels(node.grad_fn):
+        return
+    offsets = node.module.offsets
+    if offsets is None or not node.enable_index_mapping:
+        return
+    parts = {id(c): deque(_parts_read(node, c)) for c in node.outputs}
+    forward = list(node.dependencies)
+    backward = {id(c): [d for d in c.dependencies if d.target is node] for c in node.outputs}
+    for position, consumer in enumerate(node.outputs):
+        read = parts[id(consumer)]
+        part = read.popleft() if read else position
+        if part + 1 >= len(offsets):
+            continue  # not a part this split has: leave torch-pruning's default
+        span = offsets[part : part + 2]
+        dep = next((d for d in forward if d.target is consumer), None)
+        if dep is not None:
+            forward.remove(dep)
+            dep.index_mapping[0] = index_mapping._SplitIndexMapping(offset=span, reverse=False)
+        if backward[id(consumer)]:
+            back = backward[id(consumer)].pop(0)
+            back.index_mapping[0] = index_mapping._SplitIndexMapping(offset=span, reverse=True)
+
+
+def _splits_channels(grad_fn: Any) -> bool:
+    """Whether a split's autograd node splits dim 1 (as torch-pruning reads it)."""
+    dim = getattr(grad_fn, "_saved_dim", None)
+    if dim is None:
+        return True
+    sizes = getattr(grad_fn, "_saved_self_sym_sizes", None)
+    if sizes is not None:
+        return not (dim < len(sizes) and dim != 1)
+    return not (dim >= 0 and dim != 1)
+
+
+def _parts_read(split: Any, consumer: Any) -> list[int]:
+    """The split's output numbers that `consumer`'s autograd node takes, in order."""
+    edges = getattr(getattr(consumer, "grad_fn", None), "next_functions", None) or ()
+    return [number for fn, number in edges if fn is not None and fn is split.grad_fn]
+
+
+# torch-pruning's channel inference indexes a split's recorded sizes by the position of
+# a consumer among the split's consumers, which overruns them where a part is used twice
+# (a detector's box decode: xy - wh / 2, xy + wh / 2). Unknown (None) leaves the
+# concatenation unmapped, as torch-pruning does with any size it cannot infer.
+_INFERENCE_ERRORS = (IndexError, KeyError, AttributeError)
+
+
+def _channels_between(graph: tp.DependencyGraph, source: Any, node: Any) -> int | None:
+    try:
+        return shape_infer.infer_channels_between(graph, source, node)
+    except _INFERENCE_ERRORS:
+        return None
+
+
+def _channels_into(graph: tp.DependencyGraph, node: Any) -> int | None:
+    try:
+        return shape_infer.infer_in_channels_recursively(graph, node, recursive_depth=[0])
+    except _INFERENCE_ERRORS:
+        return None
 
 
 def pruning_group(
@@ -247,6 +315,8 @@ def _merged_group(graph: tp.DependencyGraph, found: list[tuple[Any, list]]) -> A
 
 # torch-pruning's own, kept for the tests that the two agree.
 torch_pruning_concat_mapping = index_mapping.update_concat_index_mapping
+torch_pruning_split_mapping = index_mapping.update_split_index_mapping
 index_mapping.update_concat_index_mapping = map_concat_indices
+index_mapping.update_split_index_mapping = map_split_indices
 torch_pruning_pruning_group = tp.DependencyGraph.get_pruning_group
 tp.DependencyGraph.get_pruning_group = pruning_group  # type: ignore[method-assign]
