@@ -169,3 +169,31 @@ def test_an_ocr_recogniser_with_an_lstm_head(tmp_path):
     out = export_onnx(loaded.module, loaded, tmp_path / "pruned.onnx", ExportSpec())
     assert _dims(onnx.load(str(out)).graph.output[0]) == ["time", "batch", 12]
     verify_onnx(out, loaded.module, (torch.randn(2, 1, 32, 140),))
+
+
+class _DflHead(nn.Module):
+    """A YOLOv8 head's distribution integral: conv, then view(batch, 4, -1) and a view of
+    the batch taken from the input (torch.export records both sizes symbolically)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.box = nn.Conv2d(3, 64, 3, padding=1)
+        self.dfl = nn.Conv2d(16, 1, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        boxes = self.box(x).view(b, 64, -1)
+        dist = boxes.view(b, 4, 16, -1).transpose(2, 1).softmax(1)
+        return self.dfl(dist).view(b, 4, -1)
+
+
+def test_an_archive_with_views_of_its_batch_exports_a_dynamic_batch(tmp_path) -> None:
+    """The TorchScript exporter baked the traced batch into the views of a .pt2 archive's
+    graph (aten overloads fed by aten.sym_size): the file ran at batch 1 only."""
+    from tests.engine import models
+
+    path = models.save_pt2(_DflHead(), tmp_path / "head.pt2", (1, 3, 8, 8))
+    loaded = load_model(path)
+    out = export_onnx(loaded.module, loaded, tmp_path / "head.onnx", ExportSpec())
+    for batch in (1, 3):
+        verify_onnx(out, loaded.module, loaded.example_inputs(batch=batch))

@@ -654,6 +654,15 @@ def _plain_graph_module(unlifted: fx.GraphModule) -> fx.GraphModule:
     for node in list(graph.nodes):
         if node.op == "call_module" and str(node.target) == "_guards_fn":
             graph.erase_node(node)
+        elif node.op == "call_function" and node.target is torch.ops.aten.sym_size.int:
+            # `x.size(d)`: the TorchScript exporter records a tensor's size calls and keeps
+            # them dynamic, where it bakes aten.sym_size's traced result into the graph
+            # (a view(batch, 4, -1) then ran at batch 1 only).
+            with graph.inserting_before(node):
+                size = graph.call_method("size", tuple(node.args))
+            size.meta = dict(node.meta)
+            node.replace_all_uses_with(size)
+            graph.erase_node(node)
     graph.set_codegen(fx.graph.CodeGen())
     output = next(n for n in graph.nodes if n.op == "output")
     values = output.args[0]
@@ -662,6 +671,17 @@ def _plain_graph_module(unlifted: fx.GraphModule) -> fx.GraphModule:
     elif isinstance(values, list):
         output.args = (tuple(values),)
     return fx.GraphModule(unlifted, graph)
+
+
+def _as_torch_reshape(graph: fx.Graph, node: fx.Node) -> None:
+    """`torch.reshape` in place of an aten view or reshape: the TorchScript exporter keeps
+    the sizes it is given from `x.size(d)` dynamic in it, where it bakes their traced
+    values into an aten overload's call (a view(batch, 4, -1) ran at batch 1 only)."""
+    with graph.inserting_before(node):
+        new = graph.call_function(torch.reshape, (node.args[0], tuple(node.args[1])))
+    new.meta = dict(node.meta)
+    node.replace_all_uses_with(new)
+    graph.erase_node(node)
 
 
 def raise_aten_layers(gm: fx.GraphModule, example: Sequence[torch.Tensor]) -> fx.GraphModule:
@@ -703,7 +723,8 @@ def raise_aten_layers(gm: fx.GraphModule, example: Sequence[torch.Tensor]) -> fx
         elif target is aten.group_norm.default:
             layer = _group_norm_layer(gm, node)
         elif target in (aten.view.default, aten.reshape.default, aten._unsafe_view.default):
-            conv.symbolic_reshape(gm, node, node.args[0], list(node.args[1]))
+            if not conv.symbolic_reshape(gm, node, node.args[0], list(node.args[1])):
+                _as_torch_reshape(graph, node)
             continue
         if layer is None:
             continue
