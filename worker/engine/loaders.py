@@ -677,8 +677,10 @@ def _as_torch_reshape(graph: fx.Graph, node: fx.Node) -> None:
     """`torch.reshape` in place of an aten view or reshape: the TorchScript exporter keeps
     the sizes it is given from `x.size(d)` dynamic in it, where it bakes their traced
     values into an aten overload's call (a view(batch, 4, -1) ran at batch 1 only)."""
+    sizes = node.args[1]
+    assert isinstance(sizes, list | tuple)  # an aten view's shape argument
     with graph.inserting_before(node):
-        new = graph.call_function(torch.reshape, (node.args[0], tuple(node.args[1])))
+        new = graph.call_function(torch.reshape, (node.args[0], tuple(sizes)))
     new.meta = dict(node.meta)
     node.replace_all_uses_with(new)
     graph.erase_node(node)
