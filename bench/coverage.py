@@ -555,7 +555,8 @@ def _child(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
     if args.tf_python:  # read by corpus.keras, here and in each entry's child process
-        os.environ[TF_PYTHON] = str(Path(args.tf_python).resolve())
+        # Absolute, not resolved: a virtualenv's python is a link it must be called by.
+        os.environ[TF_PYTHON] = os.path.abspath(args.tf_python)
     if args.child:
         _child(args)
         return
