@@ -197,3 +197,37 @@ def test_an_archive_with_views_of_its_batch_exports_a_dynamic_batch(tmp_path) ->
     out = export_onnx(loaded.module, loaded, tmp_path / "head.onnx", ExportSpec())
     for batch in (1, 3):
         verify_onnx(out, loaded.module, loaded.example_inputs(batch=batch))
+
+
+def test_an_input_no_op_reads_is_kept(tmp_path, monkeypatch) -> None:
+    """tf2onnx leaves a Keras Normalization layer's statistics as graph inputs nothing
+    reads; the TorchScript exporter dropped them and the export failed ('the exported
+    graph lost') where the dynamo exporter could not take the model either (Keras
+    EfficientNetB0): here it is the only route."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from worker.engine import export
+
+    def no_dynamo(*args, **kwargs):
+        raise RuntimeError("not this route")
+
+    monkeypatch.setattr(export, "_export_dynamo", no_dynamo)
+
+    weight = numpy_helper.from_array(np.full((4, 3, 3, 3), 0.1, np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+        "unused_input",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8]),
+            helper.make_tensor_value_info("stats", TensorProto.FLOAT, [1, 1, 1, 3]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "m.onnx")
+    loaded = load_model(tmp_path / "m.onnx")
+    out = export_onnx(loaded.module, loaded, tmp_path / "out.onnx", ExportSpec())
+    assert [i.name for i in onnx.load(out).graph.input] == ["x", "stats"]
+    verify_onnx(out, loaded.module, loaded.example_inputs())

@@ -53,6 +53,7 @@ def export_onnx(module: nn.Module, loaded: LoadedModel, path: str | Path, spec: 
             renames = route(module, inputs, tmp, loaded, spec)
             model = onnx.load(str(tmp))
             _rename_values(model.graph, renames)
+            _keep_unused_inputs(model.graph, loaded)
             _declare_shapes(model, loaded, spec)
             onnx.checker.check_model(model)
             onnx.save(model, str(tmp))
@@ -179,6 +180,28 @@ def _export_dynamo(
             raise ExportFailed("the exporter returned no program")
         program.save(str(path), external_data=False)
     return {}  # the file already has the upload's names
+
+
+def _keep_unused_inputs(graph: Any, loaded: LoadedModel) -> None:
+    """Declare the upload's inputs that no op reads (tf2onnx leaves a Keras Normalization
+    layer's statistics as inputs the graph ignores), in the upload's order: the
+    exporters drop them, and a drop-in file keeps its inputs."""
+    from onnx import TensorProto, helper
+
+    present = {v.name: v for v in graph.input}
+    if all(info.name in present for info in loaded.inputs):
+        return
+    ordered = [
+        present.pop(info.name, None)
+        or helper.make_tensor_value_info(
+            info.name,
+            TensorProto.FLOAT,
+            [d if isinstance(d, int | str) and d != "" else None for d in info.shape],
+        )
+        for info in loaded.inputs
+    ]
+    del graph.input[:]
+    graph.input.extend([*ordered, *present.values()])
 
 
 def _declare_shapes(model: Any, loaded: LoadedModel, spec: ExportSpec) -> None:
