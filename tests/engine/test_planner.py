@@ -80,12 +80,15 @@ class _TwiceConcat(torch.nn.Module):
         return self.c(torch.cat([left, b, right, a], dim=1))
 
 
-def _mappings(graph: tp.DependencyGraph) -> list:
+def _mappings(
+    graph: tp.DependencyGraph, kind: type = index_mapping._ConcatIndexMapping, slot: int = 1
+) -> list:
+    """(dependency, offsets, reverse) of each mapping of `kind` (in index_mapping[slot])."""
     found = []
     for node in graph.module2node.values():
         for dep in node.dependencies:
-            mapping = dep.index_mapping[1]
-            if isinstance(mapping, index_mapping._ConcatIndexMapping):
+            mapping = dep.index_mapping[slot]
+            if isinstance(mapping, kind):
                 found.append((id(dep), tuple(mapping.offset), mapping.reverse))
     return sorted(found)
 
@@ -129,13 +132,7 @@ class _BoxDecode(torch.nn.Module):
 
 
 def _split_mappings(graph: tp.DependencyGraph) -> list:
-    found = []
-    for node in graph.module2node.values():
-        for dep in node.dependencies:
-            mapping = dep.index_mapping[0]
-            if isinstance(mapping, index_mapping._SplitIndexMapping):
-                found.append((str(dep), tuple(mapping.offset), mapping.reverse))
-    return sorted(found)
+    return _mappings(graph, index_mapping._SplitIndexMapping, slot=0)
 
 
 def test_the_split_mapping_matches_torch_prunings_where_each_part_is_read_once(
