@@ -99,22 +99,25 @@ def _graph(model: torch.nn.Module, x: torch.Tensor) -> tp.DependencyGraph:
     return build_dependency_graph(model, (x,))
 
 
-def test_the_concat_mapping_matches_torch_prunings_own(monkeypatch) -> None:
+def _remapped_by_torch_pruning(graph: tp.DependencyGraph, monkeypatch, name: str, slot: int):
+    """Clear the graph's mappings in `slot` and compute them again with torch-pruning's
+    own `update_{name}_index_mapping`."""
     from worker.engine import tp_extensions
 
+    own = getattr(tp_extensions, f"torch_pruning_{name}_mapping")
+    monkeypatch.setattr(index_mapping, f"update_{name}_index_mapping", own)
+    for node in graph.module2node.values():
+        for dep in node.dependencies:
+            dep.index_mapping[slot] = None
+    index_mapping.update_index_mapping(graph)
+    monkeypatch.undo()
+
+
+def test_the_concat_mapping_matches_torch_prunings_own(monkeypatch) -> None:
     for model, x in (_dense_net(), (_TwiceConcat().eval(), torch.randn(1, 3, 8, 8))):
         graph = _graph(model, x)
         ours = _mappings(graph)
-        monkeypatch.setattr(
-            index_mapping,
-            "update_concat_index_mapping",
-            tp_extensions.torch_pruning_concat_mapping,
-        )
-        for node in graph.module2node.values():
-            for dep in node.dependencies:
-                dep.index_mapping[1] = None
-        index_mapping.update_index_mapping(graph)
-        monkeypatch.undo()
+        _remapped_by_torch_pruning(graph, monkeypatch, "concat", slot=1)
         assert ours and ours == _mappings(graph)
 
 
@@ -138,18 +141,9 @@ def _split_mappings(graph: tp.DependencyGraph) -> list:
 def test_the_split_mapping_matches_torch_prunings_where_each_part_is_read_once(
     monkeypatch,
 ) -> None:
-    from worker.engine import tp_extensions
-
     graph = _graph(_TwiceConcat().eval(), torch.randn(1, 3, 8, 8))
     ours = _split_mappings(graph)
-    monkeypatch.setattr(
-        index_mapping, "update_split_index_mapping", tp_extensions.torch_pruning_split_mapping
-    )
-    for node in graph.module2node.values():
-        for dep in node.dependencies:
-            dep.index_mapping[0] = None
-    index_mapping.update_index_mapping(graph)
-    monkeypatch.undo()
+    _remapped_by_torch_pruning(graph, monkeypatch, "split", slot=0)
     assert ours and ours == _split_mappings(graph)
 
 
