@@ -4,7 +4,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
-from worker.engine.row_order import selects_rows, unordered_difference
+from worker.engine.row_order import reordered_difference, selects_rows, unordered_difference
 
 
 def _detections(seed: int = 0, rows: int = 100) -> torch.Tensor:
@@ -17,6 +17,9 @@ def test_the_same_rows_in_another_order_do_not_differ() -> None:
     theirs = ours[:, torch.randperm(100, generator=torch.Generator().manual_seed(1))]
     assert (ours - theirs).abs().max() > 10
     assert unordered_difference(ours, theirs) == 0.0
+    # An exact match is 0.0, not "no answer": the element-wise difference must not return.
+    assert reordered_difference(50.0, ours, theirs) == 0.0
+    assert reordered_difference(50.0, torch.zeros(3), torch.ones(3)) == 50.0
 
 
 def test_a_few_rows_swapped_at_the_cut_are_spared() -> None:

@@ -25,7 +25,7 @@ from torch import nn
 from contract import ExportSpec, TensorInfo
 from worker.engine.errors import ExportFailed, VerificationFailed
 from worker.engine.loaders import flatten_outputs
-from worker.engine.row_order import selects_rows, unordered_difference
+from worker.engine.row_order import reordered_difference, selects_rows
 from worker.engine.types import LoadedModel
 
 # verify_onnx's default tolerance: this fraction of the largest reference output magnitude
@@ -282,7 +282,9 @@ def verify_onnx(
         scale = max(scale, ours.abs().max().item())
     tolerance = atol if atol is not None else RELATIVE_TOLERANCE * scale
     if any(diff > tolerance for diff, _, _ in diffs) and _selects_rows(path):
-        diffs = [(_reordered(d, o, t, tolerance), o, t) for d, o, t in diffs]
+        diffs = [
+            (d if d <= tolerance else reordered_difference(d, o, t), o, t) for d, o, t in diffs
+        ]
     worst = max((diff for diff, _, _ in diffs), default=0.0)
     if worst > tolerance:
         raise VerificationFailed(
@@ -295,14 +297,6 @@ def _selects_rows(path: str | Path) -> bool:
     import onnx
 
     return selects_rows(onnx.load(str(path), load_external_data=False).graph)
-
-
-def _reordered(diff: float, ours: torch.Tensor, theirs: torch.Tensor, tolerance: float) -> float:
-    """An output's difference allowing near-tied rows in another order (`row_order`)."""
-    if diff <= tolerance:
-        return diff
-    unordered = unordered_difference(ours, theirs)
-    return diff if unordered is None else min(diff, unordered)
 
 
 # --- torch.export ---------------------------------------------------------------------------

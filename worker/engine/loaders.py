@@ -32,7 +32,7 @@ from torch import fx, nn
 from contract import TensorInfo
 from worker.engine.errors import EngineError, UnsupportedModel, describe_failure
 from worker.engine.evaluate import same_outputs
-from worker.engine.row_order import selects_rows, unordered_difference
+from worker.engine.row_order import reordered_difference, selects_rows
 from worker.engine.screen import check_onnx_allocations, screen_onnx, screen_pt2
 from worker.engine.sniff import sniff_format
 from worker.engine.types import LoadedModel
@@ -574,7 +574,7 @@ def _compare(
         diff = (mine.float() - ref_t.float()).abs().max().item() if ref_t.numel() else 0.0
         scale = max(1.0, ref_t.float().abs().max().item() if ref_t.numel() else 0.0)
         if not diff <= 1e-3 * scale and reorderable:
-            diff = unordered_difference(mine, ref_t) or diff
+            diff = reordered_difference(diff, mine, ref_t)
         if not diff <= 1e-3 * scale:
             raise UnsupportedModel(
                 f"{what} disagrees with onnxruntime on output {i} (max abs diff {diff:.3g})",
