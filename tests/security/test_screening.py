@@ -271,6 +271,15 @@ def test_a_non_standard_domain_is_refused(tmp_path):
     assert "com.example.evil" in message
 
 
+def test_an_imported_domain_no_node_uses_is_inert(tmp_path):
+    from onnx import helper
+
+    bias = helper.make_node("Constant", [], ["bias"], value_float=0.0)
+    path = payloads._save_tiny_plus(tmp_path / "m.onnx", [bias],
+                                    opsets=[("", 17), ("com.example.evil", 1)])
+    screen.screen_onnx(_onnx(path))
+
+
 def test_domains_are_a_parameter(tmp_path):
     model = _onnx(payloads.onnx_custom_domain(tmp_path / "m.onnx"))
     screen.screen_onnx(model, domains=screen.DEFAULT_ONNX_DOMAINS | {"com.example.evil"})

@@ -219,6 +219,8 @@ def _load_onnx(path: Path, given: list[tuple[int, ...]] | None) -> LoadedModel:
     except Exception as exc:
         raise UnsupportedModel(f"not a valid ONNX model: {_short(exc)}") from exc
     _check_onnx_tensors(model)
+    if _drop_unused_opsets(model):
+        data = model.SerializeToString()
     graph = model.graph
     if not graph.node or not graph.output:
         raise UnsupportedModel("the ONNX graph has no nodes or no outputs")
@@ -243,6 +245,26 @@ def _load_onnx(path: Path, given: list[tuple[int, ...]] | None) -> LoadedModel:
     _name_placeholders(module, [i.name for i in inputs])
     notes = [f"ONNX opset {_opset(model)}, producer {model.producer_name or 'unknown'}"]
     return LoadedModel(module, "onnx", inputs, outputs, shapes, notes=notes)
+
+
+def _drop_unused_opsets(model: Any) -> bool:
+    """Forget imported operator domains that no node uses (exporters and onnxruntime's
+    optimiser stamp every domain they know), so later tools see only what runs."""
+    used = {"", "ai.onnx"}
+    graphs = [model.graph, *model.functions]
+    while graphs:
+        graph = graphs.pop()
+        for node in graph.node:
+            used.add(node.domain)
+            for attr in node.attribute:
+                graphs += [attr.g] if attr.HasField("g") else []
+                graphs += list(attr.graphs)
+    kept = [o for o in model.opset_import if o.domain in used]
+    if len(kept) == len(model.opset_import):
+        return False
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+    return True
 
 
 def _opset(model: Any) -> int:

@@ -14,8 +14,8 @@ anything outside what a CNN needs:
   and every operator is on `PT2_ALLOWED_OPS` with no in-place write to a graph input,
   parameter or buffer (`unsafe_format`, `unsupported_op`, `too_large`).
 - `screen_onnx(model)`: no external data anywhere (graphs, subgraphs at any depth, sparse
-  tensors, Constant attributes, local functions) and only standard domains
-  (`external_data_forbidden`, `unsupported_op`).
+  tensors, Constant attributes, local functions) and no node outside the standard domains
+  and the model's own functions (`external_data_forbidden`, `unsupported_op`).
 - `check_onnx_allocations(model, shapes)`: ONNX shape inference at the concrete input
   shape, plus the outputs of shape-making ops whose target is a constant, bounded per
   tensor (`too_large`), before onnxruntime runs anything.
@@ -845,15 +845,8 @@ def _check_onnx_domains(model: Any, allowed: frozenset[str]) -> None:
                 f"{function.domain!r}, where it would stand in for a built-in operator",
                 code="unsupported_op",
             )
-    known = allowed | {domain for domain, _ in local}
-    imports = list(model.opset_import) + [o for f in model.functions for o in f.opset_import]
-    for opset in imports:
-        if opset.domain not in known:
-            raise UnsupportedModel(
-                f"the model imports operator domain {opset.domain!r}; only "
-                f"{_domains(allowed)} (and the model's own functions) are allowed",
-                code="unsupported_op",
-            )
+    # An imported domain that no node uses is inert (exporters stamp their own, and
+    # onnxruntime's optimiser stamps all it knows); the nodes below are what would run.
     for graph, where in _onnx_graphs(model):
         for node in graph.node:
             if node.domain not in allowed and (node.domain, node.op_type) not in local:
