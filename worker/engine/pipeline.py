@@ -385,12 +385,20 @@ def _runtime(spec: JobSpec, device: str) -> tuple[str, int]:
     return provider, benchmark.default_threads()
 
 
+def _feeds(state: _State) -> benchmark.FeedsFn:
+    """Seeded inputs shaped like the model's at a batch size, by input name: the
+    loaded model's own, so an input without a batch dim keeps its shape."""
+
+    def make(batch: int) -> dict[str, np.ndarray]:
+        tensors = state.loaded.example_inputs(batch=batch)
+        return {i.name: x.numpy() for i, x in zip(state.loaded.inputs, tensors, strict=True)}
+
+    return make
+
+
 def _timing_feeds(state: _State) -> dict[str, np.ndarray]:
     """Seeded batch-1 inputs shaped like the model's, that latency candidates are timed on."""
-    shapes = {
-        i.name: s for i, s in zip(state.loaded.inputs, state.loaded.input_shapes, strict=True)
-    }
-    return benchmark.feeds_from_shapes(shapes)(1)
+    return _feeds(state)(1)
 
 
 def _latency_probe(
@@ -989,17 +997,14 @@ def _float_model(paths: dict[str, Path]) -> Path:
 
 def _benchmark(state: _State, spec: JobSpec, paths: dict[str, Path], device: str, t: _Tracker):
     with t.stage("benchmarking"):
-        shapes = {
-            info.name: shape
-            for info, shape in zip(state.loaded.inputs, state.loaded.input_shapes, strict=True)
-        }
+        feeds = _feeds(state)
         threads = benchmark.default_threads()
         models = {"original": paths["original.onnx"], "pruned": _float_model(paths)}
         if "model.fp32.onnx" in paths:
             models["int8"] = paths["model.onnx"]
         try:
             tables = benchmark.benchmark_onnx(
-                models, shapes, spec.benchmark, device=device, threads=threads
+                models, feeds, spec.benchmark, device=device, threads=threads
             )
         except EngineError as exc:
             if "int8" not in models:
@@ -1008,7 +1013,7 @@ def _benchmark(state: _State, spec: JobSpec, paths: dict[str, Path], device: str
             state.notes.append(f"quantization: the INT8 model was not timed: {exc.message}")
             del models["int8"]
             tables = benchmark.benchmark_onnx(
-                models, shapes, spec.benchmark, device=device, threads=threads
+                models, feeds, spec.benchmark, device=device, threads=threads
             )
         providers = list(tables["original"])
         env = benchmark.environment(device, providers, threads=threads)

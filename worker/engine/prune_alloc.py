@@ -39,7 +39,7 @@ from worker.engine.errors import JobCancelled, PruningFailed
 from worker.engine.importance import has_batchnorm, make_importance
 from worker.engine.planner import WidthMultiple, WidthPruner, constant_multiple, hardware_multiple
 from worker.engine.preflight import PRUNER_KWARGS
-from worker.engine.stats import MacProfile, count_params
+from worker.engine.stats import MacProfile, carries_batch, count_params
 
 LossFn = Callable[[nn.Module], torch.Tensor]
 CancelFn = Callable[[], bool]
@@ -111,9 +111,13 @@ def ranking(spec: PruneSpec, module: nn.Module, notes: list[str]) -> tp.importan
 def seeded_probes(inputs: Sequence[torch.Tensor], batch: int = 8) -> tuple[torch.Tensor, ...]:
     """Seeded standard-normal inputs shaped like `inputs`, for data-free measurements."""
     gen = torch.Generator().manual_seed(0)
+    shapes = [
+        (batch, *x.shape[1:]) if b else x.shape
+        for x, b in zip(inputs, carries_batch(inputs), strict=True)
+    ]
     return tuple(
-        torch.randn((batch, *x.shape[1:]), generator=gen, dtype=x.dtype).to(x.device)
-        for x in inputs
+        torch.randn(shape, generator=gen, dtype=x.dtype).to(x.device)
+        for x, shape in zip(inputs, shapes, strict=True)
     )
 
 

@@ -115,9 +115,18 @@ class _MacCounter(TorchFunctionMode):
         return out
 
 
+def carries_batch(inputs: Sequence[Any]) -> list[bool]:
+    """Which inputs hold the batch in their first dim: those whose leading size is the
+    first input's. One with another leading size (a recurrent state `[layers, 1, hidden]`
+    beside a batch-1 signal) keeps its shape whatever the batch."""
+    lead = next((x.shape[0] for x in inputs if isinstance(x, torch.Tensor) and x.dim()), None)
+    return [isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] == lead for x in inputs]
+
+
 def _batch_one(inputs: Sequence[Any]) -> tuple[Any, ...]:
     """The contract counts at batch 1: keep the first sample of each batched tensor."""
-    return tuple(x[:1] if isinstance(x, torch.Tensor) and x.dim() > 0 else x for x in inputs)
+    batched = carries_batch(inputs)
+    return tuple(x[:1] if b else x for x, b in zip(inputs, batched, strict=True))
 
 
 def count_macs(module: nn.Module, example_inputs: torch.Tensor | Sequence[Any]) -> int:
