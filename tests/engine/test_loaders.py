@@ -414,3 +414,43 @@ def test_hard_sigmoid_re_exports_as_one_node(tmp_path):
     ops = [n.op_type for n in onnx.load(str(again)).graph.node]
     assert ops.count("HardSigmoid") == 1  # the ONNX-default gate stays onnx2torch's module
     assert "Clip" in ops
+
+
+def _clip_graph(path):
+    """SwinV2's logit scale: `torch.clamp(s, max=c)` exports as Clip with no min input;
+    beside it a Clip whose min is computed from the data (Clip(x, ReduceMin(x)))."""
+    rng = np.random.default_rng(2)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.4, (4, 3, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(np.array(0.25, np.float32), "high"),
+    ]
+    node = helper.make_node
+    nodes = [
+        node("Conv", ["input", "w"], ["c"], pads=[1, 1, 1, 1]),
+        node("Clip", ["c", "", "high"], ["capped"]),
+        node("ReduceMin", ["c"], ["low"], keepdims=0),
+        node("Clip", ["capped", "low"], ["floored"]),
+        node("Clip", ["floored", "", ""], ["output"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "clip",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 4, 8, 8])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_clip_without_a_bound_or_with_a_computed_one_converts(tmp_path):
+    path = _clip_graph(tmp_path / "clip.onnx")
+    loaded = load_model(path)
+    x = loaded.example_inputs(batch=2)
+    (expected,) = _ort(path, {"input": x[0]})
+    np.testing.assert_allclose(
+        _outputs(loaded.module, *x)[0].numpy(), expected, rtol=1e-4, atol=1e-6
+    )

@@ -40,6 +40,7 @@ import onnx.defs
 import onnx2torch.node_converters.pad as _onnx2torch_pad
 import torch
 import torch.nn.functional as F
+from onnx2torch.node_converters.clip import OnnxClip
 from onnx2torch.node_converters.pad import OnnxPadStatic
 from onnx2torch.node_converters.reduce import OnnxReduceStaticAxes, OnnxReduceSumStaticAxes
 from onnx2torch.node_converters.registry import (
@@ -409,6 +410,58 @@ def _hard_sigmoid(fallback: Callable[..., OperationConverterResult]) -> Callable
 for _version in _registered_versions("HardSigmoid"):
     _key = OperationDescription("", "HardSigmoid", _version)
     _CONVERTER_REGISTRY[_key] = _hard_sigmoid(_CONVERTER_REGISTRY[_key])
+
+
+class Clip(nn.Module):
+    """`Clip` whose bounds are computed tensors; absent ones do not bound."""
+
+    def __init__(self, has_min: bool, has_max: bool) -> None:
+        super().__init__()
+        self.has_min, self.has_max = has_min, has_max
+
+    def forward(self, x: torch.Tensor, *bounds: torch.Tensor) -> torch.Tensor:
+        given = iter(bounds)
+        low = next(given) if self.has_min else None
+        high = next(given) if self.has_max else None
+        return torch.clamp(x, low, high)
+
+
+def _clip(fallback: Callable[..., OperationConverterResult]) -> Callable[..., Any]:
+    """onnx2torch reads both bounds as constants and takes an absent one (an empty input
+    name: `torch.clamp(x, max=c)` exports as `Clip(x, "", c)`, as SwinV2's logit scale
+    does) for a computed one it cannot handle. Constant bounds keep its module; computed
+    ones are passed to `Clip` as inputs."""
+
+    def convert(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+        names = [_input(node, 1), _input(node, 2)]
+        constants = [_const_float(n, graph) for n in names]
+        if all(c is not None or not n for c, n in zip(constants, names, strict=True)):
+            if all(names):
+                return fallback(node, graph)  # its ReLU, ReLU6 or clamp
+            module: nn.Module = nn.Identity()
+            if any(names):
+                module = OnnxClip(min_val=constants[0], max_val=constants[1])
+            return OperationConverterResult(module, _only_first_input(node))
+        bounds = [n for n in names if n]
+        mapping = OnnxMapping(inputs=(node.input_values[0], *bounds), outputs=node.output_values)
+        return OperationConverterResult(Clip(bool(names[0]), bool(names[1])), mapping)
+
+    return convert
+
+
+def _const_float(name: str, graph: OnnxGraph) -> float | None:
+    if not name:
+        return None
+    try:
+        return float(get_const_value(name, graph))
+    except KeyError:
+        return None
+
+
+for _version in _registered_versions("Clip"):
+    if _version >= 11:  # bounds became inputs at opset 11
+        _key = OperationDescription("", "Clip", _version)
+        _CONVERTER_REGISTRY[_key] = _clip(_CONVERTER_REGISTRY[_key])
 
 
 def _traced_reshape(self: OnnxReshape, x: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
