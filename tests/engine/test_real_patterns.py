@@ -333,3 +333,36 @@ def test_eca_net_prunes_data_free(tmp_path: Path) -> None:
     result = run_pipeline(path, DATA_FREE, tmp_path / "out")
     achieved = 1.0 - result.report.pruned.macs / result.report.original.macs
     assert abs(achieved - 0.5) <= 0.02, (achieved, result.report.notes)
+
+
+def test_the_analysis_budget_grows_with_the_forward_pass() -> None:
+    from worker.engine.deadline import MAX_S, analysis_budget
+
+    small, large = analysis_budget(100, forward_s=0.01), analysis_budget(100, forward_s=0.4)
+    assert small < large <= MAX_S
+    assert analysis_budget(100, forward_s=5.0) == MAX_S
+
+
+def test_preflight_budgets_by_the_model_forward_time(tmp_path, monkeypatch) -> None:
+    """A model whose forward pass is slow (a large transformer at full resolution) gets
+    the time its trials need, not only an allowance per layer."""
+    from worker.engine import preflight
+    from worker.engine.deadline import analysis_budget
+
+    path = _export(tiny_nets.seeded(tiny_nets.ConvBnMLP), tmp_path / "m.onnx", (1, 3, 16, 16))
+    loaded = load_model(path)
+    budgets = []
+
+    def record(module, loaded, deadline):  # noqa: ANN001, ANN202
+        budgets.append(deadline.seconds)
+        return [], []
+
+    monkeypatch.setattr(preflight, "find_protected", record)
+    preflight.run_preflight(loaded)
+    fast = budgets[-1]
+    real_forward = preflight.timed_forward
+    monkeypatch.setattr(preflight, "timed_forward", lambda m, x: (real_forward(m, x)[0], 0.5))
+    preflight.run_preflight(loaded)
+    layers = preflight._layer_count(loaded.module)
+    assert budgets[-1] == pytest.approx(analysis_budget(layers, 0.5))
+    assert budgets[-1] > fast

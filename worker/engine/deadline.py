@@ -16,9 +16,10 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 from worker.engine.errors import AnalysisTimeout, JobCancelled
 
@@ -26,11 +27,26 @@ from worker.engine.errors import AnalysisTimeout, JobCancelled
 TICK_S = 0.25
 # Analysis budget: a base plus an allowance per prunable layer, capped.
 BASE_S, PER_LAYER_S, MAX_S = 20.0, 0.25, 120.0
+# Trial forward passes the analysis makes per prunable layer, about: a group's trial
+# prunes a copy and runs it once or twice, and most groups hold one or two roots.
+TRIALS_PER_LAYER = 1.0
 
 
-def analysis_budget(layers: int) -> float:
-    """Seconds the analysis of a model with `layers` conv/linear layers may take."""
-    return min(MAX_S, BASE_S + PER_LAYER_S * layers)
+def analysis_budget(layers: int, forward_s: float = 0.0) -> float:
+    """Seconds the analysis of a model with `layers` conv/linear layers may take, when one
+    forward pass of it takes `forward_s`: the same layer count costs more trials' time
+    in a larger model (a Swin-B at 224 pixels against a Swin-T at 128)."""
+    return min(MAX_S, BASE_S + layers * (PER_LAYER_S + TRIALS_PER_LAYER * forward_s))
+
+
+def timed_forward(module: Callable[..., Any], inputs: Sequence[Any]) -> tuple[Any, float]:
+    """`module(*inputs)` without gradients, and the seconds it took."""
+    import torch
+
+    started = time.perf_counter()
+    with torch.no_grad():
+        out = module(*inputs)
+    return out, time.perf_counter() - started
 
 
 class Deadline:

@@ -1127,7 +1127,8 @@ def run_pipeline(
 
     `cache_dir` keeps the per-layer latency tables of latency targets between jobs.
     `analysis_budget_s` bounds the layer analysis (default: scaled with the model's layer
-    count, see `deadline.analysis_budget`); what it leaves unanalysed is protected.
+    count and forward time, see `deadline.analysis_budget`); what it leaves unanalysed is
+    protected.
     """
     _check_device(device)
     out_dir = Path(out_dir)

@@ -35,7 +35,7 @@ from torch import nn
 from torch_pruning import ops
 
 from contract import ExportSpec
-from worker.engine.deadline import Deadline, analysis_budget, watchdog
+from worker.engine.deadline import Deadline, analysis_budget, timed_forward, watchdog
 from worker.engine.errors import AnalysisTimeout, JobCancelled, PruningFailed
 from worker.engine.loaders import flatten_outputs
 from worker.engine.onnx_converters import ChannelConst, ChannelShuffle
@@ -131,13 +131,14 @@ def run_preflight(
     faithfully (no pruning result could be delivered either).
 
     The layer analysis stops after `budget_s` seconds (default: `deadline.analysis_budget`
-    of the model's layer count) and when `should_cancel()` turns true."""
+    of the model's layer count and the time of its forward pass) and when `should_cancel()`
+    turns true."""
     from worker.engine.export import export_onnx, verify_onnx
 
     module = loaded.module.eval()
     inputs = loaded.example_inputs(seed=0)
-    with torch.no_grad():
-        reference = tuple(t.detach().clone() for t in flatten_outputs(module(*inputs)))
+    out, forward_s = timed_forward(module, inputs)
+    reference = tuple(t.detach().clone() for t in flatten_outputs(out))
     notes: list[str] = []
     if not all(bool(torch.isfinite(t).all()) for t in reference if t.is_floating_point()):
         notes.append("the model's outputs on random inputs are not all finite")
@@ -150,7 +151,7 @@ def run_preflight(
             diff = max(diff, verify_onnx(path, module, loaded.example_inputs(batch=2, seed=1)))
 
     if budget_s is None:
-        budget_s = analysis_budget(_layer_count(module))
+        budget_s = analysis_budget(_layer_count(module), forward_s)
     protected, found = find_protected(module, loaded, Deadline(budget_s, should_cancel))
     return Preflight(
         protected=protected,

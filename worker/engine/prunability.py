@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from contract import PruneSpec, Target
 from contract.model_info import ChannelGroup, Prunability
-from worker.engine.deadline import Deadline, analysis_budget, watchdog
+from worker.engine.deadline import Deadline, analysis_budget, timed_forward, watchdog
 from worker.engine.errors import AnalysisTimeout, EngineError
 from worker.engine.preflight import PROTECTION_REASONS, ROOT_MODULE_TYPES, analyse_groups
 from worker.engine.prune import prune_model
@@ -31,7 +31,8 @@ def prunability(
 ) -> Prunability:
     started = time.perf_counter()
     layers = sum(isinstance(m, ROOT_MODULE_TYPES) for m in loaded.module.modules())
-    deadline = Deadline(budget_s or analysis_budget(layers), should_cancel)
+    _, forward_s = timed_forward(loaded.module.eval(), loaded.example_inputs())
+    deadline = Deadline(budget_s or analysis_budget(layers, forward_s), should_cancel)
     analysis = analyse_groups(loaded.module.eval(), loaded, deadline)
     groups = [
         ChannelGroup(layer=name, channels=analysis.channels[name], prunable=True)
