@@ -88,7 +88,7 @@ QUICK = {
 SIZES = {
     "inception_v3": 128,
     "xception41": 128,
-    "bat_resnext26ts": 128,
+    "bat_resnext26ts": 256,  # its attention is built for this size: 128 fails an assert
     "hrnet_w18_small": 128,
     "vgg11_bn": 224,
 }

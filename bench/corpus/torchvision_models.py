@@ -20,7 +20,7 @@ SIZES = {
     "vgg": 224,
     "inception_v3": 96,
     "maxvit_t": 224,
-    "swin": 128,
+    "swin": 224,
     "vit_h_14": 56,
     "vit": 64,
 }
