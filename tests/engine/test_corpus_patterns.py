@@ -243,3 +243,75 @@ def test_an_imported_domain_no_node_uses_is_dropped(tmp_path: Path) -> None:
     onnx.save(model, str(path))
     loaded = load_model(path)
     assert [i.name for i in loaded.inputs] == ["x", "state"]
+
+
+class _TinyDetector(torch.nn.Module):
+    """A detector whose export ends in post-processing no conversion covers: a score
+    threshold (NonZero), and torchvision's batched NMS, scripted into an `If`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        conv = torch.nn.Conv2d
+        self.body = torch.nn.Sequential(
+            conv(3, 16, 3, padding=1), torch.nn.ReLU(), conv(16, 24, 3, padding=1), torch.nn.ReLU()
+        )
+        self.scores, self.boxes = conv(24, 3, 1), conv(24, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        import torchvision
+
+        features = self.body(x)
+        scores = self.scores(features).sigmoid().flatten(2).transpose(1, 2)[0]
+        deltas = self.boxes(features).flatten(2).transpose(1, 2)[0]
+        boxes = torch.cat([deltas[:, :2], deltas[:, :2] + deltas[:, 2:].exp()], 1)
+        score, label = scores.max(1)
+        passed = score > 0.3
+        boxes, score, label = boxes[passed], score[passed], label[passed]
+        keep = torchvision.ops.batched_nms(boxes, score, label, 0.5)[:10]
+        return boxes[keep], score[keep], label[keep]
+
+
+def tiny_detector(path: Path) -> Path:
+    torch.manual_seed(0)
+    model = _TinyDetector().eval()
+    torch.onnx.export(
+        model,
+        (torch.rand(1, 3, 32, 32),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["images"],
+        output_names=["boxes", "scores", "labels"],
+    )
+    return path
+
+
+def test_a_detector_is_pruned_up_to_its_post_processing(tmp_path: Path) -> None:
+    path = tiny_detector(tmp_path / "det.onnx")
+    assert "If" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    result = run_pipeline(path, DATA_FREE, tmp_path / "out")
+    achieved = 1.0 - result.report.pruned.macs / result.report.original.macs
+    assert achieved >= 0.48, result.report.notes
+    assert any("post-processing" in note for note in result.report.notes)
+    pruned = onnx.load(str(result.artifacts["model.onnx"]))
+    assert "If" in {n.op_type for n in pruned.graph.node}
+    assert [o.name for o in pruned.graph.output] == ["boxes", "scores", "labels"]
+    session = ort.InferenceSession(str(result.artifacts["model.onnx"]))
+    outputs = session.run(None, {"images": np.random.rand(1, 3, 32, 32).astype(np.float32)})
+    assert [o.ndim for o in outputs] == [2, 1, 1]
+    assert outputs[0].shape[1] == 4
+
+
+def test_the_cut_gives_the_network_float_outputs_only(tmp_path: Path) -> None:
+    import functools
+
+    from worker.engine import loaders
+    from worker.engine.tail import split_tail
+
+    model = onnx.load(str(tiny_detector(tmp_path / "det.onnx")))
+    cut = split_tail(model, functools.partial(loaders._convertible, opsets=loaders._opsets(model)))
+    assert cut is not None
+    head_ops = {n.op_type for n in cut.head.graph.node}
+    assert not head_ops & {"If", "NonZero", "TopK"} and "Conv" in head_ops
+    assert {o.type.tensor_type.elem_type for o in cut.head.graph.output} == {TensorProto.FLOAT}
+    assert "Conv" not in {n.op_type for n in cut.tail.graph.node}

@@ -26,6 +26,7 @@ from contract import ExportSpec, TensorInfo
 from worker.engine.errors import ExportFailed, VerificationFailed
 from worker.engine.loaders import flatten_outputs
 from worker.engine.row_order import reordered_difference, selects_rows
+from worker.engine.tail import splice_tail
 from worker.engine.types import LoadedModel
 
 # verify_onnx's default tolerance: this fraction of the largest reference output magnitude
@@ -297,6 +298,25 @@ def _selects_rows(path: str | Path) -> bool:
     import onnx
 
     return selects_rows(onnx.load(str(path), load_external_data=False).graph)
+
+
+def join_tail(path: str | Path, loaded: LoadedModel) -> None:
+    """Rewrite the exported network at `path` with the upload's post-processing joined
+    after it (`tail.splice_tail`), when the loader cut one off; else leave it."""
+    import onnx
+
+    if loaded.tail is None:
+        return
+    assert loaded.final_outputs is not None
+    try:
+        model = splice_tail(
+            onnx.load(str(path)), loaded.tail, [o.name for o in loaded.final_outputs]
+        )
+    except Exception as exc:
+        raise ExportFailed(
+            f"joining the post-processing to the pruned network failed: {_short(exc)}"
+        ) from exc
+    onnx.save(model, str(path))
 
 
 # --- torch.export ---------------------------------------------------------------------------

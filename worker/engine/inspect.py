@@ -58,7 +58,7 @@ def inspect_model(
     return ModelInfo(
         format=loaded.format,  # type: ignore[arg-type]
         inputs=loaded.inputs,
-        outputs=loaded.outputs,
+        outputs=loaded.final_outputs or loaded.outputs,  # after any post-processing tail
         stats=stats,
         arch=loaded.arch,
         input_shape=list(loaded.input_shapes[0]),

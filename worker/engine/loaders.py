@@ -14,6 +14,7 @@ torch-pruning's DependencyGraph can analyse, plus the original I/O contract.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import keyword
 import math
@@ -35,6 +36,7 @@ from worker.engine.evaluate import same_outputs
 from worker.engine.row_order import reordered_difference, selects_rows
 from worker.engine.screen import check_onnx_allocations, screen_onnx, screen_pt2
 from worker.engine.sniff import sniff_format
+from worker.engine.tail import split_tail
 from worker.engine.types import LoadedModel
 
 InputShape = str | Sequence[int] | Sequence[Sequence[int]] | None
@@ -239,12 +241,21 @@ def _load_onnx(path: Path, given: list[tuple[int, ...]] | None) -> LoadedModel:
     check_onnx_allocations(model, shapes)  # before onnxruntime allocates anything
     example = _example(shapes)
     reference = _onnxruntime_outputs(model, data, inputs, example)
-
-    prepared = _prepare_onnx(model, inputs, example, reference)
-    module: Any = _onnx_to_torch(prepared, [o.name for o in outputs], example, reference)
-    _name_placeholders(module, [i.name for i in inputs])
     notes = [f"ONNX opset {_opset(model)}, producer {model.producer_name or 'unknown'}"]
-    return LoadedModel(module, "onnx", inputs, outputs, shapes, notes=notes)
+
+    cut = split_tail(model, functools.partial(_convertible, opsets=_opsets(model)))
+    network = model if cut is None else cut.head
+    network_outputs = outputs if cut is None else [_tensor_info(v) for v in network.graph.output]
+    if cut is not None:
+        reference = _onnxruntime_outputs(network, network.SerializeToString(), inputs, example)
+        notes.append(cut.describe())
+    prepared = _prepare_onnx(network, inputs, example, reference)
+    module: Any = _onnx_to_torch(prepared, [o.name for o in network_outputs], example, reference)
+    _name_placeholders(module, [i.name for i in inputs])
+    loaded = LoadedModel(module, "onnx", inputs, network_outputs, shapes, notes=notes)
+    if cut is not None:
+        loaded.tail, loaded.final_outputs = cut.tail, outputs
+    return loaded
 
 
 def _drop_unused_opsets(model: Any) -> bool:
@@ -541,20 +552,34 @@ def _name_placeholders(gm: fx.GraphModule, names: Sequence[str]) -> None:
     gm.recompile()
 
 
-def _check_converters(model: Any) -> None:
-    """Name every op onnx2torch cannot convert, before it fails on the first one."""
+def _opsets(model: Any) -> dict[str, int]:
+    opsets = {o.domain or "": o.version for o in model.opset_import}
+    opsets[""] = opsets.get("", opsets.get("ai.onnx", 0))
+    return opsets
+
+
+def _convertible(node: Any, opsets: dict[str, int]) -> bool:
+    """Whether onnx2torch (with `onnx_converters`' additions) has a converter for `node`."""
+    _import_onnx2torch()  # first, so that torchvision is not imported for it
     from onnx2torch.node_converters.registry import get_converter
 
     import worker.engine.onnx_converters  # noqa: F401  (registers the extra converters)
 
-    opsets = {o.domain or "": o.version for o in model.opset_import}
-    opsets[""] = opsets.get("", opsets.get("ai.onnx", 0))
+    domain = "" if node.domain in ("", "ai.onnx") else node.domain
+    try:
+        get_converter(operation_type=node.op_type, version=opsets.get(domain, 0), domain=domain)
+    except NotImplementedError:
+        return False
+    return True
+
+
+def _check_converters(model: Any) -> None:
+    """Name every op onnx2torch cannot convert, before it fails on the first one."""
+    opsets = _opsets(model)
     missing = set()
     for node in model.graph.node:
-        domain = "" if node.domain in ("", "ai.onnx") else node.domain
-        try:
-            get_converter(operation_type=node.op_type, version=opsets.get(domain, 0), domain=domain)
-        except NotImplementedError:
+        if not _convertible(node, opsets):
+            domain = "" if node.domain in ("", "ai.onnx") else node.domain
             missing.add(
                 f"{node.op_type} ({domain + ' ' if domain else ''}opset {opsets.get(domain, 0)})"
             )

@@ -21,7 +21,16 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
-from contract import Fidelity, FinetuneSpec, HistoryPoint, JobSpec, PruneSpec, Report, Target
+from contract import (
+    Fidelity,
+    FinetuneSpec,
+    HistoryPoint,
+    JobSpec,
+    PruneSpec,
+    Report,
+    Target,
+    TensorInfo,
+)
 from contract.report import ReportWarning
 from contract.stages import overall_progress
 from worker.engine import benchmark, quantize, report
@@ -40,7 +49,13 @@ from worker.engine.errors import (
     describe_failure,
 )
 from worker.engine.evaluate import accuracy, fidelity, is_classification, output_tensors
-from worker.engine.export import RELATIVE_TOLERANCE, export_onnx, save_pt2, verify_onnx
+from worker.engine.export import (
+    RELATIVE_TOLERANCE,
+    export_onnx,
+    join_tail,
+    save_pt2,
+    verify_onnx,
+)
 from worker.engine.finetune import finetune
 from worker.engine.latency import LatencyTable
 from worker.engine.latency_search import LatencyProbe
@@ -926,7 +941,7 @@ def _check_drop_in(path: Path, state: _State) -> None:
     """The pruned file must take the same inputs and give the same outputs' names and shapes."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     want_in = [i.name for i in state.loaded.inputs]
-    want_out = [o.name for o in state.loaded.outputs]
+    want_out = [o.name for o in state.loaded.final_outputs or state.loaded.outputs]
     got_in = [i.name for i in session.get_inputs()]
     got_out = [o.name for o in session.get_outputs()]
     if got_in != want_in or got_out != want_out:
@@ -938,6 +953,9 @@ def _check_drop_in(path: Path, state: _State) -> None:
         name: x.numpy() for name, x in zip(want_in, state.loaded.example_inputs(), strict=True)
     }
     outputs = session.run(None, feeds)
+    if state.loaded.final_outputs is not None:
+        _check_ranks(outputs, state.loaded.final_outputs)
+        return
     assert state.pre is not None
     want_shapes = [tuple(r.shape) for r in state.pre.reference_outputs]
     got_shapes = [tuple(np.shape(o)) for o in outputs]
@@ -946,6 +964,17 @@ def _check_drop_in(path: Path, state: _State) -> None:
             f"output shapes changed: {got_shapes}, expected {want_shapes}",
             code="interface_changed",
         )
+
+
+def _check_ranks(outputs: Sequence[np.ndarray], declared: Sequence[TensorInfo]) -> None:
+    """After a post-processing tail, sizes such as the number of detections depend on the
+    weights: each output keeps the rank the upload declares."""
+    for value, info in zip(outputs, declared, strict=True):
+        if info.shape and np.ndim(value) != len(info.shape):
+            raise VerificationFailed(
+                f"output {info.name!r} has rank {np.ndim(value)}, the upload's {len(info.shape)}",
+                code="interface_changed",
+            )
 
 
 def _export(state: _State, spec: JobSpec, out_dir: Path, t: _Tracker) -> dict[str, Path]:
@@ -957,18 +986,22 @@ def _export(state: _State, spec: JobSpec, out_dir: Path, t: _Tracker) -> dict[st
         inputs = state.loaded.example_inputs(batch=_batch(state, 2), seed=2)
         state.verification["onnx_max_abs_diff"] = verify_onnx(model_path, module, inputs)
         state.verification["onnx_relative_tolerance"] = RELATIVE_TOLERANCE
+        join_tail(model_path, state.loaded)
         _check_drop_in(model_path, state)
         t.within("exporting", 0.5)
         paths = {"model.onnx": model_path}
         try:
+            if state.loaded.tail is not None:
+                raise ExportFailed("the model's post-processing exists only as ONNX")
             paths["model.pt2"] = save_pt2(module, state.loaded, out_dir / "model.pt2")
         except ExportFailed as exc:
             # The ONNX file is the product; a model torch.export cannot trace still ships.
             state.notes.append(f"model.pt2 not written: {exc.message}")
         t.within("exporting", 0.7)
-        paths["original.onnx"] = export_onnx(
-            state.teacher.cpu().eval(), state.loaded, out_dir / "original.onnx", spec.export
-        )
+        original = out_dir / "original.onnx"
+        export_onnx(state.teacher.cpu().eval(), state.loaded, original, spec.export)
+        join_tail(original, state.loaded)
+        paths["original.onnx"] = original
     return paths
 
 

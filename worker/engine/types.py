@@ -3,6 +3,7 @@
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,6 +28,11 @@ class LoadedModel:
     arch: str | None = None
     source_path: Path | None = None
     notes: list[str] = field(default_factory=list)
+    # An ONNX upload's post-processing that `module` leaves out (`tail.split_tail`): its
+    # graph, spliced after the pruned export, and the upload's own outputs, which it
+    # makes from `outputs` (then the tensors it reads).
+    tail: Any = None
+    final_outputs: list[TensorInfo] | None = None
 
     def example_inputs(self, batch: int = 1, seed: int = 0) -> tuple[torch.Tensor, ...]:
         """Seeded random inputs of the concrete shapes, with the given batch size.
