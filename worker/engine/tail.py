@@ -116,7 +116,8 @@ def _split_at(model: Any, blocked: list[Any]) -> Tail | None:
         + [graph_inputs[r] for r in reads if r in graph_inputs and not _is_initializer(model, r)],
         outputs=[o for o in outputs if o.name not in made_by_head],
     )
-    ops = sorted({n.op_type for n in blocked if n.op_type not in SELECTING or n in tail_nodes})
+    in_tail_ids = {id(n) for n in tail_nodes}
+    ops = sorted({n.op_type for n in blocked if id(n) in in_tail_ids})
     onnx.checker.check_model(head)
     return Tail(head=head, tail=tail, ops=ops)
 
