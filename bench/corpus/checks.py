@@ -168,6 +168,7 @@ def run_problems(
     problems: list[str] = []
     a, b = session(original), session(pruned)
     names = [o.name for o in a.get_outputs()]
+    counted = _counted_dims(onnx.load(str(original), load_external_data=False))
     for batch in batches:
         feeds = make_feeds(original, batch, input_shape, fixed, seed=batch)
         ya = a.run(None, feeds)
@@ -178,12 +179,45 @@ def run_problems(
             continue
         for name, u, v in zip(names, ya, yb, strict=False):
             u, v = np.asarray(u), np.asarray(v)
+            if name in counted and u.ndim == v.ndim:  # as many rows as the scores pass
+                if _fixed_shape(u, counted[name]) == _fixed_shape(v, counted[name]):
+                    u, v = u.reshape(-1), v.reshape(-1)  # compared whole: finite, dtype
+                    u = u[: v.size] if np.isfinite(u).all() else u[:0]
+                    v = v[: u.size]
             if u.shape != v.shape or u.dtype != v.dtype:
                 problems.append(f"batch {batch}: {name} {u.dtype}{list(u.shape)} -> "
                                 f"{v.dtype}{list(v.shape)}")  # fmt: skip
             elif np.issubdtype(v.dtype, np.floating) and not np.isfinite(v[np.isfinite(u)]).all():
                 problems.append(f"batch {batch}: {name} has non-finite values")
     return problems, batches
+
+
+# Ops whose output has as many rows as the input's values select.
+_SELECTING = {"NonZero", "NonMaxSuppression"}
+
+
+def _counted_dims(model: onnx.ModelProto) -> dict[str, list[int]]:
+    """For a graph that selects rows by value (a score threshold, NMS), the dims of each
+    output it declares open: their sizes depend on the weights, so a pruned model may
+    keep fewer or more detections. Empty for any other graph."""
+    stack, selects = [model.graph], False
+    while stack and not selects:
+        graph = stack.pop()
+        selects = any(n.op_type in _SELECTING for n in graph.node)
+        for node in graph.node:
+            for attr in node.attribute:
+                stack += ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
+    if not selects:
+        return {}
+    return {
+        o.name: [j for j, d in enumerate(_dims(o)) if not isinstance(d, int)]
+        for o in model.graph.output
+    }
+
+
+def _fixed_shape(value: np.ndarray, open_dims: list[int]) -> list[int | None]:
+    """`value`'s shape with the dims the file leaves open blanked: what it must keep."""
+    return [None if j in open_dims else size for j, size in enumerate(value.shape)]
 
 
 def _short(exc: Exception) -> str:
