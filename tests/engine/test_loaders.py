@@ -454,3 +454,45 @@ def test_clip_without_a_bound_or_with_a_computed_one_converts(tmp_path):
     np.testing.assert_allclose(
         _outputs(loaded.module, *x)[0].numpy(), expected, rtol=1e-4, atol=1e-6
     )
+
+
+def test_a_weight_read_through_identity_converts(tmp_path, monkeypatch):
+    """Exporters write a parameter a model uses twice as an `Identity` of one
+    initializer (SSD300's VGG); onnx2torch reads layer weights only from initializers.
+    onnxslim would fold it, but its graph is not always kept: here it fails."""
+    import onnxslim
+
+    def failing_slim(model):
+        raise RuntimeError("slim failed")
+
+    monkeypatch.setattr(onnxslim, "slim", failing_slim)
+    rng = np.random.default_rng(3)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.4, (4, 3, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.normal(0, 0.4, (4, 4, 3, 3)).astype(np.float32), "w2"),
+        numpy_helper.from_array(rng.normal(0, 0.1, (4,)).astype(np.float32), "b"),
+    ]
+    node = helper.make_node
+    nodes = [
+        node("Identity", ["b"], ["b_again"]),
+        node("Conv", ["input", "w", "b"], ["c1"], pads=[1, 1, 1, 1]),
+        node("Relu", ["c1"], ["r1"]),
+        node("Conv", ["r1", "w2", "b_again"], ["output"], pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "shared",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 4, 8, 8])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "shared.onnx"
+    onnx.save(model, str(path))
+    loaded = load_model(path)
+    x = loaded.example_inputs(batch=2)
+    (expected,) = _ort(path, {"input": x[0]})
+    np.testing.assert_allclose(
+        _outputs(loaded.module, *x)[0].numpy(), expected, rtol=1e-4, atol=1e-5
+    )

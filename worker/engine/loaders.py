@@ -407,6 +407,7 @@ def _prepare_onnx(
             if not dim.dim_param and not (dim.HasField("dim_value") and dim.dim_value > 0):
                 dim.dim_param = "batch" if j == 0 else f"{value.name}_dim{j}"
     _drop_reshape_allowzero(work)
+    _fold_identity_initializers(work)
     try:
         import onnxslim
 
@@ -437,6 +438,21 @@ def _same_as_reference(
     except UnsupportedModel:
         return False
     return True
+
+
+def _fold_identity_initializers(model: Any) -> None:
+    """An `Identity` of an initializer becomes an initializer of its own: onnx2torch reads
+    a layer's weights only from initializers, and exporters write one for a parameter a
+    model uses twice (SSD300's VGG). onnxslim does the same, where its graph is kept."""
+    initializers = {t.name: t for t in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    for node in list(model.graph.node):
+        folds = node.op_type == "Identity" and node.output[0] not in outputs
+        if folds and node.input[0] in initializers:
+            copy = model.graph.initializer.add()
+            copy.CopyFrom(initializers[node.input[0]])
+            copy.name = node.output[0]
+            model.graph.node.remove(node)
 
 
 def _drop_reshape_allowzero(model: Any) -> None:
