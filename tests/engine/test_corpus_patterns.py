@@ -315,3 +315,31 @@ def test_the_cut_gives_the_network_float_outputs_only(tmp_path: Path) -> None:
     assert not head_ops & {"If", "NonZero", "TopK"} and "Conv" in head_ops
     assert {o.type.tensor_type.elem_type for o in cut.head.graph.output} == {TensorProto.FLOAT}
     assert "Conv" not in {n.op_type for n in cut.tail.graph.node}
+
+
+class _RefiningDetector(_TinyDetector):
+    """A second stage with weights after the NMS (as a Faster R-CNN's box head)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refine = torch.nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        boxes, score, label = super().forward(x)
+        return self.refine(boxes), score, label
+
+
+def test_weights_after_the_post_processing_are_named_in_the_refusal(tmp_path: Path) -> None:
+    from worker.engine.errors import UnsupportedModel
+    from worker.engine.loaders import load_model
+
+    path = tmp_path / "two-stage.onnx"
+    torch.manual_seed(0)
+    torch.onnx.export(
+        _RefiningDetector().eval(), (torch.rand(1, 3, 32, 32),), str(path), dynamo=False,
+        opset_version=17, input_names=["images"], output_names=["boxes", "scores", "labels"],
+    )  # fmt: skip
+    with pytest.raises(UnsupportedModel) as caught:
+        load_model(path)
+    assert caught.value.code == "unsupported_op"
+    assert "If" in caught.value.message and "layer(s) with weights" in caught.value.message

@@ -36,7 +36,7 @@ from worker.engine.evaluate import same_outputs
 from worker.engine.row_order import reordered_difference, selects_rows
 from worker.engine.screen import check_onnx_allocations, screen_onnx, screen_pt2
 from worker.engine.sniff import sniff_format
-from worker.engine.tail import split_tail
+from worker.engine.tail import split_tail, weighted_after
 from worker.engine.types import LoadedModel
 
 InputShape = str | Sequence[int] | Sequence[Sequence[int]] | None
@@ -600,9 +600,15 @@ def _check_converters(model: Any) -> None:
                 f"{node.op_type} ({domain + ' ' if domain else ''}opset {opsets.get(domain, 0)})"
             )
     if missing:
-        raise UnsupportedModel(
-            "unsupported ONNX op(s): " + ", ".join(sorted(missing)), code="unsupported_op"
-        )
+        message = "unsupported ONNX op(s): " + ", ".join(sorted(missing))
+        weighted = weighted_after(model, functools.partial(_convertible, opsets=opsets))
+        if weighted:
+            message += (
+                f"; {len(weighted)} layer(s) with weights depend on them "
+                f"({', '.join(weighted[:3])}{', ...' if len(weighted) > 3 else ''}), so the "
+                "network cannot be pruned up to them with the rest kept as uploaded"
+            )
+        raise UnsupportedModel(message, code="unsupported_op")
 
 
 def _compare(

@@ -65,6 +65,19 @@ def split_tail(model: Any, convertible: Callable[[Any], bool]) -> Tail | None:
     return _split_at(model, [*blocked, *selecting]) or _split_at(model, blocked)
 
 
+def weighted_after(model: Any, convertible: Callable[[Any], bool]) -> list[str]:
+    """The layers with weights that depend on an op no conversion covers: why a model
+    that holds such ops has no tail to keep (empty when it has one, or no such op)."""
+    nodes = list(model.graph.node)
+    blocked = [n for n in nodes if n.op_type in CONTROL_FLOW or not convertible(n)]
+    marks = _downstream(nodes, blocked)
+    return [
+        n.name or n.op_type
+        for n, m in zip(nodes, marks, strict=True)
+        if m and n.op_type in WEIGHTED
+    ]
+
+
 def _split_at(model: Any, blocked: list[Any]) -> Tail | None:
     """The cut where `blocked` nodes and what depends on them form the tail."""
     import onnx
