@@ -4,7 +4,8 @@ Written here from the papers' and READMEs' block diagrams, at toy widths, so tha
 coverage bench meets the graph shapes real YOLO exports have: C3, C2f, C3k2, C2PSA,
 SPP/SPPF, ELAN, SPPCSPC, RepConv (training form: three parallel branches), anchor-based
 heads that decode boxes in the graph (v3, v5, v7), and anchor-free decoupled heads with
-a DFL integral and the distance-to-box decode (v8, 11), plus a top-k post-process (v10).
+a DFL integral and the distance-to-box decode (v8, 11), plus a top-k post-process (v10)
+and NMS in the graph (v8 exported with it).
 Weights are random; only the structure matters.
 """
 
@@ -392,6 +393,33 @@ class TopKDetect(AnchorFreeDetect):
         return torch.cat((picked, best.unsqueeze(-1), cls.unsqueeze(-1).float()), -1)
 
 
+class NmsDetect(AnchorFreeDetect):
+    """v8's head exported with NMS in the graph (as an export with `nms=True` does): a
+    confidence threshold, torchvision's class-aware NMS (scripted, so an `If` in ONNX),
+    the best MAX_DET kept and padded to a fixed (1, MAX_DET, 6): xyxy, score, class.
+    Batch 1 only, as such exports are."""
+
+    MAX_DET, CONF = 100, 0.25
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        import torchvision
+
+        boxes, scores = self.raw(feats)
+        xy, wh = boxes[0].split((2, 2), 0)
+        xyxy = torch.cat((xy - wh / 2, xy + wh / 2), 0).T
+        conf, cls = scores[0].max(0)
+        passed = conf > self.CONF
+        xyxy, conf, cls = xyxy[passed], conf[passed], cls[passed]
+        keep = torchvision.ops.batched_nms(xyxy, conf, cls, 0.45)[: self.MAX_DET]
+        found = torch.cat((xyxy[keep], conf[keep, None], cls[keep, None].float()), 1)
+        return F.pad(found, (0, 0, 0, self.MAX_DET - found.shape[0])).unsqueeze(0)
+
+
+def yolov8_nms(w: int = 16) -> nn.Module:
+    """yolov8 with NMS in the exported graph."""
+    return _Yolo(_CspBackbone(w, C2f), C2f, NmsDetect)
+
+
 def _up(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, scale_factor=2.0, mode="nearest")
 
@@ -566,6 +594,10 @@ BUILDERS = {
 }
 
 
+# Batch-1 exports with NMS in the graph.
+WITH_NMS = {"yolov8-nms": yolov8_nms}
+
+
 def head_convs(model: nn.Module) -> list[nn.Module]:
     """The final 1x1 convs that produce box and class channels: a plain pruner must leave
     them alone, as it leaves a classifier."""
@@ -582,7 +614,7 @@ def head_convs(model: nn.Module) -> list[nn.Module]:
 def build(name: str, width: int = 16) -> nn.Module:
     """A YOLO-style model by name, random weights, eval mode, seeded."""
     torch.manual_seed(0)
-    model = BUILDERS[name](width).eval()
+    model = (BUILDERS | WITH_NMS)[name](width).eval()
     # Random BatchNorm statistics, so the exported graph is not trivially uniform.
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
