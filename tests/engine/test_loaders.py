@@ -103,6 +103,31 @@ def test_tf2onnx_style_graph_loads_with_prunable_batchnorm_constants(tf_style_on
     )
 
 
+def _save_graph(path, nodes, inits, shapes: tuple[list, list], opset: int, name: str = "g"):
+    """One input 'input' and one output: `shapes` gives their declared dims."""
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, shapes[0])],
+        [helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, shapes[1])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def _converts_like_onnxruntime(path, batch: int, atol: float = 1e-5) -> None:
+    loaded = load_model(path)
+    x = loaded.example_inputs(batch=batch)
+    (expected,) = _ort(path, {"input": x[0]})
+    np.testing.assert_allclose(
+        _outputs(loaded.module, *x)[0].numpy(), expected, rtol=1e-4, atol=atol
+    )
+
+
 def _opset18_graph(path):
     """What torch's dynamo exporter writes: ReduceMean with axes as an input, Reshape with
     allowzero=1, Split with num_outputs, Pad with axes."""
@@ -125,28 +150,11 @@ def _opset18_graph(path):
         node("Reshape", ["pooled", "shape"], ["flat"], allowzero=1),
         node("Gemm", ["flat", "fc_w"], ["logits"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "dynamo",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 12, 12])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return _save_graph(path, nodes, inits, (["N", 3, 12, 12], ["N", 3]), 18, "dynamo")
 
 
 def test_opset18_forms_convert(tmp_path):
-    path = _opset18_graph(tmp_path / "opset18.onnx")
-    loaded = load_model(path)
-    x = loaded.example_inputs(batch=3)
-    (expected,) = _ort(path, {"input": x[0]})
-    np.testing.assert_allclose(
-        _outputs(loaded.module, *x)[0].numpy(), expected, rtol=1e-4, atol=1e-5
-    )
+    _converts_like_onnxruntime(_opset18_graph(tmp_path / "opset18.onnx"), batch=3)
 
 
 def _recurrent_graph(path, op: str, direction: str):
@@ -432,28 +440,11 @@ def _clip_graph(path):
         node("Clip", ["capped", "low"], ["floored"]),
         node("Clip", ["floored", "", ""], ["output"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "clip",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 4, 8, 8])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return _save_graph(path, nodes, inits, (["N", 3, 8, 8], ["N", 4, 8, 8]), 17, "clip")
 
 
 def test_clip_without_a_bound_or_with_a_computed_one_converts(tmp_path):
-    path = _clip_graph(tmp_path / "clip.onnx")
-    loaded = load_model(path)
-    x = loaded.example_inputs(batch=2)
-    (expected,) = _ort(path, {"input": x[0]})
-    np.testing.assert_allclose(
-        _outputs(loaded.module, *x)[0].numpy(), expected, rtol=1e-4, atol=1e-6
-    )
+    _converts_like_onnxruntime(_clip_graph(tmp_path / "clip.onnx"), batch=2, atol=1e-6)
 
 
 def test_a_weight_read_through_identity_converts(tmp_path, monkeypatch):
@@ -479,20 +470,5 @@ def test_a_weight_read_through_identity_converts(tmp_path, monkeypatch):
         node("Relu", ["c1"], ["r1"]),
         node("Conv", ["r1", "w2", "b_again"], ["output"], pads=[1, 1, 1, 1]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "shared",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 4, 8, 8])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path = tmp_path / "shared.onnx"
-    onnx.save(model, str(path))
-    loaded = load_model(path)
-    x = loaded.example_inputs(batch=2)
-    (expected,) = _ort(path, {"input": x[0]})
-    np.testing.assert_allclose(
-        _outputs(loaded.module, *x)[0].numpy(), expected, rtol=1e-4, atol=1e-5
-    )
+    shapes = (["N", 3, 8, 8], ["N", 4, 8, 8])
+    _converts_like_onnxruntime(_save_graph(tmp_path / "m.onnx", nodes, inits, shapes, 17), 2)
