@@ -472,3 +472,24 @@ def test_a_weight_read_through_identity_converts(tmp_path, monkeypatch):
     ]
     shapes = (["N", 3, 8, 8], ["N", 4, 8, 8])
     _converts_like_onnxruntime(_save_graph(tmp_path / "m.onnx", nodes, inits, shapes, 17), 2)
+
+
+def test_layer_norm_over_a_symbolic_dim_converts(tmp_path):
+    """onnx2torch sized LayerNorm from the input's declared dims, 0 where symbolic
+    (MobileViT's patches); the scale gives the normalized shape."""
+    rng = np.random.default_rng(4)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.4, (8, 8)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.normal(1, 0.1, (8,)).astype(np.float32), "scale"),
+        numpy_helper.from_array(rng.normal(0, 0.1, (8,)).astype(np.float32), "bias"),
+    ]
+    nodes = [
+        helper.make_node("LayerNormalization", ["input", "scale", "bias"], ["x"], axis=-1),
+        helper.make_node("MatMul", ["x", "w"], ["output"]),
+    ]
+    path = _save_graph(tmp_path / "ln.onnx", nodes, inits, (["N", "L", "C"], ["N", "L", "C"]), 17)
+    loaded = load_model(path, input_shape=[2, 5, 8])
+    x = loaded.example_inputs(batch=2)
+    (expected,) = _ort(path, {"input": x[0]})
+    got = _outputs(loaded.module, *x)[0].numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)

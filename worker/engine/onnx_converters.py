@@ -464,6 +464,39 @@ for _version in _registered_versions("Clip"):
         _CONVERTER_REGISTRY[_key] = _clip(_CONVERTER_REGISTRY[_key])
 
 
+def _layer_norm(fallback: Callable[..., OperationConverterResult]) -> Callable[..., Any]:
+    """onnx2torch sizes `nn.LayerNorm` from the input's declared dims, which are 0 where
+    they are symbolic (MobileViT's unfolded patches: `normalized_shape = [0]`). The scale
+    has the normalized shape by definition: it sizes the layer when it is a constant of
+    the right rank; otherwise onnx2torch's converter decides."""
+
+    def convert(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+        axis = node.attributes.get("axis", -1)
+        names = list(node.input_values[1:])
+        info = graph.value_info.get(node.input_values[0])
+        rank = len(info.type.tensor_type.shape.dim) if info is not None else None
+        normalized = -axis if axis < 0 else (rank - axis if rank else None)
+        if not names or not all(n in graph.initializers for n in names) or not normalized:
+            return fallback(node, graph)
+        scale = graph.initializers[names[0]].to_torch()
+        if scale.dim() != normalized:
+            return fallback(node, graph)
+        eps = node.attributes.get("epsilon", 1e-5)
+        module = nn.LayerNorm(tuple(scale.shape), eps=eps, bias=len(names) > 1)
+        with torch.no_grad():
+            module.weight.copy_(scale)
+            if len(names) > 1:
+                module.bias.copy_(graph.initializers[names[1]].to_torch())
+        return OperationConverterResult(module, _only_first_input(node))
+
+    return convert
+
+
+for _version in _registered_versions("LayerNormalization"):
+    _key = OperationDescription("", "LayerNormalization", _version)
+    _CONVERTER_REGISTRY[_key] = _layer_norm(_CONVERTER_REGISTRY[_key])
+
+
 def _traced_reshape(self: OnnxReshape, x: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
     return self._do_reshape(x, shape)
 
