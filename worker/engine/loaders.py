@@ -34,7 +34,7 @@ from contract import TensorInfo
 from worker.engine.errors import EngineError, UnsupportedModel, describe_failure
 from worker.engine.evaluate import same_outputs
 from worker.engine.row_order import reordered_difference, selects_rows
-from worker.engine.screen import check_onnx_allocations, screen_onnx, screen_pt2
+from worker.engine.screen import check_onnx_allocations, onnx_graphs, screen_onnx, screen_pt2
 from worker.engine.sniff import sniff_format
 from worker.engine.tail import split_tail, weighted_after
 from worker.engine.types import LoadedModel
@@ -261,15 +261,7 @@ def _load_onnx(path: Path, given: list[tuple[int, ...]] | None) -> LoadedModel:
 def _drop_unused_opsets(model: Any) -> bool:
     """Forget imported operator domains that no node uses (exporters and onnxruntime's
     optimiser stamp every domain they know), so later tools see only what runs."""
-    used = {"", "ai.onnx"}
-    graphs = [model.graph, *model.functions]
-    while graphs:
-        graph = graphs.pop()
-        for node in graph.node:
-            used.add(node.domain)
-            for attr in node.attribute:
-                graphs += [attr.g] if attr.HasField("g") else []
-                graphs += list(attr.graphs)
+    used = {"", "ai.onnx"} | {n.domain for graph, _ in onnx_graphs(model) for n in graph.node}
     kept = [o for o in model.opset_import if o.domain in used]
     if len(kept) == len(model.opset_import):
         return False

@@ -990,13 +990,16 @@ def _export(state: _State, spec: JobSpec, out_dir: Path, t: _Tracker) -> dict[st
         _check_drop_in(model_path, state)
         t.within("exporting", 0.5)
         paths = {"model.onnx": model_path}
-        try:
-            if state.loaded.tail is not None:
-                raise ExportFailed("the model's post-processing exists only as ONNX")
-            paths["model.pt2"] = save_pt2(module, state.loaded, out_dir / "model.pt2")
-        except ExportFailed as exc:
-            # The ONNX file is the product; a model torch.export cannot trace still ships.
-            state.notes.append(f"model.pt2 not written: {exc.message}")
+        if state.loaded.tail is not None:
+            state.notes.append(
+                "model.pt2 not written: the model's post-processing exists only as ONNX"
+            )
+        else:
+            try:
+                paths["model.pt2"] = save_pt2(module, state.loaded, out_dir / "model.pt2")
+            except ExportFailed as exc:
+                # The ONNX file is the product; a model torch.export cannot trace still ships.
+                state.notes.append(f"model.pt2 not written: {exc.message}")
         t.within("exporting", 0.7)
         original = out_dir / "original.onnx"
         export_onnx(state.teacher.cpu().eval(), state.loaded, original, spec.export)

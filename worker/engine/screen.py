@@ -799,7 +799,7 @@ def screen_onnx(model: Any, *, domains: Iterable[str] = DEFAULT_ONNX_DOMAINS) ->
     _check_onnx_domains(model, frozenset(domains))
 
 
-def _onnx_graphs(model: Any) -> Iterator[tuple[Any, str]]:
+def onnx_graphs(model: Any) -> Iterator[tuple[Any, str]]:
     """Every graph: the main one, attribute subgraphs at any depth (If/Loop/Scan), local
     functions' bodies (as a pseudo-graph of nodes) and training-info graphs."""
     stack: list[tuple[Any, str]] = [(model.graph, "the main graph")]
@@ -818,7 +818,7 @@ def _onnx_graphs(model: Any) -> Iterator[tuple[Any, str]]:
 
 def _onnx_tensors(model: Any) -> Iterator[tuple[Any, str]]:
     """Every TensorProto the model holds, with where it is."""
-    for graph, where in _onnx_graphs(model):
+    for graph, where in onnx_graphs(model):
         for tensor in getattr(graph, "initializer", ()):
             yield tensor, f"an initializer of {where}"
         for sparse in getattr(graph, "sparse_initializer", ()):
@@ -847,7 +847,7 @@ def _check_onnx_domains(model: Any, allowed: frozenset[str]) -> None:
             )
     # An imported domain that no node uses is inert (exporters stamp their own, and
     # onnxruntime's optimiser stamps all it knows); the nodes below are what would run.
-    for graph, where in _onnx_graphs(model):
+    for graph, where in onnx_graphs(model):
         for node in graph.node:
             if node.domain not in allowed and (node.domain, node.op_type) not in local:
                 raise UnsupportedModel(
@@ -889,7 +889,7 @@ def check_onnx_allocations(
                 dim.dim_value = int(size)
     inferred = _infer(work)
     known: dict[str, tuple[list[int | None], int]] = {}
-    for graph, where in _onnx_graphs(inferred):
+    for graph, where in onnx_graphs(inferred):
         values = [*getattr(graph, "value_info", ()), *getattr(graph, "output", ()),
                   *getattr(graph, "input", ())]
         for value in values:
@@ -903,7 +903,7 @@ def check_onnx_allocations(
             if len(dims) == len(found[0]):
                 _bound(math.prod(dims) * found[1], max_tensor_bytes,
                        f"tensor {value.name!r} ({where})")
-    for graph, where in _onnx_graphs(inferred):
+    for graph, where in onnx_graphs(inferred):
         constants = _small_constants(graph)
         for node in graph.node:
             _check_constant_shape(node, constants, known, max_tensor_bytes, where)

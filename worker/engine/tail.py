@@ -58,7 +58,7 @@ def split_tail(model: Any, convertible: Callable[[Any], bool]) -> Tail | None:
     such an op has as many rows as the scores pass, and the pruned network must keep
     its outputs' shapes, so the network ends where the selection begins."""
     nodes = list(model.graph.node)
-    blocked = [n for n in nodes if n.op_type in CONTROL_FLOW or not convertible(n)]
+    blocked = _blocked(nodes, convertible)
     if not blocked:
         return None
     selecting = [n for n in nodes if n.op_type in SELECTING]
@@ -69,13 +69,17 @@ def weighted_after(model: Any, convertible: Callable[[Any], bool]) -> list[str]:
     """The layers with weights that depend on an op no conversion covers: why a model
     that holds such ops has no tail to keep (empty when it has one, or no such op)."""
     nodes = list(model.graph.node)
-    blocked = [n for n in nodes if n.op_type in CONTROL_FLOW or not convertible(n)]
-    marks = _downstream(nodes, blocked)
+    marks = _downstream(nodes, _blocked(nodes, convertible))
     return [
         n.name or n.op_type
         for n, m in zip(nodes, marks, strict=True)
         if m and n.op_type in WEIGHTED
     ]
+
+
+def _blocked(nodes: list[Any], convertible: Callable[[Any], bool]) -> list[Any]:
+    """Nodes no conversion covers: control flow, and ops without a converter."""
+    return [n for n in nodes if n.op_type in CONTROL_FLOW or not convertible(n)]
 
 
 def _split_at(model: Any, blocked: list[Any]) -> Tail | None:
@@ -115,18 +119,19 @@ def _split_at(model: Any, blocked: list[Any]) -> Tail | None:
     head_outputs = cut + [o.name for o in outputs if o.name in made_by_head and o.name not in cut]
     if any(name not in types for name in head_outputs):
         return None
+    initializers = {t.name for t in model.graph.initializer}
+    graph_inputs = {v.name: v for v in model.graph.input}
     head = _subgraph_model(
         model,
         head_nodes,
-        inputs=[v for v in model.graph.input if not _is_initializer(model, v.name)],
+        inputs=[v for v in model.graph.input if v.name not in initializers],
         outputs=[types[name] for name in head_outputs],
     )
-    graph_inputs = {v.name: v for v in model.graph.input}
     tail = _subgraph_model(
         model,
         tail_nodes,
         inputs=[types[name] for name in cut]
-        + [graph_inputs[r] for r in reads if r in graph_inputs and not _is_initializer(model, r)],
+        + [graph_inputs[r] for r in reads if r in graph_inputs and r not in initializers],
         outputs=[o for o in outputs if o.name not in made_by_head],
     )
     in_tail_ids = {id(n) for n in tail_nodes}
@@ -185,10 +190,6 @@ def _is_float(value: Any) -> bool:
 
 def _ordered(names: Iterator[str]) -> list[str]:
     return list(dict.fromkeys(names))
-
-
-def _is_initializer(model: Any, name: str) -> bool:
-    return any(t.name == name for t in model.graph.initializer)
 
 
 def _value_types(model: Any) -> dict[str, Any]:
