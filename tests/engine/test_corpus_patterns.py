@@ -343,3 +343,55 @@ def test_weights_after_the_post_processing_are_named_in_the_refusal(tmp_path: Pa
         load_model(path)
     assert caught.value.code == "unsupported_op"
     assert "If" in caught.value.message and "layer(s) with weights" in caught.value.message
+
+
+class _ChannelsLastWindowAttention(torch.nn.Module):
+    """MaxViT's block attention: a conv feature map regrouped into (B, windows, tokens,
+    C), channels last, whose qkv projection is split into heads by a rank-4 reshape."""
+
+    def __init__(self, channels: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.stem = torch.nn.Conv2d(3, channels, 3, padding=1)
+        self.qkv = torch.nn.Linear(channels, 3 * channels)
+        self.proj = torch.nn.Linear(channels, channels)
+        self.conv = torch.nn.Conv2d(channels, 24, 3, padding=1)
+        self.fc = torch.nn.Linear(24, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        b, c, h, w = x.shape
+        windows = x.reshape(b, c, h // 4, 4, w // 4, 4).permute(0, 2, 4, 3, 5, 1)
+        tokens = windows.reshape(b, (h // 4) * (w // 4), 16, c)
+        q, k, v = self.qkv(tokens).chunk(3, dim=-1)
+        q, k, v = (t.reshape(*t.shape[:3], self.heads, -1).transpose(2, 3) for t in (q, k, v))
+        attended = (q @ k.transpose(-1, -2)).softmax(-1) @ v
+        tokens = self.proj(attended.transpose(2, 3).reshape(*tokens.shape)) + tokens
+        windows = tokens.reshape(b, h // 4, w // 4, 4, 4, c).permute(0, 5, 1, 3, 2, 4)
+        x = torch.relu(self.conv(windows.reshape(b, c, h, w)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def test_heads_split_from_a_channels_last_tensor_end_the_projection_group(tmp_path) -> None:
+    from worker.engine import loaders
+    from worker.engine.onnx_converters import ChannelRegroup
+
+    torch.manual_seed(0)
+    path = tmp_path / "attention.onnx"
+    torch.onnx.export(
+        _ChannelsLastWindowAttention().eval(), (torch.rand(1, 3, 16, 16),), str(path),
+        dynamo=False, opset_version=17, input_names=["x"], output_names=["y"],
+        dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+    )  # fmt: skip
+    module = loaders.load_model(path).module
+    fenced = [
+        node.meta["tensor_meta"].shape
+        for node in module.graph.nodes
+        if node.op == "call_module"
+        and isinstance(module.get_submodule(str(node.target)), ChannelRegroup)
+    ]
+    assert [tuple(shape) for shape in fenced].count((1, 16, 16, 2, 8)) == 3  # q, k and v
+    result = run_pipeline(path, DATA_FREE, tmp_path / "out")
+    achieved = 1.0 - result.report.pruned.macs / result.report.original.macs
+    assert achieved >= 0.48, result.report.notes
+    _runs_at_batches(result.artifacts["model.onnx"], (1, 3, 16, 16))

@@ -1630,7 +1630,7 @@ def fence_channel_regroups(gm: fx.GraphModule) -> int:
         in_shape, out_shape = _meta_shape(x), _meta_shape(node)
         if in_shape is None or out_shape is None or len(in_shape) != 4:
             continue
-        if tuple(out_shape[:2]) == tuple(in_shape[:2]):
+        if tuple(out_shape[:2]) == tuple(in_shape[:2]) and not _splits_heads(in_shape, out_shape):
             continue  # batch and channels kept
         if len(out_shape) == 2 and out_shape[1] == math.prod(in_shape[1:]):
             continue  # a flatten, which torch-pruning maps onto the next Linear
@@ -1640,6 +1640,15 @@ def fence_channel_regroups(gm: fx.GraphModule) -> int:
         gm.delete_all_unused_submodules()
         gm.recompile()
     return count
+
+
+def _splits_heads(in_shape: Sequence[int], out_shape: Sequence[int]) -> bool:
+    """Whether a rank-4 reshape keeps every dim but the last and splits that one: the
+    attention heads of a channels-last tensor (MaxViT's (B, windows, tokens, D) ->
+    (..., heads, D / heads)). Its dim 1 is not channels, though torch-pruning reads it so
+    and maps the reshape as a flatten (the indices it followed grew threefold at each of
+    a hundred such reshapes)."""
+    return len(out_shape) > 4 and tuple(out_shape[:3]) == tuple(in_shape[:3])
 
 
 def _is_activation_matmul(gm: fx.GraphModule, node: fx.Node) -> bool:
