@@ -493,3 +493,33 @@ def test_layer_norm_over_a_symbolic_dim_converts(tmp_path):
     (expected,) = _ort(path, {"input": x[0]})
     got = _outputs(loaded.module, *x)[0].numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def _same_padded_graph(path, size: int | str):
+    """PaddlePaddle's SAME padding: even kernels (one more pad after than before), a
+    pooling, and a strided conv whose pads depend on the input size."""
+    rng = np.random.default_rng(4)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.4, (4, 3, 2, 2)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.normal(0, 0.4, (6, 4, 3, 3)).astype(np.float32), "w2"),
+    ]
+    node = helper.make_node
+    nodes = [
+        node("Conv", ["input", "w"], ["c"], auto_pad="SAME_UPPER", kernel_shape=[2, 2]),
+        node("MaxPool", ["c"], ["p"], auto_pad="SAME_LOWER", kernel_shape=[2, 2]),
+        node(
+            "Conv", ["p", "w2"], ["output"], auto_pad="SAME_UPPER", kernel_shape=[3, 3],
+            strides=[2, 2],
+        ),
+    ]  # fmt: skip
+    out = size if isinstance(size, str) else (size + 1) // 2
+    return _save_graph(path, nodes, inits, (["N", 3, size, size], ["N", 6, out, out]), 17, "same")
+
+
+def test_same_padding_converts_as_explicit_pads(tmp_path):
+    _converts_like_onnxruntime(_same_padded_graph(tmp_path / "same.onnx", 9), batch=2)
+
+
+def test_same_padding_of_a_strided_conv_on_an_open_size_is_refused(tmp_path):
+    with pytest.raises(UnsupportedModel, match="SAME_UPPER"):
+        load_model(_same_padded_graph(tmp_path / "same.onnx", "H"), input_shape=[1, 3, 9, 9])

@@ -400,6 +400,7 @@ def _prepare_onnx(
                 dim.dim_param = "batch" if j == 0 else f"{value.name}_dim{j}"
     _drop_reshape_allowzero(work)
     _fold_identity_initializers(work)
+    _explicit_same_pads(work)
     try:
         import onnxslim
 
@@ -445,6 +446,76 @@ def _fold_identity_initializers(model: Any) -> None:
             copy.CopyFrom(initializers[node.input[0]])
             copy.name = node.output[0]
             model.graph.node.remove(node)
+
+
+_SAME_PADDED = ("Conv", "MaxPool", "AveragePool")
+
+
+def _explicit_same_pads(model: Any) -> None:
+    """`auto_pad` SAME_UPPER / SAME_LOWER written as the explicit `pads` onnxruntime
+    computes (onnx2torch refuses the attribute; PaddlePaddle's exports use it). The pads
+    depend on the input size only along strided dims; a node whose input size is not
+    known there is left as it is, and its conversion refuses it."""
+    from onnx import helper, shape_inference
+
+    sizes: dict[str, list[int | None]] | None = None
+    for node in model.graph.node:
+        attrs = {a.name: a for a in node.attribute}
+        mode = attrs["auto_pad"].s.decode() if "auto_pad" in attrs else "NOTSET"
+        if node.op_type not in _SAME_PADDED or mode not in ("SAME_UPPER", "SAME_LOWER"):
+            continue
+        kernel = list(attrs["kernel_shape"].ints) if "kernel_shape" in attrs else None
+        if kernel is None:
+            continue  # a Conv that reads it from its weights: not written by exporters
+        rank = len(kernel)
+        strides = list(attrs["strides"].ints) if "strides" in attrs else [1] * rank
+        dilations = list(attrs["dilations"].ints) if "dilations" in attrs else [1] * rank
+        spatial: list[int | None] = [None] * rank
+        if any(s != 1 for s in strides):
+            if sizes is None:
+                sizes = _static_sizes(shape_inference.infer_shapes(model))
+            spatial = (sizes.get(node.input[0]) or [None] * (rank + 2))[2:]
+        pads = _same_pads(kernel, strides, dilations, spatial, upper=mode == "SAME_UPPER")
+        if pads is None:
+            continue
+        node.attribute.remove(attrs["auto_pad"])
+        node.attribute.extend([helper.make_attribute("pads", pads)])
+        if "pads" in attrs:
+            node.attribute.remove(attrs["pads"])
+
+
+def _same_pads(
+    kernel: list[int],
+    strides: list[int],
+    dilations: list[int],
+    spatial: Sequence[int | None],
+    upper: bool,
+) -> list[int] | None:
+    """Begin pads then end pads, as ONNX's SAME padding defines them; None where a
+    strided dim's size is unknown."""
+    begins, ends = [], []
+    for k, s, d, size in zip(kernel, strides, dilations, spatial, strict=True):
+        if s == 1:
+            total = (k - 1) * d
+        elif size is None:
+            return None
+        else:
+            total = max(0, (-(-size // s) - 1) * s + (k - 1) * d + 1 - size)
+        small, large = total // 2, total - total // 2
+        begins.append(small if upper else large)
+        ends.append(large if upper else small)
+    return begins + ends
+
+
+def _static_sizes(model: Any) -> dict[str, list[int | None]]:
+    """Each value's dims from shape inference, None where not a known number."""
+    values = [*model.graph.input, *model.graph.value_info, *model.graph.output]
+    return {
+        v.name: [
+            d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim
+        ]
+        for v in values
+    }
 
 
 def _drop_reshape_allowzero(model: Any) -> None:
