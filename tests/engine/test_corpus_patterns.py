@@ -395,3 +395,41 @@ def test_heads_split_from_a_channels_last_tensor_end_the_projection_group(tmp_pa
     achieved = 1.0 - result.report.pruned.macs / result.report.original.macs
     assert achieved >= 0.48, result.report.notes
     _runs_at_batches(result.artifacts["model.onnx"], (1, 3, 16, 16))
+
+
+def squeeze_then_computed_reshape(path: Path) -> Path:
+    """PP-OCRv5's recogniser: a pooled map unsqueezed and squeezed again on axis 0 (axes
+    given as inputs, opset 13), then flattened by a reshape whose shape is computed from
+    `Shape` of a later layer: the batch must stay dynamic through both."""
+    rng = np.random.default_rng(1)
+    c1, c1_inits = _conv("c1", "x", 3, 16, rng)
+    c2, c2_inits = _conv("c2", "sq", 16, 16, rng)
+    inits = (
+        c1_inits
+        + c2_inits
+        + [
+            _const("axis0", np.array([0], np.int64)),
+            _const("start", np.array([0], np.int64)),
+            _const("end", np.array([2], np.int64)),
+            _const("minus_one", np.array([-1], np.int64)),
+        ]
+    )
+    nodes = c1 + [
+        helper.make_node("AveragePool", ["c1.relu"], ["pool"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Unsqueeze", ["pool", "axis0"], ["unsq"]),
+        helper.make_node("Squeeze", ["unsq", "axis0"], ["sq"]),
+        *c2,
+        helper.make_node("Shape", ["c2.relu"], ["shape"]),
+        helper.make_node("Slice", ["shape", "start", "end", "axis0"], ["nc"]),
+        helper.make_node("Concat", ["nc", "minus_one"], ["flat_shape"], axis=0),
+        helper.make_node("Reshape", ["c2.relu", "flat_shape"], ["y"]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16, "T"])
+    return _save(path, nodes, inits, [x], [y])
+
+
+def test_a_squeeze_with_axes_as_input_keeps_the_batch_dynamic(tmp_path: Path) -> None:
+    model = squeeze_then_computed_reshape(tmp_path / "squeeze.onnx")
+    result = run_pipeline(model, DATA_FREE, tmp_path / "out", input_shape=[1, 3, 8, 8])
+    _runs_at_batches(result.artifacts["model.onnx"], (1, 3, 8, 8))

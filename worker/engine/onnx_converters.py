@@ -464,6 +464,44 @@ for _version in _registered_versions("Clip"):
         _CONVERTER_REGISTRY[_key] = _clip(_CONVERTER_REGISTRY[_key])
 
 
+class Squeeze(nn.Module):
+    """ONNX Squeeze with constant axes, as the torch ops themselves."""
+
+    def __init__(self, axes: Sequence[int]) -> None:
+        super().__init__()
+        self.axes = [int(a) for a in axes]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.axes:
+            return torch.squeeze(x)
+        for axis in sorted((a % x.dim() for a in self.axes), reverse=True):
+            x = torch.squeeze(x, axis)
+        return x
+
+
+def _squeeze(fallback: Callable[..., OperationConverterResult]) -> Callable[..., Any]:
+    """onnx2torch's Squeeze with axes as an input (opset 13) exports the ONNX op itself,
+    typed with the sizes seen while tracing: the batch dim after it became a constant 1,
+    and a reshape that reads it with `Shape` was folded to batch 1 (PP-OCRv5's
+    recogniser). Constant axes trace the torch ops, as its older Squeeze does."""
+
+    def convert(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+        name = _input(node, 1)
+        try:
+            axes = get_const_value(name, graph).flatten().tolist() if name else []
+        except KeyError:
+            return fallback(node, graph)  # computed axes
+        return OperationConverterResult(Squeeze(axes), _only_first_input(node))
+
+    return convert
+
+
+for _version in _registered_versions("Squeeze"):
+    if _version >= 13:  # axes became an input at opset 13
+        _key = OperationDescription("", "Squeeze", _version)
+        _CONVERTER_REGISTRY[_key] = _squeeze(_CONVERTER_REGISTRY[_key])
+
+
 def _layer_norm(fallback: Callable[..., OperationConverterResult]) -> Callable[..., Any]:
     """onnx2torch sizes `nn.LayerNorm` from the input's declared dims, which are 0 where
     they are symbolic (MobileViT's unfolded patches: `normalized_shape = [0]`). The scale
