@@ -523,3 +523,24 @@ def test_same_padding_converts_as_explicit_pads(tmp_path):
 def test_same_padding_of_a_strided_conv_on_an_open_size_is_refused(tmp_path):
     with pytest.raises(UnsupportedModel, match="SAME_UPPER"):
         load_model(_same_padded_graph(tmp_path / "same.onnx", "H"), input_shape=[1, 3, 9, 9])
+
+
+def test_a_split_into_one_part_converts(tmp_path, monkeypatch):
+    """SSD300's head splits a tensor into a single part; its user must get the tensor.
+    onnxslim drops such a Split, but its graph is not always kept: here it fails."""
+    import onnxslim
+
+    def failing_slim(model):
+        raise RuntimeError("slim failed")
+
+    monkeypatch.setattr(onnxslim, "slim", failing_slim)
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.4, (4, 3, 3, 3)).astype(np.float32), "w")]
+    node = helper.make_node
+    nodes = [
+        node("Conv", ["input", "w"], ["c"], pads=[1, 1, 1, 1]),
+        node("Split", ["c"], ["part"], axis=1),
+        node("Relu", ["part"], ["output"]),
+    ]
+    path = _save_graph(tmp_path / "split.onnx", nodes, inits, (["N", 3, 8, 8], ["N", 4, 8, 8]), 13)
+    _converts_like_onnxruntime(path, batch=2)

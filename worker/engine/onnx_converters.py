@@ -280,6 +280,24 @@ def _split_18(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
 _register("Split", [18], _split_18)
 
 
+def _one_part_split(fallback: Callable[..., OperationConverterResult]) -> Callable[..., Any]:
+    """A Split into one part is its input. onnx2torch's returns `torch.split`'s tuple of
+    one tensor, and as the node has one output, its users got the tuple (SSD300's head:
+    "'tuple' object has no attribute 'dim'")."""
+
+    def convert(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+        if len(node.output_values) == 1:
+            return OperationConverterResult(_Identity(), _only_first_input(node))
+        return fallback(node, graph)
+
+    return convert
+
+
+for _version in _registered_versions("Split"):
+    _key = OperationDescription("", "Split", _version)
+    _CONVERTER_REGISTRY[_key] = _one_part_split(_CONVERTER_REGISTRY[_key])
+
+
 def _pad_18(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     mode = node.attributes.get("mode", "constant")
     if mode == "wrap":
