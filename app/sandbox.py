@@ -83,6 +83,14 @@ class Limits:
     open_files: int = 1024
     file_bytes: int = 8 << 30
     tmpfs_bytes: int = 256 << 20  # the sandbox's /tmp and /dev/shm, held in memory
+    # Scheduling priority (nice value, 0-19) of the whole tree: a job's engine is batch
+    # work, and on a machine it shares with the API it must not take the CPU that
+    # answers the polls.
+    niceness: int = 0
+
+    def nice_args(self) -> list[str]:
+        nice = shutil.which("nice")
+        return [nice, "-n", str(self.niceness)] if self.niceness and nice else []
 
     def prlimit_args(self) -> list[str]:
         args = ["--core=0", f"--nproc={self.processes}", f"--nofile={self.open_files}",
@@ -162,7 +170,8 @@ class Sandbox:
         prepare_scratch(scratch, self.uid, self.gid)
         seccomp_fd = _seccomp_fd()
         bwrap = [
-            self.bwrap, *_namespace_args(), *_mount_args(scratch, readonly, limits),
+            *limits.nice_args(), self.bwrap, *_namespace_args(),
+            *_mount_args(scratch, readonly, limits),
             *self._device_args(), "--seccomp", str(seccomp_fd), "--clearenv",
             *_setenv_args(child_env), "--chdir", str(SCRATCH), "--",
         ]
@@ -177,7 +186,7 @@ class Sandbox:
         (scratch / "tmp").mkdir(exist_ok=True)
         prlimit = shutil.which("prlimit")
         command = [prlimit, *limits.prlimit_args(), "--", *argv] if prlimit else argv
-        return Prepared(command, env, (), scratch)
+        return Prepared([*limits.nice_args(), *command], env, (), scratch)
 
     def _drop(self) -> list[str]:
         """Lose root for good once the mounts are made (nothing to drop otherwise)."""

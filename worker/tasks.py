@@ -31,7 +31,8 @@ def sandboxed_pipeline() -> SandboxedPipeline:
     sandbox = Sandbox.from_settings(settings, gpu=True)
     log.log(logging.WARNING if sandbox.insecure else logging.INFO, "%s", describe(sandbox))
     limits = Limits(memory_bytes=settings.job_memory_bytes, processes=4096,
-                    open_files=4096, file_bytes=64 << 30, tmpfs_bytes=1 << 30)
+                    open_files=4096, file_bytes=64 << 30, tmpfs_bytes=1 << 30,
+                    niceness=settings.job_niceness)
     return SandboxedPipeline(sandbox, limits)
 
 

@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     inspect_memory_total_bytes: int = 4 * GiB
     # Private memory of a job's sandboxed engine process.
     job_memory_bytes: int = 16 * GiB
+    # Nice value of a job's engine process (0 = the worker's own priority): where the API
+    # shares the machine, the polls it answers keep their CPU while a job runs.
+    job_niceness: int = Field(default=10, ge=0, le=19)
 
     # Untrusted models are parsed, converted and pruned in a bubblewrap sandbox as this
     # unprivileged user (when the service runs as root). Where the sandbox cannot be set

@@ -230,6 +230,18 @@ def test_memory_cpu_and_process_limits_hold(tmp_path: Path) -> None:
     assert int(forks.stdout) < 32
 
 
+def test_a_jobs_priority_is_lowered(tmp_path: Path) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    run = _run(
+        "import os; print(os.getpriority(os.PRIO_PROCESS, 0))",
+        scratch,
+        Limits(cpu_s=30, niceness=10),
+    )
+    assert run.returncode == 0, run.stderr
+    assert int(run.stdout) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)
+
+
 def _hostile_pipeline(code: str) -> SandboxedPipeline:
     """A pipeline whose sandboxed process runs `code` instead of the engine."""
     return SandboxedPipeline(
