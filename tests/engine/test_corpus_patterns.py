@@ -433,3 +433,44 @@ def test_a_squeeze_with_axes_as_input_keeps_the_batch_dynamic(tmp_path: Path) ->
     model = squeeze_then_computed_reshape(tmp_path / "squeeze.onnx")
     result = run_pipeline(model, DATA_FREE, tmp_path / "out", input_shape=[1, 3, 8, 8])
     _runs_at_batches(result.artifacts["model.onnx"], (1, 3, 8, 8))
+
+
+class _PoolFormer(torch.nn.Module):
+    """MetaFormer blocks (PoolFormer): GroupNorm(1, C), which torch exports as reshape,
+    instance norm and reshape back, then pooling as the token mixer and a conv MLP."""
+
+    def __init__(self, channels: int = 16) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, channels, 3, padding=1)
+        self.norm1 = torch.nn.GroupNorm(1, channels)
+        self.pool = torch.nn.AvgPool2d(3, 1, 1, count_include_pad=False)
+        self.norm2 = torch.nn.GroupNorm(1, channels)
+        self.fc1 = torch.nn.Conv2d(channels, 4 * channels, 1)
+        self.fc2 = torch.nn.Conv2d(4 * channels, channels, 1)
+        self.head = torch.nn.Linear(channels, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self.norm1(x)
+        x = x + self.pool(y) - y
+        x = x + self.fc2(torch.nn.functional.gelu(self.fc1(self.norm2(x))))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_a_group_norm_export_is_pruned_as_a_group_norm(tmp_path: Path) -> None:
+    from worker.engine import loaders
+
+    torch.manual_seed(0)
+    path = tmp_path / "poolformer.onnx"
+    torch.onnx.export(
+        _PoolFormer().eval(), (torch.rand(1, 3, 16, 16),), str(path),
+        dynamo=False, opset_version=17, input_names=["x"], output_names=["y"],
+        dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+    )  # fmt: skip
+    assert "InstanceNormalization" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    module = loaders.load_model(path).module
+    assert sum(isinstance(m, torch.nn.GroupNorm) for m in module.modules()) == 2
+    result = run_pipeline(path, DATA_FREE, tmp_path / "out")
+    achieved = 1.0 - result.report.pruned.macs / result.report.original.macs
+    assert achieved >= 0.48, result.report.notes
+    _runs_at_batches(result.artifacts["model.onnx"], (1, 3, 16, 16))

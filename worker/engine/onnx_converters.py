@@ -805,6 +805,7 @@ def make_prunable(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> fx.Grap
         ShapeProp(gm).propagate(*inputs)
     for node, shape in at_batch_two.items():
         node.meta[_BATCH_TWO] = shape
+    fold_group_norms(gm)
     channel_axis = _channel_axes(gm)
     for node in list(gm.graph.nodes):
         if node.op != "call_module":
@@ -1569,6 +1570,67 @@ class ChannelRegroup(nn.Module):
         if self.inner is not None:
             return self.inner(x, other)
         return torch.reshape(x, other)
+
+
+def fold_group_norms(gm: fx.GraphModule) -> int:
+    """Replace each group norm as torch exports it (reshape (N, C, ...) -> (N, G, -1),
+    InstanceNormalization with unit scale and zero shift, reshape back to the input's
+    shape) by an `nn.GroupNorm(G, C)` without affine parameters (the per-channel scale
+    and shift that follow stay as they are); returns how many. torch-pruning follows a
+    channel into the instance norm's own flattening views by index mappings that grow
+    with the spatial size (a PoolFormer's group search did not end within its budget),
+    and knows a GroupNorm's channels. Needs ShapeProp metadata."""
+    count = 0
+    for node in list(gm.graph.nodes):
+        found = _group_norm_at(gm, node)
+        if found is None:
+            continue
+        x, groups, eps, last = found
+        channels = _meta_shape(x)[1]  # type: ignore[index]
+        name = f"group_norm_{count}"
+        gm.add_submodule(name, nn.GroupNorm(groups, channels, eps=eps, affine=False))
+        with gm.graph.inserting_before(last):
+            norm = gm.graph.call_module(name, (x,))
+        norm.meta = dict(last.meta)
+        last.replace_all_uses_with(norm)
+        count += 1
+    if count:
+        gm.graph.eliminate_dead_code()
+        gm.delete_all_unused_submodules()
+        gm.recompile()
+    return count
+
+
+def _group_norm_at(gm: fx.GraphModule, norm: fx.Node) -> tuple | None:
+    """(x, groups, eps, the reshape back) when `norm` is the instance norm of a group norm
+    of x, else None."""
+    module = gm.get_submodule(str(norm.target)) if norm.op == "call_module" else None
+    if not isinstance(module, nn.modules.instancenorm._InstanceNorm) or len(norm.users) != 1:
+        return None
+    grouped = norm.args[0]
+    x = _reshape_input(gm, grouped)
+    last = next(iter(norm.users))
+    x_shape, grouped_shape = _meta_shape(x), _meta_shape(grouped)
+    if (
+        not isinstance(x, fx.Node)
+        or x_shape is None
+        or grouped_shape is None
+        or len(x_shape) < 3
+        or len(grouped_shape) != 3
+        or grouped_shape[0] != x_shape[0]
+        or x_shape[1] % grouped_shape[1]
+        or _reshape_input(gm, last) is not norm
+        or _meta_shape(last) != x_shape
+        or _shape_at_batch_two(last) != _shape_at_batch_two(x)
+        or len(grouped.users) != 1
+    ):
+        return None
+    weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+    if (weight is not None and not bool((weight == 1).all())) or (
+        bias is not None and not bool((bias == 0).all())
+    ):
+        return None
+    return x, grouped_shape[1], float(module.eps), last
 
 
 def fold_channel_convs(gm: fx.GraphModule) -> int:
