@@ -97,3 +97,25 @@ def test_the_same_groups_where_torch_prunings_search_goes_round_in_circles(tmp_p
 
 def _channels(groups: dict) -> dict:
     return {root: {item[:3] for item in items} for root, items in groups.items()}
+
+
+class _GatedBlock(nn.Module):
+    """MambaOut's gated block: a projection split three ways, one part used twice, then
+    a reshape torch-pruning maps by inferring the channels through the split."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(3, 24, 1)
+        self.fc2 = nn.Linear(8 * 16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g, i, c = torch.split(self.fc1(x), [8, 8, 8], dim=1)
+        y = g * i + g * c
+        return self.fc2(y.reshape(y.shape[0], 8, 16).mean(1).repeat(1, 8))
+
+
+def test_a_split_part_used_twice_before_a_reshape_builds_a_graph() -> None:
+    graph = build_dependency_graph(_GatedBlock().eval(), (torch.rand(1, 3, 4, 4),))
+    with index_mapping_frozen(graph):
+        groups = list(graph.get_all_groups(root_module_types=ROOT_MODULE_TYPES))
+    assert groups

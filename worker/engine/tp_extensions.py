@@ -210,6 +210,17 @@ def _channels_into(graph: tp.DependencyGraph, node: Any) -> int | None:
         return None
 
 
+def map_reshape_indices(graph: tp.DependencyGraph, node: Any) -> None:
+    """torch-pruning's reshape mapping, with a channel count its inference cannot read
+    (see `_INFERENCE_ERRORS`: MambaOut's gated blocks reach a split this way) taken as
+    unknown: the reshape is left unmapped, as torch-pruning leaves one whose sizes it
+    cannot infer."""
+    try:
+        torch_pruning_reshape_mapping(graph, node)
+    except _INFERENCE_ERRORS:
+        return
+
+
 def pruning_group(
     graph: tp.DependencyGraph, module: nn.Module, pruning_fn: Any, idxs: Sequence[int] | int
 ) -> Any:
@@ -316,7 +327,9 @@ def _merged_group(graph: tp.DependencyGraph, found: list[tuple[Any, list]]) -> A
 # torch-pruning's own, kept for the tests that the two agree.
 torch_pruning_concat_mapping = index_mapping.update_concat_index_mapping
 torch_pruning_split_mapping = index_mapping.update_split_index_mapping
+torch_pruning_reshape_mapping = index_mapping.update_reshape_index_mapping
 index_mapping.update_concat_index_mapping = map_concat_indices
 index_mapping.update_split_index_mapping = map_split_indices
+index_mapping.update_reshape_index_mapping = map_reshape_indices
 torch_pruning_pruning_group = tp.DependencyGraph.get_pruning_group
 tp.DependencyGraph.get_pruning_group = pruning_group  # type: ignore[method-assign]
