@@ -345,6 +345,16 @@ def test_weights_after_the_post_processing_are_named_in_the_refusal(tmp_path: Pa
     assert "If" in caught.value.message and "layer(s) with weights" in caught.value.message
 
 
+def _export_image_model(model: torch.nn.Module, path: Path) -> Path:
+    """`model` exported at opset 17 from 16x16 images, with a dynamic batch."""
+    torch.onnx.export(
+        model.eval(), (torch.rand(1, 3, 16, 16),), str(path),
+        dynamo=False, opset_version=17, input_names=["x"], output_names=["y"],
+        dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+    )  # fmt: skip
+    return path
+
+
 class _ChannelsLastWindowAttention(torch.nn.Module):
     """MaxViT's block attention: a conv feature map regrouped into (B, windows, tokens,
     C), channels last, whose qkv projection is split into heads by a rank-4 reshape."""
@@ -377,12 +387,7 @@ def test_heads_split_from_a_channels_last_tensor_end_the_projection_group(tmp_pa
     from worker.engine.onnx_converters import ChannelRegroup
 
     torch.manual_seed(0)
-    path = tmp_path / "attention.onnx"
-    torch.onnx.export(
-        _ChannelsLastWindowAttention().eval(), (torch.rand(1, 3, 16, 16),), str(path),
-        dynamo=False, opset_version=17, input_names=["x"], output_names=["y"],
-        dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
-    )  # fmt: skip
+    path = _export_image_model(_ChannelsLastWindowAttention(), tmp_path / "attention.onnx")
     module = loaders.load_model(path).module
     fenced = [
         node.meta["tensor_meta"].shape
@@ -461,12 +466,7 @@ def test_a_group_norm_export_is_pruned_as_a_group_norm(tmp_path: Path) -> None:
     from worker.engine import loaders
 
     torch.manual_seed(0)
-    path = tmp_path / "poolformer.onnx"
-    torch.onnx.export(
-        _PoolFormer().eval(), (torch.rand(1, 3, 16, 16),), str(path),
-        dynamo=False, opset_version=17, input_names=["x"], output_names=["y"],
-        dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
-    )  # fmt: skip
+    path = _export_image_model(_PoolFormer(), tmp_path / "poolformer.onnx")
     assert "InstanceNormalization" in {n.op_type for n in onnx.load(str(path)).graph.node}
     module = loaders.load_model(path).module
     assert sum(isinstance(m, torch.nn.GroupNorm) for m in module.modules()) == 2

@@ -33,7 +33,7 @@ from __future__ import annotations
 import functools
 import math
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
 import onnx.defs
@@ -1464,20 +1464,11 @@ def fold_channel_shuffles(gm: fx.GraphModule) -> int:
         if found is None:
             continue
         x, groups = found
-        name = f"channel_shuffle_{count}"
         shape = _meta_shape(x)
         assert shape is not None
-        gm.add_submodule(name, ChannelShuffle(groups, shape[1]))
-        with gm.graph.inserting_before(node):
-            new = gm.graph.call_module(name, (x,))
-        new.meta = dict(node.meta)
-        node.replace_all_uses_with(new)
+        _call_instead(gm, node, f"channel_shuffle_{count}", ChannelShuffle(groups, shape[1]), x)
         count += 1
-    if count:
-        gm.graph.eliminate_dead_code()
-        gm.delete_all_unused_submodules()
-        gm.recompile()
-    return count
+    return _tidied(gm, count)
 
 
 def _reshape_input(gm: fx.GraphModule, node: Any) -> Any:
@@ -1572,6 +1563,34 @@ class ChannelRegroup(nn.Module):
         return torch.reshape(x, other)
 
 
+def _matches(gm: fx.GraphModule, finder: Callable[[fx.GraphModule, fx.Node], Any]) -> Iterator:
+    """What `finder` finds at each node of the graph as it was on entry (the caller may
+    rewrite it meanwhile), skipping the nodes where it finds nothing."""
+    for node in list(gm.graph.nodes):
+        found = finder(gm, node)
+        if found is not None:
+            yield found
+
+
+def _call_instead(gm: fx.GraphModule, old: fx.Node, name: str, module: nn.Module, x: Any) -> None:
+    """A call of `module` (added as `name`) on `x` takes over `old`'s uses and metadata."""
+    gm.add_submodule(name, module)
+    with gm.graph.inserting_before(old):
+        new = gm.graph.call_module(name, (x,))
+    new.meta = dict(old.meta)
+    old.replace_all_uses_with(new)
+
+
+def _tidied(gm: fx.GraphModule, rewrites: int) -> int:
+    """After `rewrites` replacements (if any), drop the nodes and modules they left
+    unused and recompile; returns `rewrites`."""
+    if rewrites:
+        gm.graph.eliminate_dead_code()
+        gm.delete_all_unused_submodules()
+        gm.recompile()
+    return rewrites
+
+
 def fold_group_norms(gm: fx.GraphModule) -> int:
     """Replace each group norm as torch exports it (reshape (N, C, ...) -> (N, G, -1),
     InstanceNormalization with unit scale and zero shift, reshape back to the input's
@@ -1581,24 +1600,12 @@ def fold_group_norms(gm: fx.GraphModule) -> int:
     with the spatial size (a PoolFormer's group search did not end within its budget),
     and knows a GroupNorm's channels. Needs ShapeProp metadata."""
     count = 0
-    for node in list(gm.graph.nodes):
-        found = _group_norm_at(gm, node)
-        if found is None:
-            continue
-        x, groups, eps, last = found
+    for x, groups, eps, last in _matches(gm, _group_norm_at):
         channels = _meta_shape(x)[1]  # type: ignore[index]
-        name = f"group_norm_{count}"
-        gm.add_submodule(name, nn.GroupNorm(groups, channels, eps=eps, affine=False))
-        with gm.graph.inserting_before(last):
-            norm = gm.graph.call_module(name, (x,))
-        norm.meta = dict(last.meta)
-        last.replace_all_uses_with(norm)
+        norm = nn.GroupNorm(groups, channels, eps=eps, affine=False)
+        _call_instead(gm, last, f"group_norm_{count}", norm, x)
         count += 1
-    if count:
-        gm.graph.eliminate_dead_code()
-        gm.delete_all_unused_submodules()
-        gm.recompile()
-    return count
+    return _tidied(gm, count)
 
 
 def _group_norm_at(gm: fx.GraphModule, norm: fx.Node) -> tuple | None:
@@ -1608,6 +1615,8 @@ def _group_norm_at(gm: fx.GraphModule, norm: fx.Node) -> tuple | None:
     if not isinstance(module, nn.modules.instancenorm._InstanceNorm) or len(norm.users) != 1:
         return None
     grouped = norm.args[0]
+    if not isinstance(grouped, fx.Node):
+        return None
     x = _reshape_input(gm, grouped)
     last = next(iter(norm.users))
     x_shape, grouped_shape = _meta_shape(x), _meta_shape(grouped)
@@ -1639,11 +1648,7 @@ def fold_channel_convs(gm: fx.GraphModule) -> int:
     (N, C[, 1...]), and a channel-keeping reshape; returns how many. Needs ShapeProp
     metadata."""
     count = 0
-    for node in list(gm.graph.nodes):
-        found = _channel_conv_at(gm, node)
-        if found is None:
-            continue
-        x, conv_node, unary, last = found
+    for x, conv_node, unary, last in _matches(gm, _channel_conv_at):
         x_shape = _meta_shape(x)
         assert x_shape is not None
         name = f"channel_conv_{count}"
@@ -1662,11 +1667,7 @@ def fold_channel_convs(gm: fx.GraphModule) -> int:
         y.meta = dict(last.meta)
         last.replace_all_uses_with(y)
         count += 1
-    if count:
-        gm.graph.eliminate_dead_code()
-        gm.delete_all_unused_submodules()
-        gm.recompile()
-    return count
+    return _tidied(gm, count)
 
 
 def _channel_conv_at(gm: fx.GraphModule, first: fx.Node) -> tuple | None:
