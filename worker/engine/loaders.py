@@ -456,7 +456,7 @@ def _explicit_same_pads(model: Any) -> None:
     computes (onnx2torch refuses the attribute; PaddlePaddle's exports use it). The pads
     depend on the input size only along strided dims; a node whose input size is not
     known there is left as it is, and its conversion refuses it."""
-    from onnx import helper, shape_inference
+    from onnx import helper
 
     sizes: dict[str, list[int | None]] | None = None
     for node in model.graph.node:
@@ -473,7 +473,7 @@ def _explicit_same_pads(model: Any) -> None:
         spatial: list[int | None] = [None] * rank
         if any(s != 1 for s in strides):
             if sizes is None:
-                sizes = _static_sizes(shape_inference.infer_shapes(model))
+                sizes = _static_sizes(model)
             spatial = (sizes.get(node.input[0]) or [None] * (rank + 2))[2:]
         pads = _same_pads(kernel, strides, dilations, spatial, upper=mode == "SAME_UPPER")
         if pads is None:
@@ -508,8 +508,16 @@ def _same_pads(
 
 
 def _static_sizes(model: Any) -> dict[str, list[int | None]]:
-    """Each value's dims from shape inference, None where not a known number."""
-    values = [*model.graph.input, *model.graph.value_info, *model.graph.output]
+    """Each value's dims from shape inference, None where not a known number (all of
+    them where inference fails: the nodes that need them are then left to be refused)."""
+    from onnx import shape_inference
+
+    try:
+        inferred = shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - onnx's checker errors are untyped
+        return {}
+    graph = inferred.graph
+    values = [*graph.input, *graph.value_info, *graph.output]
     return {
         v.name: [
             d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim
