@@ -36,7 +36,7 @@ from worker.engine.evaluate import same_outputs
 from worker.engine.row_order import reordered_difference, selects_rows
 from worker.engine.screen import check_onnx_allocations, onnx_graphs, screen_onnx, screen_pt2
 from worker.engine.sniff import sniff_format
-from worker.engine.tail import split_tail, weighted_after
+from worker.engine.tail import split_tail, value_types, weighted_after
 from worker.engine.types import LoadedModel
 
 InputShape = str | Sequence[int] | Sequence[Sequence[int]] | None
@@ -478,10 +478,10 @@ def _explicit_same_pads(model: Any) -> None:
         pads = _same_pads(kernel, strides, dilations, spatial, upper=mode == "SAME_UPPER")
         if pads is None:
             continue
-        node.attribute.remove(attrs["auto_pad"])
+        for stale in ("auto_pad", "pads"):
+            if stale in attrs:
+                node.attribute.remove(attrs[stale])
         node.attribute.extend([helper.make_attribute("pads", pads)])
-        if "pads" in attrs:
-            node.attribute.remove(attrs["pads"])
 
 
 def _same_pads(
@@ -508,21 +508,12 @@ def _same_pads(
 
 
 def _static_sizes(model: Any) -> dict[str, list[int | None]]:
-    """Each value's dims from shape inference, None where not a known number (all of
-    them where inference fails: the nodes that need them are then left to be refused)."""
-    from onnx import shape_inference
-
-    try:
-        inferred = shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - onnx's checker errors are untyped
-        return {}
-    graph = inferred.graph
-    values = [*graph.input, *graph.value_info, *graph.output]
+    """Each value's dims as shape inference gives them, None where not a known number."""
     return {
-        v.name: [
+        name: [
             d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim
         ]
-        for v in values
+        for name, v in value_types(model).items()
     }
 
 

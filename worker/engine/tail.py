@@ -87,7 +87,7 @@ def _split_at(model: Any, blocked: list[Any]) -> Tail | None:
     import onnx
 
     nodes = list(model.graph.node)
-    types = _value_types(model)
+    types = value_types(model)
     data = _data_dependent(model)
     in_tail = _downstream(nodes, blocked)
     tail_nodes = [n for n, t in zip(nodes, in_tail, strict=True) if t]
@@ -192,7 +192,7 @@ def _ordered(names: Iterator[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _value_types(model: Any) -> dict[str, Any]:
+def value_types(model: Any) -> dict[str, Any]:
     """ValueInfo (type and shape) of every tensor of the main graph that ONNX shape
     inference can type: declared outputs, then inferred values."""
     import onnx
