@@ -73,9 +73,11 @@ class _Pool:
     @contextlib.asynccontextmanager
     async def place(self, tenant: str) -> AsyncIterator[None]:
         if self._pending[tenant] >= self.limits.max_waiting + self.limits.per_tenant:
-            raise TooManyRequests("too many uploads of this tenant are being inspected; "
-                                  "retry when one has finished", retry_after_s=5,
-                                  code="too_many_uploads")
+            raise TooManyRequests(
+                "too many uploads of this tenant are being inspected; retry when one has finished",
+                retry_after_s=5,
+                code="too_many_uploads",
+            )
         self._pending[tenant] += 1
         try:
             # The tenant's share first: one tenant's queue never fills the global one.
@@ -120,11 +122,19 @@ class Inspector:
     @property
     def limits(self) -> Limits:
         per_child = self.pool_limits.memory_total_bytes // max(1, self.pool_limits.concurrency)
-        return Limits(memory_bytes=per_child, cpu_s=max(1, int(self.timeout_s)),
-                      processes=256, file_bytes=1 << 30)
+        return Limits(
+            memory_bytes=per_child,
+            cpu_s=max(1, int(self.timeout_s)),
+            processes=256,
+            file_bytes=1 << 30,
+        )
 
     async def model(
-        self, path: Path, *, tenant: str, arch: str | None = None,
+        self,
+        path: Path,
+        *,
+        tenant: str,
+        arch: str | None = None,
         input_shape: list[int] | None = None,
     ) -> ModelInfo:
         """Inspect a model file; raises Unprocessable with the inspector's code."""
@@ -133,14 +143,17 @@ class Inspector:
         return self._validate(ModelInfo, info, "invalid_model")
 
     async def prunability(
-        self, path: Path, *, tenant: str, arch: str | None = None,
+        self,
+        path: Path,
+        *,
+        tenant: str,
+        arch: str | None = None,
         input_shape: list[int] | None = None,
     ) -> Prunability:
         """Analyse an accepted model's channel groups; raises Unprocessable with the
         analysis' code (analysis_timeout, pruning_failed, ...)."""
         args = _model_args(arch, input_shape)
-        info = await self._run("prunability", path, args, tenant,
-                               fallback_code="analysis_failed")
+        info = await self._run("prunability", path, args, tenant, fallback_code="analysis_failed")
         return self._validate(Prunability, info, "analysis_failed")
 
     async def dataset(self, path: Path, *, tenant: str) -> DatasetInfo:
@@ -156,8 +169,9 @@ class Inspector:
             log.warning("inspector returned an invalid %s: %s", cls.__name__, exc)
             raise Unprocessable("the file could not be inspected", code=code) from exc
 
-    async def _run(self, kind: str, path: Path, args: list[str], tenant: str, *,
-                   fallback_code: str) -> Any:
+    async def _run(
+        self, kind: str, path: Path, args: list[str], tenant: str, *, fallback_code: str
+    ) -> Any:
         async with self._pool.place(tenant):
             stdout, returncode = await self._spawn(kind, path, args, fallback_code)
         payload = _last_json_line(stdout)
@@ -165,7 +179,8 @@ class Inspector:
             log.warning("inspector %s exited %s without a result", kind, returncode)
             raise Unprocessable(
                 f"the {kind} could not be inspected (the inspector exited with status "
-                f"{returncode})", code=fallback_code,
+                f"{returncode})",
+                code=fallback_code,
             )
         if payload.get("ok") is True and isinstance(payload.get("info"), dict):
             return payload["info"]
@@ -175,17 +190,22 @@ class Inspector:
         message = str(payload.get("message") or f"invalid {kind}")[:_MAX_MESSAGE]
         raise Unprocessable(message, code=code)
 
-    async def _spawn(self, kind: str, path: Path, args: list[str],
-                     fallback_code: str) -> tuple[str, int | None]:
+    async def _spawn(
+        self, kind: str, path: Path, args: list[str], fallback_code: str
+    ) -> tuple[str, int | None]:
         self.scratch_root.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f"inspect-{kind}-", dir=self.scratch_root))
         try:
             prepared = self._prepare(kind, path, args, scratch)
             try:
                 proc = await asyncio.create_subprocess_exec(
-                    *prepared.argv, env=prepared.env, pass_fds=prepared.pass_fds,
-                    cwd=prepared.cwd, stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                    *prepared.argv,
+                    env=prepared.env,
+                    pass_fds=prepared.pass_fds,
+                    cwd=prepared.cwd,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
                     start_new_session=True,
                 )
             finally:
@@ -205,24 +225,38 @@ class Inspector:
             path.chmod(0o644)
         argv = [*self.command, kind, str(target), *args]
         try:
-            return self.sandbox.prepare(argv, scratch=scratch, limits=self.limits,
-                                        readonly=readonly, env={"OMP_NUM_THREADS": "1"})
+            return self.sandbox.prepare(
+                argv,
+                scratch=scratch,
+                limits=self.limits,
+                readonly=readonly,
+                env={"OMP_NUM_THREADS": "1"},
+            )
         except SandboxUnavailable as exc:
             log.error("refusing an upload: %s", exc)
-            raise ApiError("uploads are refused: this server cannot isolate untrusted files",
-                           status=503, code="sandbox_unavailable") from exc
+            raise ApiError(
+                "uploads are refused: this server cannot isolate untrusted files",
+                status=503,
+                code="sandbox_unavailable",
+            ) from exc
 
-    async def _collect(self, proc: asyncio.subprocess.Process,
-                       fallback_code: str) -> tuple[str, int | None]:
+    async def _collect(
+        self, proc: asyncio.subprocess.Process, fallback_code: str
+    ) -> tuple[str, int | None]:
         assert proc.stdout is not None and proc.stderr is not None
         try:
-            stdout, stderr, _ = await asyncio.wait_for(asyncio.gather(
-                _read_capped(proc.stdout, MAX_STDOUT_BYTES),
-                _read_capped(proc.stderr, MAX_STDERR_BYTES), proc.wait()),
-                timeout=self.timeout_s)
+            stdout, stderr, _ = await asyncio.wait_for(
+                asyncio.gather(
+                    _read_capped(proc.stdout, MAX_STDOUT_BYTES),
+                    _read_capped(proc.stderr, MAX_STDERR_BYTES),
+                    proc.wait(),
+                ),
+                timeout=self.timeout_s,
+            )
         except TimeoutError as exc:
-            raise Unprocessable(f"inspection timed out after {self.timeout_s:g} s",
-                                code=fallback_code) from exc
+            raise Unprocessable(
+                f"inspection timed out after {self.timeout_s:g} s", code=fallback_code
+            ) from exc
         finally:
             # The whole group: the sandbox and anything it started (also when the client
             # went away and this coroutine was cancelled).

@@ -78,12 +78,18 @@ def _sync_keys(factory: sessionmaker[Session], settings: Settings) -> None:
 def _make_inspector(settings: Settings) -> Inspector:
     sandbox = Sandbox.from_settings(settings)
     log.log(logging.WARNING if sandbox.insecure else logging.INFO, "%s", describe(sandbox))
-    pool = PoolLimits(concurrency=settings.inspect_concurrency,
-                      per_tenant=settings.inspect_per_tenant,
-                      max_waiting=settings.inspect_max_waiting,
-                      memory_total_bytes=settings.inspect_memory_total_bytes)
-    return Inspector(sandbox=sandbox, scratch_root=settings.data_dir / "scratch",
-                     timeout_s=settings.inspect_timeout_s, pool=pool)
+    pool = PoolLimits(
+        concurrency=settings.inspect_concurrency,
+        per_tenant=settings.inspect_per_tenant,
+        max_waiting=settings.inspect_max_waiting,
+        memory_total_bytes=settings.inspect_memory_total_bytes,
+    )
+    return Inspector(
+        sandbox=sandbox,
+        scratch_root=settings.data_dir / "scratch",
+        timeout_s=settings.inspect_timeout_s,
+        pool=pool,
+    )
 
 
 def _init_state(app: FastAPI, settings: Settings) -> None:
@@ -102,15 +108,17 @@ def _init_state(app: FastAPI, settings: Settings) -> None:
     app.state.queue = JobQueue(settings.resolved_broker_url)
     app.state.inspector = _make_inspector(settings)
     app.state.pools = Pools()
-    app.state.analyses = Analyses(app.state.store, factory, app.state.pools.uploads,
-                                  settings.data_dir / "scratch")
+    app.state.analyses = Analyses(
+        app.state.store, factory, app.state.pools.uploads, settings.data_dir / "scratch"
+    )
     app.state.limiter = TokenBucketLimiter(settings.rate_limit_per_minute)
     app.state.metrics = ApiMetrics()
     app.state.key_cache = KeyCache(settings.key_cache_ttl_s)
     app.state.auth_throttle = FailureThrottle(settings.auth_failures_per_minute)
     app.state.stream_slots = TenantSlots(settings.max_event_streams_per_tenant)
-    app.state.upload_turns = TenantTurns(settings.max_uploads_per_tenant,
-                                         settings.upload_turn_wait_s)
+    app.state.upload_turns = TenantTurns(
+        settings.max_uploads_per_tenant, settings.upload_turn_wait_s
+    )
     # The HTTP protocol reads its header deadline from here (see app.core.httpproto).
     configure_header_timeout(settings.header_timeout_s)
 
@@ -119,8 +127,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application and everything it holds on `app.state`."""
     settings = settings or Settings()
     # The document and its viewers are served by install_openapi, from local files.
-    app = FastAPI(title="Secateurs", version="1.0.0", description=DESCRIPTION,
-                  lifespan=_lifespan, openapi_url=None, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="Secateurs",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=_lifespan,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
     _init_state(app, settings)
     install_error_handlers(app)
     install_disk_full_handlers(app)
@@ -128,10 +143,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # middleware added wraps the ones before it: the metrics see every answer, the disk
     # guard refuses before a body is read, the body deadline covers the body limit's reads.
     app.add_middleware(BodyLimitMiddleware, exempt=UPLOAD_PATHS)
-    app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.body_timeout_s,
-                       exempt=UPLOAD_PATHS)
-    app.add_middleware(DiskGuardMiddleware, data_dir=settings.data_dir,
-                       min_free_bytes=settings.min_free_disk_bytes, paths=CREATE_PATHS)
+    app.add_middleware(
+        BodyTimeoutMiddleware, timeout_s=settings.body_timeout_s, exempt=UPLOAD_PATHS
+    )
+    app.add_middleware(
+        DiskGuardMiddleware,
+        data_dir=settings.data_dir,
+        min_free_bytes=settings.min_free_disk_bytes,
+        paths=CREATE_PATHS,
+    )
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     for module in (models, datasets, jobs, events, artifacts, ops):
         app.include_router(module.router)

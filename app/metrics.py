@@ -26,26 +26,35 @@ class ApiMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "secateurs_http_requests", "HTTP requests answered",
-            ["method", "route", "status"], registry=self.registry,
+            "secateurs_http_requests",
+            "HTTP requests answered",
+            ["method", "route", "status"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "secateurs_http_request_duration_seconds", "Time to answer an HTTP request",
-            ["method", "route"], registry=self.registry,
+            "secateurs_http_request_duration_seconds",
+            "Time to answer an HTTP request",
+            ["method", "route"],
+            registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
         self.upload_bytes = Counter(
-            "secateurs_upload_bytes", "Bytes of accepted uploads", ["kind"],
+            "secateurs_upload_bytes",
+            "Bytes of accepted uploads",
+            ["kind"],
             registry=self.registry,
         )
         self.jobs = Gauge(
-            "secateurs_jobs", "Jobs in the job store by status", ["status"],
+            "secateurs_jobs",
+            "Jobs in the job store by status",
+            ["status"],
             registry=self.registry,
         )
         # Totals over all tenants: per-tenant figures would tell one tenant about others
         # if the metrics ever leaked, and explode the label space.
         self.event_streams = Gauge(
-            "secateurs_event_streams_open", "Open job event streams (this process)",
+            "secateurs_event_streams_open",
+            "Open job event streams (this process)",
             registry=self.registry,
         )
         self.db_connections = Gauge(

@@ -51,8 +51,9 @@ class JobQueue:
     def ping(self) -> None:
         """Raise unless a connection to the broker can be opened within the timeout."""
         with self.celery.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0,
-                                   timeout=self.connect_timeout_s)
+            conn.ensure_connection(
+                max_retries=1, interval_start=0, interval_step=0, timeout=self.connect_timeout_s
+            )
 
     def close(self) -> None:
         self.celery.close()

@@ -54,16 +54,60 @@ INHERITED_ENV = ("LANG", "LC_ALL", "TZ")
 # System calls that a model's parsing, conversion, pruning or timing never makes and that
 # an escape or an attack on the kernel would: refused with EPERM.
 DENIED_SYSCALLS = (
-    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd",
-    "mount", "umount2", "pivot_root", "chroot", "move_mount", "open_tree", "fsopen",
-    "fsconfig", "fsmount", "fspick", "mount_setattr", "unshare", "setns",
-    "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load",
-    "bpf", "perf_event_open", "userfaultfd", "keyctl", "add_key", "request_key",
-    "io_uring_setup", "io_uring_enter", "io_uring_register", "open_by_handle_at",
-    "name_to_handle_at", "acct", "swapon", "swapoff", "reboot", "syslog", "quotactl",
-    "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "sethostname",
-    "setdomainname", "iopl", "ioperm", "vhangup", "lookup_dcookie", "fanotify_init",
-    "personality", "uselib", "nfsservctl",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "kcmp",
+    "pidfd_getfd",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "move_mount",
+    "open_tree",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "mount_setattr",
+    "unshare",
+    "setns",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "kexec_load",
+    "kexec_file_load",
+    "bpf",
+    "perf_event_open",
+    "userfaultfd",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "acct",
+    "swapon",
+    "swapoff",
+    "reboot",
+    "syslog",
+    "quotactl",
+    "settimeofday",
+    "clock_settime",
+    "clock_adjtime",
+    "adjtimex",
+    "sethostname",
+    "setdomainname",
+    "iopl",
+    "ioperm",
+    "vhangup",
+    "lookup_dcookie",
+    "fanotify_init",
+    "personality",
+    "uselib",
+    "nfsservctl",
 )
 # Namespace flags of clone(2): creating namespaces is refused (clone3 hides its flags in
 # memory a filter cannot read, so it answers ENOSYS and the C library falls back to clone).
@@ -93,8 +137,12 @@ class Limits:
         return [nice, "-n", str(self.niceness)] if self.niceness and nice else []
 
     def prlimit_args(self) -> list[str]:
-        args = ["--core=0", f"--nproc={self.processes}", f"--nofile={self.open_files}",
-                f"--fsize={self.file_bytes}"]
+        args = [
+            "--core=0",
+            f"--nproc={self.processes}",
+            f"--nofile={self.open_files}",
+            f"--fsize={self.file_bytes}",
+        ]
         if self.memory_bytes:
             args.append(f"--data={self.memory_bytes}")
         if self.cpu_s:
@@ -170,19 +218,32 @@ class Sandbox:
         prepare_scratch(scratch, self.uid, self.gid)
         seccomp_fd = _seccomp_fd()
         bwrap = [
-            *limits.nice_args(), self.bwrap, *_namespace_args(),
+            *limits.nice_args(),
+            self.bwrap,
+            *_namespace_args(),
             *_mount_args(scratch, readonly, limits),
-            *self._device_args(), "--seccomp", str(seccomp_fd), "--clearenv",
-            *_setenv_args(child_env), "--chdir", str(SCRATCH), "--",
+            *self._device_args(),
+            "--seccomp",
+            str(seccomp_fd),
+            "--clearenv",
+            *_setenv_args(child_env),
+            "--chdir",
+            str(SCRATCH),
+            "--",
         ]
         command = [*bwrap, "prlimit", *limits.prlimit_args(), "--", *self._drop(), *python]
         return Prepared(command, {}, (seccomp_fd,), None, [seccomp_fd])
 
-    def _prepare_insecure(self, argv: list[str], scratch: Path, limits: Limits,
-                          env: dict[str, str]) -> Prepared:
+    def _prepare_insecure(
+        self, argv: list[str], scratch: Path, limits: Limits, env: dict[str, str]
+    ) -> Prepared:
         scratch.mkdir(parents=True, exist_ok=True)
-        env = {**env, "HOME": str(scratch), "TMPDIR": str(scratch / "tmp"),
-               "SECATEURS_SCRATCH": str(scratch)}
+        env = {
+            **env,
+            "HOME": str(scratch),
+            "TMPDIR": str(scratch / "tmp"),
+            "SECATEURS_SCRATCH": str(scratch),
+        }
         (scratch / "tmp").mkdir(exist_ok=True)
         prlimit = shutil.which("prlimit")
         command = [prlimit, *limits.prlimit_args(), "--", *argv] if prlimit else argv
@@ -192,8 +253,15 @@ class Sandbox:
         """Lose root for good once the mounts are made (nothing to drop otherwise)."""
         if os.geteuid() != 0:
             return []
-        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups",
-                "--no-new-privs", "--bounding-set=-all", "--inh-caps=-all"]
+        return [
+            "setpriv",
+            f"--reuid={self.uid}",
+            f"--regid={self.gid}",
+            "--clear-groups",
+            "--no-new-privs",
+            "--bounding-set=-all",
+            "--inh-caps=-all",
+        ]
 
     def _device_args(self) -> list[str]:
         args: list[str] = []
@@ -209,9 +277,17 @@ class Sandbox:
 
 
 def _namespace_args() -> list[str]:
-    args = ["--unshare-pid", "--unshare-ipc", "--unshare-net", "--unshare-uts",
-            "--unshare-cgroup-try", "--die-with-parent", "--new-session",
-            "--hostname", "sandbox"]
+    args = [
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-net",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--die-with-parent",
+        "--new-session",
+        "--hostname",
+        "sandbox",
+    ]
     if os.geteuid() != 0:
         # Unprivileged: bubblewrap needs a user namespace for the mounts. Nested ones are
         # refused by the seccomp filter, and by bubblewrap too where it can (0.8+).
@@ -225,16 +301,16 @@ def _namespace_args() -> list[str]:
 def _bwrap_version(bwrap: str = "bwrap") -> tuple[int, ...]:
     """bubblewrap's version (0, 0) when unknown: some options are newer than Debian 12's."""
     try:
-        text = subprocess.run([bwrap, "--version"], capture_output=True, text=True,
-                              timeout=10).stdout
+        text = subprocess.run(
+            [bwrap, "--version"], capture_output=True, text=True, timeout=10
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return (0, 0)
     numbers = text.strip().rpartition(" ")[2].split(".")
     return tuple(int(n) for n in numbers if n.isdigit()) or (0, 0)
 
 
-def _mount_args(scratch: Path, readonly: Iterable[tuple[Path, Path]],
-                limits: Limits) -> list[str]:
+def _mount_args(scratch: Path, readonly: Iterable[tuple[Path, Path]], limits: Limits) -> list[str]:
     args = [*_system_mounts()]
     for source in _python_roots():
         args += ["--ro-bind", str(source), str(source)]
@@ -243,18 +319,35 @@ def _mount_args(scratch: Path, readonly: Iterable[tuple[Path, Path]],
     for source, dest in readonly:
         args += ["--ro-bind", str(source), str(dest)]
     # A size for the in-memory directories where bubblewrap can set one (0.8+).
-    tmpfs = (["--size", str(limits.tmpfs_bytes), "--tmpfs"] if _bwrap_version() >= (0, 8)
-             else ["--tmpfs"])
-    args += ["--proc", "/proc", "--dev", "/dev", *tmpfs, "/tmp", *tmpfs, "/dev/shm",
-             "--bind", str(scratch), str(SCRATCH)]
+    tmpfs = (
+        ["--size", str(limits.tmpfs_bytes), "--tmpfs"]
+        if _bwrap_version() >= (0, 8)
+        else ["--tmpfs"]
+    )
+    args += [
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        *tmpfs,
+        "/tmp",
+        *tmpfs,
+        "/dev/shm",
+        "--bind",
+        str(scratch),
+        str(SCRATCH),
+    ]
     return [*_parent_dirs(args), *args]
 
 
 def _parent_dirs(mount_args: list[str]) -> list[str]:
     """World-readable parents for every mount point: bubblewrap, run as root, would make
     them readable by root alone, and the dropped user could not reach its own binds."""
-    dests = [Path(mount_args[i + 2]) for i, a in enumerate(mount_args)
-             if a in ("--ro-bind", "--bind", "--dev-bind")]
+    dests = [
+        Path(mount_args[i + 2])
+        for i, a in enumerate(mount_args)
+        if a in ("--ro-bind", "--bind", "--dev-bind")
+    ]
     parents = {p for d in dests for p in d.parents if p != Path("/")}
     args: list[str] = []
     for parent in sorted(parents, key=lambda p: len(p.parts)):
@@ -286,8 +379,11 @@ def _system_mounts() -> list[str]:
 def _python_roots() -> list[Path]:
     """The interpreter's installation and the virtualenv, unless `/usr` holds them."""
     roots: list[Path] = []
-    for prefix in {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(),
-                   Path(sys.executable).resolve().parent.parent}:
+    for prefix in {
+        Path(sys.base_prefix).resolve(),
+        Path(sys.prefix).resolve(),
+        Path(sys.executable).resolve().parent.parent,
+    }:
         if prefix != Path("/usr") and not prefix.is_relative_to("/usr"):
             roots.append(prefix)
     # The virtualenv's own path may be a link to elsewhere: bind it where it is named too.
@@ -312,10 +408,16 @@ def _code_dirs() -> tuple[Path, ...]:
 
 
 def _child_env(extra: Mapping[str, str] | None) -> dict[str, str]:
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(SCRATCH),
-           "TMPDIR": str(SCRATCH / "tmp"), "USER": "sandbox", "LOGNAME": "sandbox",
-           "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1",
-           "SECATEURS_SCRATCH": str(SCRATCH)}
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(SCRATCH),
+        "TMPDIR": str(SCRATCH / "tmp"),
+        "USER": "sandbox",
+        "LOGNAME": "sandbox",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONNOUSERSITE": "1",
+        "SECATEURS_SCRATCH": str(SCRATCH),
+    }
     env |= {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
     # The code directories are bound where they are, so the parent's import path works.
     roots = sorted({str(d.parent) for d in _code_dirs()})
@@ -367,10 +469,10 @@ def _seccomp_program() -> bytes:
             continue  # not a system call on this architecture
     flt.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
     for bit in _namespace_bits():
-        flt.add_rule(seccomp.ERRNO(errno.EPERM), "clone", seccomp.Arg(0, seccomp.MASKED_EQ,
-                                                                      bit, bit))
-    flt.add_rule(seccomp.ERRNO(errno.EAFNOSUPPORT), "socket",
-                 seccomp.Arg(0, seccomp.NE, AF_UNIX))
+        flt.add_rule(
+            seccomp.ERRNO(errno.EPERM), "clone", seccomp.Arg(0, seccomp.MASKED_EQ, bit, bit)
+        )
+    flt.add_rule(seccomp.ERRNO(errno.EAFNOSUPPORT), "socket", seccomp.Arg(0, seccomp.NE, AF_UNIX))
     with tempfile.TemporaryFile() as fh:
         flt.export_bpf(fh)
         fh.seek(0)
@@ -415,13 +517,29 @@ def _try_run(sandbox: Sandbox) -> str | None:
         scratch.mkdir()
         prepare_scratch(scratch, sandbox.uid, sandbox.gid)
         seccomp_fd = _seccomp_fd()
-        command = [sandbox.bwrap, *_namespace_args(),
-                   *_mount_args(scratch, (), Limits()), "--seccomp", str(seccomp_fd),
-                   "--clearenv", "--", *sandbox._drop(), sys.executable, "-I", "-c",
-                   "import os; open('/scratch/ok', 'w').write(str(os.getuid()))"]
+        command = [
+            sandbox.bwrap,
+            *_namespace_args(),
+            *_mount_args(scratch, (), Limits()),
+            "--seccomp",
+            str(seccomp_fd),
+            "--clearenv",
+            "--",
+            *sandbox._drop(),
+            sys.executable,
+            "-I",
+            "-c",
+            "import os; open('/scratch/ok', 'w').write(str(os.getuid()))",
+        ]
         try:
-            done = subprocess.run(command, pass_fds=(seccomp_fd,), capture_output=True,
-                                  timeout=60, text=True, errors="replace")
+            done = subprocess.run(
+                command,
+                pass_fds=(seccomp_fd,),
+                capture_output=True,
+                timeout=60,
+                text=True,
+                errors="replace",
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
             return f"bubblewrap did not run: {exc}"
         finally:
@@ -434,8 +552,10 @@ def _try_run(sandbox: Sandbox) -> str | None:
 def describe(sandbox: Sandbox) -> str:
     """One line for the start-up log."""
     if sandbox.insecure:
-        return ("INSECURE: untrusted models run WITHOUT a sandbox "
-                "(SECATEURS_INSECURE_NO_SANDBOX=true); only for trusted uploads")
+        return (
+            "INSECURE: untrusted models run WITHOUT a sandbox "
+            "(SECATEURS_INSECURE_NO_SANDBOX=true); only for trusted uploads"
+        )
     reason = probe(sandbox.bwrap, sandbox.uid, sandbox.gid)
     if reason is not None:
         return f"sandbox unavailable, uploads and jobs are refused: {reason}"

@@ -77,8 +77,9 @@ def _locked_create(dest: Path) -> tuple[IO[bytes], int]:
 class _FormSink:
     """Multipart parser callbacks: the file part goes to disk, small fields to memory."""
 
-    def __init__(self, dest: Path, max_file_bytes: int, fields: set[str],
-                 quota_left_bytes: int | None = None) -> None:
+    def __init__(
+        self, dest: Path, max_file_bytes: int, fields: set[str], quota_left_bytes: int | None = None
+    ) -> None:
         self.dest = dest
         self.max_file_bytes = max_file_bytes
         self.quota_left_bytes = quota_left_bytes
@@ -192,15 +193,17 @@ def _boundary(request: Request) -> bytes:
     ctype, options = parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get(b"boundary")
     if ctype != b"multipart/form-data" or not boundary:
-        raise ApiError("send the file as multipart/form-data", status=415,
-                       code="unsupported_media_type")
+        raise ApiError(
+            "send the file as multipart/form-data", status=415, code="unsupported_media_type"
+        )
     return boundary
 
 
 def quota_exceeded(left: int) -> StorageQuotaExceeded:
     return StorageQuotaExceeded(
         f"the upload does not fit in the {left} bytes left of your storage quota; delete "
-        "models or datasets you no longer need")
+        "models or datasets you no longer need"
+    )
 
 
 def _check_declared_length(request: Request, limit: int, quota_left_bytes: int | None) -> None:
@@ -223,8 +226,11 @@ async def _chunks(request: Request, idle_timeout_s: float) -> AsyncIterator[byte
         except StopAsyncIteration:
             return
         except TimeoutError as exc:
-            raise ApiError(f"no data from the client for {idle_timeout_s:g} s", status=408,
-                           code="request_timeout") from exc
+            raise ApiError(
+                f"no data from the client for {idle_timeout_s:g} s",
+                status=408,
+                code="request_timeout",
+            ) from exc
         yield chunk
 
 
@@ -232,9 +238,12 @@ def _check_rate(received: int, elapsed_s: float, grace_s: float, min_bytes_per_s
     """408 when, past its first `grace_s`, the body arrives slower than `min_bytes_per_s`
     on average: trickling a byte now and then must not hold a connection for weeks."""
     if min_bytes_per_s > 0 and elapsed_s > grace_s and received < min_bytes_per_s * elapsed_s:
-        raise ApiError(f"the upload arrives at {received / elapsed_s:.0f} bytes/s, slower than "
-                       f"the {min_bytes_per_s} bytes/s this server accepts", status=408,
-                       code="request_timeout")
+        raise ApiError(
+            f"the upload arrives at {received / elapsed_s:.0f} bytes/s, slower than "
+            f"the {min_bytes_per_s} bytes/s this server accepts",
+            status=408,
+            code="request_timeout",
+        )
 
 
 async def _flush(sink: _FormSink, pool: Executor | None) -> None:
@@ -246,9 +255,15 @@ async def _flush(sink: _FormSink, pool: Executor | None) -> None:
         await asyncio.get_running_loop().run_in_executor(pool, sink.flush)
 
 
-async def _parse_body(request: Request, parser: MultipartParser, sink: _FormSink,
-                      body_limit: int, idle_timeout_s: float, min_bytes_per_s: int,
-                      pool: Executor | None) -> None:
+async def _parse_body(
+    request: Request,
+    parser: MultipartParser,
+    sink: _FormSink,
+    body_limit: int,
+    idle_timeout_s: float,
+    min_bytes_per_s: int,
+    pool: Executor | None,
+) -> None:
     received = 0
     started = time.monotonic()
     async for chunk in _chunks(request, idle_timeout_s):
@@ -269,8 +284,9 @@ def _translate(exc: BaseException) -> BaseException:
     if isinstance(exc, ClientDisconnect):
         return ApiError("the client went away", status=400, code="client_disconnected")
     if is_out_of_space(exc):
-        return InsufficientStorage("the server has no room to store the upload right now; "
-                                   "retry later")
+        return InsufficientStorage(
+            "the server has no room to store the upload right now; retry later"
+        )
     return exc
 
 
@@ -305,8 +321,7 @@ async def receive_upload(
     sink = _FormSink(dest, max_file_bytes, fields, quota_left_bytes)
     parser = MultipartParser(boundary, sink.callbacks())
     try:
-        await _parse_body(request, parser, sink, body_limit, idle_timeout_s, min_bytes_per_s,
-                          pool)
+        await _parse_body(request, parser, sink, body_limit, idle_timeout_s, min_bytes_per_s, pool)
         if not sink.got_file:
             raise ValidationFailed(FILE_FIELD, "field required")
         sink.close()
@@ -318,8 +333,9 @@ async def receive_upload(
         if mapped is exc:
             raise
         raise mapped from exc
-    return SavedUpload(dest, sink.hasher.hexdigest(), sink.size, sink.filename, sink.fields,
-                       lock_fd=sink.lock_fd)
+    return SavedUpload(
+        dest, sink.hasher.hexdigest(), sink.size, sink.filename, sink.fields, lock_fd=sink.lock_fd
+    )
 
 
 def _owned_by_a_live_process(path: Path) -> bool:
@@ -344,8 +360,11 @@ def remove_stale_uploads(directory: Path, older_than_s: float) -> int:
     removed = 0
     for path in [*directory.glob("*.upload"), *directory.glob("*.upload.new")]:
         try:
-            stale = (path.stat().st_mtime < cutoff if path.name.endswith(".new")
-                     else not _owned_by_a_live_process(path))
+            stale = (
+                path.stat().st_mtime < cutoff
+                if path.name.endswith(".new")
+                else not _owned_by_a_live_process(path)
+            )
             if stale:
                 path.unlink()
                 removed += 1
@@ -354,8 +373,9 @@ def remove_stale_uploads(directory: Path, older_than_s: float) -> int:
     return removed
 
 
-def commit_upload_row(factory: sessionmaker[Session], store: ArtifactStore,
-                      row: Model | Dataset, quota_bytes: int) -> None:
+def commit_upload_row(
+    factory: sessionmaker[Session], store: ArtifactStore, row: Model | Dataset, quota_bytes: int
+) -> None:
     """Commit the row of an already-stored upload within its tenant's storage quota
     (413 `storage_quota_exceeded` otherwise); on refusal or failure remove the stored
     file, so nothing is left without a row."""

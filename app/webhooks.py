@@ -42,8 +42,7 @@ SECRET_PREFIX = "whsec_"
 # The specification asks for 24 to 64 random bytes.
 SECRET_BYTES = 32
 EVENT_ID_PREFIX = "msg"
-EVENT_TYPES = {"succeeded": "job.succeeded", "failed": "job.failed",
-               "cancelled": "job.cancelled"}
+EVENT_TYPES = {"succeeded": "job.succeeded", "failed": "job.failed", "cancelled": "job.cancelled"}
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -73,7 +72,8 @@ def check_submitted_url(url: str) -> None:
         check_url_host(url, allow_private=_submissions["allow_private"])
     except ForbiddenAddress as exc:
         raise WebhookUrlForbidden(
-            f"webhook_url: {exc}; webhooks go to public addresses only") from exc
+            f"webhook_url: {exc}; webhooks go to public addresses only"
+        ) from exc
 
 
 # Secrets and signatures
@@ -98,8 +98,11 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
 
 def signed_headers(secret: str, msg_id: str, body: bytes, timestamp: int) -> dict[str, str]:
     """The three Standard Webhooks headers for sending `body` at `timestamp`."""
-    return {"webhook-id": msg_id, "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(secret, msg_id, timestamp, body)}
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(secret, msg_id, timestamp, body),
+    }
 
 
 def tenant_secret(session: Session, tenant: str) -> WebhookSecret:
@@ -145,8 +148,14 @@ def event_payload(job: Job, at: datetime) -> dict[str, Any]:
     return {
         "type": EVENT_TYPES[job.status],
         "timestamp": at.isoformat().replace("+00:00", "Z"),
-        "data": {"id": job.id, "status": job.status, "model_id": job.model_id,
-                 "dataset_id": job.dataset_id, "error": error, "links": links},
+        "data": {
+            "id": job.id,
+            "status": job.status,
+            "model_id": job.model_id,
+            "dataset_id": job.dataset_id,
+            "error": error,
+            "links": links,
+        },
     }
 
 
@@ -158,9 +167,18 @@ def record_job_event(session: Session, job: Job) -> WebhookEvent | None:
         return None
     now = utcnow()
     body = json.dumps(event_payload(job, now), separators=(",", ":"), sort_keys=True)
-    event = WebhookEvent(id=ids.new_id(EVENT_ID_PREFIX), job_id=job.id, tenant=job.tenant,
-                         type=EVENT_TYPES[job.status], url=url, body=body, status="pending",
-                         attempts=0, next_attempt_at=now, created_at=now)
+    event = WebhookEvent(
+        id=ids.new_id(EVENT_ID_PREFIX),
+        job_id=job.id,
+        tenant=job.tenant,
+        type=EVENT_TYPES[job.status],
+        url=url,
+        body=body,
+        status="pending",
+        attempts=0,
+        next_attempt_at=now,
+        created_at=now,
+    )
     session.add(event)
     return event
 

@@ -79,11 +79,16 @@ class Processes:
         self.data_dir, self.port, self.api_workers = data_dir, free_port(), api_workers
         self.key = "sk_bench_" + secrets.token_hex(8)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("SECATEURS_")}
-        self.env.update({"SECATEURS_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1",
-                         "SECATEURS_API_KEYS": f"bench:{self.key}",
-                         "SECATEURS_RATE_LIMIT_PER_MINUTE": "10000000",
-                         "SECATEURS_MAX_DATASET_BYTES": str(8 * 1024**3),
-                         **{f"SECATEURS_{k.upper()}": v for k, v in settings.items()}})
+        self.env.update(
+            {
+                "SECATEURS_DATA_DIR": str(data_dir),
+                "PYTHONUNBUFFERED": "1",
+                "SECATEURS_API_KEYS": f"bench:{self.key}",
+                "SECATEURS_RATE_LIMIT_PER_MINUTE": "10000000",
+                "SECATEURS_MAX_DATASET_BYTES": str(8 * 1024**3),
+                **{f"SECATEURS_{k.upper()}": v for k, v in settings.items()},
+            }
+        )
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     @property
@@ -91,18 +96,45 @@ class Processes:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        self._spawn("api", [sys.executable, "-c", "from cli.main import main; main()", "api",
-                            "--host", "127.0.0.1", "--port", str(self.port),
-                            "--workers", str(self.api_workers)])
+        self._spawn(
+            "api",
+            [
+                sys.executable,
+                "-c",
+                "from cli.main import main; main()",
+                "api",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(self.api_workers),
+            ],
+        )
         self._wait(lambda: httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200)
-        self._spawn("worker", [sys.executable, "-c", "from cli.main import main; main()",
-                               "worker", "--loglevel", "warning"])
+        self._spawn(
+            "worker",
+            [
+                sys.executable,
+                "-c",
+                "from cli.main import main; main()",
+                "worker",
+                "--loglevel",
+                "warning",
+            ],
+        )
         # The worker logs nothing at warning level when ready; the first job shows it.
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = (self.data_dir / f"{name}.log").open("wb")
-        self.procs[name] = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def _wait(self, ready, timeout_s: float = 60) -> None:  # type: ignore[no-untyped-def]
         deadline = time.monotonic() + timeout_s
@@ -155,11 +187,23 @@ def tiny_onnx(path: Path) -> Path:
     from torch import nn
 
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                        nn.Flatten(), nn.Linear(8, 4)).eval()
-    torch.onnx.export(net, (torch.randn(1, 3, 16, 16),), str(path), input_names=["x"],
-                      output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}},
-                      opset_version=17, dynamo=False)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    ).eval()
+    torch.onnx.export(
+        net,
+        (torch.randn(1, 3, 16, 16),),
+        str(path),
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "b"}, "y": {0: "b"}},
+        opset_version=17,
+        dynamo=False,
+    )
     return path
 
 
@@ -167,14 +211,16 @@ def _ts(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def pickup_latency(client: httpx.Client, model_id: str, jobs: int,
-                   idle_s: float) -> list[float]:
+def pickup_latency(client: httpx.Client, model_id: str, jobs: int, idle_s: float) -> list[float]:
     """Seconds from created_at to started_at, one job at a time on an idle worker. Each job
     is cancelled as soon as it runs, to free the worker for the next, which is submitted
     `idle_s` later (the pool forks a fresh child after each job and it imports the engine
     while it waits)."""
-    body = {"model_id": model_id, "finetune": None,
-            "benchmark": {"providers": ["cpu"], "warmup": 0, "iterations": 1}}
+    body = {
+        "model_id": model_id,
+        "finetune": None,
+        "benchmark": {"providers": ["cpu"], "warmup": 0, "iterations": 1},
+    }
     out: list[float] = []
     for i in range(jobs + 1):  # the first warms the worker up and is not counted
         job = client.post("/v1/jobs", json=body).json()
@@ -192,8 +238,9 @@ def pickup_latency(client: httpx.Client, model_id: str, jobs: int,
 async def _poll(base_url: str, key: str, job_id: str, pollers: int, each: int) -> list[float]:
     limits = httpx.Limits(max_connections=pollers, max_keepalive_connections=pollers)
     headers = {"Authorization": f"Bearer {key}"}
-    async with httpx.AsyncClient(base_url=base_url, headers=headers, limits=limits,
-                                 timeout=30) as client:
+    async with httpx.AsyncClient(
+        base_url=base_url, headers=headers, limits=limits, timeout=30
+    ) as client:
         await client.get(f"/v1/jobs/{job_id}")
 
         async def one() -> list[float]:
@@ -220,15 +267,17 @@ def _ms(text: str) -> float:
 
 def parse_wrk(out: str) -> dict[str, float]:
     """The figures of `wrk --latency` output: p50/p90/p99 and max in ms, req/s, errors."""
-    figures = {f"p{q}": _ms(m.group(1)) for q in (50, 90, 99)
-               if (m := re.search(rf"^\s+{q}%\s+(\S+)", out, re.M))}
+    figures = {
+        f"p{q}": _ms(m.group(1))
+        for q in (50, 90, 99)
+        if (m := re.search(rf"^\s+{q}%\s+(\S+)", out, re.M))
+    }
     figures["max"] = _ms(re.search(r"Latency\s+\S+\s+\S+\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     figures["rps"] = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     figures["requests"] = float(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     figures["non_2xx"] = float(non_2xx.group(1)) if non_2xx else 0.0
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
-                       out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     figures["socket_errors"] = float(sum(map(int, errors.groups()))) if errors else 0.0
     return figures
 
@@ -236,35 +285,55 @@ def parse_wrk(out: str) -> dict[str, float]:
 def wrk_poll(procs: Processes, job_id: str, connections: int, seconds: float) -> dict[str, float]:
     """`wrk -t2 -cN` on GET /v1/jobs/{id} for `seconds`, keep-alive, 5 s request timeout."""
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--latency", "--timeout", "5s",
-         "-H", f"Authorization: Bearer {procs.key}", f"{procs.base_url}/v1/jobs/{job_id}"],
-        capture_output=True, text=True, check=True).stdout
+        [
+            "wrk",
+            "-t2",
+            f"-c{connections}",
+            f"-d{seconds:g}s",
+            "--latency",
+            "--timeout",
+            "5s",
+            "-H",
+            f"Authorization: Bearer {procs.key}",
+            f"{procs.base_url}/v1/jobs/{job_id}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return parse_wrk(out)
 
 
 def report_polling(args: argparse.Namespace, procs: Processes, job_id: str) -> None:
     if shutil.which("wrk"):
         w = wrk_poll(procs, job_id, args.pollers, args.poll_s)
-        print(f"GET /v1/jobs/{{id}}, wrk -t2 -c{args.pollers} for {args.poll_s:g} s, "
-              f"{args.api_workers} API process(es): p50 {w['p50']:.1f} ms, p90 {w['p90']:.1f} ms,"
-              f" p99 {w['p99']:.1f} ms, max {w['max']:.0f} ms, {w['rps']:.0f} req/s "
-              f"({w['requests']:.0f} requests, {w['non_2xx']:.0f} non-2xx, "
-              f"{w['socket_errors']:.0f} socket errors/timeouts) "
-              f"(targets p99 <= 50 ms, >= 1000 req/s)")
+        print(
+            f"GET /v1/jobs/{{id}}, wrk -t2 -c{args.pollers} for {args.poll_s:g} s, "
+            f"{args.api_workers} API process(es): p50 {w['p50']:.1f} ms, p90 {w['p90']:.1f} ms,"
+            f" p99 {w['p99']:.1f} ms, max {w['max']:.0f} ms, {w['rps']:.0f} req/s "
+            f"({w['requests']:.0f} requests, {w['non_2xx']:.0f} non-2xx, "
+            f"{w['socket_errors']:.0f} socket errors/timeouts) "
+            f"(targets p99 <= 50 ms, >= 1000 req/s)"
+        )
         return
     times = asyncio.run(_poll(procs.base_url, procs.key, job_id, args.pollers, args.each))
     ms = [t * 1000 for t in times]
-    print(f"GET /v1/jobs/{{id}}, {args.pollers} concurrent Python pollers x {args.each} (no wrk):"
-          f" p50 {percentile(ms, 50):.1f} ms, p90 {percentile(ms, 90):.1f} ms, p99 "
-          f"{percentile(ms, 99):.1f} ms, {len(ms) / (sum(times) / args.pollers):.0f} req/s "
-          f"(target p99 <= 50 ms)")
+    print(
+        f"GET /v1/jobs/{{id}}, {args.pollers} concurrent Python pollers x {args.each} (no wrk):"
+        f" p50 {percentile(ms, 50):.1f} ms, p90 {percentile(ms, 90):.1f} ms, p99 "
+        f"{percentile(ms, 99):.1f} ms, {len(ms) / (sum(times) / args.pollers):.0f} req/s "
+        f"(target p99 <= 50 ms)"
+    )
 
 
 def running_job(client: httpx.Client, model_id: str) -> str:
     """A job for the worker to run while its status is polled: a few pruning steps."""
-    body = {"model_id": model_id, "finetune": None,
-            "prune": {"target": {"channel_ratio": 0.5}, "iterative_steps": 5},
-            "benchmark": {"providers": ["cpu"], "warmup": 0, "iterations": 50}}
+    body = {
+        "model_id": model_id,
+        "finetune": None,
+        "prune": {"target": {"channel_ratio": 0.5}, "iterative_steps": 5},
+        "benchmark": {"providers": ["cpu"], "warmup": 0, "iterations": 50},
+    }
     resp = client.post("/v1/jobs", json=body)
     resp.raise_for_status()
     return str(resp.json()["id"])
@@ -283,8 +352,10 @@ def upload_throughput(procs: Processes, path: Path) -> dict[str, float]:
     """Stream `path` as a multipart dataset upload; time the transfer and sample the API's
     RSS every 20 ms while it runs."""
     boundary = "bench" + secrets.token_hex(8)
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-            f"filename=\"big.npz\"\r\nContent-Type: application/octet-stream\r\n\r\n").encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+        f'filename="big.npz"\r\nContent-Type: application/octet-stream\r\n\r\n'
+    ).encode()
     tail = f"\r\n--{boundary}--\r\n".encode()
     sent_at: dict[str, float] = {}
 
@@ -307,18 +378,23 @@ def upload_throughput(procs: Processes, path: Path) -> dict[str, float]:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    headers = {"Authorization": f"Bearer {procs.key}",
-               "Content-Type": f"multipart/form-data; boundary={boundary}"}
-    resp = httpx.post(f"{procs.base_url}/v1/datasets", content=body(), headers=headers,
-                      timeout=600)
+    headers = {
+        "Authorization": f"Bearer {procs.key}",
+        "Content-Type": f"multipart/form-data; boundary={boundary}",
+    }
+    resp = httpx.post(f"{procs.base_url}/v1/datasets", content=body(), headers=headers, timeout=600)
     done = time.perf_counter()
     stop.set()
     sampler.join()
     size = path.stat().st_size
-    return {"status": resp.status_code, "bytes": size,
-            "transfer_s": sent_at["end"] - sent_at["start"],
-            "total_s": done - sent_at["start"],
-            "rss_growth": max(0, peak[0] - base_rss), "base_rss": base_rss}
+    return {
+        "status": resp.status_code,
+        "bytes": size,
+        "transfer_s": sent_at["end"] - sent_at["start"],
+        "total_s": done - sent_at["start"],
+        "rss_growth": max(0, peak[0] - base_rss),
+        "base_rss": base_rss,
+    }
 
 
 def machine() -> str:
@@ -327,55 +403,67 @@ def machine() -> str:
     import uvicorn
 
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores (load {load}), Python "
-            f"{platform.python_version()}, fastapi {fastapi.__version__}, uvicorn "
-            f"{uvicorn.__version__}, celery {celery.__version__}")
+    return (
+        f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores (load {load}), Python "
+        f"{platform.python_version()}, fastapi {fastapi.__version__}, uvicorn "
+        f"{uvicorn.__version__}, celery {celery.__version__}"
+    )
 
 
 def run(args: argparse.Namespace, data_dir: Path, settings: dict[str, str]) -> None:
     procs = Processes(data_dir, settings, api_workers=args.api_workers)
     procs.start()
     try:
-        client = httpx.Client(base_url=procs.base_url, timeout=60,
-                              headers={"Authorization": f"Bearer {procs.key}"})
+        client = httpx.Client(
+            base_url=procs.base_url, timeout=60, headers={"Authorization": f"Bearer {procs.key}"}
+        )
         with tiny_onnx(data_dir / "tiny.onnx").open("rb") as fh:
             model = client.post("/v1/models", files={"file": ("tiny.onnx", fh)}).json()
         if not args.only_polling:
             lat = pickup_latency(client, model["id"], args.jobs, args.idle_s)
-            print(f"submit -> running, idle worker, {len(lat)} jobs: median "
-                  f"{statistics.median(lat) * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms "
-                  f"(target median <= 1000 ms)")
+            print(
+                f"submit -> running, idle worker, {len(lat)} jobs: median "
+                f"{statistics.median(lat) * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms "
+                f"(target median <= 1000 ms)"
+            )
 
         report_polling(args, procs, running_job(client, model["id"]))
 
         if args.upload_mib and not args.only_polling:
             up = upload_throughput(procs, write_npz(data_dir / "big.npz", args.upload_mib))
             mb = up["bytes"] / 1e6
-            print(f"upload {up['bytes'] / 2**30:.2f} GiB dataset: HTTP {up['status']}, transfer "
-                  f"{mb / up['transfer_s']:.0f} MB/s ({up['transfer_s']:.1f} s), with "
-                  f"inspection {mb / up['total_s']:.0f} MB/s ({up['total_s']:.1f} s) "
-                  f"(target >= 200 MB/s); API RSS {up['base_rss'] / 2**20:.0f} MiB, growth "
-                  f"{up['rss_growth'] / 2**20:.1f} MiB (target <= 50 MB)")
+            print(
+                f"upload {up['bytes'] / 2**30:.2f} GiB dataset: HTTP {up['status']}, transfer "
+                f"{mb / up['transfer_s']:.0f} MB/s ({up['transfer_s']:.1f} s), with "
+                f"inspection {mb / up['total_s']:.0f} MB/s ({up['total_s']:.1f} s) "
+                f"(target >= 200 MB/s); API RSS {up['base_rss'] / 2**20:.0f} MiB, growth "
+                f"{up['rss_growth'] / 2**20:.1f} MiB (target <= 50 MB)"
+            )
     finally:
         procs.stop()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--embedded", action="store_true",
-                        help="SQLite + embedded broker instead of Redis + PostgreSQL")
+    parser.add_argument(
+        "--embedded",
+        action="store_true",
+        help="SQLite + embedded broker instead of Redis + PostgreSQL",
+    )
     parser.add_argument("--jobs", type=int, default=7, help="jobs timed for pick-up")
-    parser.add_argument("--idle-s", type=float, default=5.0,
-                        help="seconds the worker idles before each timed job")
-    parser.add_argument("--api-workers", type=int, default=1,
-                        help="API processes (secateurs api --workers)")
+    parser.add_argument(
+        "--idle-s", type=float, default=5.0, help="seconds the worker idles before each timed job"
+    )
+    parser.add_argument(
+        "--api-workers", type=int, default=1, help="API processes (secateurs api --workers)"
+    )
     parser.add_argument("--pollers", type=int, default=100, help="concurrent connections")
     parser.add_argument("--poll-s", type=float, default=10.0, help="seconds of wrk polling")
-    parser.add_argument("--each", type=int, default=20,
-                        help="requests per poller, without wrk")
+    parser.add_argument("--each", type=int, default=20, help="requests per poller, without wrk")
     parser.add_argument("--upload-mib", type=int, default=1024, help="0 skips the upload")
-    parser.add_argument("--only-polling", action="store_true",
-                        help="skip the pick-up latency and the upload")
+    parser.add_argument(
+        "--only-polling", action="store_true", help="skip the pick-up latency and the upload"
+    )
     args = parser.parse_args()
     backend = "SQLite + embedded broker" if args.embedded else "Redis + PostgreSQL"
     print(f"# bench/service.py on {machine()}")

@@ -45,12 +45,26 @@ class Redis:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"], stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", self.port), timeout=0.2):
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
+            ):
                 return
             time.sleep(0.05)
         raise RuntimeError("redis-server did not start")
@@ -67,13 +81,27 @@ class Soak(Processes):
     def _spawn(self, name: str, argv: list[str]) -> None:
         # Append: the worker log of every restart is kept, for the duplicate-run count.
         log = (self.data_dir / f"{name}.log").open("ab")
-        self.procs[name] = subprocess.Popen(argv, cwd=Path(__file__).resolve().parents[1],
-                                            env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            argv,
+            cwd=Path(__file__).resolve().parents[1],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def restart_worker(self) -> None:
-        self._spawn("worker", [sys.executable, "-c", "from cli.main import main; main()",
-                               "worker", "--loglevel", "warning"])
+        self._spawn(
+            "worker",
+            [
+                sys.executable,
+                "-c",
+                "from cli.main import main; main()",
+                "worker",
+                "--loglevel",
+                "warning",
+            ],
+        )
 
     def kill_worker(self) -> float:
         proc = self.procs["worker"]
@@ -90,8 +118,11 @@ class Soak(Processes):
 
 def _inputs(client: httpx.Client, tmp: Path) -> tuple[str, str]:
     rng = np.random.default_rng(0)
-    np.savez(tmp / "d.npz", x=rng.standard_normal((32, 3, 16, 16), dtype=np.float32),
-             y=rng.integers(0, 4, 32))
+    np.savez(
+        tmp / "d.npz",
+        x=rng.standard_normal((32, 3, 16, 16), dtype=np.float32),
+        y=rng.integers(0, 4, 32),
+    )
     ids = []
     for kind, path in (("models", tiny_onnx(tmp / "m.onnx")), ("datasets", tmp / "d.npz")):
         with path.open("rb") as fh:
@@ -104,9 +135,11 @@ def _inputs(client: httpx.Client, tmp: Path) -> tuple[str, str]:
 def _job(i: int, model_id: str, dataset_id: str) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model_id": model_id,
-        "prune": {"method": METHODS[i % len(METHODS)],
-                  "target": {"channel_ratio": 0.25 + 0.25 * (i % 3) / 2},
-                  "iterative_steps": 1},
+        "prune": {
+            "method": METHODS[i % len(METHODS)],
+            "target": {"channel_ratio": 0.25 + 0.25 * (i % 3) / 2},
+            "iterative_steps": 1,
+        },
         "benchmark": {"providers": ["cpu"], "batch_sizes": [1], "warmup": 1, "iterations": 3},
         "finetune": None,
     }
@@ -126,21 +159,33 @@ def _ts(text: str) -> float:
 def _claims_after(soak: Soak, moment: float) -> float | None:
     """Seconds from `moment` to the first claim (a `running` status event) after it."""
     with contextlib.closing(soak.db()) as db:
-        rows = db.execute("SELECT data, created_at FROM job_events WHERE kind = 'status' "
-                          "ORDER BY id DESC LIMIT 2000").fetchall()
-    times = [_ts(r["created_at"]) for r in rows
-             if json.loads(r["data"])["status"] == "running" and _ts(r["created_at"]) > moment]
+        rows = db.execute(
+            "SELECT data, created_at FROM job_events WHERE kind = 'status' "
+            "ORDER BY id DESC LIMIT 2000"
+        ).fetchall()
+    times = [
+        _ts(r["created_at"])
+        for r in rows
+        if json.loads(r["data"])["status"] == "running" and _ts(r["created_at"]) > moment
+    ]
     return min(times) - moment if times else None
 
 
 def _terminal_count(soak: Soak) -> int:
     with contextlib.closing(soak.db()) as db:
-        return db.execute("SELECT count(*) FROM jobs WHERE status IN "
-                          "('succeeded', 'failed', 'cancelled')").fetchone()[0]
+        return db.execute(
+            "SELECT count(*) FROM jobs WHERE status IN ('succeeded', 'failed', 'cancelled')"
+        ).fetchone()[0]
 
 
-def _chaos(soak: Soak, redis: Redis, args: argparse.Namespace, total: int,
-           kills: list[float], done: threading.Event) -> None:
+def _chaos(
+    soak: Soak,
+    redis: Redis,
+    args: argparse.Namespace,
+    total: int,
+    kills: list[float],
+    done: threading.Event,
+) -> None:
     """Kill the worker every `kill_every` s (and restart Redis once) until most jobs end."""
     restarted = False
     while not done.wait(args.kill_every):
@@ -163,8 +208,9 @@ def _report(soak: Soak, accepted: list[str], kills: list[float], elapsed: float)
         rows = {r["id"]: dict(r) for r in db.execute("SELECT * FROM jobs")}
         events = db.execute("SELECT job_id, data FROM job_events WHERE kind = 'status'").fetchall()
         artifacts = Counter(r[0] for r in db.execute("SELECT job_id FROM artifacts"))
-        names = db.execute("SELECT count(*), count(DISTINCT job_id || '/' || name) "
-                           "FROM artifacts").fetchone()
+        names = db.execute(
+            "SELECT count(*), count(DISTINCT job_id || '/' || name) FROM artifacts"
+        ).fetchone()
     ends: Counter[str] = Counter()
     for job_id, data in events:
         if json.loads(data)["status"] in ("succeeded", "failed"):
@@ -176,53 +222,74 @@ def _report(soak: Soak, accepted: list[str], kills: list[float], elapsed: float)
     stuck = [j for j in accepted if j in rows and rows[j]["status"] not in TERMINAL]
     duplicates = [j for j in accepted if ends[j] > 1 or j in overtaken]
     statuses = Counter(rows[j]["status"] for j in accepted if j in rows)
-    errors = Counter((rows[j]["error_code"] or "") for j in accepted
-                     if j in rows and rows[j]["status"] == "failed")
+    errors = Counter(
+        (rows[j]["error_code"] or "")
+        for j in accepted
+        if j in rows and rows[j]["status"] == "failed"
+    )
     attempts = Counter(rows[j]["attempts"] for j in accepted if j in rows)
     recoveries = [r for r in (_claims_after(soak, k) for k in kills) if r is not None]
-    print(f"\njobs accepted        {len(accepted)}   wall {elapsed:.0f} s   "
-          f"worker kills {len(kills)}   redis restarts 1")
+    print(
+        f"\njobs accepted        {len(accepted)}   wall {elapsed:.0f} s   "
+        f"worker kills {len(kills)}   redis restarts 1"
+    )
     print(f"jobs lost            {len(lost)}")
     print(f"duplicate runs       {len(duplicates)}")
-    bare = sum(1 for j in accepted
-               if rows.get(j, {}).get("status") == "succeeded" and artifacts[j] == 0)
-    print(f"artifacts            {names[0]} rows, {names[0] - names[1]} duplicated; "
-          f"{bare} succeeded jobs without artifacts")
+    bare = sum(
+        1 for j in accepted if rows.get(j, {}).get("status") == "succeeded" and artifacts[j] == 0
+    )
+    print(
+        f"artifacts            {names[0]} rows, {names[0] - names[1]} duplicated; "
+        f"{bare} succeeded jobs without artifacts"
+    )
     print(f"stuck after draining {len(stuck)}")
     print(f"outcomes             {dict(sorted(statuses.items()))}")
     if errors:
         print(f"failure codes        {dict(sorted(errors.items()))}")
     print(f"attempts histogram   {dict(sorted(attempts.items()))}")
     if recoveries:
-        print(f"recovery after kill  median {percentile(recoveries, 50):.1f} s, "
-              f"max {max(recoveries):.1f} s over {len(recoveries)} kills")
+        print(
+            f"recovery after kill  median {percentile(recoveries, 50):.1f} s, "
+            f"max {max(recoveries):.1f} s over {len(recoveries)} kills"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--kill-every", type=float, default=20.0)
-    parser.add_argument("--chaos-until", type=float, default=0.8,
-                        help="stop killing once this fraction of jobs has ended")
+    parser.add_argument(
+        "--chaos-until",
+        type=float,
+        default=0.8,
+        help="stop killing once this fraction of jobs has ended",
+    )
     parser.add_argument("--max-kills", type=int, default=0, help="0: no cap")
     parser.add_argument("--drain-timeout", type=float, default=1800.0)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="secateurs-soak-"))
     redis = Redis(tmp / "redis.log")
     redis.start()
-    soak = Soak(tmp, {"broker_url": f"redis://127.0.0.1:{redis.port}/0",
-                      "max_concurrent_jobs_per_tenant": str(args.jobs + 10),
-                      "max_attempts": "5"})
+    soak = Soak(
+        tmp,
+        {
+            "broker_url": f"redis://127.0.0.1:{redis.port}/0",
+            "max_concurrent_jobs_per_tenant": str(args.jobs + 10),
+            "max_attempts": "5",
+        },
+    )
     try:
         soak.start()
-        with httpx.Client(base_url=soak.base_url, timeout=60,
-                          headers={"Authorization": f"Bearer {soak.key}"}) as client:
+        with httpx.Client(
+            base_url=soak.base_url, timeout=60, headers={"Authorization": f"Bearer {soak.key}"}
+        ) as client:
             model_id, dataset_id = _inputs(client, tmp)
             started = time.monotonic()
             kills: list[float] = []
             done = threading.Event()
-            chaos = threading.Thread(target=_chaos, args=(soak, redis, args, args.jobs,
-                                                          kills, done), daemon=True)
+            chaos = threading.Thread(
+                target=_chaos, args=(soak, redis, args, args.jobs, kills, done), daemon=True
+            )
             chaos.start()
             accepted = []
             for i in range(args.jobs):

@@ -75,8 +75,9 @@ def stamp(revision: Annotated[str, typer.Argument(help="Revision the database is
 @db_app.command("revision")
 def revision(
     message: Annotated[str, typer.Argument(help="What the revision changes, in a few words")],
-    autogenerate: Annotated[bool, typer.Option(
-        help="Fill it in from the models' differences with the newest revision")] = True,
+    autogenerate: Annotated[
+        bool, typer.Option(help="Fill it in from the models' differences with the newest revision")
+    ] = True,
 ) -> None:
     """Write a new revision file into app/db/migrations/versions (for developers)."""
     from alembic import command
@@ -96,7 +97,8 @@ def revision(
         config = alembic_config(url=url)
         # Numbered in order (0001, 0002…), so the versions folder reads as a history.
         head = ScriptDirectory.from_config(config).get_current_head() or "0"
-        script = command.revision(config, message=message, autogenerate=autogenerate,
-                                  rev_id=f"{int(head) + 1:04d}")
+        script = command.revision(
+            config, message=message, autogenerate=autogenerate, rev_id=f"{int(head) + 1:04d}"
+        )
     paths = [s.path for s in (script if isinstance(script, list) else [script]) if s]
     typer.echo("\n".join(paths))

@@ -34,23 +34,35 @@ def inspect(
     except Exception as exc:  # engine errors carry a stable code; anything else is ours
         _fail(getattr(exc, "code", "internal_error"), getattr(exc, "message", str(exc)))
     if as_json:
-        print(json.dumps({"model": info.model_dump(mode="json"),
-                          "prunability": report.model_dump(mode="json")}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "model": info.model_dump(mode="json"),
+                    "prunability": report.model_dump(mode="json"),
+                },
+                indent=2,
+            )
+        )
         return
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
-    console.print(f"{info.format} model, input {info.input_shape}, "
-                  f"{info.stats.params:,} parameters, {info.stats.macs:,} MACs")
+    console.print(
+        f"{info.format} model, input {info.input_shape}, "
+        f"{info.stats.params:,} parameters, {info.stats.macs:,} MACs"
+    )
     table = Table("group (root layer)", "channels", "prunable", "why protected")
     for group in report.groups:
-        table.add_row(group.layer, str(group.channels), "yes" if group.prunable else "no",
-                      group.why or "")
+        table.add_row(
+            group.layer, str(group.channels), "yes" if group.prunable else "no", group.why or ""
+        )
     console.print(table)
     reachable = report.max_macs_reduction
-    console.print(f"{report.prunable_groups} prunable, {report.protected_groups} protected; "
-                  "largest reachable MACs reduction: "
-                  + (f"{reachable:.1%}" if reachable is not None else "unknown (out of time)"))
+    console.print(
+        f"{report.prunable_groups} prunable, {report.protected_groups} protected; "
+        "largest reachable MACs reduction: "
+        + (f"{reachable:.1%}" if reachable is not None else "unknown (out of time)")
+    )
     for note in report.notes:
         console.print(f"note: {note}")

@@ -40,8 +40,9 @@ PortOpt = Annotated[int | None, typer.Option(help="Port [default: PORT or 8000]"
 DataOpt = Annotated[Path | None, typer.Option(help="Data directory [default: ./data]")]
 
 
-def _settings(host: str | None = None, port: int | None = None,
-              data_dir: Path | None = None) -> Settings:
+def _settings(
+    host: str | None = None, port: int | None = None, data_dir: Path | None = None
+) -> Settings:
     """Settings from the environment, with command-line overrides exported to it so that
     child processes (the worker of `serve`) see the same values."""
     for name, value in (("HOST", host), ("PORT", port), ("SECATEURS_DATA_DIR", data_dir)):
@@ -113,10 +114,18 @@ MAX_HEADER_BYTES = 16 * 1024
 def _run_api(settings: Settings, workers: int = 1) -> None:
     import uvicorn
 
-    uvicorn.run("app.main:create_app", factory=True, host=settings.host, port=settings.port,
-                workers=workers, log_level="info", proxy_headers=True, http=HTTP_PROTOCOL,
-                timeout_keep_alive=KEEP_ALIVE_S,
-                h11_max_incomplete_event_size=MAX_HEADER_BYTES)
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=workers,
+        log_level="info",
+        proxy_headers=True,
+        http=HTTP_PROTOCOL,
+        timeout_keep_alive=KEEP_ALIVE_S,
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+    )
 
 
 def _start_worker_process() -> subprocess.Popen[bytes]:
@@ -126,8 +135,7 @@ def _start_worker_process() -> subprocess.Popen[bytes]:
     # Being out of serve's process group, it would outlive a serve killed outright; told
     # serve's pid, it follows its parent (follow_parent).
     env = {**os.environ, SERVE_PID_ENV: str(os.getpid())}
-    return subprocess.Popen([sys.executable, "-c", code, "worker"], start_new_session=True,
-                            env=env)
+    return subprocess.Popen([sys.executable, "-c", code, "worker"], start_new_session=True, env=env)
 
 
 def follow_parent(parent_pid: int) -> None:
@@ -142,8 +150,9 @@ def follow_parent(parent_pid: int) -> None:
         set_pdeathsig(signal.SIGTERM)
     # The signal is sent when the thread that started us exits: serve's main thread, or
     # its keeper thread for a restarted worker; both live as long as serve does.
-    threading.Thread(target=_stop_when_orphaned, args=(parent_pid,), name="parent-watch",
-                     daemon=True).start()
+    threading.Thread(
+        target=_stop_when_orphaned, args=(parent_pid,), name="parent-watch", daemon=True
+    ).start()
 
 
 def _stop_when_orphaned(parent_pid: int) -> None:
@@ -172,8 +181,11 @@ class WorkerKeeper:
             if code is None or self._stopping.is_set():
                 continue
             if self.restarts >= MAX_WORKER_RESTARTS:
-                typer.echo(f"the worker exited ({code}) {self.restarts} times; "
-                           "jobs will wait in the queue", err=True)
+                typer.echo(
+                    f"the worker exited ({code}) {self.restarts} times; "
+                    "jobs will wait in the queue",
+                    err=True,
+                )
                 return
             self.restarts += 1
             typer.echo(f"the worker exited ({code}); restarting it", err=True)
@@ -257,11 +269,27 @@ def worker(
     from worker.names import QUEUE
 
     node = f"{'gpu' + str(gpu) if gpu is not None else 'cpu'}-{os.getpid()}@%h"
-    celery_app.worker_main([
-        "worker", "--queues", QUEUE, "--concurrency", str(concurrency), "--pool", "prefork",
-        "--max-tasks-per-child", "1", "--prefetch-multiplier", "1", "--loglevel", loglevel,
-        "--hostname", node, "--without-gossip", "--without-mingle",
-    ])
+    celery_app.worker_main(
+        [
+            "worker",
+            "--queues",
+            QUEUE,
+            "--concurrency",
+            str(concurrency),
+            "--pool",
+            "prefork",
+            "--max-tasks-per-child",
+            "1",
+            "--prefetch-multiplier",
+            "1",
+            "--loglevel",
+            loglevel,
+            "--hostname",
+            node,
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
 
 
 @keys_app.command("create")

@@ -30,9 +30,24 @@ from secateurs_client.webhooks import WebhookVerificationError
 from secateurs_client.webhooks import verify as verify_webhook
 
 __all__ = [
-    "AuthError", "ChecksumMismatch", "Client", "Conflict", "ConnectionFailed", "Event",
-    "JobFailed", "NotFound", "PayloadTooLarge", "PruneResult", "RateLimited",
-    "SecateursError", "TerminalProgress", "Unavailable", "ValidationError", "WaitTimeout",
-    "WebhookVerificationError", "parse_events", "verify_webhook",
+    "AuthError",
+    "ChecksumMismatch",
+    "Client",
+    "Conflict",
+    "ConnectionFailed",
+    "Event",
+    "JobFailed",
+    "NotFound",
+    "PayloadTooLarge",
+    "PruneResult",
+    "RateLimited",
+    "SecateursError",
+    "TerminalProgress",
+    "Unavailable",
+    "ValidationError",
+    "WaitTimeout",
+    "WebhookVerificationError",
+    "parse_events",
+    "verify_webhook",
 ]
 __version__ = "0.1.0"

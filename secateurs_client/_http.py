@@ -31,14 +31,25 @@ _sleep = time.sleep  # one name for tests to replace
 class Http:
     """An `httpx.Client` bound to one service and key, with retries and typed errors."""
 
-    def __init__(self, url: str, key: str, *, timeout: float, retries: int,
-                 backoff: float = 0.5, max_backoff: float = 30.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        key: str,
+        *,
+        timeout: float,
+        retries: int,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.retries = max(0, retries)
         self.backoff, self.max_backoff = backoff, max_backoff
         self.client = httpx.Client(
-            base_url=url.rstrip("/"), timeout=timeout, transport=transport,
-            headers={"Authorization": f"Bearer {key}", "User-Agent": USER_AGENT})
+            base_url=url.rstrip("/"),
+            timeout=timeout,
+            transport=transport,
+            headers={"Authorization": f"Bearer {key}", "User-Agent": USER_AGENT},
+        )
 
     def close(self) -> None:
         self.client.close()
@@ -48,10 +59,11 @@ class Http:
         it gave one, else full-range jitter over `backoff * 2**attempt` (capped)."""
         if retry_after is not None:
             return retry_after
-        return random.uniform(0, min(self.max_backoff, self.backoff * 2 ** attempt))
+        return random.uniform(0, min(self.max_backoff, self.backoff * 2**attempt))
 
-    def request(self, method: str, path: str, *, open_files: OpenFiles | None = None,
-                **kwargs: Any) -> httpx.Response:
+    def request(
+        self, method: str, path: str, *, open_files: OpenFiles | None = None, **kwargs: Any
+    ) -> httpx.Response:
         """Send a request (retried as above); returns the read response or raises the
         typed error for its status."""
         with self.send(method, path, open_files=open_files, **kwargs) as response:
@@ -59,9 +71,15 @@ class Http:
             return response
 
     @contextlib.contextmanager
-    def send(self, method: str, path: str, *, open_files: OpenFiles | None = None,
-             retry_statuses: frozenset[int] = RETRY_STATUSES,
-             **kwargs: Any) -> Iterator[httpx.Response]:
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        open_files: OpenFiles | None = None,
+        retry_statuses: frozenset[int] = RETRY_STATUSES,
+        **kwargs: Any,
+    ) -> Iterator[httpx.Response]:
         """Open a streamed response (closed on exit) after retries; its status is a success.
 
         `retry_statuses` narrows what is retried (an event stream refused with 429 is not
@@ -75,8 +93,9 @@ class Http:
                     response = self.client.send(request, stream=True)
                 except httpx.TransportError as exc:
                     if attempt >= self.retries:
-                        raise ConnectionFailed(f"{method} {path}: {exc!r}",
-                                               code="connection_error") from exc
+                        raise ConnectionFailed(
+                            f"{method} {path}: {exc!r}", code="connection_error"
+                        ) from exc
                     _sleep(self.delay(attempt))
                     attempt += 1
                     continue
@@ -86,8 +105,9 @@ class Http:
                     return
                 response.read()
                 if response.status_code in retry_statuses and attempt < self.retries:
-                    wait = self.delay(attempt,
-                                      parse_retry_after(response.headers.get("retry-after")))
+                    wait = self.delay(
+                        attempt, parse_retry_after(response.headers.get("retry-after"))
+                    )
                 else:
                     raise error_from_response(response)
             finally:

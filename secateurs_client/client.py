@@ -75,18 +75,31 @@ class Client:
     Use it as a context manager, or call `close()`.
     """
 
-    def __init__(self, url: str, key: str, *, timeout: float = 60.0, retries: int = 5,
-                 backoff: float = 0.5, poll_interval: float = 2.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        key: str,
+        *,
+        timeout: float = 60.0,
+        retries: int = 5,
+        backoff: float = 0.5,
+        poll_interval: float = 2.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.timeout, self.poll_interval = timeout, poll_interval
-        self._http = _http.Http(url, key, timeout=timeout, retries=retries, backoff=backoff,
-                                transport=transport)
+        self._http = _http.Http(
+            url, key, timeout=timeout, retries=retries, backoff=backoff, transport=transport
+        )
 
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     def close(self) -> None:
@@ -95,8 +108,14 @@ class Client:
 
     # Uploads -----------------------------------------------------------------------------
 
-    def upload_model(self, path: PathLike, *, name: str | None = None, arch: str | None = None,
-                     input_shape: str | Sequence[int] | None = None) -> dict[str, Any]:
+    def upload_model(
+        self,
+        path: PathLike,
+        *,
+        name: str | None = None,
+        arch: str | None = None,
+        input_shape: str | Sequence[int] | None = None,
+    ) -> dict[str, Any]:
         """Upload a model file (ONNX, `.pt2`, or weights with `arch`, e.g.
         `"torchvision:resnet18"`); returns the created model (`id`, `format`, `stats`, …).
 
@@ -116,17 +135,26 @@ class Client:
 
         def open_file(stack: contextlib.ExitStack[Any]) -> dict[str, Any]:
             # Opened afresh for each attempt: a retry sends the file from its start.
-            return {"files": {"file": (path.name, stack.enter_context(path.open("rb")))},
-                    "data": data}
+            return {
+                "files": {"file": (path.name, stack.enter_context(path.open("rb")))},
+                "data": data,
+            }
 
         timeout = httpx.Timeout(self.timeout, read=max(self.timeout, UPLOAD_READ_TIMEOUT_S))
         return self._json("POST", f"/v1/{kind}", open_files=open_file, timeout=timeout)
 
     # Jobs --------------------------------------------------------------------------------
 
-    def submit(self, model_id: str, spec: Mapping[str, Any], *, dataset_id: str | None = None,
-               idempotency_key: str | None = None, name: str | None = None,
-               tags: Sequence[str] | None = None) -> dict[str, Any]:
+    def submit(
+        self,
+        model_id: str,
+        spec: Mapping[str, Any],
+        *,
+        dataset_id: str | None = None,
+        idempotency_key: str | None = None,
+        name: str | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
         """Submit a pruning job; returns the job (`status` "queued").
 
         `spec` is the job's fields as in the API (`prune`, `finetune`, `benchmark`, …; any
@@ -156,8 +184,9 @@ class Client:
         (`job_not_finished`) while it is queued or running."""
         self._http.request("DELETE", f"/v1/jobs/{_q(job_id)}")
 
-    def update_job(self, job_id: str, *, name: str | None = UNSET,
-                   tags: Sequence[str] | None = UNSET) -> dict[str, Any]:
+    def update_job(
+        self, job_id: str, *, name: str | None = UNSET, tags: Sequence[str] | None = UNSET
+    ) -> dict[str, Any]:
         """Rename or retag a job, in any status; returns the job. Only what is given
         changes: `name=None` removes the name, `tags=[]` (or None) every tag."""
         body: dict[str, Any] = {}
@@ -167,22 +196,39 @@ class Client:
             body["tags"] = None if tags is None else list(tags)
         return self._json("PATCH", f"/v1/jobs/{_q(job_id)}", json=body)
 
-    def jobs(self, *, status: str | None = None, model_id: str | None = None,
-             dataset_id: str | None = None, tag: str | None = None, q: str | None = None,
-             sort: str | None = None) -> Iterator[dict[str, Any]]:
+    def jobs(
+        self,
+        *,
+        status: str | None = None,
+        model_id: str | None = None,
+        dataset_id: str | None = None,
+        tag: str | None = None,
+        q: str | None = None,
+        sort: str | None = None,
+    ) -> Iterator[dict[str, Any]]:
         """Every job of this key's tenant, fetched a page at a time: newest first, or in
         the `sort` order (`"-speedup"`, `"finished_at"`, `"name"`, … as the API lists);
         `tag` and `q` (part of the name) narrow it like `status`, `model_id` and
         `dataset_id`. Each job's `result` has its headline figures once it succeeded."""
-        params = {k: v for k, v in
-                  {"status": status, "model_id": model_id, "dataset_id": dataset_id,
-                   "tag": tag, "q": q, "sort": sort}.items()
-                  if v is not None}
+        params = {
+            k: v
+            for k, v in {
+                "status": status,
+                "model_id": model_id,
+                "dataset_id": dataset_id,
+                "tag": tag,
+                "q": q,
+                "sort": sort,
+            }.items()
+            if v is not None
+        }
         cursor: str | None = None
         while True:
-            page = self._json("GET", "/v1/jobs",
-                              params={**params, "limit": 200,
-                                      **({"cursor": cursor} if cursor else {})})
+            page = self._json(
+                "GET",
+                "/v1/jobs",
+                params={**params, "limit": 200, **({"cursor": cursor} if cursor else {})},
+            )
             yield from page["items"]
             cursor = page.get("next_cursor")
             if not cursor:
@@ -195,11 +241,13 @@ class Client:
     def artifacts(self, job_id: str) -> list[dict[str, Any]]:
         """The job's files: `[{"name", "size_bytes", "sha256", "media_type"}, …]`."""
         items: list[dict[str, Any]] = self._http.request(
-            "GET", f"/v1/jobs/{_q(job_id)}/artifacts").json()
+            "GET", f"/v1/jobs/{_q(job_id)}/artifacts"
+        ).json()
         return items
 
-    def wait(self, job_id: str, *, timeout: float | None = None,
-             progress: Progress = None) -> dict[str, Any]:
+    def wait(
+        self, job_id: str, *, timeout: float | None = None, progress: Progress = None
+    ) -> dict[str, Any]:
         """Block until the job ends; returns it when it succeeded, else raises `JobFailed`.
 
         Follows the job's event stream, resuming with `Last-Event-ID` after a dropped
@@ -219,8 +267,9 @@ class Client:
             raise JobFailed(job)
         return job
 
-    def _follow(self, job_id: str, deadline: float | None,
-                show: Callable[[dict[str, Any]], None]) -> dict[str, Any] | None:
+    def _follow(
+        self, job_id: str, deadline: float | None, show: Callable[[dict[str, Any]], None]
+    ) -> dict[str, Any] | None:
         """Follow the event stream to the job's end and return the job; None when the
         stream is refused or keeps failing (the caller then polls)."""
         state: dict[str, Any] = {}
@@ -230,14 +279,20 @@ class Client:
             headers = {"Accept": "text/event-stream"}
             if last_id is not None:
                 headers["Last-Event-ID"] = last_id
-            read_s = STREAM_READ_TIMEOUT_S if deadline is None else max(
-                0.01, min(STREAM_READ_TIMEOUT_S, deadline - time.monotonic()))
+            read_s = (
+                STREAM_READ_TIMEOUT_S
+                if deadline is None
+                else max(0.01, min(STREAM_READ_TIMEOUT_S, deadline - time.monotonic()))
+            )
             try:
-                with self._http.send("GET", f"/v1/jobs/{_q(job_id)}/events", headers=headers,
-                                     timeout=httpx.Timeout(self.timeout, read=read_s),
-                                     retry_statuses=frozenset({502, 503, 504})) as response:
-                    if not response.headers.get("content-type", "").startswith(
-                            "text/event-stream"):
+                with self._http.send(
+                    "GET",
+                    f"/v1/jobs/{_q(job_id)}/events",
+                    headers=headers,
+                    timeout=httpx.Timeout(self.timeout, read=read_s),
+                    retry_statuses=frozenset({502, 503, 504}),
+                ) as response:
+                    if not response.headers.get("content-type", "").startswith("text/event-stream"):
                         return None
                     for event in parse_events(response.iter_lines()):
                         drops = 0
@@ -258,8 +313,9 @@ class Client:
             _http._sleep(self._http.delay(drops - 1))
         return None
 
-    def _poll(self, job_id: str, deadline: float | None,
-              show: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    def _poll(
+        self, job_id: str, deadline: float | None, show: Callable[[dict[str, Any]], None]
+    ) -> dict[str, Any]:
         while True:
             job = self.get_job(job_id)
             show({k: job.get(k) for k in ("status", "stage", "progress", "error")})
@@ -290,8 +346,7 @@ class Client:
                 return target
             except httpx.TransportError as exc:
                 if attempt >= self._http.retries:
-                    raise ConnectionFailed(f"GET {url}: {exc!r}",
-                                           code="connection_error") from exc
+                    raise ConnectionFailed(f"GET {url}: {exc!r}", code="connection_error") from exc
                 _http._sleep(self._http.delay(attempt))
                 attempt += 1
 
@@ -307,11 +362,14 @@ class Client:
             # The ETag is the file's SHA-256; the artifact listing also has it.
             expected = expected or listed()
             if expected is None:
-                raise ChecksumMismatch(f"{url}: the service gave no SHA-256 to check",
-                                       code="checksum_missing")
+                raise ChecksumMismatch(
+                    f"{url}: the service gave no SHA-256 to check", code="checksum_missing"
+                )
             if digest.hexdigest() != expected.lower():
-                raise ChecksumMismatch(f"{url}: SHA-256 {digest.hexdigest()}, expected "
-                                       f"{expected}", code="checksum_mismatch")
+                raise ChecksumMismatch(
+                    f"{url}: SHA-256 {digest.hexdigest()}, expected {expected}",
+                    code="checksum_mismatch",
+                )
             part.replace(target)
         finally:
             part.unlink(missing_ok=True)
@@ -324,11 +382,20 @@ class Client:
 
     # All in one --------------------------------------------------------------------------
 
-    def prune(self, model_path: PathLike, spec: Mapping[str, Any] | None = None, *,
-              dataset_path: PathLike | None = None, dest_dir: PathLike | None = None,
-              arch: str | None = None, input_shape: str | Sequence[int] | None = None,
-              timeout: float | None = None, progress: Progress = None,
-              name: str | None = None, tags: Sequence[str] | None = None) -> PruneResult:
+    def prune(
+        self,
+        model_path: PathLike,
+        spec: Mapping[str, Any] | None = None,
+        *,
+        dataset_path: PathLike | None = None,
+        dest_dir: PathLike | None = None,
+        arch: str | None = None,
+        input_shape: str | Sequence[int] | None = None,
+        timeout: float | None = None,
+        progress: Progress = None,
+        name: str | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> PruneResult:
         """Upload the model (and dataset), submit the job (with its `name` and `tags`, if
         given), wait for it, and download every artifact into `dest_dir` (default: a
         directory named after the job id).
@@ -336,15 +403,23 @@ class Client:
         Raises `JobFailed` when the job fails; the uploads stay on the service."""
         model = self.upload_model(model_path, arch=arch, input_shape=input_shape)
         dataset = self.upload_dataset(dataset_path) if dataset_path is not None else None
-        job = self.submit(model["id"], spec or {},
-                          dataset_id=dataset["id"] if dataset else None, name=name, tags=tags)
+        job = self.submit(
+            model["id"],
+            spec or {},
+            dataset_id=dataset["id"] if dataset else None,
+            name=name,
+            tags=tags,
+        )
         job = self.wait(job["id"], timeout=timeout, progress=progress)
         out = Path(dest_dir) if dest_dir is not None else Path(job["id"])
         out.mkdir(parents=True, exist_ok=True)
-        files = {a["name"]: self.download(job["id"], a["name"], out / Path(a["name"]).name)
-                 for a in self.artifacts(job["id"])}
-        return PruneResult(job=job, model=model, dataset=dataset, artifacts=files,
-                           report=self.report(job["id"]))
+        files = {
+            a["name"]: self.download(job["id"], a["name"], out / Path(a["name"]).name)
+            for a in self.artifacts(job["id"])
+        }
+        return PruneResult(
+            job=job, model=model, dataset=dataset, artifacts=files, report=self.report(job["id"])
+        )
 
     def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         body: dict[str, Any] = self._http.request(method, path, **kwargs).json()

@@ -16,8 +16,14 @@ import httpx
 class SecateursError(Exception):
     """Base of every error this library raises."""
 
-    def __init__(self, detail: str, *, code: str = "error", status: int | None = None,
-                 retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        code: str = "error",
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(f"{status} {code}: {detail}" if status else f"{code}: {detail}")
         self.detail = detail
         self.code = code
@@ -72,15 +78,26 @@ class JobFailed(SecateursError):
 
     def __init__(self, job: dict[str, Any]) -> None:
         error = job.get("error") or {}
-        super().__init__(error.get("message") or f"job {job.get('id')} ended {job.get('status')}",
-                         code=error.get("code") or str(job.get("status")))
+        super().__init__(
+            error.get("message") or f"job {job.get('id')} ended {job.get('status')}",
+            code=error.get("code") or str(job.get("status")),
+        )
         self.job = job
 
 
 _BY_STATUS: dict[int, type[SecateursError]] = {
-    400: ValidationError, 401: AuthError, 403: AuthError, 404: NotFound, 409: Conflict,
-    413: PayloadTooLarge, 422: ValidationError, 429: RateLimited,
-    502: Unavailable, 503: Unavailable, 504: Unavailable, 507: Unavailable,
+    400: ValidationError,
+    401: AuthError,
+    403: AuthError,
+    404: NotFound,
+    409: Conflict,
+    413: PayloadTooLarge,
+    422: ValidationError,
+    429: RateLimited,
+    502: Unavailable,
+    503: Unavailable,
+    504: Unavailable,
+    507: Unavailable,
 }
 
 
@@ -116,5 +133,9 @@ def error_from_response(response: httpx.Response) -> SecateursError:
         code = str(body.get("code") or code)
         detail = str(body.get("detail") or body.get("title") or detail)
     cls = _BY_STATUS.get(status, SecateursError)
-    return cls(detail, code=code, status=status,
-               retry_after=parse_retry_after(response.headers.get("retry-after")))
+    return cls(
+        detail,
+        code=code,
+        status=status,
+        retry_after=parse_retry_after(response.headers.get("retry-after")),
+    )

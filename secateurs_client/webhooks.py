@@ -40,8 +40,14 @@ class WebhookVerificationError(Exception):
         self.detail = detail
 
 
-def verify(secret: str, headers: Mapping[str, str], body: bytes | str, *,
-           tolerance: float = DEFAULT_TOLERANCE_S, now: float | None = None) -> Any:
+def verify(
+    secret: str,
+    headers: Mapping[str, str],
+    body: bytes | str,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE_S,
+    now: float | None = None,
+) -> Any:
     """Check the message's signature and timestamp; return its JSON body parsed. Raises
     `WebhookVerificationError` for a missing header, a timestamp more than `tolerance`
     seconds from `now` (default: the clock), or no matching `v1` signature."""
@@ -68,11 +74,13 @@ def _check_fresh(timestamp: str, tolerance: float, now: float) -> None:
     try:
         sent = int(timestamp)
     except ValueError as exc:
-        raise WebhookVerificationError("bad_timestamp", "webhook-timestamp is not an "
-                                       "integer") from exc
+        raise WebhookVerificationError(
+            "bad_timestamp", "webhook-timestamp is not an integer"
+        ) from exc
     if abs(now - sent) > tolerance:
-        raise WebhookVerificationError("stale_timestamp", f"sent at {sent}, now {now:.0f}: "
-                                       f"more than {tolerance:g} s apart")
+        raise WebhookVerificationError(
+            "stale_timestamp", f"sent at {sent}, now {now:.0f}: more than {tolerance:g} s apart"
+        )
 
 
 def _key(secret: str) -> bytes:

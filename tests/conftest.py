@@ -44,8 +44,10 @@ def free_port() -> int:
 
 def skip_loudly(service: str, detail: str) -> None:
     """Skip the current test because `service` is unavailable, saying so in capitals."""
-    pytest.skip(f"!!! {service.upper()} UNAVAILABLE: {detail} — start it with `make services`; "
-                f"only the tests that need {service} are skipped")
+    pytest.skip(
+        f"!!! {service.upper()} UNAVAILABLE: {detail} — start it with `make services`; "
+        f"only the tests that need {service} are skipped"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -102,8 +104,13 @@ class S3Server:
     def client(self):  # type: ignore[no-untyped-def]
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.endpoint_url, region_name="us-east-1",
-                            aws_access_key_id="test", aws_secret_access_key="test")
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name="us-east-1",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        )
 
 
 @pytest.fixture(scope="module")
@@ -154,8 +161,17 @@ class Service:
         return "\n".join(parts)
 
     def start_worker(self) -> None:
-        self._spawn("worker", [sys.executable, "-c", "from cli.main import main; main()",
-                               "worker", "--loglevel", "info"])
+        self._spawn(
+            "worker",
+            [
+                sys.executable,
+                "-c",
+                "from cli.main import main; main()",
+                "worker",
+                "--loglevel",
+                "info",
+            ],
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if " ready." in (self.log_dir / "worker.log").read_text():
@@ -166,8 +182,22 @@ class Service:
         raise RuntimeError(f"the worker did not start\n{self.logs()}")
 
     def start_api(self, port: int) -> None:
-        self._spawn("api", [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
-                            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"])
+        self._spawn(
+            "api",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "app.main:create_app",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
@@ -180,8 +210,14 @@ class Service:
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = (self.log_dir / f"{name}.log").open("wb")
-        self.procs[name] = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def stop(self) -> None:
         for name in ("worker", "api"):
@@ -193,8 +229,14 @@ def service_env(data_dir: Path, **settings: str) -> dict[str, str]:
     """Environment for the service processes: this one's, minus any SECATEURS_ setting,
     plus `settings` (names without the prefix)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SECATEURS_")}
-    env.update({"SECATEURS_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1",
-                "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    env.update(
+        {
+            "SECATEURS_DATA_DIR": str(data_dir),
+            "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+        }
+    )
     env.update({f"SECATEURS_{k.upper()}": v for k, v in settings.items()})
     return env
 
@@ -207,8 +249,9 @@ def running_service(data_dir: Path, **settings: str) -> Iterator[Service]:
     settings.setdefault("api_keys", f"alice:{key_a},bob:{key_b}")
     settings.setdefault("rate_limit_per_minute", "100000")
     port = free_port()
-    service = Service(f"http://127.0.0.1:{port}", key_a, key_b,
-                      service_env(data_dir, **settings), data_dir)
+    service = Service(
+        f"http://127.0.0.1:{port}", key_a, key_b, service_env(data_dir, **settings), data_dir
+    )
     try:
         # The API first: it creates the tables and stores the keys.
         service.start_api(port)
@@ -241,7 +284,9 @@ def embedded_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servi
         upload_idle_timeout_s=str(SHARED_IDLE_TIMEOUT_S),
         inspect_timeout_s=str(SHARED_INSPECT_TIMEOUT_S),
         inspect_memory_total_bytes=str(8 << 30),
-        webhook_allow_private="1", webhook_retry_base_s="0.2", webhook_retry_max_s="0.8",
+        webhook_allow_private="1",
+        webhook_retry_base_s="0.2",
+        webhook_retry_max_s="0.8",
         webhook_max_attempts="30",
     ) as svc:
         yield svc

@@ -18,8 +18,14 @@ app.command()(inspect)
 
 
 def _tiny_resnet(path: Path) -> Path:
-    torch.onnx.export(seeded(TinyResNet), (torch.zeros(1, 3, 16, 16),), str(path),
-                      dynamo=False, input_names=["image"], opset_version=17)
+    torch.onnx.export(
+        seeded(TinyResNet),
+        (torch.zeros(1, 3, 16, 16),),
+        str(path),
+        dynamo=False,
+        input_names=["image"],
+        opset_version=17,
+    )
     return path
 
 

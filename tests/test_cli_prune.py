@@ -94,8 +94,16 @@ def test_unstructured_cannot_take_a_latency_target(tmp_path: Path) -> None:
     model.write_bytes(b"x")
     result = runner.invoke(
         app,
-        ["prune", str(model), "-o", str(tmp_path / "o.onnx"), "--target-latency", "0.5",
-         "--method", "unstructured_l1"],
+        [
+            "prune",
+            str(model),
+            "-o",
+            str(tmp_path / "o.onnx"),
+            "--target-latency",
+            "0.5",
+            "--method",
+            "unstructured_l1",
+        ],
     )
     assert result.exit_code == 1
     [line] = _error_lines(result)

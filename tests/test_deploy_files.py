@@ -22,8 +22,11 @@ def dockerfile() -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
     text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
     lines = [ln.strip() for ln in text.splitlines()]
-    return [(ln.split(None, 1)[0].upper(), ln.split(None, 1)[1] if " " in ln else "")
-            for ln in lines if ln and not ln.startswith("#")]
+    return [
+        (ln.split(None, 1)[0].upper(), ln.split(None, 1)[1] if " " in ln else "")
+        for ln in lines
+        if ln and not ln.startswith("#")
+    ]
 
 
 def _command(service: dict) -> list[str]:
@@ -33,7 +36,8 @@ def _command(service: dict) -> list[str]:
 
 def test_compose_has_every_service(compose):
     assert {"api", "worker", "redis", "postgres", "minio", "minio-init", "flower"} <= set(
-        compose["services"])
+        compose["services"]
+    )
 
 
 def test_api_and_worker_share_one_image_and_run_the_cli(compose):

@@ -21,8 +21,12 @@ START_TIMEOUT_S = 90
 EXIT_TIMEOUT_S = 15
 
 
-def _wait_until(predicate, timeout_s: float, what: str,  # type: ignore[no-untyped-def]
-                proc: subprocess.Popen[bytes]) -> None:
+def _wait_until(
+    predicate,
+    timeout_s: float,
+    what: str,  # type: ignore[no-untyped-def]
+    proc: subprocess.Popen[bytes],
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -51,21 +55,38 @@ def test_the_worker_exits_when_serve_is_killed(tmp_path: Path):
     port = free_port()
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from cli.main import main; main()", "serve",
-         "--port", str(port), "--data-dir", str(tmp_path / "data")],
-        cwd=ROOT, env=service_env(tmp_path / "data", api_keys="alice:sk_test_alice_0000"),
-        stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-c",
+            "from cli.main import main; main()",
+            "serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        cwd=ROOT,
+        env=service_env(tmp_path / "data", api_keys="alice:sk_test_alice_0000"),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     found: list[psutil.Process] = []
     try:
         _wait_until(lambda: _ready(f"http://127.0.0.1:{port}"), START_TIMEOUT_S, "ready", proc)
         serve = psutil.Process(proc.pid)
-        _wait_until(lambda: bool(found.extend(_worker_with_pool(serve)) or found),
-                    START_TIMEOUT_S, "the worker's pool", proc)
+        _wait_until(
+            lambda: bool(found.extend(_worker_with_pool(serve)) or found),
+            START_TIMEOUT_S,
+            "the worker's pool",
+            proc,
+        )
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         _, alive = psutil.wait_procs(found, timeout=EXIT_TIMEOUT_S)
-        assert alive == [], (f"still running {EXIT_TIMEOUT_S} s after serve was killed: "
-                             f"{alive}\n{(tmp_path / 'serve.log').read_text()[-3000:]}")
+        assert alive == [], (
+            f"still running {EXIT_TIMEOUT_S} s after serve was killed: "
+            f"{alive}\n{(tmp_path / 'serve.log').read_text()[-3000:]}"
+        )
     finally:
         # Whatever the outcome, leave no process of this test behind.
         for process in [*found, psutil.Process(proc.pid)] if proc.poll() is None else found:

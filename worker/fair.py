@@ -32,18 +32,23 @@ def queued_in_fair_order(session: Session) -> list[str]:
     queued = session.execute(
         select(Job.id, Job.tenant, Job.created_at)
         .where(Job.status == "queued", Job.cancel_requested.is_(False))
-        .order_by(Job.created_at, Job.id).limit(WINDOW)
+        .order_by(Job.created_at, Job.id)
+        .limit(WINDOW)
     ).all()
     if not queued:
         return []
-    running = dict(session.execute(
-        select(Job.tenant, func.count()).where(Job.status == "running").group_by(Job.tenant)
-    ).all())
-    last_start = dict(session.execute(
-        select(Job.tenant, func.max(Job.started_at))
-        .where(Job.started_at.is_not(None), Job.started_at > utcnow() - MEMORY)
-        .group_by(Job.tenant)
-    ).all())
+    running = dict(
+        session.execute(
+            select(Job.tenant, func.count()).where(Job.status == "running").group_by(Job.tenant)
+        ).all()
+    )
+    last_start = dict(
+        session.execute(
+            select(Job.tenant, func.max(Job.started_at))
+            .where(Job.started_at.is_not(None), Job.started_at > utcnow() - MEMORY)
+            .group_by(Job.tenant)
+        ).all()
+    )
     # Within a tenant the oldest first; a tenant's later jobs queue behind its first, as
     # if it had one more running.
     seen: dict[str, int] = {}

@@ -42,8 +42,7 @@ MEDIA_TYPES = {
     "model.pt2": "application/octet-stream",
     "report.json": "application/json",
 }
-MODEL_SUFFIX = {"onnx": ".onnx", "pt2": ".pt2", "safetensors": ".safetensors",
-                "state_dict": ".pt"}
+MODEL_SUFFIX = {"onnx": ".onnx", "pt2": ".pt2", "safetensors": ".safetensors", "state_dict": ".pt"}
 DATASET_SUFFIX = {"npz": ".npz", "imagefolder": ".zip"}
 # errno values of a write refused for lack of room (full disk, quota, file-size limit).
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
@@ -136,9 +135,14 @@ def _turn_order(ctx: RunContext, job_id: str) -> list[str]:
 def _claim_and_run(job_id: str, ctx: RunContext) -> str:
     """Claim and run one job; `lost` when another delivery claimed it first."""
     with session_scope(ctx.sessions) as session:
-        got = claim.claim_job(session, job_id, worker=ctx.worker,
-                              max_attempts=ctx.settings.max_attempts, lease_s=ctx.lease_s,
-                              time_limit_s=ctx.settings.job_soft_time_limit_s)
+        got = claim.claim_job(
+            session,
+            job_id,
+            worker=ctx.worker,
+            max_attempts=ctx.settings.max_attempts,
+            lease_s=ctx.lease_s,
+            time_limit_s=ctx.settings.job_soft_time_limit_s,
+        )
         if got.outcome in ("exhausted", "timed_out"):
             _fail_unclaimable(session, job_id, got)
             return "failed"
@@ -146,8 +150,9 @@ def _claim_and_run(job_id: str, ctx: RunContext) -> str:
         log.info("job %s not run: %s", job_id, got.reason)
         return "lost" if got.reason == claim.LOST_RACE else got.outcome
     log.info("job %s: attempt %d on %s", job_id, got.attempts, ctx.worker)
-    with Heartbeat(ctx.sessions, job_id, worker=ctx.worker, attempts=got.attempts,
-                   interval_s=ctx.heartbeat_s):
+    with Heartbeat(
+        ctx.sessions, job_id, worker=ctx.worker, attempts=got.attempts, interval_s=ctx.heartbeat_s
+    ):
         try:
             return _run_claimed(job_id, got.attempts, ctx)
         except RetryLater as exc:
@@ -184,15 +189,33 @@ def _run_claimed(job_id: str, attempts: int, ctx: RunContext) -> str:
         raise
     except Exception as exc:  # noqa: BLE001 - the job must end in a state, never hang
         if _is_time_limit(exc):
-            return _finish(ctx, job_id, attempts, "failed", "time_limit_exceeded",
-                           f"the job ran past {ctx.settings.job_soft_time_limit_s} s")
+            return _finish(
+                ctx,
+                job_id,
+                attempts,
+                "failed",
+                "time_limit_exceeded",
+                f"the job ran past {ctx.settings.job_soft_time_limit_s} s",
+            )
         if isinstance(exc, OSError) and exc.errno in NO_SPACE:
             log.error("job %s: out of disk space: %s", job_id, exc)
-            return _finish(ctx, job_id, attempts, "failed", "insufficient_storage",
-                           "the worker ran out of disk space while running the job")
+            return _finish(
+                ctx,
+                job_id,
+                attempts,
+                "failed",
+                "insufficient_storage",
+                "the worker ran out of disk space while running the job",
+            )
         log.exception("job %s: unexpected error", job_id)
-        return _finish(ctx, job_id, attempts, "failed", "internal_error",
-                       f"unexpected error in the worker; see the worker log for job {job_id}")
+        return _finish(
+            ctx,
+            job_id,
+            attempts,
+            "failed",
+            "internal_error",
+            f"unexpected error in the worker; see the worker log for job {job_id}",
+        )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -246,8 +269,14 @@ def _io(action: Callable[[], Any], ctx: RunContext, what: str) -> Any:
         raise RetryLater(f"{what}: {type(exc).__name__}", ctx.retry_countdown_s) from exc
 
 
-def _call_engine(ctx: RunContext, job_id: str, attempts: int, inputs: _Inputs,
-                 paths: dict[str, Path], out_dir: Path) -> Any:
+def _call_engine(
+    ctx: RunContext,
+    job_id: str,
+    attempts: int,
+    inputs: _Inputs,
+    paths: dict[str, Path],
+    out_dir: Path,
+) -> Any:
     out_dir.mkdir(parents=True, exist_ok=True)
     model = inputs.model
     return ctx.pipeline(
@@ -262,8 +291,13 @@ def _call_engine(ctx: RunContext, job_id: str, attempts: int, inputs: _Inputs,
         # latency-target jobs (per tenant: a job's timings never steer another tenant's).
         cache_dir=tenant_cache_dir(ctx.settings, model.tenant),
         on_progress=ProgressWriter(ctx.sessions, job_id, min_interval_s=ctx.progress_interval_s),
-        should_cancel=CancelCheck(ctx.sessions, job_id, worker=ctx.worker, attempts=attempts,
-                                  min_interval_s=ctx.cancel_interval_s),
+        should_cancel=CancelCheck(
+            ctx.sessions,
+            job_id,
+            worker=ctx.worker,
+            attempts=attempts,
+            min_interval_s=ctx.cancel_interval_s,
+        ),
     )
 
 
@@ -299,9 +333,16 @@ def _store_result(ctx: RunContext, job_id: str, attempts: int, result: Any) -> N
         size, sha = file_digest(Path(path))
         # The store writes atomically under a fixed key, so a rerun overwrites, never doubles.
         _io(partial(ctx.store.put_file, key, Path(path)), ctx, f"storing {name}")
-        rows.append(Artifact(job_id=job_id, name=name, size_bytes=size, sha256=sha,
-                             media_type=MEDIA_TYPES.get(name, "application/octet-stream"),
-                             storage_key=key))
+        rows.append(
+            Artifact(
+                job_id=job_id,
+                name=name,
+                size_bytes=size,
+                sha256=sha,
+                media_type=MEDIA_TYPES.get(name, "application/octet-stream"),
+                storage_key=key,
+            )
+        )
     report = result.report.model_dump(mode="json")
     with session_scope(ctx.sessions) as session:
         if not claim.still_owner(session, job_id, ctx.worker, attempts):
@@ -319,8 +360,9 @@ def _store_result(ctx: RunContext, job_id: str, attempts: int, result: Any) -> N
         jobstate.set_status(session, job, "succeeded")
 
 
-def _finish(ctx: RunContext, job_id: str, attempts: int, status: str, code: str,
-            message: str) -> str:
+def _finish(
+    ctx: RunContext, job_id: str, attempts: int, status: str, code: str, message: str
+) -> str:
     with session_scope(ctx.sessions) as session:
         if not claim.still_owner(session, job_id, ctx.worker, attempts):
             job = session.get(Job, job_id)
@@ -342,8 +384,13 @@ def requeue(ctx: RunContext, job_id: str, message: str) -> bool:
         if job is None or job.status != "running" or job.worker != ctx.worker:
             return False
         if job.attempts >= ctx.settings.max_attempts:
-            jobstate.set_status(session, job, "failed", error_code="storage_unavailable",
-                                error_message=f"{message}; gave up after {job.attempts} attempts")
+            jobstate.set_status(
+                session,
+                job,
+                "failed",
+                error_code="storage_unavailable",
+                error_message=f"{message}; gave up after {job.attempts} attempts",
+            )
             return False
         job.status = "queued"
         jobstate.append_event(session, job, "status", jobstate.status_payload(job))

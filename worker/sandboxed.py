@@ -69,8 +69,14 @@ class SandboxResult:
 class SandboxedPipeline:
     """`run_pipeline` in a sandbox (see the module's docstring)."""
 
-    def __init__(self, sandbox: Sandbox, limits: Limits, *, poll_s: float = POLL_S,
-                 command: tuple[str, ...] = RUNJOB_COMMAND) -> None:
+    def __init__(
+        self,
+        sandbox: Sandbox,
+        limits: Limits,
+        *,
+        poll_s: float = POLL_S,
+        command: tuple[str, ...] = RUNJOB_COMMAND,
+    ) -> None:
         self.sandbox, self.limits, self.poll_s = sandbox, limits, poll_s
         self.command = list(command)
 
@@ -90,10 +96,16 @@ class SandboxedPipeline:
     ) -> SandboxResult:
         scratch = Path(out_dir).parent
         _lay_out(scratch, model_path, dataset_path, cache_dir)
-        job = {"spec": spec.model_dump(mode="json"), "model": _inside(scratch, model_path),
-               "dataset": _inside(scratch, dataset_path) if dataset_path else None,
-               "arch": arch, "input_shape": list(input_shape) if input_shape else None,
-               "device": device, "out": OUT_DIR, "cache": CACHE_DIR}
+        job = {
+            "spec": spec.model_dump(mode="json"),
+            "model": _inside(scratch, model_path),
+            "dataset": _inside(scratch, dataset_path) if dataset_path else None,
+            "arch": arch,
+            "input_shape": list(input_shape) if input_shape else None,
+            "device": device,
+            "out": OUT_DIR,
+            "cache": CACHE_DIR,
+        }
         (scratch / "job.json").write_text(json.dumps(job))
         job_file = (SCRATCH if not self.sandbox.insecure else scratch) / "job.json"
         self._run([*self.command, str(job_file)], scratch, on_progress, should_cancel)
@@ -102,20 +114,31 @@ class SandboxedPipeline:
             merge_cache(scratch / CACHE_DIR, cache_dir)
         return result
 
-    def _run(self, argv: list[str], scratch: Path,
-             on_progress: Callable[[str, float], None] | None,
-             should_cancel: Callable[[], bool] | None) -> None:
+    def _run(
+        self,
+        argv: list[str],
+        scratch: Path,
+        on_progress: Callable[[str, float], None] | None,
+        should_cancel: Callable[[], bool] | None,
+    ) -> None:
         try:
             prepared = self.sandbox.prepare(argv, scratch=scratch, limits=self.limits)
         except SandboxUnavailable as exc:
-            raise SandboxFailed(f"this worker cannot isolate untrusted models: {exc}",
-                                code="sandbox_unavailable") from exc
+            raise SandboxFailed(
+                f"this worker cannot isolate untrusted models: {exc}", code="sandbox_unavailable"
+            ) from exc
         with tempfile.TemporaryFile() as stderr:
             try:
-                proc = subprocess.Popen(prepared.argv, env=prepared.env,
-                                        pass_fds=prepared.pass_fds, cwd=prepared.cwd,
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                        stderr=stderr, start_new_session=True)
+                proc = subprocess.Popen(
+                    prepared.argv,
+                    env=prepared.env,
+                    pass_fds=prepared.pass_fds,
+                    cwd=prepared.cwd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=stderr,
+                    start_new_session=True,
+                )
             finally:
                 prepared.close()
             try:
@@ -124,9 +147,12 @@ class SandboxedPipeline:
                 _kill(proc)
             _check_exit(proc, stderr)
 
-    def _watch(self, proc: subprocess.Popen[bytes],
-               on_progress: Callable[[str, float], None] | None,
-               should_cancel: Callable[[], bool] | None) -> None:
+    def _watch(
+        self,
+        proc: subprocess.Popen[bytes],
+        on_progress: Callable[[str, float], None] | None,
+        should_cancel: Callable[[], bool] | None,
+    ) -> None:
         """Relay progress until the process ends; kill it at a cancel."""
         assert proc.stdout is not None
         lines: queue.Queue[bytes | None] = queue.Queue(maxsize=1024)
@@ -205,12 +231,22 @@ def _check_exit(proc: subprocess.Popen[bytes], stderr: IO[bytes]) -> None:
         return
     stderr.seek(0, os.SEEK_END)
     stderr.seek(max(0, stderr.tell() - 4000))
-    log.warning("sandboxed job ended with status %s: %s", proc.returncode,
-                stderr.read().decode("utf-8", "replace"))
-    if proc.returncode in (-signal.SIGKILL, -signal.SIGXCPU, 128 + signal.SIGKILL,
-                           128 + signal.SIGXCPU):
-        raise SandboxFailed("the job's engine process was stopped by a resource limit "
-                            "(memory or CPU time a job may use)", code="resources_exceeded")
+    log.warning(
+        "sandboxed job ended with status %s: %s",
+        proc.returncode,
+        stderr.read().decode("utf-8", "replace"),
+    )
+    if proc.returncode in (
+        -signal.SIGKILL,
+        -signal.SIGXCPU,
+        128 + signal.SIGKILL,
+        128 + signal.SIGXCPU,
+    ):
+        raise SandboxFailed(
+            "the job's engine process was stopped by a resource limit "
+            "(memory or CPU time a job may use)",
+            code="resources_exceeded",
+        )
     raise SandboxFailed(f"the job's engine process crashed (exit status {proc.returncode})")
 
 
@@ -237,8 +273,9 @@ def _read_result(out_dir: Path) -> SandboxResult:
     if not isinstance(outcome, dict):
         raise SandboxFailed("the job's engine process left an unreadable result")
     if outcome.get("ok") is not True:
-        raise EngineError(str(outcome.get("message") or "the job failed")[:2000],
-                          code=_code(outcome.get("code")))
+        raise EngineError(
+            str(outcome.get("message") or "the job failed")[:2000], code=_code(outcome.get("code"))
+        )
     try:
         report = Report.model_validate(outcome.get("report"))
     except ValidationError as exc:
@@ -281,8 +318,11 @@ def merge_cache(returned: Path, cache_dir: Path) -> None:
             continue
         if not isinstance(table, dict):
             continue
-        clean = {str(k)[:512]: float(v) for k, v in table.items()
-                 if isinstance(v, int | float) and math.isfinite(v) and v > 0}
+        clean = {
+            str(k)[:512]: float(v)
+            for k, v in table.items()
+            if isinstance(v, int | float) and math.isfinite(v) and v > 0
+        }
         cache_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".partial")
         with os.fdopen(fd, "w") as fh:

@@ -89,10 +89,18 @@ def _sql_ids(broker_url: str) -> set[str]:
     engine = create_engine(broker_url.split("+", 1)[1], poolclass=NullPool)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(text(
-                "SELECT m.payload FROM kombu_message m JOIN kombu_queue q ON m.queue_id = q.id"
-                " WHERE q.name = :queue AND m.visible"
-            ), {"queue": QUEUE}).scalars().all()
+            rows = (
+                conn.execute(
+                    text(
+                        "SELECT m.payload FROM kombu_message m"
+                        " JOIN kombu_queue q ON m.queue_id = q.id"
+                        " WHERE q.name = :queue AND m.visible"
+                    ),
+                    {"queue": QUEUE},
+                )
+                .scalars()
+                .all()
+            )
     finally:
         engine.dispose()
     return _ids(rows)
@@ -132,12 +140,13 @@ class Sweeper:
     def sweep_once(self) -> list[str]:
         """One pass; returns the ids published."""
         with self.sessions() as session:
-            queued, dead = lost_jobs(session, queued_age_s=self.queued_age_s,
-                                     lease_s=self.lease_s)
+            queued, dead = lost_jobs(session, queued_age_s=self.queued_age_s, lease_s=self.lease_s)
         if not queued and not dead:
             return []
-        known = broker_job_ids(self.app, self.settings.resolved_broker_url,
-                               fresh_s=self.lease_s) or set()
+        known = (
+            broker_job_ids(self.app, self.settings.resolved_broker_url, fresh_s=self.lease_s)
+            or set()
+        )
         now = time.monotonic()
         self._forget_older_than(now - self.republish_after_s)
         chosen = [j for j in queued if j not in known] + dead
@@ -157,8 +166,9 @@ class SweeperThread(threading.Thread):
     """Runs `Sweeper.sweep_once`, and each of `chores` (periodic upkeep that throttles
     itself), now and then every `interval_s` until stopped."""
 
-    def __init__(self, sweeper: Sweeper, interval_s: float,
-                 chores: Iterable[Callable[[], object]] = ()) -> None:
+    def __init__(
+        self, sweeper: Sweeper, interval_s: float, chores: Iterable[Callable[[], object]] = ()
+    ) -> None:
         super().__init__(name="job-sweeper", daemon=True)
         self.sweeper, self.interval_s = sweeper, interval_s
         self.chores = [sweeper.sweep_once, *chores]
@@ -196,16 +206,16 @@ def _parent_engine(settings: Settings) -> Engine:
     return engine
 
 
-def _retention_chores(settings: Settings,
-                      sessions: sessionmaker[Session]) -> list[Callable[[], object]]:
+def _retention_chores(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> list[Callable[[], object]]:
     """Removing expired artifacts, when SECATEURS_ARTIFACT_RETENTION_DAYS sets a period."""
     if not settings.artifact_retention_days:
         return []
     from app.storage import make_store
     from app.storage.lifecycle import ArtifactRetention
 
-    retention = ArtifactRetention(sessions, make_store(settings),
-                                  settings.artifact_retention_days)
+    retention = ArtifactRetention(sessions, make_store(settings), settings.artifact_retention_days)
     return [retention.run_if_due]
 
 
@@ -214,7 +224,8 @@ def install(app: Celery, settings: Settings, *, interval_s: float = 5.0) -> None
 
     def make_thread() -> SweeperThread:
         sessions = make_sessionmaker(_parent_engine(settings))
-        return SweeperThread(Sweeper(app, settings, sessions), interval_s,
-                             _retention_chores(settings, sessions))
+        return SweeperThread(
+            Sweeper(app, settings, sessions), interval_s, _retention_chores(settings, sessions)
+        )
 
     run_while_worker_runs(make_thread)

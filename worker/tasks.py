@@ -30,9 +30,14 @@ def sandboxed_pipeline() -> SandboxedPipeline:
     sandbox picks the device (this process never imports torch)."""
     sandbox = Sandbox.from_settings(settings, gpu=True)
     log.log(logging.WARNING if sandbox.insecure else logging.INFO, "%s", describe(sandbox))
-    limits = Limits(memory_bytes=settings.job_memory_bytes, processes=4096,
-                    open_files=4096, file_bytes=64 << 30, tmpfs_bytes=1 << 30,
-                    niceness=settings.job_niceness)
+    limits = Limits(
+        memory_bytes=settings.job_memory_bytes,
+        processes=4096,
+        open_files=4096,
+        file_bytes=64 << 30,
+        tmpfs_bytes=1 << 30,
+        niceness=settings.job_niceness,
+    )
     return SandboxedPipeline(sandbox, limits)
 
 
@@ -42,9 +47,13 @@ def run_context() -> runner.RunContext:
     if _context is None or _context[0] != os.getpid():
         engine = make_engine(settings.resolved_database_url)
         ensure_tables(engine)
-        ctx = runner.RunContext(settings=settings, sessions=make_sessionmaker(engine),
-                                store=make_store(settings), pipeline=sandboxed_pipeline(),
-                                device=lambda: "auto")
+        ctx = runner.RunContext(
+            settings=settings,
+            sessions=make_sessionmaker(engine),
+            store=make_store(settings),
+            pipeline=sandboxed_pipeline(),
+            device=lambda: "auto",
+        )
         _context = (os.getpid(), ctx)
     return _context[1]
 

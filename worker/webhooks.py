@@ -80,8 +80,11 @@ class Backoff:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Backoff":
-        return cls(settings.webhook_retry_base_s, settings.webhook_retry_max_s,
-                   settings.webhook_max_attempts)
+        return cls(
+            settings.webhook_retry_base_s,
+            settings.webhook_retry_max_s,
+            settings.webhook_max_attempts,
+        )
 
 
 # Sending
@@ -122,8 +125,9 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
         self.sock = self._tls.wrap_socket(sock, server_hostname=self.host)
 
 
-def post(url: str, body: bytes, headers: dict[str, str], *, timeout_s: float,
-         allow_private: bool) -> Answer:
+def post(
+    url: str, body: bytes, headers: dict[str, str], *, timeout_s: float, allow_private: bool
+) -> Answer:
     """POST `body` to `url` once, at the first address it resolves to that answers (every
     one checked first)."""
     parts = urlsplit(url)
@@ -145,8 +149,12 @@ def post(url: str, body: bytes, headers: dict[str, str], *, timeout_s: float,
     deadline = threading.Timer(limit_s, _cut, args=(conn, cut))
     deadline.start()
     try:
-        conn.request("POST", path, body=body, headers={
-            "content-type": "application/json", "user-agent": USER_AGENT, **headers})
+        conn.request(
+            "POST",
+            path,
+            body=body,
+            headers={"content-type": "application/json", "user-agent": USER_AGENT, **headers},
+        )
         response = conn.getresponse()
         prefix = response.read(RESPONSE_PREFIX_BYTES).decode("utf-8", "replace")
         answer = Answer(status_code=response.status, prefix=prefix)
@@ -185,8 +193,9 @@ class _Claimed:
 class Deliverer:
     """Finds due events, claims them and makes one attempt at each."""
 
-    def __init__(self, settings: Settings, sessions: sessionmaker[Session], *,
-                 send: Sender = post) -> None:
+    def __init__(
+        self, settings: Settings, sessions: sessionmaker[Session], *, send: Sender = post
+    ) -> None:
         self.settings, self.sessions, self.send = settings, sessions, send
         self.backoff = Backoff.from_settings(settings)
         # Long enough for a whole attempt; a worker that dies holding one delays it so long.
@@ -195,10 +204,16 @@ class Deliverer:
     def due(self, limit: int) -> list[str]:
         """Ids of pending events whose next attempt is due, the most overdue first."""
         with self.sessions() as session:
-            return list(session.scalars(
-                select(WebhookEvent.id)
-                .where(WebhookEvent.status == "pending", WebhookEvent.next_attempt_at <= utcnow())
-                .order_by(WebhookEvent.next_attempt_at).limit(limit)))
+            return list(
+                session.scalars(
+                    select(WebhookEvent.id)
+                    .where(
+                        WebhookEvent.status == "pending", WebhookEvent.next_attempt_at <= utcnow()
+                    )
+                    .order_by(WebhookEvent.next_attempt_at)
+                    .limit(limit)
+                )
+            )
 
     def claim(self, event_id: str) -> _Claimed | None:
         """Take the event's next attempt, or None when another worker took it first."""
@@ -206,9 +221,13 @@ class Deliverer:
         with session_scope(self.sessions) as session:
             taken = session.execute(
                 update(WebhookEvent)
-                .where(WebhookEvent.id == event_id, WebhookEvent.status == "pending",
-                       WebhookEvent.next_attempt_at <= now)
-                .values(next_attempt_at=now + self.lease))
+                .where(
+                    WebhookEvent.id == event_id,
+                    WebhookEvent.status == "pending",
+                    WebhookEvent.next_attempt_at <= now,
+                )
+                .values(next_attempt_at=now + self.lease)
+            )
             if taken.rowcount != 1:  # type: ignore[attr-defined]
                 return None
             event = session.get(WebhookEvent, event_id)
@@ -225,25 +244,41 @@ class Deliverer:
         started, clock = utcnow(), time.monotonic()
         body = claimed.body.encode()
         headers = signed_headers(secret, claimed.id, body, int(time.time()))
-        answer = self.send(claimed.url, body, headers, timeout_s=self.settings.webhook_timeout_s,
-                           allow_private=self.settings.webhook_allow_private)
+        answer = self.send(
+            claimed.url,
+            body,
+            headers,
+            timeout_s=self.settings.webhook_timeout_s,
+            allow_private=self.settings.webhook_allow_private,
+        )
         self._record(claimed, answer, started, time.monotonic() - clock)
         return answer
 
-    def _record(self, claimed: _Claimed, answer: Answer, started: datetime,
-                elapsed_s: float) -> None:
+    def _record(
+        self, claimed: _Claimed, answer: Answer, started: datetime, elapsed_s: float
+    ) -> None:
         with session_scope(self.sessions) as session:
-            session.add(WebhookAttempt(
-                event_id=claimed.id, attempt=claimed.attempt, started_at=started,
-                duration_ms=int(elapsed_s * 1000), status_code=answer.status_code,
-                error=answer.error, response_prefix=answer.prefix))
+            session.add(
+                WebhookAttempt(
+                    event_id=claimed.id,
+                    attempt=claimed.attempt,
+                    started_at=started,
+                    duration_ms=int(elapsed_s * 1000),
+                    status_code=answer.status_code,
+                    error=answer.error,
+                    response_prefix=answer.prefix,
+                )
+            )
             event = session.get(WebhookEvent, claimed.id)
             assert event is not None
             event.attempts = claimed.attempt
             delay = None if answer.final else self.backoff.delay_after(claimed.attempt)
             if answer.ok:
-                event.status, event.delivered_at, event.next_attempt_at = \
-                    "delivered", utcnow(), None
+                event.status, event.delivered_at, event.next_attempt_at = (
+                    "delivered",
+                    utcnow(),
+                    None,
+                )
             elif delay is None:
                 event.status, event.next_attempt_at = "failed", None
             else:
@@ -308,7 +343,8 @@ def install(app: Celery, settings: Settings) -> None:
 
     def make_thread() -> DeliveryThread:
         deliverer = Deliverer(settings, make_sessionmaker(_main_engine(settings)))
-        return DeliveryThread(deliverer, poll_s=settings.webhook_poll_s,
-                              concurrency=settings.webhook_concurrency)
+        return DeliveryThread(
+            deliverer, poll_s=settings.webhook_poll_s, concurrency=settings.webhook_concurrency
+        )
 
     run_while_worker_runs(make_thread)

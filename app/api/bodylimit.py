@@ -15,8 +15,13 @@ DEFAULT_MAX_JSON_BYTES = 1024 * 1024
 class BodyLimitMiddleware:
     """Refuse bodies over `max_bytes` on every path not in `exempt`."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int = DEFAULT_MAX_JSON_BYTES,
-                 exempt: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_bytes: int = DEFAULT_MAX_JSON_BYTES,
+        exempt: frozenset[str] = frozenset(),
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.exempt = exempt
@@ -27,8 +32,9 @@ class BodyLimitMiddleware:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            response = problem_response(413, "payload_too_large",
-                                        f"the request body is larger than {self.max_bytes} bytes")
+            response = problem_response(
+                413, "payload_too_large", f"the request body is larger than {self.max_bytes} bytes"
+            )
             await response(scope, receive, send)
             return
         # Read the (small) body up front so an oversized one is refused here, with our
@@ -43,8 +49,10 @@ class BodyLimitMiddleware:
             received += len(chunks[-1])
             if received > self.max_bytes:
                 response = problem_response(
-                    413, "payload_too_large",
-                    f"the request body is larger than {self.max_bytes} bytes")
+                    413,
+                    "payload_too_large",
+                    f"the request body is larger than {self.max_bytes} bytes",
+                )
                 await response(scope, receive, send)
                 return
             if not message.get("more_body", False):

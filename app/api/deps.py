@@ -100,8 +100,11 @@ async def _authenticate(request: Request, key: str) -> str:
     address = client_address(request)
     wait = throttle.blocked_for(address)
     if wait > 0:
-        raise TooManyRequests("too many failed authentications from this address",
-                              retry_after_s=wait, code="too_many_auth_failures")
+        raise TooManyRequests(
+            "too many failed authentications from this address",
+            retry_after_s=wait,
+            code="too_many_auth_failures",
+        )
     tenant = await run_in(state.pools.auth, _lookup, state.sessionmaker, key) if key else None
     if tenant is None:
         throttle.record_failure(address)

@@ -9,8 +9,9 @@ from app.db.models import Dataset, Job, Model
 
 def find_model(session: Session, tenant: str, model_id: str) -> Model:
     row = session.scalar(
-        select(Model).where(Model.id == model_id, Model.tenant == tenant,
-                            Model.deleted_at.is_(None))
+        select(Model).where(
+            Model.id == model_id, Model.tenant == tenant, Model.deleted_at.is_(None)
+        )
     )
     if row is None:
         raise NotFound(f"model {model_id!r} not found")
@@ -19,8 +20,9 @@ def find_model(session: Session, tenant: str, model_id: str) -> Model:
 
 def find_dataset(session: Session, tenant: str, dataset_id: str) -> Dataset:
     row = session.scalar(
-        select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant == tenant,
-                              Dataset.deleted_at.is_(None))
+        select(Dataset).where(
+            Dataset.id == dataset_id, Dataset.tenant == tenant, Dataset.deleted_at.is_(None)
+        )
     )
     if row is None:
         raise NotFound(f"dataset {dataset_id!r} not found")

@@ -54,8 +54,11 @@ def multipart_body(fields: dict[str, str], *, required: tuple[str, ...] = ("file
             "required": True,
             "content": {
                 "multipart/form-data": {
-                    "schema": {"type": "object", "properties": properties,
-                               "required": list(required)}
+                    "schema": {
+                        "type": "object",
+                        "properties": properties,
+                        "required": list(required),
+                    }
                 }
             },
         }
@@ -76,8 +79,10 @@ def _only_problem_content(schema: dict[str, Any]) -> dict[str, Any]:
 
 def _codes_table() -> str:
     rows = "\n".join(f"| `{code}` | {meaning} |" for code, meaning in sorted(ERROR_CODES.items()))
-    return ("A stable snake_case code saying what went wrong; new codes may be added.\n\n"
-            f"| code | meaning |\n|---|---|\n{rows}")
+    return (
+        "A stable snake_case code saying what went wrong; new codes may be added.\n\n"
+        f"| code | meaning |\n|---|---|\n{rows}"
+    )
 
 
 def _document_codes(schema: dict[str, Any]) -> dict[str, Any]:
@@ -119,16 +124,20 @@ def install_openapi(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False)
     def swagger_ui(request: Request) -> HTMLResponse:
         return get_swagger_ui_html(
-            openapi_url=_static_url(request, OPENAPI_URL), title=f"{app.title} API",
+            openapi_url=_static_url(request, OPENAPI_URL),
+            title=f"{app.title} API",
             swagger_js_url=_static_url(request, DOCS_ASSETS["swagger_js"]),
             swagger_css_url=_static_url(request, DOCS_ASSETS["swagger_css"]),
             swagger_favicon_url=_static_url(request, DOCS_ASSETS["favicon"]),
-            swagger_ui_parameters=_SWAGGER_PARAMETERS)
+            swagger_ui_parameters=_SWAGGER_PARAMETERS,
+        )
 
     @app.get("/redoc", include_in_schema=False)
     def redoc(request: Request) -> HTMLResponse:
         return get_redoc_html(
-            openapi_url=_static_url(request, OPENAPI_URL), title=f"{app.title} API",
+            openapi_url=_static_url(request, OPENAPI_URL),
+            title=f"{app.title} API",
             redoc_js_url=_static_url(request, DOCS_ASSETS["redoc_js"]),
             redoc_favicon_url=_static_url(request, DOCS_ASSETS["favicon"]),
-            with_google_fonts=False)
+            with_google_fonts=False,
+        )

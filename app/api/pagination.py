@@ -42,8 +42,12 @@ def paginate(
     """Run `stmt` (already filtered) one page at a time: `(rows, next_cursor)`."""
     if cursor:
         created_at, row_id = decode_cursor(cursor)
-        stmt = stmt.where(or_(entity.created_at < created_at,
-                              and_(entity.created_at == created_at, entity.id < row_id)))
+        stmt = stmt.where(
+            or_(
+                entity.created_at < created_at,
+                and_(entity.created_at == created_at, entity.id < row_id),
+            )
+        )
     stmt = stmt.order_by(entity.created_at.desc(), entity.id.desc()).limit(limit + 1)
     rows = list(session.scalars(stmt))
     if len(rows) <= limit:

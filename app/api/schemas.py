@@ -109,9 +109,15 @@ class ModelOut(BaseModel):
     @classmethod
     def from_row(cls, row: Model) -> "ModelOut":
         return cls(
-            id=row.id, name=row.name, format=row.format, sha256=row.sha256,
-            size_bytes=row.size_bytes, inputs=row.inputs, outputs=row.outputs,
-            stats=ModelStats.model_validate(row.stats), arch=row.arch,
+            id=row.id,
+            name=row.name,
+            format=row.format,
+            sha256=row.sha256,
+            size_bytes=row.size_bytes,
+            inputs=row.inputs,
+            outputs=row.outputs,
+            stats=ModelStats.model_validate(row.stats),
+            arch=row.arch,
             input_shape=row.input_shape,
             created_at=row.created_at,
         )
@@ -147,10 +153,16 @@ class DatasetOut(BaseModel):
     @classmethod
     def from_row(cls, row: Dataset) -> "DatasetOut":
         return cls(
-            id=row.id, name=row.name, format=row.format,  # type: ignore[arg-type]
-            num_samples=row.num_samples, sample_shape=row.sample_shape,
-            num_classes=row.num_classes, labeled=row.labeled, sha256=row.sha256,
-            size_bytes=row.size_bytes, created_at=row.created_at,
+            id=row.id,
+            name=row.name,
+            format=row.format,  # type: ignore[arg-type]
+            num_samples=row.num_samples,
+            sample_shape=row.sample_shape,
+            num_classes=row.num_classes,
+            labeled=row.labeled,
+            sha256=row.sha256,
+            size_bytes=row.size_bytes,
+            created_at=row.created_at,
         )
 
 
@@ -181,8 +193,10 @@ def clean_tags(tags: list[str] | None) -> list[str]:
         if len(tag) > JOB_TAG_MAX:
             raise ValueError(f"a tag has at most {JOB_TAG_MAX} characters: {tag[:40]!r}")
         if not _TAG.fullmatch(tag):
-            raise ValueError(f"tag {tag!r}: letters, digits and _ . : / = + - only, starting "
-                             "with a letter or digit")
+            raise ValueError(
+                f"tag {tag!r}: letters, digits and _ . : / = + - only, starting "
+                "with a letter or digit"
+            )
         if tag not in out:
             out.append(tag)
     if len(out) > JOB_TAGS_MAX:
@@ -190,11 +204,15 @@ def clean_tags(tags: list[str] | None) -> list[str]:
     return out
 
 
-_NAME_DOC = (f"A short display name (at most {JOB_NAME_MAX} characters, trimmed; blank means "
-             "none). Not unique; `GET /v1/jobs?q=` finds jobs by part of it.")
-_TAGS_DOC = (f"Labels to group and find jobs by (`GET /v1/jobs?tag=`): at most {JOB_TAGS_MAX}, "
-             f"each 1-{JOB_TAG_MAX} characters of letters, digits and `_ . : / = + -`, "
-             "starting with a letter or digit; trimmed, duplicates dropped, case kept.")
+_NAME_DOC = (
+    f"A short display name (at most {JOB_NAME_MAX} characters, trimmed; blank means "
+    "none). Not unique; `GET /v1/jobs?q=` finds jobs by part of it."
+)
+_TAGS_DOC = (
+    f"Labels to group and find jobs by (`GET /v1/jobs?tag=`): at most {JOB_TAGS_MAX}, "
+    f"each 1-{JOB_TAG_MAX} characters of letters, digits and `_ . : / = + -`, "
+    "starting with a letter or digit; trimmed, duplicates dropped, case kept."
+)
 
 
 class JobCreate(JobSpec):
@@ -202,13 +220,23 @@ class JobCreate(JobSpec):
 
     Unknown fields are refused (`extra="forbid"`, inherited from the contract)."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [
-        {"model_id": "mdl_0123456789abcdefghij", "dataset_id": "ds_0123456789abcdefghij",
-         "prune": {"method": "l2", "target": {"macs_reduction": 0.5}},
-         "finetune": {"epochs": 5, "lr": 0.01, "distill": True}},
-        {"model_id": "mdl_0123456789abcdefghij", "prune": {"target": {"channel_ratio": 0.3}},
-         "finetune": None},
-    ]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model_id": "mdl_0123456789abcdefghij",
+                    "dataset_id": "ds_0123456789abcdefghij",
+                    "prune": {"method": "l2", "target": {"macs_reduction": 0.5}},
+                    "finetune": {"epochs": 5, "lr": 0.01, "distill": True},
+                },
+                {
+                    "model_id": "mdl_0123456789abcdefghij",
+                    "prune": {"target": {"channel_ratio": 0.3}},
+                    "finetune": None,
+                },
+            ]
+        }
+    )
 
     model_id: Id
     """The model to prune (`mdl_…`, from `POST /v1/models`)."""
@@ -216,8 +244,9 @@ class JobCreate(JobSpec):
     """Training data (`ds_…`, from `POST /v1/datasets`) for fine-tuning, accuracy and
     budgets; null prunes data-free (agreement measured on synthetic inputs)."""
     name: str | None = Field(default=None, max_length=4 * JOB_NAME_MAX, description=_NAME_DOC)
-    tags: list[str] | None = Field(default=None, max_length=4 * JOB_TAGS_MAX,
-                                   description=_TAGS_DOC + " Null or absent: none.")
+    tags: list[str] | None = Field(
+        default=None, max_length=4 * JOB_TAGS_MAX, description=_TAGS_DOC + " Null or absent: none."
+    )
 
     @field_validator("name")
     @classmethod
@@ -246,20 +275,26 @@ class JobCreate(JobSpec):
     def spec(self) -> JobSpec:
         """The job specification alone, fully defaulted."""
         return JobSpec.model_validate(
-            self.model_dump(exclude={"model_id", "dataset_id", "name", "tags"}))
+            self.model_dump(exclude={"model_id", "dataset_id", "name", "tags"})
+        )
 
 
 class JobUpdate(BaseModel):
     """The body of `PATCH /v1/jobs/{id}`: the fields to change, the others left as they
     are (`{"name": null}` removes the name, `{"tags": []}` every tag)."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True,
-                              json_schema_extra={"examples": [
-                                  {"name": "resnet18, half the MACs", "tags": ["baseline"]}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        use_attribute_docstrings=True,
+        json_schema_extra={"examples": [{"name": "resnet18, half the MACs", "tags": ["baseline"]}]},
+    )
 
     name: str | None = Field(default=None, max_length=4 * JOB_NAME_MAX, description=_NAME_DOC)
-    tags: list[str] | None = Field(default=None, max_length=4 * JOB_TAGS_MAX,
-                                   description=_TAGS_DOC + " Null removes every tag.")
+    tags: list[str] | None = Field(
+        default=None,
+        max_length=4 * JOB_TAGS_MAX,
+        description=_TAGS_DOC + " Null removes every tag.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -329,11 +364,16 @@ class PrunabilityOut(BaseModel):
     def from_row(cls, row: ModelAnalysis) -> "PrunabilityOut":
         error = None
         if row.status == "failed":
-            error = JobErrorOut(code=row.error_code or "analysis_failed",
-                                message=row.error_message or "the analysis failed")
-        return cls(model_id=row.model_id, status=row.status,  # type: ignore[arg-type]
-                   prunability=Prunability.model_validate(row.result) if row.result else None,
-                   error=error)
+            error = JobErrorOut(
+                code=row.error_code or "analysis_failed",
+                message=row.error_message or "the analysis failed",
+            )
+        return cls(
+            model_id=row.model_id,
+            status=row.status,  # type: ignore[arg-type]
+            prunability=Prunability.model_validate(row.result) if row.result else None,
+            error=error,
+        )
 
 
 class JobOut(BaseModel):
@@ -385,15 +425,26 @@ class JobOut(BaseModel):
     def from_row(cls, row: Job) -> "JobOut":
         error = (
             JobErrorOut(code=row.error_code, message=row.error_message or "")
-            if row.error_code else None
+            if row.error_code
+            else None
         )
         return cls(
-            id=row.id, status=row.status, stage=row.stage,  # type: ignore[arg-type]
-            progress=row.progress or 0.0, attempts=row.attempts or 0, model_id=row.model_id,
-            dataset_id=row.dataset_id, spec=JobSpec.model_validate(row.spec), error=error,
-            cancel_requested=bool(row.cancel_requested), created_at=row.created_at,
-            started_at=row.started_at, finished_at=row.finished_at,
-            stage_times=row.stage_times or {}, name=row.name, tags=row.tags or [],
+            id=row.id,
+            status=row.status,  # type: ignore[arg-type]
+            stage=row.stage,  # type: ignore[arg-type]
+            progress=row.progress or 0.0,
+            attempts=row.attempts or 0,
+            model_id=row.model_id,
+            dataset_id=row.dataset_id,
+            spec=JobSpec.model_validate(row.spec),
+            error=error,
+            cancel_requested=bool(row.cancel_requested),
+            created_at=row.created_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            stage_times=row.stage_times or {},
+            name=row.name,
+            tags=row.tags or [],
             result=JobResult.model_validate(row.result) if row.result else None,
         )
 
@@ -413,8 +464,9 @@ class ArtifactOut(BaseModel):
 
     @classmethod
     def from_row(cls, row: Artifact) -> "ArtifactOut":
-        return cls(name=row.name, size_bytes=row.size_bytes, sha256=row.sha256,
-                   media_type=row.media_type)
+        return cls(
+            name=row.name, size_bytes=row.size_bytes, sha256=row.sha256, media_type=row.media_type
+        )
 
 
 class Health(BaseModel):

@@ -73,10 +73,15 @@ def same_file_uploads(
     """The tenant's live (not deleted) uploads of this kind with this SHA-256, oldest first:
     uploading the same file again answers the existing one instead of storing a copy."""
     with factory(expire_on_commit=False) as session:
-        return list(session.scalars(
-            select(entity).where(entity.tenant == tenant, entity.sha256 == sha256,
-                                 entity.deleted_at.is_(None))
-            .order_by(entity.created_at, entity.id)))
+        return list(
+            session.scalars(
+                select(entity)
+                .where(
+                    entity.tenant == tenant, entity.sha256 == sha256, entity.deleted_at.is_(None)
+                )
+                .order_by(entity.created_at, entity.id)
+            )
+        )
 
 
 @contextmanager

@@ -41,8 +41,9 @@ def _no_room(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:
         return True
     if isinstance(exc, sqlite3.Error):
-        return (getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
-                or "database or disk is full" in str(exc))
+        return getattr(
+            exc, "sqlite_errorcode", None
+        ) == sqlite3.SQLITE_FULL or "database or disk is full" in str(exc)
     return getattr(exc, "sqlstate", None) == _PG_DISK_FULL
 
 
@@ -68,16 +69,21 @@ class DiskGuardMiddleware:
     room or write a few bytes) go through; if the disk is truly full they fail with 507
     from the error handlers."""
 
-    def __init__(self, app: ASGIApp, *, data_dir: Path, min_free_bytes: int,
-                 paths: frozenset[str]) -> None:
+    def __init__(
+        self, app: ASGIApp, *, data_dir: Path, min_free_bytes: int, paths: frozenset[str]
+    ) -> None:
         self.app = app
         self.data_dir = data_dir
         self.min_free_bytes = min_free_bytes
         self.paths = paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (scope["type"] == "http" and scope["method"] == "POST"
-                and scope["path"] in self.paths and self._low()):
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"] in self.paths
+            and self._low()
+        ):
             response = problem_response(507, "insufficient_storage", NO_ROOM_DETAIL)
             await response(scope, receive, send)
             return

@@ -229,15 +229,24 @@ def _json_syntax_error(exc: RequestValidationError) -> JSONResponse | None:
         return None
     loc = error.get("loc", ())
     position = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else 0
-    document = exc.body.decode("utf-8", "replace") if isinstance(exc.body, bytes) else (
-        exc.body if isinstance(exc.body, str) else "")
+    document = (
+        exc.body.decode("utf-8", "replace")
+        if isinstance(exc.body, bytes)
+        else (exc.body if isinstance(exc.body, str) else "")
+    )
     reason = str((error.get("ctx") or {}).get("error") or "invalid JSON")
     # json.JSONDecodeError counts lines and columns from the document and the offset.
     where = json.JSONDecodeError(reason, document, position)
-    detail = (f"the body is not valid JSON: {reason} at line {where.lineno}, "
-              f"column {where.colno} (position {position})")
-    return problem_response(400, "invalid_json", detail, extra={
-        "line": where.lineno, "column": where.colno, "position": position})
+    detail = (
+        f"the body is not valid JSON: {reason} at line {where.lineno}, "
+        f"column {where.colno} (position {position})"
+    )
+    return problem_response(
+        400,
+        "invalid_json",
+        detail,
+        extra={"line": where.lineno, "column": where.colno, "position": position},
+    )
 
 
 def _body_not_json(request: Request, exc: RequestValidationError) -> JSONResponse | None:
@@ -249,8 +258,10 @@ def _body_not_json(request: Request, exc: RequestValidationError) -> JSONRespons
         return None
     given = request.headers.get("content-type") or "none"
     return problem_response(
-        415, "unsupported_media_type",
-        f"the body must be JSON, sent with Content-Type: application/json (got {given})")
+        415,
+        "unsupported_media_type",
+        f"the body must be JSON, sent with Content-Type: application/json (got {given})",
+    )
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -23,11 +23,15 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 DEFAULT_HEADER_TIMEOUT_S = 20.0
 _deadline = {"seconds": DEFAULT_HEADER_TIMEOUT_S}
 
-_BODY = json.dumps({
-    "type": "https://secateurs.dev/problems/request-timeout", "title": "Request Timeout",
-    "status": 408, "detail": "the request headers did not arrive in time",
-    "code": "request_timeout",
-}).encode()
+_BODY = json.dumps(
+    {
+        "type": "https://secateurs.dev/problems/request-timeout",
+        "title": "Request Timeout",
+        "status": 408,
+        "detail": "the request headers did not arrive in time",
+        "code": "request_timeout",
+    }
+).encode()
 TIMEOUT_RESPONSE = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/problem+json\r\n"
     b"content-length: " + str(len(_BODY)).encode() + b"\r\nconnection: close\r\n\r\n" + _BODY
@@ -96,5 +100,6 @@ try:
 except ImportError:  # httptools is optional in uvicorn
     TimedHttpToolsProtocol: type[asyncio.Protocol] = TimedH11Protocol
 else:
+
     class TimedHttpToolsProtocol(HeaderDeadline, HttpToolsProtocol):  # type: ignore[no-redef]
         """uvicorn's httptools protocol (its default when installed) with the deadline."""

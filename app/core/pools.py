@@ -49,8 +49,7 @@ class Pools:
             pool.shutdown(wait=False, cancel_futures=True)
 
 
-async def run_in(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any,
-                 **kwargs: Any) -> T:
+async def run_in(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run `fn(*args, **kwargs)` on `pool` and await its result."""
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(pool, functools.partial(fn, *args, **kwargs))

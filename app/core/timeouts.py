@@ -59,7 +59,9 @@ class BodyTimeoutMiddleware:
             if started:
                 raise
             response = problem_response(
-                408, "request_timeout",
+                408,
+                "request_timeout",
                 f"the request body did not arrive within {self.timeout_s:g} s",
-                headers={"Connection": "close"})
+                headers={"Connection": "close"},
+            )
             await response(scope, receive, send)

@@ -70,8 +70,13 @@ def request_cancel(session: Session, job: Job) -> None:
     """Ask for cancellation: a queued job is cancelled at once, a running one by its worker."""
     job.cancel_requested = True
     if job.status == "queued":
-        set_status(session, job, "cancelled", error_code="cancelled",
-                   error_message="cancelled by the client before it started")
+        set_status(
+            session,
+            job,
+            "cancelled",
+            error_code="cancelled",
+            error_message="cancelled by the client before it started",
+        )
 
 
 def _close_stage(job: Job, now: Any) -> None:

@@ -134,8 +134,9 @@ class JobEvent(Base):
     """Append-only event log behind `GET /v1/jobs/{id}/events`; `id` is the SSE event id."""
 
     __tablename__ = "job_events"
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
-                                    primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
     job_id: Mapped[str] = mapped_column(String(64), ForeignKey("jobs.id"), index=True)
     kind: Mapped[str] = mapped_column(String(16))  # progress | status
     # progress: {"stage", "progress"}; status: {"status", "stage", "progress", "error"}
@@ -203,10 +204,10 @@ class WebhookAttempt(Base):
     """One attempt at delivering an event: the delivery log of `GET /v1/jobs/{id}/deliveries`."""
 
     __tablename__ = "webhook_attempts"
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
-                                    primary_key=True, autoincrement=True)
-    event_id: Mapped[str] = mapped_column(String(64), ForeignKey("webhook_events.id"),
-                                          index=True)
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    event_id: Mapped[str] = mapped_column(String(64), ForeignKey("webhook_events.id"), index=True)
     attempt: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     duration_ms: Mapped[int] = mapped_column(Integer)

@@ -15,10 +15,14 @@ def storage_used(session: Session, tenant: str) -> int:
     """Bytes of the tenant's models and datasets that are not deleted."""
     total = 0
     for table in (Model, Dataset):
-        total += int(session.scalar(
-            select(func.coalesce(func.sum(table.size_bytes), 0))
-            .where(table.tenant == tenant, table.deleted_at.is_(None))
-        ) or 0)
+        total += int(
+            session.scalar(
+                select(func.coalesce(func.sum(table.size_bytes), 0)).where(
+                    table.tenant == tenant, table.deleted_at.is_(None)
+                )
+            )
+            or 0
+        )
     return total
 
 
@@ -31,8 +35,9 @@ def quota_left(factory: sessionmaker[Session], tenant: str, quota_bytes: int) ->
         return max(0, quota_bytes - storage_used(session, tenant))
 
 
-def insert_if_fits(factory: sessionmaker[Session], row: Model | Dataset,
-                   quota_bytes: int) -> int | None:
+def insert_if_fits(
+    factory: sessionmaker[Session], row: Model | Dataset, quota_bytes: int
+) -> int | None:
     """Commit `row` unless it takes its tenant past `quota_bytes` (0 = unlimited).
 
     Returns None once committed, else the bytes that were left. The sum and the insert run

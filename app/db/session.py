@@ -15,8 +15,12 @@ def make_engine(url: str) -> Engine:
         # and none is opened per request under load: an overflow connection is closed when
         # handed back, and opening one (with its PRAGMAs) costs more than the query.
         # SQLite connections are cheap to keep.
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
-                               pool_size=64, max_overflow=16)
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=64,
+            max_overflow=16,
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]

@@ -9,8 +9,7 @@ from typing import Any
 
 
 def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) \
-        else None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _reduction(before: Any, after: Any) -> float | None:
@@ -40,8 +39,9 @@ def summarize_report(report: Any) -> dict[str, Any] | None:
         "macs_reduction": _reduction(original.get("macs"), pruned.get("macs")),
         "params_reduction": _reduction(original.get("params"), pruned.get("params")),
         "speedup": _number(ratios.get("latency_speedup")),
-        "accuracy_change": (acc_after - acc_before
-                            if acc_before is not None and acc_after is not None else None),
+        "accuracy_change": (
+            acc_after - acc_before if acc_before is not None and acc_after is not None else None
+        ),
         "agreement": _number(fidelity.get("top1_agreement")),
         "size_bytes": int(size) if size is not None else None,
         "int8": int8,

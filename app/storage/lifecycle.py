@@ -33,9 +33,11 @@ def delete_job_rows(session: Session, job: Job) -> list[str]:
     """Delete a finished job's rows (its artifacts, events, webhook deliveries and the job)
     in `session`, uncommitted; the storage keys of its files, to remove once committed."""
     assert job.status in TERMINAL
-    keys = [key for key in session.scalars(select(Artifact.storage_key)
-                                           .where(Artifact.job_id == job.id))
-            if key != EXPIRED_KEY]
+    keys = [
+        key
+        for key in session.scalars(select(Artifact.storage_key).where(Artifact.job_id == job.id))
+        if key != EXPIRED_KEY
+    ]
     webhook_events = select(WebhookEvent.id).where(WebhookEvent.job_id == job.id)
     session.execute(delete(WebhookAttempt).where(WebhookAttempt.event_id.in_(webhook_events)))
     for table in (WebhookEvent, JobEvent, Artifact):
@@ -54,17 +56,26 @@ def remove_files(store: ArtifactStore, keys: list[str]) -> None:
             log.warning("could not remove %s from the artifact store: %s", key, exc)
 
 
-def expire_artifacts(sessions: sessionmaker[Session], store: ArtifactStore,
-                     older_than: timedelta) -> list[str]:
+def expire_artifacts(
+    sessions: sessionmaker[Session], store: ArtifactStore, older_than: timedelta
+) -> list[str]:
     """Remove the files of jobs finished before `older_than` ago; their rows stay, with
     the expired key. Returns the ids of the jobs whose artifacts expired in this pass."""
     cutoff = utcnow() - older_than
     with sessions() as session:
-        job_ids = list(session.scalars(
-            select(Artifact.job_id).join(Job, Job.id == Artifact.job_id)
-            .where(Job.status.in_(TERMINAL), Job.finished_at < cutoff,
-                   Artifact.storage_key != EXPIRED_KEY)
-            .distinct().limit(EXPIRE_BATCH)))
+        job_ids = list(
+            session.scalars(
+                select(Artifact.job_id)
+                .join(Job, Job.id == Artifact.job_id)
+                .where(
+                    Job.status.in_(TERMINAL),
+                    Job.finished_at < cutoff,
+                    Artifact.storage_key != EXPIRED_KEY,
+                )
+                .distinct()
+                .limit(EXPIRE_BATCH)
+            )
+        )
     for job_id in job_ids:
         _expire_job(sessions, store, job_id)
     return job_ids
@@ -91,8 +102,14 @@ class ArtifactRetention:
     """`expire_artifacts` at most once every `every_s`, for a periodic sweeper to call on
     each of its (much more frequent) passes."""
 
-    def __init__(self, sessions: sessionmaker[Session], store: ArtifactStore, days: float,
-                 *, every_s: float = 600.0) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        store: ArtifactStore,
+        days: float,
+        *,
+        every_s: float = 600.0,
+    ) -> None:
         self.sessions, self.store = sessions, store
         self.older_than = timedelta(days=days)
         self.every_s = every_s

@@ -56,7 +56,8 @@ class FakeInspector:
     def __init__(self) -> None:
         self.model_result: ModelInfo | Exception = model_info()
         self.dataset_result: DatasetInfo | Exception = DatasetInfo(
-            format="npz", num_samples=10, sample_shape=[3, 8, 8], num_classes=4, labeled=True)
+            format="npz", num_samples=10, sample_shape=[3, 8, 8], num_classes=4, labeled=True
+        )
         self.calls: list[tuple[str, Path, dict[str, Any]]] = []
 
     async def model(self, path: Path, *, tenant: str, **kwargs: Any) -> ModelInfo:
@@ -104,30 +105,50 @@ def tiny_onnx(channels: int = 3, size: int = 8, dynamic_batch: bool = True) -> b
     return buf.getvalue()
 
 
-def upload_model(client: Any, data: bytes = b"model-bytes", headers: dict | None = None,
-                 **fields: str) -> Any:
-    return client.post("/v1/models", headers=headers or AUTH_A,
-                       files={"file": ("net.onnx", data, "application/octet-stream")},
-                       data=fields)
+def upload_model(
+    client: Any, data: bytes = b"model-bytes", headers: dict | None = None, **fields: str
+) -> Any:
+    return client.post(
+        "/v1/models",
+        headers=headers or AUTH_A,
+        files={"file": ("net.onnx", data, "application/octet-stream")},
+        data=fields,
+    )
 
 
-def upload_dataset(client: Any, data: bytes = b"dataset-bytes", headers: dict | None = None,
-                   **fields: str) -> Any:
-    return client.post("/v1/datasets", headers=headers or AUTH_A,
-                       files={"file": ("d.npz", data, "application/octet-stream")},
-                       data=fields)
+def upload_dataset(
+    client: Any, data: bytes = b"dataset-bytes", headers: dict | None = None, **fields: str
+) -> Any:
+    return client.post(
+        "/v1/datasets",
+        headers=headers or AUTH_A,
+        files={"file": ("d.npz", data, "application/octet-stream")},
+        data=fields,
+    )
 
 
-def insert_job(factory: Any, tenant: str, model_id: str, status: str = "queued",
-               **extra: Any) -> str:
+def insert_job(
+    factory: Any, tenant: str, model_id: str, status: str = "queued", **extra: Any
+) -> str:
     """A job row written directly, as the worker side would leave it."""
     from app.core.ids import JOB, new_id
 
     job_id = new_id(JOB)
     with factory() as session:
-        session.add(Job(id=job_id, tenant=tenant, model_id=model_id, spec=JobSpec()
-                        .model_dump(mode="json"), status=status, progress=0.0, attempts=0,
-                        stage_times={}, created_at=utcnow(), **extra))
+        session.add(
+            Job(
+                id=job_id,
+                tenant=tenant,
+                model_id=model_id,
+                spec=JobSpec().model_dump(mode="json"),
+                status=status,
+                progress=0.0,
+                attempts=0,
+                stage_times={},
+                created_at=utcnow(),
+                **extra,
+            )
+        )
         session.commit()
     return job_id
 

@@ -50,7 +50,8 @@ def test_the_document_names_the_server_it_was_fetched_from(client, app):
     # Behind a proxy that mounts the API under a path, the pages and the servers follow.
     with TestClient(app, root_path="/secateurs") as mounted:
         assert mounted.get("/openapi.json").json()["servers"] == [
-            {"url": "http://testserver/secateurs"}]
+            {"url": "http://testserver/secateurs"}
+        ]
         assert "url: '/secateurs/openapi.json'" in mounted.get("/docs").text
 
 
@@ -75,8 +76,12 @@ def _codes_in(path: Path, callers: set[str] | None = None) -> set[str]:
             name = getattr(node.func, "id", getattr(node.func, "attr", ""))
             if callers is not None and name not in callers:
                 continue
-            found |= {v for k in node.keywords if k.arg in {"code", "fallback_code"}
-                      if (v := _literal(k.value))}
+            found |= {
+                v
+                for k in node.keywords
+                if k.arg in {"code", "fallback_code"}
+                if (v := _literal(k.value))
+            }
             if name == "problem_response" and len(node.args) > 1 and _literal(node.args[1]):
                 found.add(node.args[1].value)
         elif isinstance(node, ast.ClassDef) and callers is None:
@@ -104,9 +109,12 @@ def test_every_code_the_app_can_answer_with_is_listed():
     raised |= set(_STATUS_CODES.values()) | {"http_error"}
     assert len(raised) > 25  # the scan finds the codes, not nothing
     # Uploads are inspected by the engine in a sandbox, whose loading errors pass through.
-    inspection = set().union(*(
-        _codes_in(path, callers={"UnsupportedModel", "InvalidDataset", "UnsafeArchive"})
-        for path in (ROOT / "worker" / "engine").rglob("*.py")))
+    inspection = set().union(
+        *(
+            _codes_in(path, callers={"UnsupportedModel", "InvalidDataset", "UnsafeArchive"})
+            for path in (ROOT / "worker" / "engine").rglob("*.py")
+        )
+    )
     assert {"unsupported_op", "unsafe_format"} <= inspection
     missing = (raised | inspection) - set(ERROR_CODES)
     assert not missing, f"add these to app.core.errors.ERROR_CODES: {sorted(missing)}"

@@ -8,15 +8,21 @@ from tests.app.helpers import AUTH_A, assert_problem
 
 
 def test_v1_routes_need_a_valid_key(client):
-    for method, path in (("GET", "/v1/models"), ("POST", "/v1/jobs"), ("GET", "/v1/jobs/x"),
-                         ("DELETE", "/v1/datasets/x"), ("POST", "/v1/models")):
+    for method, path in (
+        ("GET", "/v1/models"),
+        ("POST", "/v1/jobs"),
+        ("GET", "/v1/jobs/x"),
+        ("DELETE", "/v1/datasets/x"),
+        ("POST", "/v1/models"),
+    ):
         resp = client.request(method, path)
         assert_problem(resp, 401, "unauthorized")
         assert resp.headers["www-authenticate"] == "Bearer"
         resp = client.request(method, path, headers={"Authorization": "Bearer wrong"})
         assert_problem(resp, 401, "unauthorized")
-    assert_problem(client.get("/v1/models", headers={"Authorization": "Basic abc"}), 401,
-                   "unauthorized")
+    assert_problem(
+        client.get("/v1/models", headers={"Authorization": "Basic abc"}), 401, "unauthorized"
+    )
 
 
 def test_keys_created_in_the_store_work(client, app):
@@ -82,6 +88,7 @@ def test_oversized_json_bodies_are_413(client):
             yield b'"layer1.0.conv1.weight.abcdef",'
         yield b'"x"]}}'
 
-    resp = client.post("/v1/jobs", content=chunks(),
-                       headers={**AUTH_A, "Content-Type": "application/json"})
+    resp = client.post(
+        "/v1/jobs", content=chunks(), headers={**AUTH_A, "Content-Type": "application/json"}
+    )
     assert_problem(resp, 413, "payload_too_large")

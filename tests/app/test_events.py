@@ -12,8 +12,9 @@ from tests.app.helpers import AUTH_A, upload_model
 def _read_events(client, job_id: str, headers: dict | None = None) -> list[dict]:
     """Parse the whole stream (it ends by itself after the terminal status)."""
     events, current = [], {}
-    with client.stream("GET", f"/v1/jobs/{job_id}/events",
-                       headers={**AUTH_A, **(headers or {})}) as resp:
+    with client.stream(
+        "GET", f"/v1/jobs/{job_id}/events", headers={**AUTH_A, **(headers or {})}
+    ) as resp:
         assert resp.status_code == 200
         assert resp.headers["content-type"].startswith("text/event-stream")
         for line in resp.iter_lines():
@@ -27,8 +28,7 @@ def _read_events(client, job_id: str, headers: dict | None = None) -> list[dict]
                 continue
             field, _, value = line.partition(":")
             current[field] = value.removeprefix(" ")
-    return [{"event": e["event"], "id": e.get("id"), "data": json.loads(e["data"])}
-            for e in events]
+    return [{"event": e["event"], "id": e.get("id"), "data": json.loads(e["data"])} for e in events]
 
 
 def _drive(app, job_id: str, delay: float) -> threading.Thread:
@@ -61,8 +61,13 @@ def test_stream_follows_the_job_to_its_end_and_resumes(client, app):
     # First the current state, then every logged event in order, ending at the terminal one.
     assert events[0]["event"] == "status" and events[0]["data"]["status"] == "queued"
     kinds = [(e["event"], e["data"].get("status") or e["data"]["stage"]) for e in events[1:]]
-    assert kinds == [("status", "running"), ("progress", "loading"), ("progress", "pruning"),
-                     ("progress", "exporting"), ("status", "succeeded")]
+    assert kinds == [
+        ("status", "running"),
+        ("progress", "loading"),
+        ("progress", "pruning"),
+        ("progress", "exporting"),
+        ("status", "succeeded"),
+    ]
     progress = [e["data"]["progress"] for e in events[1:]]
     assert progress == sorted(progress) and progress[-1] == 1.0
     ids = [int(e["id"]) for e in events]

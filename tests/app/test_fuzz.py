@@ -32,8 +32,9 @@ def test_generated_requests_never_fail_the_server(app, mode):
         if op.path.endswith("/events"):
             continue  # a stream; its errors are covered in test_events / test_jobs
 
-        @settings(max_examples=12, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=12, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+        )
         @given(case=op.as_strategy(generation_mode=mode))
         def run(case) -> None:
             _check(case.call(headers=AUTH_A), failures, f"{case.method} {case.path}")

@@ -24,21 +24,40 @@ from tests.app.helpers import AUTH_A, AUTH_B, KEY_A, assert_problem, upload_mode
 from tests.conftest import PG_HOST, PG_PORT, PG_USER
 
 REPORT: dict[str, Any] = {
-    "original": {"params": 1000, "macs": 50_000, "size_bytes": 4000, "accuracy": 0.9,
-                 "latency_ms": {"CPUExecutionProvider": {"1": {"p50": 1.4, "p90": 1.5}}}},
-    "pruned": {"params": 400, "macs": 20_000, "size_bytes": 1600, "accuracy": 0.88,
-               "latency_ms": {"CPUExecutionProvider": {"1": {"p50": 1.0, "p90": 1.1}}}},
+    "original": {
+        "params": 1000,
+        "macs": 50_000,
+        "size_bytes": 4000,
+        "accuracy": 0.9,
+        "latency_ms": {"CPUExecutionProvider": {"1": {"p50": 1.4, "p90": 1.5}}},
+    },
+    "pruned": {
+        "params": 400,
+        "macs": 20_000,
+        "size_bytes": 1600,
+        "accuracy": 0.88,
+        "latency_ms": {"CPUExecutionProvider": {"1": {"p50": 1.0, "p90": 1.1}}},
+    },
     "ratios": {"macs": 2.5, "params": 2.5, "size": 2.5, "latency_speedup": 1.4},
     "fidelity": {"top1_agreement": 0.97, "max_abs_diff": 0.01, "cosine": 0.999},
-    "layers": [], "history": [],
-    "environment": {"torch": "2", "onnxruntime": "1", "device": "cpu",
-                    "providers": ["CPUExecutionProvider"]},
+    "layers": [],
+    "history": [],
+    "environment": {
+        "torch": "2",
+        "onnxruntime": "1",
+        "device": "cpu",
+        "providers": ["CPUExecutionProvider"],
+    },
     "warnings": [{"code": "accuracy_drop", "message": "lost 2 points", "severity": "warning"}],
 }
 
 
-def report(speedup: float | None, accuracy: float | None = 0.88,
-           agreement: float | None = 0.97, size: int = 1600) -> dict[str, Any]:
+def report(
+    speedup: float | None,
+    accuracy: float | None = 0.88,
+    agreement: float | None = 0.97,
+    size: int = 1600,
+) -> dict[str, Any]:
     r = copy.deepcopy(REPORT)
     r["ratios"]["latency_speedup"] = speedup
     r["pruned"].update(accuracy=accuracy, size_bytes=size)
@@ -74,9 +93,14 @@ def ids(resp: Any) -> list[str]:
 
 # Names and tags -----------------------------------------------------------------------------
 
+
 def test_a_job_is_created_with_a_name_and_tags(client, app, model_id):
-    resp = submit(client, model_id, name="  resnet18, half the MACs ",
-                  tags=[" baseline", "team=vision", "baseline", "v1.2"])
+    resp = submit(
+        client,
+        model_id,
+        name="  resnet18, half the MACs ",
+        tags=[" baseline", "team=vision", "baseline", "v1.2"],
+    )
     assert resp.status_code == 202, resp.text
     job = resp.json()
     assert job["name"] == "resnet18, half the MACs"
@@ -98,18 +122,21 @@ def test_without_a_name_or_tags_they_are_null_and_empty(client, model_id):
     assert (job["name"], job["tags"]) == (None, [])
 
 
-@pytest.mark.parametrize(("fields", "field"), [
-    ({"name": "x" * 101}, "name"),
-    ({"name": "two\nlines"}, "name"),
-    ({"name": 7}, "name"),
-    ({"tags": "baseline"}, "tags"),
-    ({"tags": ["ok", ""]}, "tags"),
-    ({"tags": ["has space"]}, "tags"),
-    ({"tags": ["-leading"]}, "tags"),
-    ({"tags": ["t" * 33]}, "tags"),
-    ({"tags": [f"t{i}" for i in range(11)]}, "tags"),
-    ({"tags": [1]}, "tags.0"),
-])
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"name": "x" * 101}, "name"),
+        ({"name": "two\nlines"}, "name"),
+        ({"name": 7}, "name"),
+        ({"tags": "baseline"}, "tags"),
+        ({"tags": ["ok", ""]}, "tags"),
+        ({"tags": ["has space"]}, "tags"),
+        ({"tags": ["-leading"]}, "tags"),
+        ({"tags": ["t" * 33]}, "tags"),
+        ({"tags": [f"t{i}" for i in range(11)]}, "tags"),
+        ({"tags": [1]}, "tags.0"),
+    ],
+)
 def test_bad_names_and_tags_are_refused(client, app, model_id, fields, field):
     problem = assert_problem(submit(client, model_id, **fields), 422, "validation_error")
     assert problem["errors"][0]["field"] == field, problem
@@ -149,30 +176,40 @@ def test_patch_works_in_any_status_and_leaves_the_rest(client, app, model_id):
     job = resp.json()
     assert (job["status"], job["tags"], job["progress"]) == ("succeeded", ["kept"], 1.0)
     assert job["result"]["speedup"] == 1.4
-    assert client.get(f"/v1/jobs/{job_id}/report", headers=AUTH_A).json()["ratios"][
-        "latency_speedup"] == 1.4
+    assert (
+        client.get(f"/v1/jobs/{job_id}/report", headers=AUTH_A).json()["ratios"]["latency_speedup"]
+        == 1.4
+    )
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ({"name": "x" * 101}, "name"),
-    ({"tags": ["bad tag"]}, "tags"),
-    ({"status": "succeeded"}, "status"),
-    ({"spec": {}}, "spec"),
-])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"name": "x" * 101}, "name"),
+        ({"tags": ["bad tag"]}, "tags"),
+        ({"status": "succeeded"}, "status"),
+        ({"spec": {}}, "spec"),
+    ],
+)
 def test_patch_refuses_bad_fields_and_anything_else(client, model_id, body, field):
     job_id = submit(client, model_id, name="kept").json()["id"]
-    problem = assert_problem(client.patch(f"/v1/jobs/{job_id}", headers=AUTH_A, json=body),
-                             422, "validation_error")
+    problem = assert_problem(
+        client.patch(f"/v1/jobs/{job_id}", headers=AUTH_A, json=body), 422, "validation_error"
+    )
     assert problem["errors"][0]["field"] == field
     assert client.get(f"/v1/jobs/{job_id}", headers=AUTH_A).json()["name"] == "kept"
 
 
 def test_patch_on_another_tenants_or_no_job_is_404(client, model_id):
     job_id = submit(client, model_id, name="mine").json()["id"]
-    assert_problem(client.patch(f"/v1/jobs/{job_id}", headers=AUTH_B, json={"name": "theirs"}),
-                   404, "not_found")
-    assert_problem(client.patch("/v1/jobs/job_nope", headers=AUTH_A, json={"name": "x"}), 404,
-                   "not_found")
+    assert_problem(
+        client.patch(f"/v1/jobs/{job_id}", headers=AUTH_B, json={"name": "theirs"}),
+        404,
+        "not_found",
+    )
+    assert_problem(
+        client.patch("/v1/jobs/job_nope", headers=AUTH_A, json={"name": "x"}), 404, "not_found"
+    )
     assert client.get(f"/v1/jobs/{job_id}", headers=AUTH_A).json()["name"] == "mine"
 
 
@@ -183,8 +220,9 @@ def test_the_list_filters_by_tag_and_name(client, app, model_id):
     d = submit(client, model_id).json()["id"]
     succeed(app, a, report(1.2))
     theirs = upload_model(client, headers=AUTH_B).json()["id"]
-    bobs = client.post("/v1/jobs", headers=AUTH_B,
-                       json={"model_id": theirs, "tags": ["r50"]}).json()["id"]
+    bobs = client.post(
+        "/v1/jobs", headers=AUTH_B, json={"model_id": theirs, "tags": ["r50"]}
+    ).json()["id"]
     assert ids(client.get("/v1/jobs?tag=r50", headers=AUTH_A)) == [b, a]
     assert ids(client.get("/v1/jobs?tag=baseline", headers=AUTH_A)) == [a]  # case counts
     assert ids(client.get("/v1/jobs?tag=none", headers=AUTH_A)) == []
@@ -195,8 +233,7 @@ def test_the_list_filters_by_tag_and_name(client, app, model_id):
     assert ids(client.get("/v1/jobs?tag=r50&status=queued", headers=AUTH_A)) == [b]
     assert ids(client.get("/v1/jobs?tag=r50&q=deep", headers=AUTH_A)) == [b]
     assert ids(client.get("/v1/jobs?tag=r50", headers=AUTH_B)) == [bobs]
-    assert_problem(client.get(f"/v1/jobs?tag={'t' * 33}", headers=AUTH_A), 422,
-                   "validation_error")
+    assert_problem(client.get(f"/v1/jobs?tag={'t' * 33}", headers=AUTH_A), 422, "validation_error")
 
 
 class ThroughApp(httpx.BaseTransport):
@@ -206,10 +243,10 @@ class ThroughApp(httpx.BaseTransport):
         self.test_client = test_client
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        answer = self.test_client.request(request.method, str(request.url),
-                                          headers=dict(request.headers), content=request.read())
-        return httpx.Response(answer.status_code, headers=answer.headers,
-                              content=answer.content)
+        answer = self.test_client.request(
+            request.method, str(request.url), headers=dict(request.headers), content=request.read()
+        )
+        return httpx.Response(answer.status_code, headers=answer.headers, content=answer.content)
 
 
 def test_the_python_client_names_tags_sorts_and_reads_results(client, app, model_id):
@@ -230,13 +267,16 @@ def test_the_python_client_names_tags_sorts_and_reads_results(client, app, model
 
 # Sorting ------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def ranked(client, app, model_id) -> dict[str, str]:
     """Five jobs: four succeeded with different figures, one still queued (no figures)."""
-    figures = {"fast": report(3.0, accuracy=0.85, size=3000),
-               "slow": report(1.1, accuracy=0.899, size=1000),
-               "mid": report(2.0, accuracy=None, agreement=0.96, size=2000),
-               "untimed": report(None, accuracy=0.87, size=1000)}
+    figures = {
+        "fast": report(3.0, accuracy=0.85, size=3000),
+        "slow": report(1.1, accuracy=0.899, size=1000),
+        "mid": report(2.0, accuracy=None, agreement=0.96, size=2000),
+        "untimed": report(None, accuracy=0.87, size=1000),
+    }
     made = {}
     for name, result in figures.items():
         made[name] = submit(client, model_id, name=name).json()["id"]
@@ -266,8 +306,11 @@ def test_the_list_sorts_by_any_key_across_pages(client, ranked):
         return [by[i] for i in walk(client, f"sort={sort}")]
 
     newest = ["queued", "untimed", "mid", "slow", "fast"]
-    assert order("-created_at") == newest == [by[i] for i in ids(
-        client.get("/v1/jobs", headers=AUTH_A))]
+    assert (
+        order("-created_at")
+        == newest
+        == [by[i] for i in ids(client.get("/v1/jobs", headers=AUTH_A))]
+    )
     assert order("created_at") == newest[::-1]
     # Missing figures last either way, among themselves by id.
     missing = [by[i] for i in sorted([ranked["untimed"], ranked["queued"]])]
@@ -295,20 +338,27 @@ def test_every_sort_key_walks_every_job_once(client, ranked):
 
 def test_sorting_combines_with_filters(client, ranked):
     assert ids(client.get("/v1/jobs?sort=speedup&status=succeeded&q=S", headers=AUTH_A)) == [
-        ranked["slow"], ranked["fast"]]
+        ranked["slow"],
+        ranked["fast"],
+    ]
 
 
 def test_bad_sort_keys_and_foreign_cursors_are_refused(client, ranked):
-    problem = assert_problem(client.get("/v1/jobs?sort=colour", headers=AUTH_A), 422,
-                             "validation_error")
+    problem = assert_problem(
+        client.get("/v1/jobs?sort=colour", headers=AUTH_A), 422, "validation_error"
+    )
     assert problem["errors"][0]["field"] == "sort"
     assert "-created_at" in problem["detail"]
     page = client.get("/v1/jobs?sort=speedup&limit=1", headers=AUTH_A).json()
-    problem = assert_problem(client.get(f"/v1/jobs?sort=name&cursor={page['next_cursor']}",
-                                        headers=AUTH_A), 422, "validation_error")
+    problem = assert_problem(
+        client.get(f"/v1/jobs?sort=name&cursor={page['next_cursor']}", headers=AUTH_A),
+        422,
+        "validation_error",
+    )
     assert problem["errors"][0]["field"] == "cursor" and "sort=speedup" in problem["detail"]
-    assert_problem(client.get("/v1/jobs?sort=name&cursor=bm90LWpzb24", headers=AUTH_A), 422,
-                   "validation_error")
+    assert_problem(
+        client.get("/v1/jobs?sort=name&cursor=bm90LWpzb24", headers=AUTH_A), 422, "validation_error"
+    )
 
 
 def test_the_sort_keys_are_documented(app):
@@ -324,13 +374,21 @@ def test_the_sort_keys_are_documented(app):
 
 # The result summary -------------------------------------------------------------------------
 
+
 def test_a_succeeded_job_carries_its_result(client, app, model_id):
     job_id = submit(client, model_id).json()["id"]
     assert client.get(f"/v1/jobs/{job_id}", headers=AUTH_A).json()["result"] is None
     succeed(app, job_id, REPORT)
-    expected = {"macs_reduction": 0.6, "params_reduction": 0.6, "speedup": 1.4,
-                "accuracy_change": pytest.approx(-0.02), "agreement": 0.97,
-                "size_bytes": 1600, "int8": False, "warnings": 1}
+    expected = {
+        "macs_reduction": 0.6,
+        "params_reduction": 0.6,
+        "speedup": 1.4,
+        "accuracy_change": pytest.approx(-0.02),
+        "agreement": 0.97,
+        "size_bytes": 1600,
+        "int8": False,
+        "warnings": 1,
+    }
     assert client.get(f"/v1/jobs/{job_id}", headers=AUTH_A).json()["result"] == expected
     listed = client.get("/v1/jobs", headers=AUTH_A).json()["items"][0]
     assert listed["result"] == expected
@@ -351,32 +409,70 @@ def test_the_result_of_an_int8_job_has_the_int8_size():
 def test_failed_and_cancelled_jobs_have_no_result(client, app, model_id):
     job_id = submit(client, model_id).json()["id"]
     with app.state.sessionmaker() as session:
-        jobstate.set_status(session, session.get(Job, job_id), "failed",
-                            error_code="prune_failed", error_message="no")
+        jobstate.set_status(
+            session,
+            session.get(Job, job_id),
+            "failed",
+            error_code="prune_failed",
+            error_message="no",
+        )
         session.commit()
     assert client.get(f"/v1/jobs/{job_id}", headers=AUTH_A).json()["result"] is None
 
 
 # The same list queries on PostgreSQL, and the migration that adds the columns ---------------
 
+
 def _seed(engine: Engine) -> sessionmaker:
     factory = sessionmaker(engine)
     now = utcnow()
     with factory() as s:
-        s.add(Model(id="mdl_1", tenant="t", name="m", format="onnx", arch=None,
-                    sha256="0" * 64, size_bytes=1, storage_key="k", input_shape=[1],
-                    inputs=[], outputs=[], stats={}))
+        s.add(
+            Model(
+                id="mdl_1",
+                tenant="t",
+                name="m",
+                format="onnx",
+                arch=None,
+                sha256="0" * 64,
+                size_bytes=1,
+                storage_key="k",
+                input_shape=[1],
+                inputs=[],
+                outputs=[],
+                stats={},
+            )
+        )
         s.flush()
-        for i, (speedup, tags) in enumerate([(2.0, ["a"]), (None, ["a", "b"]), (3.0, []),
-                                             (1.5, ["b"])]):
-            job = Job(id=f"job_{i}", tenant="t", model_id="mdl_1",
-                      spec=JobSpec().model_dump(mode="json"), status="succeeded",
-                      stage_times={}, created_at=now + timedelta(seconds=i),
-                      finished_at=now + timedelta(seconds=10 - i), name=f"Job {i}", tags=tags)
+        for i, (speedup, tags) in enumerate(
+            [(2.0, ["a"]), (None, ["a", "b"]), (3.0, []), (1.5, ["b"])]
+        ):
+            job = Job(
+                id=f"job_{i}",
+                tenant="t",
+                model_id="mdl_1",
+                spec=JobSpec().model_dump(mode="json"),
+                status="succeeded",
+                stage_times={},
+                created_at=now + timedelta(seconds=i),
+                finished_at=now + timedelta(seconds=10 - i),
+                name=f"Job {i}",
+                tags=tags,
+            )
             job.report = report(speedup)
             s.add(job)
-        s.add(Job(id="job_9", tenant="t", model_id="mdl_1", spec={}, status="queued",
-                  stage_times={}, created_at=now, tags=None))
+        s.add(
+            Job(
+                id="job_9",
+                tenant="t",
+                model_id="mdl_1",
+                spec={},
+                status="queued",
+                stage_times={},
+                created_at=now,
+                tags=None,
+            )
+        )
         s.commit()
     return factory
 
@@ -385,8 +481,9 @@ def ids_of(page: dict[str, Any]) -> list[str]:
     return [j["id"] for j in page["items"]]
 
 
-def _page(factory: sessionmaker, sort: str, cursor: str | None = None, limit: int = 2,
-          **filters: Any) -> dict[str, Any]:
+def _page(
+    factory: sessionmaker, sort: str, cursor: str | None = None, limit: int = 2, **filters: Any
+) -> dict[str, Any]:
     return json.loads(_read_page(factory, "t", JobFilters(**filters), limit, cursor, sort))
 
 
@@ -440,19 +537,32 @@ def test_the_migration_fills_in_the_results_of_earlier_jobs(store):
     upgrade(store, "0002")
     spec = JobSpec().model_dump_json()
     with store.begin() as conn:
-        conn.execute(text("INSERT INTO models (id, tenant, name, format, sha256, size_bytes, "
-                          "storage_key, input_shape, inputs, outputs, stats, created_at) "
-                          "VALUES ('mdl_1', 't', 'm', 'onnx', 'x', 1, 'k', '[1]', '[]', '[]',"
-                          " '{}', CURRENT_TIMESTAMP)"))
-        for job_id, status, body in [("job_ok", "succeeded", REPORT),
-                                     ("job_failed", "failed", None)]:
+        conn.execute(
+            text(
+                "INSERT INTO models (id, tenant, name, format, sha256, size_bytes, "
+                "storage_key, input_shape, inputs, outputs, stats, created_at) "
+                "VALUES ('mdl_1', 't', 'm', 'onnx', 'x', 1, 'k', '[1]', '[]', '[]',"
+                " '{}', CURRENT_TIMESTAMP)"
+            )
+        )
+        for job_id, status, body in [
+            ("job_ok", "succeeded", REPORT),
+            ("job_failed", "failed", None),
+        ]:
             conn.execute(
-                text("INSERT INTO jobs (id, tenant, model_id, spec, status, progress, attempts,"
-                     " cancel_requested, report, stage_times, created_at, updated_at) VALUES "
-                     "(:id, 't', 'mdl_1', :spec, :status, 1.0, 1, false, :report, '{}', "
-                     "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"),
-                {"id": job_id, "spec": spec, "status": status,
-                 "report": None if body is None else json.dumps(body)})
+                text(
+                    "INSERT INTO jobs (id, tenant, model_id, spec, status, progress, attempts,"
+                    " cancel_requested, report, stage_times, created_at, updated_at) VALUES "
+                    "(:id, 't', 'mdl_1', :spec, :status, 1.0, 1, false, :report, '{}', "
+                    "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                ),
+                {
+                    "id": job_id,
+                    "spec": spec,
+                    "status": status,
+                    "report": None if body is None else json.dumps(body),
+                },
+            )
     upgrade(store)
     with sessionmaker(store)() as s:
         ok, failed = s.get(Job, "job_ok"), s.get(Job, "job_failed")
@@ -471,11 +581,17 @@ def test_lists_reads_and_patches_never_read_the_report_column(client, app, model
 
     event.listen(app.state.engine, "before_cursor_execute", record)
     try:
-        for url in ("/v1/jobs", "/v1/jobs?sort=-speedup&tag=t&q=x", "/v1/jobs?sort=name",
-                    f"/v1/jobs/{job_id}"):
+        for url in (
+            "/v1/jobs",
+            "/v1/jobs?sort=-speedup&tag=t&q=x",
+            "/v1/jobs?sort=name",
+            f"/v1/jobs/{job_id}",
+        ):
             assert client.get(url, headers=AUTH_A).status_code == 200
-        assert client.patch(f"/v1/jobs/{job_id}", headers=AUTH_A,
-                            json={"name": "n"}).status_code == 200
+        assert (
+            client.patch(f"/v1/jobs/{job_id}", headers=AUTH_A, json={"name": "n"}).status_code
+            == 200
+        )
     finally:
         event.remove(app.state.engine, "before_cursor_execute", record)
     reads = [s for s in statements if "FROM jobs" in s]

@@ -47,29 +47,57 @@ def any_store(request, app):
         yield
 
 
-def finished_job(app, model_id: str, status: str = "succeeded", *, days_ago: float = 0,
-                 tenant: str = "alice") -> str:
+def finished_job(
+    app, model_id: str, status: str = "succeeded", *, days_ago: float = 0, tenant: str = "alice"
+) -> str:
     """A finished job with stored artifacts, events and a webhook delivery, as a worker
     leaves one."""
-    job_id = insert_job(app.state.sessionmaker, tenant, model_id, status=status,
-                        finished_at=utcnow() - timedelta(days=days_ago))
+    job_id = insert_job(
+        app.state.sessionmaker,
+        tenant,
+        model_id,
+        status=status,
+        finished_at=utcnow() - timedelta(days=days_ago),
+    )
     store = app.state.store
     with app.state.sessionmaker() as session:
         for name, data in FILES.items():
             src = Path(app.state.settings.data_dir) / f"{job_id}-{name}"
             src.write_bytes(data)
             store.put_file(artifact_key(job_id, name), src, move=True)
-            session.add(Artifact(job_id=job_id, name=name, size_bytes=len(data),
-                                 sha256=hashlib.sha256(data).hexdigest(),
-                                 media_type="application/octet-stream",
-                                 storage_key=artifact_key(job_id, name)))
+            session.add(
+                Artifact(
+                    job_id=job_id,
+                    name=name,
+                    size_bytes=len(data),
+                    sha256=hashlib.sha256(data).hexdigest(),
+                    media_type="application/octet-stream",
+                    storage_key=artifact_key(job_id, name),
+                )
+            )
         jobstate.append_event(session, session.get(Job, job_id), "status", {"status": status})
-        session.add(WebhookEvent(id=f"evt_{job_id}", job_id=job_id, tenant=tenant,
-                                 type=f"job.{status}", url="https://example.com/hook",
-                                 body="{}", status="delivered", attempts=1,
-                                 created_at=utcnow()))
-        session.add(WebhookAttempt(event_id=f"evt_{job_id}", attempt=1, started_at=utcnow(),
-                                   duration_ms=5, status_code=204))
+        session.add(
+            WebhookEvent(
+                id=f"evt_{job_id}",
+                job_id=job_id,
+                tenant=tenant,
+                type=f"job.{status}",
+                url="https://example.com/hook",
+                body="{}",
+                status="delivered",
+                attempts=1,
+                created_at=utcnow(),
+            )
+        )
+        session.add(
+            WebhookAttempt(
+                event_id=f"evt_{job_id}",
+                attempt=1,
+                started_at=utcnow(),
+                duration_ms=5,
+                status_code=204,
+            )
+        )
         session.commit()
     return job_id
 
@@ -82,11 +110,14 @@ def count(app, table, job_id: str) -> int:
 
 
 @pytest.mark.parametrize("status", ["succeeded", "failed", "cancelled"])
-def test_delete_a_finished_job_removes_it_its_files_and_its_events(client, app, model_id,
-                                                                   any_store, status):
+def test_delete_a_finished_job_removes_it_its_files_and_its_events(
+    client, app, model_id, any_store, status
+):
     job_id = finished_job(app, model_id, status)
-    assert client.get(f"/v1/jobs/{job_id}/artifacts/model.onnx", headers=AUTH_A).content \
+    assert (
+        client.get(f"/v1/jobs/{job_id}/artifacts/model.onnx", headers=AUTH_A).content
         == FILES["model.onnx"]
+    )
     resp = client.delete(f"/v1/jobs/{job_id}", headers=AUTH_A)
     assert resp.status_code == 204, resp.text
     assert_problem(client.get(f"/v1/jobs/{job_id}", headers=AUTH_A), 404, "not_found")
@@ -101,8 +132,9 @@ def test_delete_a_finished_job_removes_it_its_files_and_its_events(client, app, 
 @pytest.mark.parametrize("status", ["queued", "running"])
 def test_delete_an_unfinished_job_is_409(client, app, model_id, status):
     job_id = insert_job(app.state.sessionmaker, "alice", model_id, status=status)
-    body = assert_problem(client.delete(f"/v1/jobs/{job_id}", headers=AUTH_A), 409,
-                          "job_not_finished")
+    body = assert_problem(
+        client.delete(f"/v1/jobs/{job_id}", headers=AUTH_A), 409, "job_not_finished"
+    )
     assert "cancel" in body["detail"]
     assert client.get(f"/v1/jobs/{job_id}", headers=AUTH_A).json()["status"] == status
 
@@ -123,25 +155,26 @@ def test_expired_artifacts_answer_410_and_the_job_stays(client, app, model_id, a
     assert expire_artifacts(app.state.sessionmaker, app.state.store, timedelta(days=30)) == []
     assert not app.state.store.exists(artifact_key(old, "model.onnx"))
     for name in FILES:
-        assert_problem(client.get(f"/v1/jobs/{old}/artifacts/{name}", headers=AUTH_A), 410,
-                       "artifacts_expired")
+        assert_problem(
+            client.get(f"/v1/jobs/{old}/artifacts/{name}", headers=AUTH_A), 410, "artifacts_expired"
+        )
     # The job and what it produced (names, sizes, hashes) are still there to read.
     assert client.get(f"/v1/jobs/{old}", headers=AUTH_A).json()["status"] == "succeeded"
     listed = client.get(f"/v1/jobs/{old}/artifacts", headers=AUTH_A).json()
     assert sorted(a["name"] for a in listed) == sorted(FILES)
     # A report kept only as an artifact is gone too.
-    assert_problem(client.get(f"/v1/jobs/{old}/report", headers=AUTH_A), 410,
-                   "artifacts_expired")
-    assert client.get(f"/v1/jobs/{recent}/artifacts/model.onnx", headers=AUTH_A).content \
+    assert_problem(client.get(f"/v1/jobs/{old}/report", headers=AUTH_A), 410, "artifacts_expired")
+    assert (
+        client.get(f"/v1/jobs/{recent}/artifacts/model.onnx", headers=AUTH_A).content
         == FILES["model.onnx"]
+    )
     assert client.get(f"/v1/jobs/{running}", headers=AUTH_A).status_code == 200
     # Deleting a job whose artifacts expired works, with nothing left to remove.
     assert client.delete(f"/v1/jobs/{old}", headers=AUTH_A).status_code == 204
 
 
 def test_retention_runs_at_most_once_per_period(app, model_id):
-    retention = ArtifactRetention(app.state.sessionmaker, app.state.store, days=30,
-                                  every_s=3600)
+    retention = ArtifactRetention(app.state.sessionmaker, app.state.store, days=30, every_s=3600)
     first = finished_job(app, model_id, days_ago=31)
     assert retention.run_if_due() == [first]
     finished_job(app, model_id, days_ago=31)
@@ -152,8 +185,7 @@ def test_the_worker_sweeper_expires_artifacts_only_when_a_period_is_set(tmp_path
     from worker.sweeper import _retention_chores
 
     def chores(days: float) -> list:
-        return _retention_chores(Settings(data_dir=tmp_path, artifact_retention_days=days),
-                                 None)  # type: ignore[arg-type]
+        return _retention_chores(Settings(data_dir=tmp_path, artifact_retention_days=days), None)  # type: ignore[arg-type]
 
     assert chores(0) == []
     assert len(chores(7)) == 1

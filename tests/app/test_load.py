@@ -35,16 +35,21 @@ def _writer(sessions, job_id: str, stop: threading.Event) -> int:  # type: ignor
     return writes
 
 
-async def _get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str,
-               key: str) -> str:
+async def _get(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str, key: str
+) -> str:
     """One keep-alive GET on an open connection; its status code. A bare HTTP/1.1 client:
     a pooled client's own bookkeeping for 200 connections would cost more than the server."""
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {key}\r\n\r\n"
-                 .encode())
+    writer.write(
+        f"GET {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {key}\r\n\r\n".encode()
+    )
     await writer.drain()
     head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-    length = next(int(line.split(":", 1)[1]) for line in head.split("\r\n")
-                  if line.lower().startswith("content-length:"))
+    length = next(
+        int(line.split(":", 1)[1])
+        for line in head.split("\r\n")
+        if line.lower().startswith("content-length:")
+    )
     await reader.readexactly(length)
     return head.split(" ", 2)[1]
 
@@ -58,8 +63,9 @@ async def _poller(port: int, key: str, paths: list[str], outcomes: Counter[str])
     try:
         for path in paths:
             try:
-                outcomes[await asyncio.wait_for(_get(reader, writer, path, key),
-                                                REQUEST_TIMEOUT_S)] += 1
+                outcomes[
+                    await asyncio.wait_for(_get(reader, writer, path, key), REQUEST_TIMEOUT_S)
+                ] += 1
             except TimeoutError:
                 outcomes["timeout"] += 1
                 return
@@ -76,8 +82,9 @@ async def _poll_all(port: int, key: str, job_id: str) -> Counter[str]:
     outcomes: Counter[str] = Counter()
     status = [f"/v1/jobs/{job_id}"] * (POLLS_EACH - 1)
     mixed = ["/v1/jobs?limit=5", f"/v1/jobs/{job_id}/artifacts"]
-    await asyncio.gather(*(_poller(port, key, [*status, mixed[i % 2]], outcomes)
-                           for i in range(CONNECTIONS)))
+    await asyncio.gather(
+        *(_poller(port, key, [*status, mixed[i % 2]], outcomes) for i in range(CONNECTIONS))
+    )
     return outcomes
 
 
@@ -87,7 +94,8 @@ def test_200_connections_polling_a_running_job_are_all_answered(tmp_path: Path) 
         stop = threading.Event()
         writes: list[int] = []
         writer = threading.Thread(
-            target=lambda: writes.append(_writer(api.sessions(), job_id, stop)))
+            target=lambda: writes.append(_writer(api.sessions(), job_id, stop))
+        )
         writer.start()
         try:
             started = time.monotonic()

@@ -97,14 +97,17 @@ def test_a_database_made_before_migrations_is_stamped_and_upgraded(engines):
     engine = engines()
     baseline.build().create_all(engine)  # what start-up's create_all made until now
     with engine.begin() as connection:
-        connection.execute(text("INSERT INTO api_keys (tenant, key_hash, created_at) "
-                                "VALUES ('alice', 'h', CURRENT_TIMESTAMP)"))
+        connection.execute(
+            text(
+                "INSERT INTO api_keys (tenant, key_hash, created_at) "
+                "VALUES ('alice', 'h', CURRENT_TIMESTAMP)"
+            )
+        )
     upgrade(engine)
     assert _revision(engine) == HEAD
     assert _differences(engine, Base.metadata) == []
     with engine.connect() as connection:  # the rows are kept
-        assert connection.execute(text("SELECT tenant FROM api_keys")).scalars().all() == [
-            "alice"]
+        assert connection.execute(text("SELECT tenant FROM api_keys")).scalars().all() == ["alice"]
 
 
 def test_a_database_before_migrations_missing_a_newer_table_gains_it(sqlite_engines):

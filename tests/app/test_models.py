@@ -36,15 +36,23 @@ def test_upload_returns_model_and_stores_file_under_id(client, app):
 
 
 def test_name_defaults_to_the_file_base_name(client):
-    resp = client.post("/v1/models", headers=AUTH_A,
-                       files={"file": ("../../etc/evil.onnx", b"abc", "application/x")})
+    resp = client.post(
+        "/v1/models",
+        headers=AUTH_A,
+        files={"file": ("../../etc/evil.onnx", b"abc", "application/x")},
+    )
     assert resp.status_code == 201
     assert resp.json()["name"] == "evil.onnx"
 
 
 def test_inspector_codes_become_422(client, app):
-    for code in ("invalid_model", "unsafe_format", "external_data_forbidden",
-                 "input_shape_required", "unknown_arch"):
+    for code in (
+        "invalid_model",
+        "unsafe_format",
+        "external_data_forbidden",
+        "input_shape_required",
+        "unknown_arch",
+    ):
         app.state.inspector.model_result = rejected(code, f"because {code}")
         body = assert_problem(upload_model(client), 422, code)
         assert body["detail"] == f"because {code}"
@@ -71,13 +79,18 @@ def test_too_large_upload_is_413_and_leaves_nothing(client, app):
     assert_problem(upload_model(client, b"y" * 1001), 413, "payload_too_large")
     # Without a Content-Length: chunked body, the cap is enforced while streaming.
     boundary = "b0undary"
-    payload = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-               f"filename=\"m.onnx\"\r\n\r\n").encode() + b"z" * 5000 + \
-        f"\r\n--{boundary}--\r\n".encode()
+    payload = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="m.onnx"\r\n\r\n'
+        ).encode()
+        + b"z" * 5000
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
 
     def chunks():
         for i in range(0, len(payload), 512):
-            yield payload[i:i + 512]
+            yield payload[i : i + 512]
 
     ctype = f"multipart/form-data; boundary={boundary}"
     resp = client.post("/v1/models", content=chunks(), headers={**AUTH_A, "Content-Type": ctype})
@@ -100,11 +113,13 @@ def test_list_paginates_newest_first_with_cursor(client):
     assert [m["id"] for m in page3["items"]] == ids[:1]
     assert page3["next_cursor"] is None
     assert len(client.get("/v1/models", headers=AUTH_A).json()["items"]) == 5
-    body = assert_problem(client.get("/v1/models?limit=201", headers=AUTH_A), 422,
-                          "validation_error")
+    body = assert_problem(
+        client.get("/v1/models?limit=201", headers=AUTH_A), 422, "validation_error"
+    )
     assert body["detail"].startswith("limit")
-    body = assert_problem(client.get("/v1/models?cursor=!!notacursor", headers=AUTH_A), 422,
-                          "validation_error")
+    body = assert_problem(
+        client.get("/v1/models?cursor=!!notacursor", headers=AUTH_A), 422, "validation_error"
+    )
     assert body["detail"].startswith("cursor")
 
 
@@ -117,11 +132,13 @@ def test_get_and_download_with_etag(client):
     assert resp.content == data
     assert resp.headers["etag"] == f'"{hashlib.sha256(data).hexdigest()}"'
     assert resp.headers["content-length"] == str(len(data))
-    again = client.get(f"/v1/models/{model['id']}/file",
-                       headers={**AUTH_A, "If-None-Match": resp.headers["etag"]})
+    again = client.get(
+        f"/v1/models/{model['id']}/file", headers={**AUTH_A, "If-None-Match": resp.headers["etag"]}
+    )
     assert again.status_code == 304 and again.content == b""
-    other = client.get(f"/v1/models/{model['id']}/file",
-                       headers={**AUTH_A, "If-None-Match": '"deadbeef"'})
+    other = client.get(
+        f"/v1/models/{model['id']}/file", headers={**AUTH_A, "If-None-Match": '"deadbeef"'}
+    )
     assert other.status_code == 200 and other.content == data
 
 
@@ -179,4 +196,7 @@ def test_stale_partial_uploads_are_swept_at_start(settings):
         fcntl.flock(held, fcntl.LOCK_EX)
         create_app(settings).state.engine.dispose()
     assert sorted(p.name for p in tmp.iterdir()) == [
-        "keep.txt", "mdl_b.upload.new", "mdl_live.upload"]
+        "keep.txt",
+        "mdl_b.upload.new",
+        "mdl_live.upload",
+    ]

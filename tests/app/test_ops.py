@@ -54,12 +54,15 @@ def test_metrics_count_requests_jobs_and_upload_bytes(client, app):
     assert 'secateurs_jobs{status="queued"} 1.0' in text
     assert 'secateurs_jobs{status="running"} 0.0' in text
     assert 'secateurs_upload_bytes_total{kind="model"} 1234.0' in text
-    assert ('secateurs_http_requests_total{method="GET",route="/v1/models/{model_id}",'
-            'status="200"} 1.0') in text
-    assert ('secateurs_http_requests_total{method="GET",route="/v1/models/{model_id}",'
-            'status="404"} 1.0') in text
-    assert 'secateurs_http_request_duration_seconds_count{method="POST",route="/v1/jobs"} 1.0' \
-        in text
+    assert (
+        'secateurs_http_requests_total{method="GET",route="/v1/models/{model_id}",status="200"} 1.0'
+    ) in text
+    assert (
+        'secateurs_http_requests_total{method="GET",route="/v1/models/{model_id}",status="404"} 1.0'
+    ) in text
+    assert (
+        'secateurs_http_request_duration_seconds_count{method="POST",route="/v1/jobs"} 1.0' in text
+    )
 
 
 def test_openapi_documents_every_route_with_bearer_and_problems(client):
@@ -67,13 +70,21 @@ def test_openapi_documents_every_route_with_bearer_and_problems(client):
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     v1 = {path: ops for path, ops in spec["paths"].items() if path.startswith("/v1/")}
     assert set(v1) == {
-        "/v1/models", "/v1/models/{model_id}", "/v1/models/{model_id}/file",
+        "/v1/models",
+        "/v1/models/{model_id}",
+        "/v1/models/{model_id}/file",
         "/v1/models/{model_id}/prunability",
-        "/v1/datasets", "/v1/datasets/{dataset_id}",
-        "/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel",
-        "/v1/jobs/{job_id}/report", "/v1/jobs/{job_id}/events",
-        "/v1/jobs/{job_id}/artifacts", "/v1/jobs/{job_id}/artifacts/{name}",
-        "/v1/jobs/{job_id}/deliveries", "/v1/webhooks/secret",
+        "/v1/datasets",
+        "/v1/datasets/{dataset_id}",
+        "/v1/jobs",
+        "/v1/jobs/{job_id}",
+        "/v1/jobs/{job_id}/cancel",
+        "/v1/jobs/{job_id}/report",
+        "/v1/jobs/{job_id}/events",
+        "/v1/jobs/{job_id}/artifacts",
+        "/v1/jobs/{job_id}/artifacts/{name}",
+        "/v1/jobs/{job_id}/deliveries",
+        "/v1/webhooks/secret",
     }
     for path, ops in v1.items():
         for method, op in ops.items():
@@ -86,17 +97,21 @@ def test_openapi_documents_every_route_with_bearer_and_problems(client):
     assert "413" in upload["responses"]
     body_ref = spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]
     job_create = spec["components"]["schemas"][body_ref["schema"]["$ref"].split("/")[-1]]
-    assert {"model_id", "dataset_id", "prune", "finetune", "export", "benchmark"} <= \
-        set(job_create["properties"])
+    assert {"model_id", "dataset_id", "prune", "finetune", "export", "benchmark"} <= set(
+        job_create["properties"]
+    )
     assert job_create["additionalProperties"] is False
     assert client.get("/docs").status_code == 200
 
 
 def test_importing_the_app_does_not_import_torch():
-    code = ("import sys, app.main; from app.main import create_app; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=120)
+    code = (
+        "import sys, app.main; from app.main import create_app; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -113,7 +128,6 @@ def test_settings_keys_are_stored_hashed(app):
     assert hash_key(KEY_A) in {r.key_hash for r in rows}
     assert all(KEY_A not in r.key_hash for r in rows)
     # Building the app again on the same store does not duplicate the keys.
-    create_app(Settings(data_dir=app.state.settings.data_dir,
-                        api_keys=app.state.settings.api_keys))
+    create_app(Settings(data_dir=app.state.settings.data_dir, api_keys=app.state.settings.api_keys))
     with app.state.sessionmaker() as session:
         assert len(session.scalars(select(ApiKey)).all()) == 2

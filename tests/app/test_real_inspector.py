@@ -18,15 +18,19 @@ from tests.app.helpers import (
     upload_model,
 )
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("worker.engine.inspect") is None,
-                                reason="the engine's inspector module is not present")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("worker.engine.inspect") is None,
+    reason="the engine's inspector module is not present",
+)
 
 
 @pytest.fixture
 def real(app, settings: Settings):
-    app.state.inspector = Inspector(sandbox=Sandbox.from_settings(settings),
-                                    scratch_root=settings.data_dir / "scratch",
-                                    timeout_s=120)
+    app.state.inspector = Inspector(
+        sandbox=Sandbox.from_settings(settings),
+        scratch_root=settings.data_dir / "scratch",
+        timeout_s=120,
+    )
     return app
 
 
@@ -64,8 +68,9 @@ class Exploit:
 def test_npz_dataset_is_inspected_for_real(client, real):
     buf = io.BytesIO()
     rng = np.random.default_rng(0)
-    np.savez(buf, x=rng.random((12, 3, 8, 8), dtype=np.float32),
-             y=np.arange(12, dtype=np.int64) % 3)
+    np.savez(
+        buf, x=rng.random((12, 3, 8, 8), dtype=np.float32), y=np.arange(12, dtype=np.int64) % 3
+    )
     resp = upload_dataset(client, buf.getvalue())
     assert resp.status_code == 201, resp.text
     body = resp.json()
@@ -79,9 +84,16 @@ def _tiny_resnet_onnx() -> bytes:
     from tests.engine.tiny_nets import TinyResNet, seeded
 
     buf = io.BytesIO()
-    torch.onnx.export(seeded(TinyResNet), (torch.zeros(1, 3, 16, 16),), buf, dynamo=False,
-                      input_names=["image"], output_names=["logits"],
-                      dynamic_axes={"image": {0: "n"}, "logits": {0: "n"}}, opset_version=17)
+    torch.onnx.export(
+        seeded(TinyResNet),
+        (torch.zeros(1, 3, 16, 16),),
+        buf,
+        dynamo=False,
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": {0: "n"}, "logits": {0: "n"}},
+        opset_version=17,
+    )
     return buf.getvalue()
 
 
@@ -95,8 +107,9 @@ def test_a_models_prunability_is_analysed_on_request(client, real):
     first = client.get(f"/v1/models/{model_id}/prunability", headers=AUTH_A)
     assert first.status_code == 200, first.text
     assert first.json()["status"] in ("analyzing", "ready")
-    assert_problem(client.get(f"/v1/models/{model_id}/prunability", headers=AUTH_B), 404,
-                   "not_found")
+    assert_problem(
+        client.get(f"/v1/models/{model_id}/prunability", headers=AUTH_B), 404, "not_found"
+    )
     deadline = time.monotonic() + 120
     body = first.json()
     while body["status"] == "analyzing" and time.monotonic() < deadline:

@@ -9,8 +9,9 @@ JSON = {**AUTH_A, "Content-Type": "application/json"}
 
 def test_a_json_syntax_error_gives_line_column_and_reason(client):
     body = b'{\n  "model_id": "mdl_x",\n  "prune": {"ratio": 0.5,}\n}'
-    problem = assert_problem(client.post("/v1/jobs", headers=JSON, content=body), 400,
-                             "invalid_json")
+    problem = assert_problem(
+        client.post("/v1/jobs", headers=JSON, content=body), 400, "invalid_json"
+    )
     position = body.index(b",}") + 1
     assert (problem["line"], problem["column"], problem["position"]) == (3, 26, position)
     assert "line 3, column 26" in problem["detail"]
@@ -19,8 +20,9 @@ def test_a_json_syntax_error_gives_line_column_and_reason(client):
 
 
 def test_a_truncated_body_is_invalid_json(client):
-    problem = assert_problem(client.post("/v1/jobs", headers=JSON, content=b'{"model_id": '),
-                             400, "invalid_json")
+    problem = assert_problem(
+        client.post("/v1/jobs", headers=JSON, content=b'{"model_id": '), 400, "invalid_json"
+    )
     assert problem["line"] == 1 and problem["column"] == 14
 
 
@@ -35,8 +37,11 @@ def test_a_body_without_the_json_content_type_is_415(client, content_type):
 
 def test_json_with_a_charset_or_a_json_suffix_is_read(client):
     for content_type in ("application/json; charset=utf-8", "application/merge-patch+json"):
-        resp = client.post("/v1/jobs", headers={**AUTH_A, "Content-Type": content_type},
-                           content=b'{"model_id": "mdl_missing"}')
+        resp = client.post(
+            "/v1/jobs",
+            headers={**AUTH_A, "Content-Type": content_type},
+            content=b'{"model_id": "mdl_missing"}',
+        )
         assert_problem(resp, 404, "not_found")  # parsed and validated: the model is unknown
 
 

@@ -77,6 +77,9 @@ def test_s3_check_fails_for_a_missing_bucket():
 def test_make_store_picks_the_backend(tmp_path):
     local = make_store(Settings(data_dir=tmp_path))
     assert isinstance(local, LocalStore) and local.root == (tmp_path / "artifacts").resolve()
-    s3 = make_store(Settings(data_dir=tmp_path, s3_bucket="b", s3_prefix="p",
-                             s3_endpoint_url="http://127.0.0.1:9"))
+    s3 = make_store(
+        Settings(
+            data_dir=tmp_path, s3_bucket="b", s3_prefix="p", s3_endpoint_url="http://127.0.0.1:9"
+        )
+    )
     assert isinstance(s3, S3Store) and s3.bucket == "b" and s3._key("models/x") == "p/models/x"

@@ -22,8 +22,14 @@ import numpy as np
 import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 KEYS = {"alice": "key-alice", "bob": "key-bob"}
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO / "test-output" / "screenshots"
@@ -65,8 +71,9 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"secateurs serve exited with {proc.returncode}:\n"
-                        f"{log.read_text()[-4000:]}")
+            pytest.fail(
+                f"secateurs serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}"
+            )
         try:
             if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                 return
@@ -93,14 +100,25 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """`secateurs serve` on a free port with a fresh data directory and two tenants."""
     root = tmp_path_factory.mktemp("service")
     port = free_port_local()
-    env = {**os.environ, "SECATEURS_DATA_DIR": str(root / "data"), "HOST": "127.0.0.1",
-           "PORT": str(port), "SECATEURS_API_KEYS": ",".join(f"{t}:{k}" for t, k in KEYS.items()),
-           # Keep the two shared cores for the job itself.
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "SECATEURS_DATA_DIR": str(root / "data"),
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "SECATEURS_API_KEYS": ",".join(f"{t}:{k}" for t, k in KEYS.items()),
+        # Keep the two shared cores for the job itself.
+        "OMP_NUM_THREADS": "1",
+    }
     log = root / "serve.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(_serve_command(), cwd=root, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            _serve_command(),
+            cwd=root,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(url, proc, log)
@@ -116,14 +134,29 @@ def _tiny_onnx(path: Path) -> None:
     torch.manual_seed(0)
     torch.set_num_threads(1)
     net = nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, NUM_CLASSES),
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, NUM_CLASSES),
     ).eval()
-    torch.onnx.export(net, (torch.randn(*INPUT_SHAPE),), str(path), dynamo=False,
-                      opset_version=17, input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    torch.onnx.export(
+        net,
+        (torch.randn(*INPUT_SHAPE),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+    )
 
 
 def _tiny_npz(path: Path, n: int = 128) -> None:
@@ -131,8 +164,10 @@ def _tiny_npz(path: Path, n: int = 128) -> None:
     # to learn and accuracy is a real number.
     rng = np.random.default_rng(0)
     x = rng.random((n, *INPUT_SHAPE[1:]), dtype=np.float32)
-    y = (x[:, :2].mean(axis=(2, 3)).argmax(axis=1) * 2
-         + (x[:, :, :8].mean(axis=(1, 2, 3)) > x[:, :, 8:].mean(axis=(1, 2, 3)))).astype(np.int64)
+    y = (
+        x[:, :2].mean(axis=(2, 3)).argmax(axis=1) * 2
+        + (x[:, :, :8].mean(axis=(1, 2, 3)) > x[:, :, 8:].mean(axis=(1, 2, 3)))
+    ).astype(np.int64)
     np.savez(path, x=x, y=y)
 
 
@@ -140,8 +175,11 @@ def _tiny_npz(path: Path, n: int = 128) -> None:
 def uploads(tmp_path_factory: pytest.TempPathFactory) -> Uploads:
     """A tiny seeded conv net as ONNX (1x3x16x16, dynamic batch), a labeled .npz, and junk."""
     root = tmp_path_factory.mktemp("uploads")
-    files = Uploads(model=root / "tiny-convnet.onnx", dataset=root / "tiny.npz",
-                    garbage=root / "not-a-model.onnx")
+    files = Uploads(
+        model=root / "tiny-convnet.onnx",
+        dataset=root / "tiny.npz",
+        garbage=root / "not-a-model.onnx",
+    )
     _tiny_onnx(files.model)
     _tiny_npz(files.dataset)
     files.garbage.write_bytes(b"this is not a model\n" * 10)
@@ -152,10 +190,15 @@ def uploads(tmp_path_factory: pytest.TempPathFactory) -> Uploads:
 def browser() -> Iterator[object]:
     """Debian's Chromium driven by Playwright; skipped, loudly, when it cannot start."""
     if not CHROMIUM.exists() and not shutil.which("chromium"):
-        warnings.warn("browser tests skipped: /usr/bin/chromium is missing "
-                      "(apt-get install -y chromium, or make system-deps)", stacklevel=1)
-        pytest.skip("!!! CHROMIUM UNAVAILABLE: not installed at /usr/bin/chromium — "
-                    "install it with `make system-deps`; only the browser tests are skipped")
+        warnings.warn(
+            "browser tests skipped: /usr/bin/chromium is missing "
+            "(apt-get install -y chromium, or make system-deps)",
+            stacklevel=1,
+        )
+        pytest.skip(
+            "!!! CHROMIUM UNAVAILABLE: not installed at /usr/bin/chromium — "
+            "install it with `make system-deps`; only the browser tests are skipped"
+        )
     from playwright.sync_api import Error, sync_playwright
 
     executable = str(CHROMIUM) if CHROMIUM.exists() else shutil.which("chromium")

@@ -71,8 +71,9 @@ def sign_in(page: Any, key: str) -> None:
     page.wait_for_selector("#nav:not([hidden])")
 
 
-def fill_job(page: Any, uploads: Uploads, *, epochs: int, batch: int, amount: int,
-             reuse: bool = False) -> None:
+def fill_job(
+    page: Any, uploads: Uploads, *, epochs: int, batch: int, amount: int, reuse: bool = False
+) -> None:
     """Fill the submit form: new uploads, or (`reuse`) the newest model and dataset."""
     page.click("#nav a[href='#/submit']")
     if reuse:
@@ -96,15 +97,17 @@ def submit_and_land(page: Any) -> str:
     page.click("#submit-job")
     page.wait_for_function(
         "location.hash.startsWith('#/jobs/job_') || document.querySelector('#submit-error .panel')",
-        timeout=120_000)
+        timeout=120_000,
+    )
     error = page.locator("#submit-error .panel")
     assert error.count() == 0, f"submission refused: {error.inner_text()}"
     return page.evaluate("location.hash").rsplit("/", 1)[1]
 
 
 def api(service: Service, key: str) -> httpx.Client:
-    return httpx.Client(base_url=f"{service.url}/v1", timeout=60,
-                        headers={"Authorization": f"Bearer {key}"})
+    return httpx.Client(
+        base_url=f"{service.url}/v1", timeout=60, headers={"Authorization": f"Bearer {key}"}
+    )
 
 
 def test_a_wrong_key_is_refused(page: Any) -> None:
@@ -132,11 +135,13 @@ def test_sign_in_with_the_keyboard_and_sign_out(page: Any) -> None:
     page.wait_for_selector("#login-form")  # signed out: every view asks for the key again
 
 
-def test_an_upload_error_shows_the_servers_detail(page: Any, service: Service,
-                                                  uploads: Uploads) -> None:
+def test_an_upload_error_shows_the_servers_detail(
+    page: Any, service: Service, uploads: Uploads
+) -> None:
     with api(service, KEYS["alice"]) as client:
-        res = client.post("/models", files={"file": (uploads.garbage.name,
-                                                      uploads.garbage.read_bytes())})
+        res = client.post(
+            "/models", files={"file": (uploads.garbage.name, uploads.garbage.read_bytes())}
+        )
     assert res.status_code == 422
     problem = res.json()
     sign_in(page, KEYS["alice"])
@@ -152,8 +157,9 @@ def test_an_upload_error_shows_the_servers_detail(page: Any, service: Service,
     assert "#/submit" in page.url
 
 
-def test_a_job_runs_live_to_its_report(page: Any, service: Service, uploads: Uploads,
-                                       screenshots: Path, tmp_path: Path) -> None:
+def test_a_job_runs_live_to_its_report(
+    page: Any, service: Service, uploads: Uploads, screenshots: Path, tmp_path: Path
+) -> None:
     page.add_init_script(RECORD_PROGRESS)
     loads: list[str] = []
     page.on("load", lambda: loads.append(page.url))
@@ -182,8 +188,9 @@ def test_a_job_runs_live_to_its_report(page: Any, service: Service, uploads: Upl
     assert points.count() >= 2, report
     assert page.locator("[data-chart=latency] rect.bar-before").count() >= 1
     assert page.locator("[data-chart=latency] rect.bar-after").count() >= 1
-    pruned_layers = sum(1 for x in report["layers"]
-                        if x["out_channels_after"] < x["out_channels_before"])
+    pruned_layers = sum(
+        1 for x in report["layers"] if x["out_channels_after"] < x["out_channels_before"]
+    )
     assert pruned_layers >= 1
     assert bars_after.count() == len(report["layers"])
     # The before/after table shows the report's own numbers.
@@ -224,8 +231,9 @@ def _check_onnx_runs(path: Path) -> None:
     assert np.isfinite(logits).all()
 
 
-def test_a_running_job_is_cancelled_from_its_page(page: Any, service: Service,
-                                                  uploads: Uploads, screenshots: Path) -> None:
+def test_a_running_job_is_cancelled_from_its_page(
+    page: Any, service: Service, uploads: Uploads, screenshots: Path
+) -> None:
     sign_in(page, KEYS["alice"])
     fill_job(page, uploads, epochs=1000, batch=4, amount=40, reuse=True)
     page.screenshot(path=str(screenshots / "submit.png"), full_page=True)
@@ -235,7 +243,9 @@ def test_a_running_job_is_cancelled_from_its_page(page: Any, service: Service,
     page.locator(f"tr[data-job='{job_id}'][data-status=running]").wait_for(timeout=JOB_TIMEOUT_MS)
     page.wait_for_function(
         f"Number(document.querySelector(\"tr[data-job='{job_id}'] [role=progressbar]\")"
-        ".getAttribute('aria-valuenow')) > 0", timeout=JOB_TIMEOUT_MS)
+        ".getAttribute('aria-valuenow')) > 0",
+        timeout=JOB_TIMEOUT_MS,
+    )
     page.screenshot(path=str(screenshots / "jobs-list.png"), full_page=True)
     page.click(f"tr[data-job='{job_id}'] a")
     page.locator("#job-status [data-status=running]").wait_for()
@@ -307,8 +317,13 @@ def test_event_stream_parser(page: Any) -> None:
         return parseEvent([': keep-alive', 'event: progress', 'id: 42', 'retry: 1500',
                            'data: {"stage":', 'data:"pruning"}']);
     }""")
-    assert parsed == {"id": "42", "event": "progress", "retry": 1500,
-                      "data": '{"stage":\n"pruning"}'}
+    assert parsed == {
+        "id": "42",
+        "event": "progress",
+        "retry": 1500,
+        "data": '{"stage":\n"pruning"}',
+    }
     ticks = page.evaluate(
-        "async () => (await import('/static/js/charts.js')).niceTicks(0.12, 0.97)")
+        "async () => (await import('/static/js/charts.js')).niceTicks(0.12, 0.97)"
+    )
     assert ticks == [0.2, 0.4, 0.6, 0.8]

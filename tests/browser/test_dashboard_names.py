@@ -28,11 +28,25 @@ def seed(svc: ScriptedService) -> None:
             ("job_plain", "unrelated", [], None),
         ]:
             now = utcnow()
-            s.add(Job(id=job_id, tenant="carol", model_id="mdl_scripted", spec=spec,
-                      status="succeeded" if report else "queued", progress=1.0 if report else 0,
-                      attempts=1, cancel_requested=False, created_at=now, started_at=now,
-                      finished_at=now if report else None, stage_times={}, name=name, tags=tags,
-                      report=report))
+            s.add(
+                Job(
+                    id=job_id,
+                    tenant="carol",
+                    model_id="mdl_scripted",
+                    spec=spec,
+                    status="succeeded" if report else "queued",
+                    progress=1.0 if report else 0,
+                    attempts=1,
+                    cancel_requested=False,
+                    created_at=now,
+                    started_at=now,
+                    finished_at=now if report else None,
+                    stage_times={},
+                    name=name,
+                    tags=tags,
+                    report=report,
+                )
+            )
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +73,9 @@ def _wait_for_rows(page: Any, ids: list[str]) -> None:
     )
 
 
-def test_the_list_shows_names_tags_and_results_and_filters_by_tag(page: Any,
-                                                                 screenshots: Path) -> None:
+def test_the_list_shows_names_tags_and_results_and_filters_by_tag(
+    page: Any, screenshots: Path
+) -> None:
     reports: list[str] = []
     page.on("request", lambda r: reports.append(r.url) if r.url.endswith("/report") else None)
     page.click("#refresh-jobs")
@@ -68,8 +83,9 @@ def test_the_list_shows_names_tags_and_results_and_filters_by_tag(page: Any,
     row.locator("td[data-label='Speed-up']", has_text="3.62×").wait_for()
     assert row.locator(".job-name").inner_text() == "resnet18 half MACs"
     assert row.locator(".job-tag").all_inner_texts() == ["baseline", "r18"]
-    assert page.locator("tr[data-job='job_other'] td[data-label='Speed-up']").inner_text() == \
-        "4.20×"
+    assert (
+        page.locator("tr[data-job='job_other'] td[data-label='Speed-up']").inner_text() == "4.20×"
+    )
     assert page.locator("tr[data-job='job_plain'] .job-name").inner_text() == "unrelated"
     assert reports == []  # the results came with the jobs
     page.screenshot(path=str(screenshots / "jobs-names-desktop-light.png"), full_page=True)
@@ -94,8 +110,9 @@ def test_the_list_shows_names_tags_and_results_and_filters_by_tag(page: Any,
     page.locator(".panel.empty", has_text="tagged nothing-here").wait_for()
 
 
-def test_a_job_page_edits_its_name_and_tags(page: Any, named: ScriptedService,
-                                            screenshots: Path) -> None:
+def test_a_job_page_edits_its_name_and_tags(
+    page: Any, named: ScriptedService, screenshots: Path
+) -> None:
     page.goto("/#/jobs/job_plain")
     page.locator("#job-name", has_text="unrelated").wait_for()
     page.click("#edit-job")
@@ -115,8 +132,7 @@ def test_a_job_page_edits_its_name_and_tags(page: Any, named: ScriptedService,
     page.locator("#job-edit .panel.error", has_text="tag").wait_for()
 
 
-def test_clone_carries_the_name_and_tags_into_a_new_job(page: Any,
-                                                       named: ScriptedService) -> None:
+def test_clone_carries_the_name_and_tags_into_a_new_job(page: Any, named: ScriptedService) -> None:
     page.goto("/#/jobs/job_named")
     page.locator("#job-name", has_text="resnet18 half MACs").wait_for()
     page.click("#clone-job")

@@ -23,8 +23,10 @@ def test_index_loads_the_app_module(client: TestClient) -> None:
     assert '<script type="module" src="/static/js/main.js">' in res.text
 
 
-@pytest.mark.parametrize("path,kind", [("js/main.js", "javascript"), ("css/app.css", "text/css"),
-                                       ("favicon.svg", "image/svg+xml")])
+@pytest.mark.parametrize(
+    "path,kind",
+    [("js/main.js", "javascript"), ("css/app.css", "text/css"), ("favicon.svg", "image/svg+xml")],
+)
 def test_static_files_have_their_types(client: TestClient, path: str, kind: str) -> None:
     res = client.get(f"/static/{path}")
     assert res.status_code == 200
@@ -32,8 +34,9 @@ def test_static_files_have_their_types(client: TestClient, path: str, kind: str)
     assert res.content == (STATIC_DIR / path).read_bytes()
 
 
-@pytest.mark.parametrize("path", ["../__init__.py", "js/../../__init__.py", "js", "missing.js",
-                                  "/etc/passwd"])
+@pytest.mark.parametrize(
+    "path", ["../__init__.py", "js/../../__init__.py", "js", "missing.js", "/etc/passwd"]
+)
 def test_nothing_outside_static_is_served(path: str) -> None:
     assert resolve_static(path) is None
 

@@ -29,25 +29,46 @@ LONG_LAYER = "backbone.stage4.block3.attention.projection.depthwise_conv"
 
 # Three results that sort differently by each column: (job id, speed-up, pruned accuracy,
 # pruned MACs, pruned size).
-RESULTS = [("job_fast", 3.6, 0.924, 465_000_000, 12_650_000),
-           ("job_small", 1.4, 0.901, 900_000_000, 4_000_000),
-           ("job_exact", 2.1, 0.930, 700_000_000, 20_000_000)]
+RESULTS = [
+    ("job_fast", 3.6, 0.924, 465_000_000, 12_650_000),
+    ("job_small", 1.4, 0.901, 900_000_000, 4_000_000),
+    ("job_exact", 2.1, 0.930, 700_000_000, 20_000_000),
+]
 
 
 # Every section of the spec away from its default, for clone & re-run.
-FULL_SPEC = JobSpec.model_validate({
-    "prune": {"method": "l1", "target": {"latency_reduction": 0.4}, "scope": "sensitivity",
-              "iterative_steps": 3, "round_to": 8, "ignored_layers": ["fc"],
-              "max_layer_ratio": 0.8},
-    "regularize": {"kind": "group_l2", "strength": 0.001, "epochs": 2},
-    "finetune": {"epochs": 1, "lr": 0.005, "batch_size": 32, "optimizer": "adamw",
-                 "distill": False},
-    "accuracy_budget": {"max_drop": 0.02, "probes": 4},
-    "export": {"opset": 18, "dynamic_batch": False},
-    "benchmark": {"providers": ["cpu"], "batch_sizes": [1, 8], "warmup": 5, "iterations": 200},
-    "quantize": {"mode": "int8", "calibration": "entropy", "samples": 64, "per_channel": False,
-                 "fallback": "none", "exclude": ["/fc/Gemm"]},
-}).model_dump(mode="json")
+FULL_SPEC = JobSpec.model_validate(
+    {
+        "prune": {
+            "method": "l1",
+            "target": {"latency_reduction": 0.4},
+            "scope": "sensitivity",
+            "iterative_steps": 3,
+            "round_to": 8,
+            "ignored_layers": ["fc"],
+            "max_layer_ratio": 0.8,
+        },
+        "regularize": {"kind": "group_l2", "strength": 0.001, "epochs": 2},
+        "finetune": {
+            "epochs": 1,
+            "lr": 0.005,
+            "batch_size": 32,
+            "optimizer": "adamw",
+            "distill": False,
+        },
+        "accuracy_budget": {"max_drop": 0.02, "probes": 4},
+        "export": {"opset": 18, "dynamic_batch": False},
+        "benchmark": {"providers": ["cpu"], "batch_sizes": [1, 8], "warmup": 5, "iterations": 200},
+        "quantize": {
+            "mode": "int8",
+            "calibration": "entropy",
+            "samples": 64,
+            "per_channel": False,
+            "fallback": "none",
+            "exclude": ["/fc/Gemm"],
+        },
+    }
+).model_dump(mode="json")
 
 
 def report(speedup: float, accuracy: float, macs: int, size: int) -> dict[str, Any]:
@@ -59,37 +80,82 @@ def report(speedup: float, accuracy: float, macs: int, size: int) -> dict[str, A
 
 # A report with a warning, a p99 outlier far beyond p90 and long layer names.
 WARNED = report(0.8, 0.92, 465_000_000, 12_650_000)
-WARNED["warnings"] = [{"code": "slower_than_original", "severity": "critical",
-                       "message": "The pruned model is slower than the original here."}]
-WARNED["pruned"]["latency_ms"]["CPUExecutionProvider"]["1"] = {"p50": 14.0, "p90": 15.0,
-                                                               "p99": 400.0}
-WARNED["layers"] = [{"name": f"{LONG_LAYER}.{i}", "out_channels_before": 64,
-                     "out_channels_after": 32} for i in range(3)]
+WARNED["warnings"] = [
+    {
+        "code": "slower_than_original",
+        "severity": "critical",
+        "message": "The pruned model is slower than the original here.",
+    }
+]
+WARNED["pruned"]["latency_ms"]["CPUExecutionProvider"]["1"] = {
+    "p50": 14.0,
+    "p90": 15.0,
+    "p99": 400.0,
+}
+WARNED["layers"] = [
+    {"name": f"{LONG_LAYER}.{i}", "out_channels_before": 64, "out_channels_after": 32}
+    for i in range(3)
+]
 
 
-def add_job(s: Any, job_id: str, model_id: str, status: str, spec: dict[str, Any], *,
-            dataset_id: str | None = None, result: dict[str, Any] | None = None,
-            stage: str | None = None) -> None:
+def add_job(
+    s: Any,
+    job_id: str,
+    model_id: str,
+    status: str,
+    spec: dict[str, Any],
+    *,
+    dataset_id: str | None = None,
+    result: dict[str, Any] | None = None,
+    stage: str | None = None,
+) -> None:
     now = utcnow()
-    s.add(Job(id=job_id, tenant="carol", model_id=model_id, dataset_id=dataset_id, spec=spec,
-              status=status, progress=1.0 if status == "succeeded" else 0.4, attempts=1,
-              cancel_requested=False, created_at=now, started_at=now,
-              finished_at=None if status in ("queued", "running") else now, stage=stage,
-              stage_times={st: {"started_at": now.isoformat(), "finished_at": now.isoformat()}
-                           for st in ("loading", "analyzing", stage) if st},
-              report=result,
-              error_code="prune_failed" if status == "failed" else None,
-              error_message="every channel of features.0 is protected"
-              if status == "failed" else None))
+    s.add(
+        Job(
+            id=job_id,
+            tenant="carol",
+            model_id=model_id,
+            dataset_id=dataset_id,
+            spec=spec,
+            status=status,
+            progress=1.0 if status == "succeeded" else 0.4,
+            attempts=1,
+            cancel_requested=False,
+            created_at=now,
+            started_at=now,
+            finished_at=None if status in ("queued", "running") else now,
+            stage=stage,
+            stage_times={
+                st: {"started_at": now.isoformat(), "finished_at": now.isoformat()}
+                for st in ("loading", "analyzing", stage)
+                if st
+            },
+            report=result,
+            error_code="prune_failed" if status == "failed" else None,
+            error_message="every channel of features.0 is protected"
+            if status == "failed"
+            else None,
+        )
+    )
 
 
 def add_model(s: Any, model_id: str, name: str) -> None:
-    s.add(Model(id=model_id, tenant="carol", name=name, format="onnx", arch=None,
-                sha256="a" * 64, size_bytes=46_811_234, storage_key="missing",
-                input_shape=[1, 3, 224, 224],
-                inputs=[{"name": "input", "shape": ["batch", 3, 224, 224], "dtype": "float32"}],
-                outputs=[{"name": "logits", "shape": ["batch", 1000], "dtype": "float32"}],
-                stats={"params": 11_689_512, "macs": 1_814_073_344}))
+    s.add(
+        Model(
+            id=model_id,
+            tenant="carol",
+            name=name,
+            format="onnx",
+            arch=None,
+            sha256="a" * 64,
+            size_bytes=46_811_234,
+            storage_key="missing",
+            input_shape=[1, 3, 224, 224],
+            inputs=[{"name": "input", "shape": ["batch", 3, 224, 224], "dtype": "float32"}],
+            outputs=[{"name": "logits", "shape": ["batch", 1000], "dtype": "float32"}],
+            stats={"params": 11_689_512, "macs": 1_814_073_344},
+        )
+    )
 
 
 def seed(svc: ScriptedService) -> None:
@@ -102,25 +168,61 @@ def seed(svc: ScriptedService) -> None:
         add_model(s, "mdl_resnet", "resnet18.onnx")
         add_model(s, "mdl_fresh", "fresh-net.onnx")
         for dataset_id in ("ds_tiny", "ds_spare"):
-            s.add(Dataset(id=dataset_id, tenant="carol", name=f"{dataset_id[3:]}.npz",
-                          format="npz", sha256="c" * 64, size_bytes=50_000,
-                          storage_key="missing", num_samples=128, sample_shape=[3, 224, 224],
-                          num_classes=4, labeled=True))
-        s.add(ModelAnalysis(model_id="mdl_resnet", status="ready", result={
-            "groups": [{"layer": "conv1", "channels": 64, "prunable": True},
-                       {"layer": LONG_LAYER, "channels": 512, "prunable": False,
-                        "reason": "reaches_output", "why": "feeds the model output"}],
-            "prunable_groups": 1, "protected_groups": 1, "max_macs_reduction": 0.62,
-            "analysis_s": 1.4, "notes": []}))
+            s.add(
+                Dataset(
+                    id=dataset_id,
+                    tenant="carol",
+                    name=f"{dataset_id[3:]}.npz",
+                    format="npz",
+                    sha256="c" * 64,
+                    size_bytes=50_000,
+                    storage_key="missing",
+                    num_samples=128,
+                    sample_shape=[3, 224, 224],
+                    num_classes=4,
+                    labeled=True,
+                )
+            )
+        s.add(
+            ModelAnalysis(
+                model_id="mdl_resnet",
+                status="ready",
+                result={
+                    "groups": [
+                        {"layer": "conv1", "channels": 64, "prunable": True},
+                        {
+                            "layer": LONG_LAYER,
+                            "channels": 512,
+                            "prunable": False,
+                            "reason": "reaches_output",
+                            "why": "feeds the model output",
+                        },
+                    ],
+                    "prunable_groups": 1,
+                    "protected_groups": 1,
+                    "max_macs_reduction": 0.62,
+                    "analysis_s": 1.4,
+                    "notes": [],
+                },
+            )
+        )
         s.flush()
         for job_id, speedup, accuracy, macs, size in RESULTS:
             spec = layerwise if job_id == "job_small" else default
-            add_job(s, job_id, "mdl_resnet", "succeeded", spec, dataset_id="ds_tiny",
-                    result=report(speedup, accuracy, macs, size))
+            add_job(
+                s,
+                job_id,
+                "mdl_resnet",
+                "succeeded",
+                spec,
+                dataset_id="ds_tiny",
+                result=report(speedup, accuracy, macs, size),
+            )
         add_job(s, "job_broken", "mdl_resnet", "failed", default, stage="pruning")
         add_job(s, "job_waiting", "mdl_resnet", "queued", default)
-        add_job(s, "job_full", "mdl_resnet", "failed", FULL_SPEC, dataset_id="ds_tiny",
-                stage="pruning")
+        add_job(
+            s, "job_full", "mdl_resnet", "failed", FULL_SPEC, dataset_id="ds_tiny", stage="pruning"
+        )
         add_job(s, "job_warned", "mdl_fresh", "succeeded", default, result=WARNED)
 
 
@@ -146,14 +248,19 @@ def shot(pg: Any, screenshots: Path, name: str) -> None:
 
 def cells(pg: Any, job_id: str) -> dict[str, str]:
     return pg.locator(f"tr[data-job='{job_id}'] td[data-label]").evaluate_all(
-        "tds => Object.fromEntries(tds.map(td => [td.dataset.label, td.textContent.trim()]))")
+        "tds => Object.fromEntries(tds.map(td => [td.dataset.label, td.textContent.trim()]))"
+    )
 
 
 def test_the_list_shows_results_sorts_and_compares(page: Any, screenshots: Path) -> None:
     page.locator("tr[data-job='job_exact'] td[data-label='Speed-up']", has_text="2.10×").wait_for()
     fast = cells(page, "job_fast")
     assert (fast["MACs cut"], fast["Speed-up"], fast["Accuracy"], fast["Size"]) == (
-        "−74.4%", "3.60×", "−0.7 points", "12.1 MiB")
+        "−74.4%",
+        "3.60×",
+        "−0.7 points",
+        "12.1 MiB",
+    )
     assert page.locator("tr[data-job='job_broken'] .stage-note").inner_text() == "failed at pruning"
     assert page.locator("tr[data-job='job_broken'] [role=progressbar]").is_hidden()
     assert cells(page, "job_broken")["Speed-up"] == ""
@@ -166,9 +273,11 @@ def test_the_list_shows_results_sorts_and_compares(page: Any, screenshots: Path)
 
     ranked = [job_id for job_id, *_ in RESULTS]
     order = f"rs => rs.map(r => r.dataset.job).filter(id => {ranked}.includes(id))"
-    for sort, expected in [("speedup", ["job_fast", "job_exact", "job_small"]),
-                           ("accuracy", ["job_exact", "job_fast", "job_small"]),
-                           ("size", ["job_small", "job_fast", "job_exact"])]:
+    for sort, expected in [
+        ("speedup", ["job_fast", "job_exact", "job_small"]),
+        ("accuracy", ["job_exact", "job_fast", "job_small"]),
+        ("size", ["job_small", "job_fast", "job_exact"]),
+    ]:
         page.select_option("#sort-jobs", sort)
         page.wait_for_url(f"**#/jobs?sort={sort}")
         page.locator(f"p.help[data-sort={sort}]").wait_for()  # sorted by the server
@@ -182,7 +291,8 @@ def test_the_list_shows_results_sorts_and_compares(page: Any, screenshots: Path)
     page.locator("#compare-results").wait_for()
     results = page.locator("#compare-results tbody tr").evaluate_all(
         "rows => Object.fromEntries(rows.map(r => [r.children[0].textContent,"
-        " [...r.children].slice(1).map(c => c.textContent)]))")
+        " [...r.children].slice(1).map(c => c.textContent)]))"
+    )
     assert results["Speed-up"] == ["3.60×", "1.40×"]
     assert results["Accuracy change"] == ["−0.7 points", "−3.0 points"]
     differ = page.locator("#compare-spec tr.diff th").all_inner_texts()
@@ -190,8 +300,9 @@ def test_the_list_shows_results_sorts_and_compares(page: Any, screenshots: Path)
     assert page.locator(".side-by-side table.compare").count() == 2
 
 
-def test_the_list_compare_and_model_at_phone_width_in_dark(browser: Any, views: ScriptedService,
-                                                     screenshots: Path) -> None:
+def test_the_list_compare_and_model_at_phone_width_in_dark(
+    browser: Any, views: ScriptedService, screenshots: Path
+) -> None:
     context, pg, errors = open_page(browser, views, phone=True, dark=True)
     try:
         # Reports load as their rows scroll into view: below the fold, not yet.
@@ -218,8 +329,9 @@ def test_the_list_compare_and_model_at_phone_width_in_dark(browser: Any, views: 
     assert errors == []
 
 
-def test_a_model_page_shows_its_analysis_jobs_and_refused_delete(page: Any,
-                                                                 screenshots: Path) -> None:
+def test_a_model_page_shows_its_analysis_jobs_and_refused_delete(
+    page: Any, screenshots: Path
+) -> None:
     page.click("#nav a[data-nav=models]")
     page.locator("tr[data-model='mdl_resnet']").wait_for()
     assert page.locator("tr[data-model]").count() == 3  # with the scripted service's own
@@ -249,8 +361,9 @@ def test_a_model_page_shows_its_analysis_jobs_and_refused_delete(page: Any,
     page.locator("#prunability[data-status=failed] .panel.error").wait_for()
 
 
-def test_a_failed_job_names_its_stage_and_clones_into_the_form(page: Any, views: ScriptedService,
-                                                               screenshots: Path) -> None:
+def test_a_failed_job_names_its_stage_and_clones_into_the_form(
+    page: Any, views: ScriptedService, screenshots: Path
+) -> None:
     page.goto("/#/jobs/job_full")
     page.locator("#current-stage", has_text="failed in pruning").wait_for()
     assert page.locator(".timeline li.failed").get_attribute("data-stage") == "pruning"
@@ -277,15 +390,26 @@ def test_a_failed_job_names_its_stage_and_clones_into_the_form(page: Any, views:
         assert s.get(Job, new_id).spec == s.get(Job, "job_full").spec
 
 
-def test_the_form_shows_every_default_at_phone_width(browser: Any, views: ScriptedService,
-                                                     screenshots: Path) -> None:
+def test_the_form_shows_every_default_at_phone_width(
+    browser: Any, views: ScriptedService, screenshots: Path
+) -> None:
     context, pg, errors = open_page(browser, views, phone=True)
     try:
         pg.goto("/#/submit?model=mdl_fresh")
         pg.wait_for_function("document.querySelector('#model-existing').value === 'mdl_fresh'")
-        defaults = {"#amount": "50", "#steps": "5", "#scope": "global", "#max-layer-ratio": "90",
-                    "#probes": "6", "#quantize": "none", "#q-samples": "128", "#opset": "17",
-                    "#warmup": "10", "#iterations": "50", "#reg-strength": "0.0001"}
+        defaults = {
+            "#amount": "50",
+            "#steps": "5",
+            "#scope": "global",
+            "#max-layer-ratio": "90",
+            "#probes": "6",
+            "#quantize": "none",
+            "#q-samples": "128",
+            "#opset": "17",
+            "#warmup": "10",
+            "#iterations": "50",
+            "#reg-strength": "0.0001",
+        }
         assert {k: pg.input_value(k) for k in defaults} == defaults
         assert pg.is_checked("#target-macs_reduction") and pg.is_disabled("#calibration")
         assert pg.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
@@ -295,8 +419,9 @@ def test_the_form_shows_every_default_at_phone_width(browser: Any, views: Script
     assert errors == []
 
 
-def test_a_report_shows_warnings_and_p90_whiskers(browser: Any, views: ScriptedService,
-                                                  screenshots: Path) -> None:
+def test_a_report_shows_warnings_and_p90_whiskers(
+    browser: Any, views: ScriptedService, screenshots: Path
+) -> None:
     context, pg, errors = open_page(browser, views, dark=True)
     try:
         pg.goto("/#/jobs/job_warned")
@@ -306,7 +431,8 @@ def test_a_report_shows_warnings_and_p90_whiskers(browser: Any, views: ScriptedS
         assert pg.locator("#report-warnings li[data-code=slower_than_original]").count() == 1
         # A 400 ms p99 outlier must not squash the bars: the scale ends at the largest p90.
         bars = pg.locator("[data-chart=latency] rect").evaluate_all(
-            "rs => rs.map(r => Number(r.getAttribute('width')))")
+            "rs => rs.map(r => Number(r.getAttribute('width')))"
+        )
         assert min(bars) > 0.5 * max(bars)
         label = pg.locator("[data-chart=channels] text.label").first
         assert "…" in label.text_content() and label.text_content().startswith("backbone")

@@ -30,25 +30,42 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 
 def client(handler: Handler, **kwargs: Any) -> sc.Client:
-    return sc.Client("http://svc", "sk_test", transport=httpx.MockTransport(handler),
-                     **kwargs)
+    return sc.Client("http://svc", "sk_test", transport=httpx.MockTransport(handler), **kwargs)
 
 
 def problem(status: int, code: str, detail: str = "no", **headers: str) -> httpx.Response:
-    return httpx.Response(status, headers=headers, json={
-        "type": "about:blank", "title": "t", "status": status, "detail": detail, "code": code})
+    return httpx.Response(
+        status,
+        headers=headers,
+        json={
+            "type": "about:blank",
+            "title": "t",
+            "status": status,
+            "detail": detail,
+            "code": code,
+        },
+    )
 
 
 def job(status: str, **fields: Any) -> dict[str, Any]:
-    return {"id": "job_1", "status": status, "stage": None, "progress": 0.0, "error": None,
-            **fields}
+    return {
+        "id": "job_1",
+        "status": status,
+        "stage": None,
+        "progress": 0.0,
+        "error": None,
+        **fields,
+    }
 
 
 def sse(*events: tuple[str, str | None, dict[str, Any]]) -> bytes:
     out = [": ping\r\n\r\n"]
     for name, event_id, data in events:
-        out.append(f"event: {name}\r\n" + (f"id: {event_id}\r\n" if event_id else "")
-                   + f"data: {json.dumps(data)}\r\n\r\n")
+        out.append(
+            f"event: {name}\r\n"
+            + (f"id: {event_id}\r\n" if event_id else "")
+            + f"data: {json.dumps(data)}\r\n\r\n"
+        )
     return "".join(out).encode()
 
 
@@ -64,6 +81,7 @@ class Dropping(httpx.SyncByteStream):
 
 
 # Retries -----------------------------------------------------------------------------------
+
 
 def test_retries_503_with_growing_jittered_backoff(sleeps: list[float]) -> None:
     calls = []
@@ -82,8 +100,12 @@ def test_retries_503_with_growing_jittered_backoff(sleeps: list[float]) -> None:
 
 
 def test_retry_after_is_honoured(sleeps: list[float]) -> None:
-    answers = iter([problem(429, "too_many_jobs", **{"Retry-After": "7"}),
-                    httpx.Response(202, json=job("queued"))])
+    answers = iter(
+        [
+            problem(429, "too_many_jobs", **{"Retry-After": "7"}),
+            httpx.Response(202, json=job("queued")),
+        ]
+    )
     with client(lambda r: next(answers)) as c:
         c.submit("mdl_1", {})
     assert sleeps == [7.0]
@@ -122,28 +144,45 @@ def test_connection_errors_are_retried_then_raised(sleeps: list[float]) -> None:
     assert isinstance(err.value, sc.Unavailable) and err.value.status is None
 
 
-@pytest.mark.parametrize(("status", "cls"), [
-    (400, sc.ValidationError), (401, sc.AuthError), (404, sc.NotFound), (409, sc.Conflict),
-    (413, sc.PayloadTooLarge), (422, sc.ValidationError), (507, sc.Unavailable),
-])
-def test_problem_json_becomes_a_typed_error(sleeps: list[float], status: int,
-                                            cls: type[sc.SecateursError]) -> None:
-    with client(lambda r: problem(status, "some_code", "the detail")) as c, \
-            pytest.raises(cls) as err:
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [
+        (400, sc.ValidationError),
+        (401, sc.AuthError),
+        (404, sc.NotFound),
+        (409, sc.Conflict),
+        (413, sc.PayloadTooLarge),
+        (422, sc.ValidationError),
+        (507, sc.Unavailable),
+    ],
+)
+def test_problem_json_becomes_a_typed_error(
+    sleeps: list[float], status: int, cls: type[sc.SecateursError]
+) -> None:
+    with (
+        client(lambda r: problem(status, "some_code", "the detail")) as c,
+        pytest.raises(cls) as err,
+    ):
         c.get_job("job_1")
-    assert (err.value.status, err.value.code, err.value.detail) == (status, "some_code",
-                                                                    "the detail")
+    assert (err.value.status, err.value.code, err.value.detail) == (
+        status,
+        "some_code",
+        "the detail",
+    )
     assert isinstance(err.value, sc.SecateursError) and sleeps == []  # not retried
 
 
 def test_an_error_without_problem_json_still_has_a_code() -> None:
-    with client(lambda r: httpx.Response(500, text="oops")) as c, \
-            pytest.raises(sc.SecateursError) as err:
+    with (
+        client(lambda r: httpx.Response(500, text="oops")) as c,
+        pytest.raises(sc.SecateursError) as err,
+    ):
         c.get_job("job_1")
     assert (err.value.status, err.value.code) == (500, "http_500")
 
 
 # Submit and uploads ------------------------------------------------------------------------
+
 
 def test_a_retried_submit_sends_the_same_idempotency_key(sleeps: list[float]) -> None:
     seen: list[httpx.Request] = []
@@ -159,12 +198,16 @@ def test_a_retried_submit_sends_the_same_idempotency_key(sleeps: list[float]) ->
         c.submit("mdl_1", {}, idempotency_key="mine")
     keys = [r.headers["idempotency-key"] for r in seen]
     assert keys[0] == keys[1] and keys[0] and keys[2] == "mine"
-    assert json.loads(seen[0].content) == {"prune": {"target": {"macs_reduction": 0.5}},
-                                           "model_id": "mdl_1", "dataset_id": "ds_1"}
+    assert json.loads(seen[0].content) == {
+        "prune": {"target": {"macs_reduction": 0.5}},
+        "model_id": "mdl_1",
+        "dataset_id": "ds_1",
+    }
 
 
-def test_an_upload_is_retried_from_the_start_of_the_file(tmp_path: Path,
-                                                         sleeps: list[float]) -> None:
+def test_an_upload_is_retried_from_the_start_of_the_file(
+    tmp_path: Path, sleeps: list[float]
+) -> None:
     path = tmp_path / "tiny.onnx"
     path.write_bytes(b"\x08\x07" + bytes(range(256)) * 64)
     bodies: list[bytes] = []
@@ -235,6 +278,7 @@ def test_a_download_cut_off_mid_way_starts_again(tmp_path: Path, sleeps: list[fl
 
 # wait: events, resume, polling -------------------------------------------------------------
 
+
 def test_wait_resumes_the_stream_with_last_event_id(sleeps: list[float]) -> None:
     streams: list[httpx.Request] = []
 
@@ -243,13 +287,20 @@ def test_wait_resumes_the_stream_with_last_event_id(sleeps: list[float]) -> None
             streams.append(request)
             sse_headers = {"content-type": "text/event-stream"}
             if len(streams) == 1:
-                first = sse(("status", "5", job("running", stage="loading", progress=0.1)),
-                            ("progress", "6", {"stage": "pruning", "progress": 0.4}))
+                first = sse(
+                    ("status", "5", job("running", stage="loading", progress=0.1)),
+                    ("progress", "6", {"stage": "pruning", "progress": 0.4}),
+                )
                 return httpx.Response(200, headers=sse_headers, stream=Dropping(first))
-            return httpx.Response(200, headers=sse_headers, content=sse(
-                ("status", None, job("running", stage="pruning", progress=0.4)),
-                ("progress", "7", {"stage": "exporting", "progress": 0.9}),
-                ("status", "8", job("succeeded", stage="exporting", progress=1.0))))
+            return httpx.Response(
+                200,
+                headers=sse_headers,
+                content=sse(
+                    ("status", None, job("running", stage="pruning", progress=0.4)),
+                    ("progress", "7", {"stage": "exporting", "progress": 0.9}),
+                    ("status", "8", job("succeeded", stage="exporting", progress=1.0)),
+                ),
+            )
         return httpx.Response(200, json=job("succeeded", progress=1.0))
 
     seen: list[dict[str, Any]] = []
@@ -257,8 +308,7 @@ def test_wait_resumes_the_stream_with_last_event_id(sleeps: list[float]) -> None
         assert c.wait("job_1", progress=seen.append)["status"] == "succeeded"
     assert "last-event-id" not in streams[0].headers
     assert streams[1].headers["last-event-id"] == "6"
-    assert [s["stage"] for s in seen] == ["loading", "pruning", "pruning", "exporting",
-                                          "exporting"]
+    assert [s["stage"] for s in seen] == ["loading", "pruning", "pruning", "exporting", "exporting"]
     assert seen[-1]["status"] == "succeeded" and len(sleeps) == 1
 
 
@@ -284,8 +334,11 @@ def test_wait_polls_when_the_stream_keeps_dropping(sleeps: list[float]) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/events"):
             streams.append(request)
-            return httpx.Response(200, headers={"content-type": "text/event-stream"},
-                                  stream=Dropping(b": ping\r\n\r\n"))
+            return httpx.Response(
+                200,
+                headers={"content-type": "text/event-stream"},
+                stream=Dropping(b": ping\r\n\r\n"),
+            )
         return httpx.Response(200, json=job("succeeded"))
 
     with client(handler) as c:
@@ -293,8 +346,7 @@ def test_wait_polls_when_the_stream_keeps_dropping(sleeps: list[float]) -> None:
     assert len(streams) == 3  # then it polled
 
 
-def test_wait_polls_when_the_service_cannot_be_reached_for_a_stream(
-        sleeps: list[float]) -> None:
+def test_wait_polls_when_the_service_cannot_be_reached_for_a_stream(sleeps: list[float]) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/events"):
             raise httpx.ConnectError("refused", request=request)
@@ -309,8 +361,11 @@ def test_a_failed_job_raises_job_failed(sleeps: list[float]) -> None:
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/events"):
-            return httpx.Response(200, headers={"content-type": "text/event-stream"},
-                                  content=sse(("status", "3", failed)))
+            return httpx.Response(
+                200,
+                headers={"content-type": "text/event-stream"},
+                content=sse(("status", "3", failed)),
+            )
         return httpx.Response(200, json=failed)
 
     with client(handler) as c, pytest.raises(sc.JobFailed) as err:
@@ -334,9 +389,16 @@ def test_wait_times_out(sleeps: list[float]) -> None:
         c.wait("job_1", timeout=0)
 
     def streamed(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=sse(
-            *[("progress", str(i), {"stage": "pruning", "progress": i / 100})
-              for i in range(50)]))
+        return httpx.Response(
+            200,
+            headers={"content-type": "text/event-stream"},
+            content=sse(
+                *[
+                    ("progress", str(i), {"stage": "pruning", "progress": i / 100})
+                    for i in range(50)
+                ]
+            ),
+        )
 
     with client(streamed) as c, pytest.raises(sc.WaitTimeout):
         c.wait("job_1", timeout=0)
@@ -349,23 +411,34 @@ def test_prune_runs_the_whole_flow(tmp_path: Path, sleeps: list[float]) -> None:
         ("POST", "/v1/datasets"): lambda: httpx.Response(201, json={"id": "ds_1"}),
         ("POST", "/v1/jobs"): lambda: httpx.Response(202, json=job("queued")),
         ("GET", "/v1/jobs/job_1/events"): lambda: httpx.Response(
-            200, headers={"content-type": "text/event-stream"},
-            content=sse(("status", "9", job("succeeded")))),
+            200,
+            headers={"content-type": "text/event-stream"},
+            content=sse(("status", "9", job("succeeded"))),
+        ),
         ("GET", "/v1/jobs/job_1"): lambda: httpx.Response(200, json=job("succeeded")),
-        ("GET", "/v1/jobs/job_1/artifacts"): lambda: httpx.Response(200, json=[
-            {"name": "model.onnx", "sha256": SHA}, {"name": "report.json", "sha256": "x"}]),
+        ("GET", "/v1/jobs/job_1/artifacts"): lambda: httpx.Response(
+            200,
+            json=[{"name": "model.onnx", "sha256": SHA}, {"name": "report.json", "sha256": "x"}],
+        ),
         ("GET", "/v1/jobs/job_1/artifacts/model.onnx"): lambda: httpx.Response(
-            200, content=ONNX, headers={"ETag": f'"{SHA}"'}),
+            200, content=ONNX, headers={"ETag": f'"{SHA}"'}
+        ),
         ("GET", "/v1/jobs/job_1/artifacts/report.json"): lambda: httpx.Response(
-            200, content=json.dumps(report).encode(),
-            headers={"ETag": hashlib.sha256(json.dumps(report).encode()).hexdigest()}),
+            200,
+            content=json.dumps(report).encode(),
+            headers={"ETag": hashlib.sha256(json.dumps(report).encode()).hexdigest()},
+        ),
         ("GET", "/v1/jobs/job_1/report"): lambda: httpx.Response(200, json=report),
     }
     (tmp_path / "m.onnx").write_bytes(b"model")
     (tmp_path / "d.npz").write_bytes(b"data")
     with client(lambda r: routes[r.method, r.url.path]()) as c:
-        result = c.prune(tmp_path / "m.onnx", {"finetune": None},
-                         dataset_path=tmp_path / "d.npz", dest_dir=tmp_path / "out")
+        result = c.prune(
+            tmp_path / "m.onnx",
+            {"finetune": None},
+            dataset_path=tmp_path / "d.npz",
+            dest_dir=tmp_path / "out",
+        )
     assert result.model_path.read_bytes() == ONNX
     assert set(result.artifacts) == {"model.onnx", "report.json"}
     assert result.report == report and result.dataset == {"id": "ds_1"}
@@ -373,11 +446,24 @@ def test_prune_runs_the_whole_flow(tmp_path: Path, sleeps: list[float]) -> None:
 
 # Small parts -------------------------------------------------------------------------------
 
+
 def test_parse_events_follows_the_sse_format() -> None:
-    lines = [": ping", "event: progress", "id: 4", 'data: {"a":', "data: 1}", "",
-             "data: not json", "", 'data: {"b": 2}', ""]
-    assert list(sc.parse_events(lines)) == [sc.Event("progress", "4", {"a": 1}),
-                                            sc.Event("message", None, {"b": 2})]
+    lines = [
+        ": ping",
+        "event: progress",
+        "id: 4",
+        'data: {"a":',
+        "data: 1}",
+        "",
+        "data: not json",
+        "",
+        'data: {"b": 2}',
+        "",
+    ]
+    assert list(sc.parse_events(lines)) == [
+        sc.Event("progress", "4", {"a": 1}),
+        sc.Event("message", None, {"b": 2}),
+    ]
 
 
 def test_terminal_progress_rewrites_one_line() -> None:
@@ -395,15 +481,19 @@ def test_terminal_progress_rewrites_one_line() -> None:
 
 
 def test_the_client_imports_neither_the_service_nor_torch() -> None:
-    code = ("import sys, secateurs_client; "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & "
-            "{'app', 'worker', 'contract', 'torch', 'numpy', 'pydantic'}))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                         text=True, check=True)
+    code = (
+        "import sys, secateurs_client; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'app', 'worker', 'contract', 'torch', 'numpy', 'pydantic'}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "[]"
 
 
 # Listing and deleting ----------------------------------------------------------------------
+
 
 def test_jobs_walks_every_page_with_its_filters() -> None:
     seen: list[dict[str, str]] = []
@@ -416,8 +506,7 @@ def test_jobs_walks_every_page_with_its_filters() -> None:
         return httpx.Response(200, json={"items": [{"id": "job_1"}], "next_cursor": None})
 
     with client(handler) as c:
-        assert [j["id"] for j in c.jobs(model_id="mdl_1", status="succeeded")] == [
-            "job_2", "job_1"]
+        assert [j["id"] for j in c.jobs(model_id="mdl_1", status="succeeded")] == ["job_2", "job_1"]
     assert seen[0]["model_id"] == "mdl_1" and seen[0]["status"] == "succeeded"
     assert "dataset_id" not in seen[0] and seen[1]["cursor"] == "c1"
 

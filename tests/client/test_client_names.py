@@ -20,8 +20,12 @@ def test_submit_sends_a_name_and_tags_only_when_given() -> None:
         return httpx.Response(202, json={"id": "job_1", "status": "queued"})
 
     with client(handler) as c:
-        c.submit("mdl_1", {"prune": {"target": {"macs_reduction": 0.5}}}, name="r18 half",
-                 tags=("baseline", "r18"))
+        c.submit(
+            "mdl_1",
+            {"prune": {"target": {"macs_reduction": 0.5}}},
+            name="r18 half",
+            tags=("baseline", "r18"),
+        )
         c.submit("mdl_1", {})
     assert bodies[0]["name"] == "r18 half" and bodies[0]["tags"] == ["baseline", "r18"]
     assert bodies[0]["prune"] == {"target": {"macs_reduction": 0.5}}
@@ -39,9 +43,11 @@ def test_update_job_sends_only_what_changes() -> None:
         c.update_job("job_1", name="renamed")
         c.update_job("job_1", tags=["a"])
         c.update_job("job_1", name=None, tags=None)
-    assert sent == [("PATCH", "/v1/jobs/job_1", {"name": "renamed"}),
-                    ("PATCH", "/v1/jobs/job_1", {"tags": ["a"]}),
-                    ("PATCH", "/v1/jobs/job_1", {"name": None, "tags": None})]
+    assert sent == [
+        ("PATCH", "/v1/jobs/job_1", {"name": "renamed"}),
+        ("PATCH", "/v1/jobs/job_1", {"tags": ["a"]}),
+        ("PATCH", "/v1/jobs/job_1", {"name": None, "tags": None}),
+    ]
 
 
 def test_jobs_passes_tag_q_and_sort() -> None:
@@ -60,8 +66,16 @@ def test_jobs_passes_tag_q_and_sort() -> None:
 
 def test_a_refused_tag_raises_a_validation_error() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(422, json={"type": "about:blank", "title": "t", "status": 422,
-                                         "detail": "tags: bad", "code": "validation_error"})
+        return httpx.Response(
+            422,
+            json={
+                "type": "about:blank",
+                "title": "t",
+                "status": 422,
+                "detail": "tags: bad",
+                "code": "validation_error",
+            },
+        )
 
     with client(handler) as c, pytest.raises(sc.ValidationError) as err:
         c.update_job("job_1", tags=["bad tag"])
@@ -70,14 +84,24 @@ def test_a_refused_tag_raises_a_validation_error() -> None:
 
 @pytest.mark.e2e
 def test_a_job_run_by_the_worker_carries_its_name_tags_and_result(
-        embedded_service: Any, tmp_path: Path) -> None:
+    embedded_service: Any, tmp_path: Path
+) -> None:
     from tests.e2e.helpers import QUICK_BENCH, build_onnx
 
-    spec = {"prune": {"target": {"macs_reduction": 0.4}, "iterative_steps": 2},
-            "finetune": None, "benchmark": QUICK_BENCH}
+    spec = {
+        "prune": {"target": {"macs_reduction": 0.4}, "iterative_steps": 2},
+        "finetune": None,
+        "benchmark": QUICK_BENCH,
+    }
     with sc.Client(embedded_service.base_url, embedded_service.key_a, retries=2) as c:
-        result = c.prune(build_onnx(tmp_path / "tiny.onnx"), spec, dest_dir=tmp_path / "out",
-                         timeout=240, name="tiny, 40% MACs", tags=["e2e"])
+        result = c.prune(
+            build_onnx(tmp_path / "tiny.onnx"),
+            spec,
+            dest_dir=tmp_path / "out",
+            timeout=240,
+            name="tiny, 40% MACs",
+            tags=["e2e"],
+        )
         listed = list(c.jobs(tag="e2e", sort="-macs_reduction"))
     job, report = result.job, result.report
     assert (job["name"], job["tags"]) == ("tiny, 40% MACs", ["e2e"])

@@ -20,13 +20,21 @@ def service(embedded_service: Service) -> Service:
 
 
 def test_prune_through_the_client(service: Service, tmp_path: Path) -> None:
-    spec = {"prune": {"target": {"macs_reduction": 0.4}, "iterative_steps": 2},
-            "finetune": None, "benchmark": QUICK_BENCH}
+    spec = {
+        "prune": {"target": {"macs_reduction": 0.4}, "iterative_steps": 2},
+        "finetune": None,
+        "benchmark": QUICK_BENCH,
+    }
     seen: list[dict[str, Any]] = []
     with sc.Client(service.base_url, service.key_a, retries=2) as client:
         try:
-            result = client.prune(build_onnx(tmp_path / "tiny.onnx"), spec,
-                                  dest_dir=tmp_path / "out", timeout=240, progress=seen.append)
+            result = client.prune(
+                build_onnx(tmp_path / "tiny.onnx"),
+                spec,
+                dest_dir=tmp_path / "out",
+                timeout=240,
+                progress=seen.append,
+            )
         except sc.SecateursError:
             print(service.logs())
             raise
@@ -53,7 +61,9 @@ def test_typed_errors_from_the_real_service(service: Service) -> None:
         with pytest.raises(sc.ValidationError) as invalid:
             client.submit("mdl_x", {"prune": {"target": {"macs_reduction": 2}}})
         assert invalid.value.code == "validation_error"
-    with sc.Client(service.base_url, "sk_wrong", retries=0) as client, \
-            pytest.raises(sc.AuthError) as denied:
+    with (
+        sc.Client(service.base_url, "sk_wrong", retries=0) as client,
+        pytest.raises(sc.AuthError) as denied,
+    ):
         client.get_job("job_doesnotexist")
     assert denied.value.status == 401

@@ -20,13 +20,17 @@ def make_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-def spec_headers(secret: str, msg_id: str = "msg_abc", timestamp: int = NOW,
-                 body: bytes = BODY) -> dict[str, str]:
+def spec_headers(
+    secret: str, msg_id: str = "msg_abc", timestamp: int = NOW, body: bytes = BODY
+) -> dict[str, str]:
     """Signed as the specification says: v1, base64(HMAC-SHA256(key, id.timestamp.body))."""
     key = base64.b64decode(secret.removeprefix("whsec_"))
     mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return {"webhook-id": msg_id, "webhook-timestamp": str(timestamp),
-            "webhook-signature": "v1," + base64.b64encode(mac).decode()}
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": "v1," + base64.b64encode(mac).decode(),
+    }
 
 
 def test_accepts_a_genuine_message_and_returns_its_json():
@@ -44,21 +48,29 @@ def test_header_names_are_case_insensitive_and_str_bodies_work():
 def test_any_of_several_signatures_may_match():
     secret, old = make_secret(), make_secret()
     headers = spec_headers(secret)
-    headers["webhook-signature"] = (f"v1a,xyz {spec_headers(old)['webhook-signature']} "
-                                    f"{headers['webhook-signature']}")
+    headers["webhook-signature"] = (
+        f"v1a,xyz {spec_headers(old)['webhook-signature']} {headers['webhook-signature']}"
+    )
     verify(secret, headers, BODY, now=NOW)
 
 
-@pytest.mark.parametrize(("change", "reason"), [
-    (lambda h, b: (h, b + b" "), "bad_signature"),
-    (lambda h, b: ({**h, "webhook-id": "msg_other"}, b), "bad_signature"),
-    (lambda h, b: ({**h, "webhook-timestamp": str(NOW + 1)}, b), "bad_signature"),
-    (lambda h, b: ({**h, "webhook-signature": "v2," + h["webhook-signature"][3:]}, b),
-     "bad_signature"),
-    (lambda h, b: ({k: v for k, v in h.items() if k != "webhook-signature"}, b),
-     "missing_header"),
-    (lambda h, b: ({**h, "webhook-timestamp": "soon"}, b), "bad_timestamp"),
-])
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda h, b: (h, b + b" "), "bad_signature"),
+        (lambda h, b: ({**h, "webhook-id": "msg_other"}, b), "bad_signature"),
+        (lambda h, b: ({**h, "webhook-timestamp": str(NOW + 1)}, b), "bad_signature"),
+        (
+            lambda h, b: ({**h, "webhook-signature": "v2," + h["webhook-signature"][3:]}, b),
+            "bad_signature",
+        ),
+        (
+            lambda h, b: ({k: v for k, v in h.items() if k != "webhook-signature"}, b),
+            "missing_header",
+        ),
+        (lambda h, b: ({**h, "webhook-timestamp": "soon"}, b), "bad_timestamp"),
+    ],
+)
 def test_refuses_tampered_messages(change, reason):
     secret = make_secret()
     headers, body = change(spec_headers(secret), BODY)
@@ -93,8 +105,11 @@ def test_agrees_with_the_reference_library():
     secret = make_secret()
     reference = standardwebhooks.Webhook(secret)
     signature = reference.sign("msg_ref", datetime.fromtimestamp(NOW, UTC), BODY)
-    headers = {"webhook-id": "msg_ref", "webhook-timestamp": str(NOW),
-               "webhook-signature": signature}
+    headers = {
+        "webhook-id": "msg_ref",
+        "webhook-timestamp": str(NOW),
+        "webhook-signature": signature,
+    }
     assert verify(secret, headers, BODY, now=NOW) == json.loads(BODY)
     # And the other way round: what the reference library accepts, verify accepts.
     fresh = spec_headers(secret, timestamp=int(datetime.now(UTC).timestamp()))

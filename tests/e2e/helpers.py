@@ -25,14 +25,26 @@ def build_onnx(path: Path) -> Path:
 
     torch.manual_seed(0)
     net = nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1, stride=2), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, NUM_CLASSES),
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1, stride=2),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, NUM_CLASSES),
     ).eval()
-    torch.onnx.export(net, (torch.randn(*INPUT_SHAPE),), str(path), input_names=["image"],
-                      output_names=["logits"], dynamic_axes={"image": {0: "batch"},
-                                                             "logits": {0: "batch"}},
-                      opset_version=17, dynamo=False)
+    torch.onnx.export(
+        net,
+        (torch.randn(*INPUT_SHAPE),),
+        str(path),
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
     return path
 
 
@@ -48,21 +60,22 @@ def build_npz(path: Path, n: int = 64) -> Path:
 def upload(client: httpx.Client, kind: str, path: Path) -> dict[str, Any]:
     """POST /v1/models or /v1/datasets; returns the created resource."""
     with path.open("rb") as fh:
-        resp = client.post(f"/v1/{kind}", files={"file": (path.name, fh)},
-                           data={"name": path.stem})
+        resp = client.post(f"/v1/{kind}", files={"file": (path.name, fh)}, data={"name": path.stem})
     # 200: the tenant had uploaded the same file before, and gets that upload back.
     assert resp.status_code in (200, 201), resp.text
     return resp.json()
 
 
-def submit(client: httpx.Client, body: dict[str, Any],
-           idempotency_key: str | None = None) -> httpx.Response:
+def submit(
+    client: httpx.Client, body: dict[str, Any], idempotency_key: str | None = None
+) -> httpx.Response:
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
     return client.post("/v1/jobs", json=body, headers=headers)
 
 
-def job_body(model_id: str, dataset_id: str | None = None, *, epochs: int | None = 2,
-             batch_size: int = 16) -> dict[str, Any]:
+def job_body(
+    model_id: str, dataset_id: str | None = None, *, epochs: int | None = 2, batch_size: int = 16
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model_id": model_id,
         "prune": {"target": {"macs_reduction": 0.4}, "iterative_steps": 2},
@@ -98,8 +111,9 @@ def follow_events(client: httpx.Client, job_id: str, timeout_s: float = 300) -> 
     return events
 
 
-def wait_for(client: httpx.Client, job_id: str, predicate, timeout_s: float = 120,
-             interval_s: float = 0.1) -> dict[str, Any]:
+def wait_for(
+    client: httpx.Client, job_id: str, predicate, timeout_s: float = 120, interval_s: float = 0.1
+) -> dict[str, Any]:
     """Poll GET /v1/jobs/{id} until `predicate(job)`; returns the job."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -164,5 +178,10 @@ def core_scenario(client: httpx.Client, workdir: Path) -> dict[str, Any]:
     assert sha256(resp.content) == artifacts["model.onnx"]["sha256"]
     assert len(resp.content) == artifacts["model.onnx"]["size_bytes"]
     check_onnx_drop_in(resp.content)
-    return {"model": model, "dataset": dataset, "job": done, "artifacts": artifacts,
-            "onnx": resp.content}
+    return {
+        "model": model,
+        "dataset": dataset,
+        "job": done,
+        "artifacts": artifacts,
+        "onnx": resp.content,
+    }

@@ -58,13 +58,15 @@ def test_idle_worker_picks_a_job_up_through_the_embedded_broker(
     time.sleep(5)  # let the fresh pool child finish importing the engine: an idle worker
     with service.client() as client:
         job_id = submit(client, job_body(core["model"]["id"])).json()["id"]
-        job = wait_for(client, job_id, lambda j: j["status"] != "queued", timeout_s=60,
-                       interval_s=0.05)
+        job = wait_for(
+            client, job_id, lambda j: j["status"] != "queued", timeout_s=60, interval_s=0.05
+        )
         client.post(f"/v1/jobs/{job_id}/cancel")
     waited = _ts(job["started_at"]) - _ts(job["created_at"])
     assert waited < PICKUP_LIMIT_S, (
         f"picked up after {waited:.1f} s: the API's publish to the embedded broker failed "
-        f"and the sweeper found the job\n{service.logs()}")
+        f"and the sweeper found the job\n{service.logs()}"
+    )
 
 
 def test_prune_then_quantize_to_int8(service: Service, tmp_path: Path) -> None:

@@ -25,8 +25,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory, redis_url: str, postgres_url: str,
-            s3_server: S3Server) -> Iterator[Service]:
+def service(
+    tmp_path_factory: pytest.TempPathFactory, redis_url: str, postgres_url: str, s3_server: S3Server
+) -> Iterator[Service]:
     with running_service(
         tmp_path_factory.mktemp("production") / "data",
         broker_url=redis_url,
@@ -44,8 +45,10 @@ def service(tmp_path_factory: pytest.TempPathFactory, redis_url: str, postgres_u
 def uploads(service: Service, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     work = tmp_path_factory.mktemp("uploads")
     with service.client() as client:
-        return {"model": upload(client, "models", build_onnx(work / "m.onnx")),
-                "dataset": upload(client, "datasets", build_npz(work / "d.npz", n=64))}
+        return {
+            "model": upload(client, "models", build_onnx(work / "m.onnx")),
+            "dataset": upload(client, "datasets", build_npz(work / "d.npz", n=64)),
+        }
 
 
 @pytest.fixture(autouse=True)
@@ -56,8 +59,9 @@ def _logs_on_failure(service: Service, request: pytest.FixtureRequest) -> Iterat
         print(service.logs())
 
 
-def test_core_scenario_with_artifacts_in_s3(service: Service, s3_server: S3Server,
-                                            tmp_path: Path) -> None:
+def test_core_scenario_with_artifacts_in_s3(
+    service: Service, s3_server: S3Server, tmp_path: Path
+) -> None:
     with service.client() as client:
         result = core_scenario(client, tmp_path)
     job_id = result["job"]["id"]
@@ -93,8 +97,7 @@ def test_cancel_while_finetuning_then_worker_takes_the_next_job(
     service: Service, uploads: dict[str, dict]
 ) -> None:
     with service.client() as client:
-        body = job_body(uploads["model"]["id"], uploads["dataset"]["id"], epochs=1000,
-                        batch_size=4)
+        body = job_body(uploads["model"]["id"], uploads["dataset"]["id"], epochs=1000, batch_size=4)
         job_id = submit(client, body).json()["id"]
         wait_for(client, job_id, lambda j: j["stage"] == "finetuning", timeout_s=180)
         asked = time.monotonic()
@@ -107,8 +110,9 @@ def test_cancel_while_finetuning_then_worker_takes_the_next_job(
         assert client.get(f"/v1/jobs/{job_id}/artifacts").json() == []
 
         nxt = submit(client, job_body(uploads["model"]["id"])).json()["id"]
-        done = wait_for(client, nxt, lambda j: j["status"] in ("succeeded", "failed"),
-                        timeout_s=180)
+        done = wait_for(
+            client, nxt, lambda j: j["status"] in ("succeeded", "failed"), timeout_s=180
+        )
         assert done["status"] == "succeeded", done
 
 
@@ -123,22 +127,32 @@ def test_same_idempotency_key_gives_one_job(service: Service, uploads: dict[str,
         assert ids.count(first.json()["id"]) == 1
         # Free the worker for the next test.
         client.post(f"/v1/jobs/{first.json()['id']}/cancel")
-        wait_for(client, first.json()["id"],
-                 lambda j: j["status"] in ("succeeded", "failed", "cancelled"), timeout_s=60)
+        wait_for(
+            client,
+            first.json()["id"],
+            lambda j: j["status"] in ("succeeded", "failed", "cancelled"),
+            timeout_s=60,
+        )
 
 
-def test_other_tenant_gets_404_everywhere(service: Service, uploads: dict[str, dict],
-                                         data_free_job: tuple[str, list[dict]]) -> None:
+def test_other_tenant_gets_404_everywhere(
+    service: Service, uploads: dict[str, dict], data_free_job: tuple[str, list[dict]]
+) -> None:
     model_id, dataset_id = uploads["model"]["id"], uploads["dataset"]["id"]
     job_id = data_free_job[0]
     with service.client(service.key_b) as bob:
         probes = [
-            ("GET", f"/v1/models/{model_id}"), ("GET", f"/v1/models/{model_id}/file"),
-            ("DELETE", f"/v1/models/{model_id}"), ("GET", f"/v1/datasets/{dataset_id}"),
-            ("DELETE", f"/v1/datasets/{dataset_id}"), ("GET", f"/v1/jobs/{job_id}"),
-            ("GET", f"/v1/jobs/{job_id}/report"), ("GET", f"/v1/jobs/{job_id}/artifacts"),
+            ("GET", f"/v1/models/{model_id}"),
+            ("GET", f"/v1/models/{model_id}/file"),
+            ("DELETE", f"/v1/models/{model_id}"),
+            ("GET", f"/v1/datasets/{dataset_id}"),
+            ("DELETE", f"/v1/datasets/{dataset_id}"),
+            ("GET", f"/v1/jobs/{job_id}"),
+            ("GET", f"/v1/jobs/{job_id}/report"),
+            ("GET", f"/v1/jobs/{job_id}/artifacts"),
             ("GET", f"/v1/jobs/{job_id}/artifacts/model.onnx"),
-            ("GET", f"/v1/jobs/{job_id}/events"), ("POST", f"/v1/jobs/{job_id}/cancel"),
+            ("GET", f"/v1/jobs/{job_id}/events"),
+            ("POST", f"/v1/jobs/{job_id}/cancel"),
         ]
         for method, path in probes:
             resp = bob.request(method, path)

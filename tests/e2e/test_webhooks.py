@@ -40,8 +40,9 @@ def test_job_end_is_delivered_signed_within_a_second(service: Service, model_id:
             secret = client.get("/v1/webhooks/secret").json()["secret"]
             resp = submit(client, {**job_body(model_id), "webhook_url": receiver.url})
             assert resp.status_code == 202, resp.text
-            job = wait_for(client, resp.json()["id"], lambda j: j["status"] == "succeeded",
-                           timeout_s=180)
+            job = wait_for(
+                client, resp.json()["id"], lambda j: j["status"] == "succeeded", timeout_s=180
+            )
             assert receiver.arrived.wait(10), service.logs()
             time.sleep(0.5)  # anything more would arrive now
             log = client.get(f"/v1/jobs/{job['id']}/deliveries").json()["items"]
@@ -66,12 +67,12 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_event_survives_a_receiver_outage_and_arrives_once(service: Service,
-                                                           model_id: str) -> None:
+def test_event_survives_a_receiver_outage_and_arrives_once(service: Service, model_id: str) -> None:
     port = closed_port()  # nothing listens there yet: every attempt is refused
     with service.client() as client:
-        resp = submit(client, {**job_body(model_id),
-                               "webhook_url": f"http://127.0.0.1:{port}/hooks"})
+        resp = submit(
+            client, {**job_body(model_id), "webhook_url": f"http://127.0.0.1:{port}/hooks"}
+        )
         job_id = resp.json()["id"]
         assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
         wait_for(client, job_id, lambda j: j["status"] == "cancelled", timeout_s=60)

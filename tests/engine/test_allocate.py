@@ -19,9 +19,16 @@ X = torch.randn(1, 3, 32, 32)
 
 def _scored(model: nn.Module, rule=hardware_multiple, max_ratio: float = 0.9):
     pruner = WidthPruner(
-        model, X, importance=make_importance("l2"), global_pruning=False, pruning_ratio=0.0,
-        max_pruning_ratio=max_ratio, iterative_steps=1, ignored_layers=[model.fc],
-        width_multiple=rule, **PRUNER_KWARGS,
+        model,
+        X,
+        importance=make_importance("l2"),
+        global_pruning=False,
+        pruning_ratio=0.0,
+        max_pruning_ratio=max_ratio,
+        iterative_steps=1,
+        ignored_layers=[model.fc],
+        width_multiple=rule,
+        **PRUNER_KWARGS,
     )
     return pruner, collect_slots(pruner, width_multiple=rule, max_layer_ratio=max_ratio)
 
@@ -122,7 +129,9 @@ def test_sensitivity_scope_meets_a_macs_target(net) -> None:
     head = model.fc if hasattr(model, "fc") else model.classifier
     before = count_macs(model, X)
     result = prune_model(
-        model, X, PruneSpec(target=Target(macs_reduction=0.5), scope="sensitivity"),
+        model,
+        X,
+        PruneSpec(target=Target(macs_reduction=0.5), scope="sensitivity"),
         protected=[head],
     )
     assert result.achieved["macs_reduction"] == pytest.approx(0.5, abs=0.05)

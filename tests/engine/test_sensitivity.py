@@ -23,8 +23,14 @@ def test_scan_measures_every_group_and_restores_the_model(net) -> None:
     model = seeded(net)
     head = model.fc if hasattr(model, "fc") else model.classifier
     pruner = WidthPruner(
-        model, X, importance=make_importance("l2"), global_pruning=False, pruning_ratio=0.0,
-        iterative_steps=1, ignored_layers=[head], width_multiple=hardware_multiple,
+        model,
+        X,
+        importance=make_importance("l2"),
+        global_pruning=False,
+        pruning_ratio=0.0,
+        iterative_steps=1,
+        ignored_layers=[head],
+        width_multiple=hardware_multiple,
         **PRUNER_KWARGS,
     )
     slots = collect_slots(pruner, width_multiple=hardware_multiple, max_layer_ratio=0.9)

@@ -28,9 +28,22 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--daemonize", "no"],
-            stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+            ],
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 10
         while not port_open("127.0.0.1", self.port):
             if time.monotonic() > deadline:
@@ -61,8 +74,9 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture(scope="module")
-def service(redis_server: RedisServer,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+def service(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
     data_dir = tmp_path_factory.mktemp("faults") / "data"
     with running_service(data_dir, broker_url=redis_server.url, max_attempts="3") as svc:
         yield svc
@@ -81,6 +95,8 @@ def status_events(service: Service, job_id: str) -> list[str]:
     import json
 
     with contextlib.closing(sqlite3.connect(service.log_dir / "secateurs.db")) as db:
-        rows = db.execute("SELECT data FROM job_events WHERE job_id = ? AND kind = 'status' "
-                          "ORDER BY id", (job_id,)).fetchall()
+        rows = db.execute(
+            "SELECT data FROM job_events WHERE job_id = ? AND kind = 'status' ORDER BY id",
+            (job_id,),
+        ).fetchall()
     return [json.loads(r[0])["status"] for r in rows]

@@ -21,8 +21,11 @@ def upload_inputs(client: httpx.Client, tmp: Path) -> tuple[str, str]:
     """Upload the tiny model and a 64-sample labelled dataset; returns their ids."""
     ids = []
     rng = np.random.default_rng(0)
-    np.savez(tmp / "d.npz", x=rng.standard_normal((64, 3, 8, 8), dtype=np.float32),
-             y=rng.integers(0, 4, 64))
+    np.savez(
+        tmp / "d.npz",
+        x=rng.standard_normal((64, 3, 8, 8), dtype=np.float32),
+        y=rng.integers(0, 4, 64),
+    )
     for kind, path in (("models", payloads.tiny_onnx(tmp / "m.onnx")), ("datasets", tmp / "d.npz")):
         with path.open("rb") as fh:
             resp = client.post(f"/v1/{kind}", files={"file": (path.name, fh)}, timeout=120)
@@ -36,27 +39,36 @@ def upload_big_dataset(client: httpx.Client, tmp: Path, n: int = 8192) -> str:
     """`n` labelled samples: enough to make evaluation a stage one can catch."""
     rng = np.random.default_rng(1)
     path = tmp / "big.npz"
-    np.savez(path, x=rng.standard_normal((n, 3, 8, 8), dtype=np.float32),
-             y=rng.integers(0, 4, n))
+    np.savez(path, x=rng.standard_normal((n, 3, 8, 8), dtype=np.float32), y=rng.integers(0, 4, n))
     with path.open("rb") as fh:
         resp = client.post("/v1/datasets", files={"file": (path.name, fh)}, timeout=120)
     assert resp.status_code == 201, resp.text
     return str(resp.json()["id"])
 
 
-def body(model_id: str, dataset_id: str | None = None, *, epochs: int = 2,
-         iterations: int = 3, batch_size: int = 8, steps: int = 1) -> dict[str, Any]:
+def body(
+    model_id: str,
+    dataset_id: str | None = None,
+    *,
+    epochs: int = 2,
+    iterations: int = 3,
+    batch_size: int = 8,
+    steps: int = 1,
+) -> dict[str, Any]:
     out: dict[str, Any] = {
         "model_id": model_id,
         "prune": {"target": {"channel_ratio": 0.5}, "iterative_steps": steps},
-        "benchmark": {"providers": ["cpu"], "batch_sizes": [1], "warmup": 1,
-                      "iterations": iterations},
+        "benchmark": {
+            "providers": ["cpu"],
+            "batch_sizes": [1],
+            "warmup": 1,
+            "iterations": iterations,
+        },
         "finetune": None,
     }
     if dataset_id:
         out["dataset_id"] = dataset_id
-        out["finetune"] = {"epochs": epochs, "batch_size": batch_size, "lr": 0.01,
-                           "distill": False}
+        out["finetune"] = {"epochs": epochs, "batch_size": batch_size, "lr": 0.01, "distill": False}
     return out
 
 
@@ -67,8 +79,9 @@ def submit(client: httpx.Client, job: dict[str, Any]) -> str:
 
 
 def finish(client: httpx.Client, job_id: str, timeout_s: float = 240) -> dict[str, Any]:
-    return wait_for(client, job_id, lambda j: j["status"] in TERMINAL, timeout_s=timeout_s,
-                    interval_s=0.2)
+    return wait_for(
+        client, job_id, lambda j: j["status"] in TERMINAL, timeout_s=timeout_s, interval_s=0.2
+    )
 
 
 def kill_run(service: Service, job_id: str) -> int:

@@ -14,8 +14,14 @@ from worker.runner import RunContext
 
 def runner_context(tmp_path: Path, pipeline: Any) -> tuple[RunContext, str]:
     """A run context over SQLite and a local store in `tmp_path`, and a queued job's id."""
-    settings = Settings(data_dir=tmp_path / "data", max_attempts=3, api_keys="",
-                        database_url="", broker_url="", s3_bucket="")
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        max_attempts=3,
+        api_keys="",
+        database_url="",
+        broker_url="",
+        s3_bucket="",
+    )
     settings.data_dir.mkdir(parents=True)
     engine = make_engine(settings.resolved_database_url)
     init_db(engine)
@@ -25,7 +31,14 @@ def runner_context(tmp_path: Path, pipeline: Any) -> tuple[RunContext, str]:
         src = tmp_path / key.replace("/", "_")
         src.write_bytes(data)
         store.put_file(key, src)
-    ctx = RunContext(settings=settings, sessions=sessions, store=store, pipeline=pipeline,
-                     device=lambda: "cpu", heartbeat_s=0.05, progress_interval_s=0.0,
-                     cancel_interval_s=0.0)
+    ctx = RunContext(
+        settings=settings,
+        sessions=sessions,
+        store=store,
+        pipeline=pipeline,
+        device=lambda: "cpu",
+        heartbeat_s=0.05,
+        progress_interval_s=0.0,
+        cancel_interval_s=0.0,
+    )
     return ctx, add_job(sessions)

@@ -23,8 +23,11 @@ SOFT_LIMIT_S = 15
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     data_dir = tmp_path_factory.mktemp("restart") / "data"
-    with running_service(data_dir, job_soft_time_limit_s=str(SOFT_LIMIT_S),
-                         job_hard_time_limit_s=str(SOFT_LIMIT_S + 30)) as svc:
+    with running_service(
+        data_dir,
+        job_soft_time_limit_s=str(SOFT_LIMIT_S),
+        job_hard_time_limit_s=str(SOFT_LIMIT_S + 30),
+    ) as svc:
         yield svc
 
 
@@ -35,12 +38,15 @@ def _partials(service: Service) -> list[Path]:
 def test_api_killed_mid_upload_leaves_no_partial_file(service: Service) -> None:
     url = urlparse(service.base_url)
     boundary = "killb"
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-            f"filename=\"m.onnx\"\r\n\r\n").encode()
-    request = (f"POST /v1/models HTTP/1.1\r\nHost: {url.netloc}\r\n"
-               f"Authorization: Bearer {service.key_a}\r\n"
-               f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
-               f"Content-Length: {50 << 20}\r\n\r\n").encode() + head
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="m.onnx"\r\n\r\n'
+    ).encode()
+    request = (
+        f"POST /v1/models HTTP/1.1\r\nHost: {url.netloc}\r\n"
+        f"Authorization: Bearer {service.key_a}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {50 << 20}\r\n\r\n"
+    ).encode() + head
     with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
         sock.sendall(request)
         deadline = time.monotonic() + 30

@@ -50,8 +50,7 @@ def _ran_to_the_end_once(service: Service, client: httpx.Client, job_id: str) ->
 
 def test_pool_child_killed_mid_job(service: Service, client: httpx.Client, inputs) -> None:
     job_id = submit(client, body(*inputs, epochs=40))
-    wait_for(client, job_id, lambda j: j["stage"] == "finetuning", timeout_s=120,
-             interval_s=0.05)
+    wait_for(client, job_id, lambda j: j["stage"] == "finetuning", timeout_s=120, interval_s=0.05)
     kill_run(service, job_id)
     done = finish(client, job_id)
     assert (done["status"], done["attempts"]) == ("succeeded", 2), (done, service.logs())
@@ -61,8 +60,7 @@ def test_pool_child_killed_mid_job(service: Service, client: httpx.Client, input
 
 def test_whole_worker_killed_mid_job(service: Service, client: httpx.Client, inputs) -> None:
     job_id = submit(client, body(*inputs, epochs=40))
-    wait_for(client, job_id, lambda j: j["stage"] == "finetuning", timeout_s=120,
-             interval_s=0.05)
+    wait_for(client, job_id, lambda j: j["stage"] == "finetuning", timeout_s=120, interval_s=0.05)
     os.killpg(service.procs["worker"].pid, signal.SIGKILL)
     service.procs["worker"].wait(timeout=10)
     killed_at = time.monotonic()
@@ -74,8 +72,9 @@ def test_whole_worker_killed_mid_job(service: Service, client: httpx.Client, inp
     assert time.monotonic() - killed_at < 180
 
 
-def test_job_that_kills_its_worker_every_time(service: Service, client: httpx.Client,
-                                              inputs) -> None:
+def test_job_that_kills_its_worker_every_time(
+    service: Service, client: httpx.Client, inputs
+) -> None:
     job_id = submit(client, body(*inputs, epochs=40))
     for attempt in (1, 2, 3):
         wait_running(service, job_id, attempt)
@@ -89,8 +88,9 @@ def test_job_that_kills_its_worker_every_time(service: Service, client: httpx.Cl
     assert (after["status"], after["attempts"]) == ("succeeded", 1), after
 
 
-def test_redis_restarted_with_jobs_queued(service: Service, client: httpx.Client,
-                                          redis_server: RedisServer, inputs) -> None:
+def test_redis_restarted_with_jobs_queued(
+    service: Service, client: httpx.Client, redis_server: RedisServer, inputs
+) -> None:
     worker = service.procs.pop("worker")  # no worker: the jobs below wait in Redis
     os.killpg(worker.pid, signal.SIGTERM)
     worker.wait(timeout=60)
@@ -105,8 +105,9 @@ def test_redis_restarted_with_jobs_queued(service: Service, client: httpx.Client
         _ran_to_the_end_once(service, client, job_id)
 
 
-def test_redis_down_when_a_job_is_submitted(service: Service, client: httpx.Client,
-                                            redis_server: RedisServer, inputs) -> None:
+def test_redis_down_when_a_job_is_submitted(
+    service: Service, client: httpx.Client, redis_server: RedisServer, inputs
+) -> None:
     redis_server.stop()
     try:
         resp = client.post("/v1/jobs", json=body(inputs[0]))
@@ -121,8 +122,16 @@ def test_redis_down_when_a_job_is_submitted(service: Service, client: httpx.Clie
     assert httpx.get(f"{service.base_url}/readyz", timeout=30).status_code == 200
 
 
-STAGES = ["queued", "loading", "analyzing", "pruning", "finetuning", "evaluating",
-          "exporting", "benchmarking"]
+STAGES = [
+    "queued",
+    "loading",
+    "analyzing",
+    "pruning",
+    "finetuning",
+    "evaluating",
+    "exporting",
+    "benchmarking",
+]
 # A cancel takes one of three ways, whatever the stage: a queued job is cancelled by the
 # API; a running one has its sandbox killed by the worker's watch loop, which polls for
 # cancels the same way in every stage of the sandboxed engine; and one that lands as the
@@ -160,8 +169,9 @@ def _cancel_in(client: httpx.Client, job: dict, stage: str) -> tuple[str, str, f
 
 
 @pytest.mark.parametrize("stage", CANCELLED_IN)
-def test_cancel_in_every_stage_frees_the_worker(service: Service, client: httpx.Client,
-                                                inputs, big_dataset: str, stage: str) -> None:
+def test_cancel_in_every_stage_frees_the_worker(
+    service: Service, client: httpx.Client, inputs, big_dataset: str, stage: str
+) -> None:
     if STAGES.index(stage) <= STAGES.index("finetuning"):
         job = body(*inputs, epochs=30, iterations=3000)
     else:  # one quick pass of fine-tuning, then a long evaluation and benchmark

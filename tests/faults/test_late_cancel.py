@@ -13,8 +13,9 @@ from worker.runner import run_job
 def test_cancel_during_an_unchecked_stage(tmp_path: Path) -> None:
     ctx = None
 
-    def benchmark_ignoring_cancels(model_path: Path, spec: Any, out_dir: Path,
-                                   **kw: Any) -> FakeResult:
+    def benchmark_ignoring_cancels(
+        model_path: Path, spec: Any, out_dir: Path, **kw: Any
+    ) -> FakeResult:
         kw["on_progress"]("benchmarking", 0.9)
         # The client cancels now; this stage never looks at should_cancel.
         with ctx.sessions() as session:

@@ -36,8 +36,9 @@ def test_delivery_to_a_dead_worker_is_not_counted_for_long(redis_server: RedisSe
     with app.connection_for_write() as conn:
         client = conn.default_channel.client
         assert client.llen(QUEUE) == 1
-        subprocess.run([sys.executable, "-c", _TAKE_AND_DIE, redis_server.url, QUEUE],
-                       check=True, timeout=60)
+        subprocess.run(
+            [sys.executable, "-c", _TAKE_AND_DIE, redis_server.url, QUEUE], check=True, timeout=60
+        )
         # The message now sits in `unacked` only, held by nobody alive.
         assert client.llen(QUEUE) == 0 and client.hlen("unacked") == 1
     # A fresh delivery may belong to a worker about to claim the job: it counts...

@@ -46,11 +46,9 @@ class Api:
     def key_b(self) -> str:
         return self.keys["bob"]
 
-    def client(self, key: str | None = None, timeout: float = 30.0,
-               **headers: str) -> httpx.Client:
+    def client(self, key: str | None = None, timeout: float = 30.0, **headers: str) -> httpx.Client:
         auth = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.Client(base_url=self.base_url, headers={**auth, **headers},
-                            timeout=timeout)
+        return httpx.Client(base_url=self.base_url, headers={**auth, **headers}, timeout=timeout)
 
     def log(self) -> str:
         path = self.data_dir.parent / "api.log"
@@ -63,22 +61,42 @@ class Api:
         """A model row written directly: the routes under test never read its file."""
         model_id = f"mdl_{tenant}_{secrets.token_hex(6)}"
         with self.sessions()() as session:
-            session.add(Model(
-                id=model_id, tenant=tenant, name="m", format="onnx", arch=None,
-                sha256="0" * 64, size_bytes=size_bytes, storage_key=f"models/{model_id}",
-                input_shape=[1, 3, 8, 8],
-                inputs=[{"name": "x", "shape": [1, 3, 8, 8], "dtype": "float32"}],
-                outputs=[{"name": "y", "shape": [1, 4], "dtype": "float32"}],
-                stats={"params": 1, "macs": 1}, created_at=utcnow()))
+            session.add(
+                Model(
+                    id=model_id,
+                    tenant=tenant,
+                    name="m",
+                    format="onnx",
+                    arch=None,
+                    sha256="0" * 64,
+                    size_bytes=size_bytes,
+                    storage_key=f"models/{model_id}",
+                    input_shape=[1, 3, 8, 8],
+                    inputs=[{"name": "x", "shape": [1, 3, 8, 8], "dtype": "float32"}],
+                    outputs=[{"name": "y", "shape": [1, 4], "dtype": "float32"}],
+                    stats={"params": 1, "macs": 1},
+                    created_at=utcnow(),
+                )
+            )
             session.commit()
         return model_id
 
     def add_job(self, tenant: str, model_id: str, status: str = "queued") -> str:
         job_id = new_id(JOB)
         with self.sessions()() as session:
-            session.add(Job(id=job_id, tenant=tenant, model_id=model_id,
-                            spec=JobSpec().model_dump(mode="json"), status=status,
-                            progress=0.0, attempts=0, stage_times={}, created_at=utcnow()))
+            session.add(
+                Job(
+                    id=job_id,
+                    tenant=tenant,
+                    model_id=model_id,
+                    spec=JobSpec().model_dump(mode="json"),
+                    status=status,
+                    progress=0.0,
+                    attempts=0,
+                    stage_times={},
+                    created_at=utcnow(),
+                )
+            )
             session.commit()
         return job_id
 
@@ -108,9 +126,22 @@ def running_api(data_dir: Path, **settings: str) -> Iterator[Api]:
     env = service_env(data_dir, **settings)
     log = (data_dir.parent / "api.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from cli.main import main; main()", "api",
-         "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            sys.executable,
+            "-c",
+            "from cli.main import main; main()",
+            "api",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     api = Api(f"http://127.0.0.1:{port}", port, keys, data_dir, database_url, proc)
     try:
         _wait_ready(api)

@@ -28,8 +28,7 @@ def assert_ready(service: Service) -> None:
 
 def upload(client: httpx.Client, kind: str, path: Path, **fields: str) -> httpx.Response:
     with path.open("rb") as fh:
-        return client.post(f"/v1/{kind}", files={"file": (path.name, fh)}, data=fields,
-                           timeout=120)
+        return client.post(f"/v1/{kind}", files={"file": (path.name, fh)}, data=fields, timeout=120)
 
 
 def tmp_files(service: Service) -> list[str]:

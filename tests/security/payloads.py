@@ -32,7 +32,8 @@ def _tiny_graph(weight: np.ndarray | None = None, input_shape: list[Any] | None 
         helper.make_node("Flatten", ["p"], ["logits"]),
     ]
     return helper.make_graph(
-        nodes, "tiny",
+        nodes,
+        "tiny",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [shape[0], 4])],
         [numpy_helper.from_array(w, "w")],
@@ -111,13 +112,18 @@ def onnx_allocation_bomb(path: Path) -> Path:
 
     shape = numpy_helper.from_array(np.array([1 << 20, 1 << 20], dtype=np.int64), "shape")
     nodes = [
-        helper.make_node("ConstantOfShape", ["shape"], ["big"],
-                         value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])),
+        helper.make_node(
+            "ConstantOfShape",
+            ["shape"],
+            ["big"],
+            value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0]),
+        ),
         helper.make_node("ReduceSum", ["big"], ["s"], keepdims=0),
         helper.make_node("Add", ["image", "s"], ["logits"]),
     ]
     graph = helper.make_graph(
-        nodes, "bomb",
+        nodes,
+        "bomb",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3, 8, 8])],
         [shape],
@@ -130,22 +136,30 @@ def onnx_endless_loop(path: Path) -> Path:
     from onnx import TensorProto, helper, numpy_helper
 
     body = helper.make_graph(
-        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-         helper.make_node("Sin", ["acc_in"], ["acc_out"])],
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Sin", ["acc_in"], ["acc_out"]),
+        ],
         "body",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [1, 3, 8, 8]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [1, 3, 8, 8]),
+        ],
     )
     graph = helper.make_graph(
         [helper.make_node("Loop", ["trips", "cond", "image"], ["logits"], body=body)],
         "endless",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [numpy_helper.from_array(np.array(1 << 62, dtype=np.int64), "trips"),
-         numpy_helper.from_array(np.array(True), "cond")],
+        [
+            numpy_helper.from_array(np.array(1 << 62, dtype=np.int64), "trips"),
+            numpy_helper.from_array(np.array(True), "cond"),
+        ],
     )
     return _save_model(graph, path)
 
@@ -163,7 +177,8 @@ def onnx_crashing_runtime(path: Path) -> Path:
         helper.make_node("Flatten", ["p"], ["logits"]),
     ]
     graph = helper.make_graph(
-        nodes, "crash",
+        nodes,
+        "crash",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])],
         [numpy_helper.from_array(w, "w")],
@@ -245,8 +260,9 @@ def safetensors_absurd(path: Path) -> Path:
     """A safetensors header that declares a 10^12-element tensor over 16 bytes of data."""
     import json
 
-    header = json.dumps({"w": {"dtype": "F32", "shape": [1_000_000, 1_000_000],
-                               "data_offsets": [0, 16]}}).encode()
+    header = json.dumps(
+        {"w": {"dtype": "F32", "shape": [1_000_000, 1_000_000], "data_offsets": [0, 16]}}
+    ).encode()
     path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 16)
     return path
 
@@ -342,8 +358,11 @@ def npz_object_x(path: Path) -> Path:
 
 
 def npz_object_y(path: Path) -> Path:
-    np.savez(path, x=np.zeros((4, 3, 8, 8), dtype=np.float32),
-             y=np.array([1, "a", None, 2], dtype=object))
+    np.savez(
+        path,
+        x=np.zeros((4, 3, 8, 8), dtype=np.float32),
+        y=np.array([1, "a", None, 2], dtype=object),
+    )
     return path
 
 
@@ -463,8 +482,12 @@ def pt2_object_constant(path: Path, canary: Path, prefix: str = "opaque_obj_") -
 
     def edit(members: dict[str, bytes], parsed: dict[str, Any]) -> None:
         config = parsed["data/constants/model_constants_config.json"]["config"]
-        config["evil"] = {"path_name": f"{prefix}0", "is_param": False, "use_pickle": True,
-                          "tensor_meta": None}
+        config["evil"] = {
+            "path_name": f"{prefix}0",
+            "is_param": False,
+            "use_pickle": True,
+            "tensor_meta": None,
+        }
         members[f"data/constants/{prefix}0"] = _gadget(canary)
 
     return _pt2_edit(path, edit)
@@ -545,11 +568,16 @@ def pt2_inplace_on_parameter(path: Path) -> Path:
     def edit(members: dict[str, bytes], parsed: dict[str, Any]) -> None:
         graph = parsed["models/model.json"]["graph_module"]["graph"]
         relu = _first_node(parsed["models/model.json"], "torch.ops.aten.relu_.default")
-        view = {"target": "torch.ops.aten.alias.default", "name": "weight_view",
-                "inputs": [{"name": "self", "arg": {"as_tensor": {"name": "p_conv_weight"}},
-                            "kind": 1}],
-                "outputs": [{"as_tensor": {"name": "weight_view"}}], "metadata": {},
-                "is_hop_single_tensor_return": None}
+        view = {
+            "target": "torch.ops.aten.alias.default",
+            "name": "weight_view",
+            "inputs": [
+                {"name": "self", "arg": {"as_tensor": {"name": "p_conv_weight"}}, "kind": 1}
+            ],
+            "outputs": [{"as_tensor": {"name": "weight_view"}}],
+            "metadata": {},
+            "is_hop_single_tensor_return": None,
+        }
         graph["tensor_values"]["weight_view"] = graph["tensor_values"]["p_conv_weight"]
         graph["nodes"].insert(graph["nodes"].index(relu), view)
         relu["inputs"][0]["arg"] = {"as_tensor": {"name": "weight_view"}}
@@ -564,8 +592,12 @@ def pt2_sympy_injection(path: Path, canary: Path) -> Path:
     def edit(members: dict[str, bytes], parsed: dict[str, Any]) -> None:
         values = parsed["models/model.json"]["graph_module"]["graph"]["tensor_values"]
         first = next(iter(values.values()))
-        first["sizes"][0] = {"as_expr": {
-            "expr_str": f"__import__('os').system('touch {canary}')", "hint": {"as_int": 2}}}
+        first["sizes"][0] = {
+            "as_expr": {
+                "expr_str": f"__import__('os').system('touch {canary}')",
+                "hint": {"as_int": 2},
+            }
+        }
 
     return _pt2_edit(path, edit)
 
@@ -607,8 +639,12 @@ def _external_constant(output: str, location: str) -> Any:
     return helper.make_node("Constant", [], [output], value=_external(value, location))
 
 
-def _save_tiny_plus(path: Path, extra_nodes: list[Any], functions: list[Any] | None = None,
-                    opsets: list[tuple[str, int]] | None = None) -> Path:
+def _save_tiny_plus(
+    path: Path,
+    extra_nodes: list[Any],
+    functions: list[Any] | None = None,
+    opsets: list[tuple[str, int]] | None = None,
+) -> Path:
     """The tiny model whose logits get `+ bias` where `bias` comes from `extra_nodes`."""
     from onnx import helper
 
@@ -634,22 +670,33 @@ def onnx_function_if_external(path: Path, location: str = "../../../../etc/passw
     """External data hidden in an If branch inside a local function."""
     from onnx import TensorProto, helper
 
-    cond = helper.make_node("Constant", [], ["cond"],
-                            value=helper.make_tensor("c", TensorProto.BOOL, [], [True]))
-    body = [cond, _if_node("out", [_external_constant("x", location),
-                                   helper.make_node("Identity", ["x"], ["out"])], "branch")]
-    function = helper.make_function("local.lib", "Leak", [], ["out"], body,
-                                    [helper.make_opsetid("", 17)])
-    return _save_tiny_plus(path, [helper.make_node("Leak", [], ["bias"], domain="local.lib")],
-                           [function], [("", 17), ("local.lib", 1)])
+    cond = helper.make_node(
+        "Constant", [], ["cond"], value=helper.make_tensor("c", TensorProto.BOOL, [], [True])
+    )
+    body = [
+        cond,
+        _if_node(
+            "out",
+            [_external_constant("x", location), helper.make_node("Identity", ["x"], ["out"])],
+            "branch",
+        ),
+    ]
+    function = helper.make_function(
+        "local.lib", "Leak", [], ["out"], body, [helper.make_opsetid("", 17)]
+    )
+    return _save_tiny_plus(
+        path,
+        [helper.make_node("Leak", [], ["bias"], domain="local.lib")],
+        [function],
+        [("", 17), ("local.lib", 1)],
+    )
 
 
 def onnx_sparse_external(path: Path, location: str = "weights.bin") -> Path:
     """A sparse initializer whose values are external data."""
     from onnx import TensorProto, helper
 
-    values = _external(helper.make_tensor("bias_values", TensorProto.FLOAT, [1], [0.0]),
-                       location)
+    values = _external(helper.make_tensor("bias_values", TensorProto.FLOAT, [1], [0.0]), location)
     indices = helper.make_tensor("bias_indices", TensorProto.INT64, [1], [0])
     path = _save_tiny_plus(path, [])
     from onnx import load_model_from_string
@@ -670,25 +717,37 @@ def onnx_loop_external(path: Path, location: str = "weights.bin") -> Path:
     """External data in a Loop body (two levels: Loop → If → Constant)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    inner_if = _if_node("v", [_external_constant("x", location),
-                              helper.make_node("Identity", ["x"], ["v"])], "inner")
+    inner_if = _if_node(
+        "v",
+        [_external_constant("x", location), helper.make_node("Identity", ["x"], ["v"])],
+        "inner",
+    )
     body = helper.make_graph(
-        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-         helper.make_node("Identity", ["cond_in"], ["cond"]), inner_if,
-         helper.make_node("Add", ["acc_in", "v"], ["acc_out"])],
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Identity", ["cond_in"], ["cond"]),
+            inner_if,
+            helper.make_node("Add", ["acc_in", "v"], ["acc_out"]),
+        ],
         "body",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [1])],
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [1]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [1]),
+        ],
     )
     nodes = [
-        helper.make_node("Constant", [], ["trips"],
-                         value=numpy_helper.from_array(np.array(1, dtype=np.int64))),
+        helper.make_node(
+            "Constant", [], ["trips"], value=numpy_helper.from_array(np.array(1, dtype=np.int64))
+        ),
         helper.make_node("Constant", [], ["go"], value=numpy_helper.from_array(np.array(True))),
-        helper.make_node("Constant", [], ["zero"],
-                         value=numpy_helper.from_array(np.zeros(1, np.float32))),
+        helper.make_node(
+            "Constant", [], ["zero"], value=numpy_helper.from_array(np.zeros(1, np.float32))
+        ),
         helper.make_node("Loop", ["trips", "go", "zero"], ["bias"], body=body),
     ]
     return _save_tiny_plus(path, nodes)
@@ -716,7 +775,8 @@ def onnx_expand_bomb(path: Path, elements_log2: int = 30) -> Path:
         helper.make_node("Add", ["image", "s"], ["logits"]),
     ]
     graph = helper.make_graph(
-        nodes, "expand_bomb",
+        nodes,
+        "expand_bomb",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, INPUT_SHAPE)],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, INPUT_SHAPE)],
         [shape, one],

@@ -32,15 +32,19 @@ BURST_P99_LIMIT_S = 0.5
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    with running_api(tmp_path_factory.mktemp("fairness") / "data",
-                     max_event_streams_per_tenant=str(STREAM_CAP),
-                     max_concurrent_jobs_per_tenant=str(JOB_CAP),
-                     metrics_key=OPERATOR_KEY, min_free_disk_bytes=str(1 << 20)) as server:
+    with running_api(
+        tmp_path_factory.mktemp("fairness") / "data",
+        max_event_streams_per_tenant=str(STREAM_CAP),
+        max_concurrent_jobs_per_tenant=str(JOB_CAP),
+        metrics_key=OPERATOR_KEY,
+        min_free_disk_bytes=str(1 << 20),
+    ) as server:
         yield server
 
 
-def _latencies(client: httpx.Client, path: str, count: int,
-               until: threading.Event | None = None) -> list[float]:
+def _latencies(
+    client: httpx.Client, path: str, count: int, until: threading.Event | None = None
+) -> list[float]:
     """Time `count` GETs of `path` one after another (or until `until` is set)."""
     samples: list[float] = []
     while len(samples) < count and not (until is not None and until.is_set()):
@@ -53,8 +57,9 @@ def _latencies(client: httpx.Client, path: str, count: int,
 
 
 def _metric(api: Api, name: str) -> float:
-    text = httpx.get(f"{api.base_url}/metrics", timeout=10,
-                     headers={"Authorization": f"Bearer {OPERATOR_KEY}"}).text
+    text = httpx.get(
+        f"{api.base_url}/metrics", timeout=10, headers={"Authorization": f"Bearer {OPERATOR_KEY}"}
+    ).text
     line = next(ln for ln in text.splitlines() if ln.startswith(name + " "))
     return float(line.split()[1])
 
@@ -129,8 +134,14 @@ def _active_jobs(api: Api, tenant: str) -> int:
     from app.db.models import Job
 
     with api.sessions()() as session:
-        return int(session.scalar(select(func.count()).select_from(Job).where(
-            Job.tenant == tenant, Job.status.in_(("queued", "running")))) or 0)
+        return int(
+            session.scalar(
+                select(func.count())
+                .select_from(Job)
+                .where(Job.tenant == tenant, Job.status.in_(("queued", "running")))
+            )
+            or 0
+        )
 
 
 def assert_cap_holds(api: Api, tenant: str) -> None:
@@ -151,9 +162,12 @@ def test_concurrent_submits_never_exceed_the_job_cap_sqlite(api: Api) -> None:
 def test_concurrent_submits_never_exceed_the_job_cap_postgresql(
     postgres_url: str, tmp_path: Path
 ) -> None:
-    with running_api(tmp_path / "data", database_url=postgres_url,
-                     max_concurrent_jobs_per_tenant=str(JOB_CAP),
-                     min_free_disk_bytes=str(1 << 20)) as server:
+    with running_api(
+        tmp_path / "data",
+        database_url=postgres_url,
+        max_concurrent_jobs_per_tenant=str(JOB_CAP),
+        min_free_disk_bytes=str(1 << 20),
+    ) as server:
         assert_cap_holds(server, "dave")
 
 
@@ -180,7 +194,11 @@ def test_junk_uploads_do_not_starve_another_tenant(api: Api) -> None:
     p99 stays under half a second, and every upload is answered."""
     attack = subprocess.Popen(
         [sys.executable, "-c", _ATTACK, api.base_url, api.key_a, "50", str(32 << 20)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     done = threading.Event()
     threading.Thread(target=lambda: (attack.wait(), done.set()), daemon=True).start()
     try:
@@ -191,8 +209,10 @@ def test_junk_uploads_do_not_starve_another_tenant(api: Api) -> None:
         out, _ = attack.communicate(timeout=600)
     codes = out.strip().splitlines()[-1] if out.strip() else out
     assert attack.returncode == 0, out[-2000:]
-    print(f"bob's GET /v1/jobs during the burst: n={len(latencies)} "
-          f"p99={p99(latencies) * 1000:.0f} ms; alice's answers: {codes}")
+    print(
+        f"bob's GET /v1/jobs during the burst: n={len(latencies)} "
+        f"p99={p99(latencies) * 1000:.0f} ms; alice's answers: {codes}"
+    )
     assert "500" not in codes and "429" not in codes, codes
     assert len(latencies) >= 20, (len(latencies), codes)
     assert p99(latencies) <= BURST_P99_LIMIT_S, (p99(latencies), sorted(latencies)[-5:], codes)
@@ -203,14 +223,21 @@ def test_an_upload_beyond_the_tenants_turns_waits_then_gets_429(
 ) -> None:
     """With one turn per tenant, alice's second upload waits (its body unread) while her
     first is still arriving, and is refused once the wait is over; bob's goes through."""
-    with running_api(tmp_path_factory.mktemp("turns") / "data", max_uploads_per_tenant="1",
-                     upload_turn_wait_s="1.5") as server:
+    with running_api(
+        tmp_path_factory.mktemp("turns") / "data",
+        max_uploads_per_tenant="1",
+        upload_turn_wait_s="1.5",
+    ) as server:
         boundary = "slow"
-        part = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-                f"filename=\"m.onnx\"\r\n\r\n").encode()
-        head = (f"POST /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.key_a}"
-                f"\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
-                f"Content-Length: {len(part) + 100_000}\r\n\r\n").encode() + part
+        part = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="m.onnx"\r\n\r\n'
+        ).encode()
+        head = (
+            f"POST /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.key_a}"
+            f"\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
+            f"Content-Length: {len(part) + 100_000}\r\n\r\n"
+        ).encode() + part
         with socket.create_connection(("127.0.0.1", server.port), timeout=30) as first:
             first.sendall(head + b"x" * 1000)  # holds alice's only turn
             time.sleep(0.3)

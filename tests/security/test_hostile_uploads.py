@@ -30,7 +30,8 @@ HOSTILE: dict[str, Build] = {
     "pt2-from-file-write": lambda p, c, v: payloads.pt2_from_file(p, v, shared=True),
     "pt2-in-place-input": lambda p, c, v: payloads.pt2_inplace_on_input(p),
     "onnx-function-external": lambda p, c, v: payloads.onnx_function_if_external(
-        p, "../" * 12 + str(v).lstrip("/")),
+        p, "../" * 12 + str(v).lstrip("/")
+    ),
     "onnx-sparse-external": lambda p, c, v: payloads.onnx_sparse_external(p),
     "onnx-foreign-domain": lambda p, c, v: payloads.onnx_custom_domain(p),
     "onnx-expand-bomb": lambda p, c, v: payloads.onnx_expand_bomb(p),
@@ -55,8 +56,9 @@ def _assert_no_secret(api: Api, body: bytes, where: str) -> None:
 
 
 @pytest.mark.parametrize("name", list(HOSTILE))
-def test_a_hostile_upload_is_refused_and_reaches_nothing(api: Api, tmp_path: Path,
-                                                         name: str) -> None:
+def test_a_hostile_upload_is_refused_and_reaches_nothing(
+    api: Api, tmp_path: Path, name: str
+) -> None:
     canary, victim = tmp_path / "canary", tmp_path / "victim"
     victim.write_bytes(SECRET)
     upload = HOSTILE[name](tmp_path / f"m{SUFFIX[name.split('-')[0]]}", canary, victim)
@@ -75,13 +77,14 @@ def _assert_nothing_downloadable_leaks(api: Api, alice: httpx.Client) -> None:
     """Whatever the attacker has stored (an accepted payload would be a covert channel)."""
     for model in alice.get("/v1/models", params={"limit": 100}).json()["items"]:
         _assert_no_secret(api, alice.get(f"/v1/models/{model['id']}").content, "a model")
-        _assert_no_secret(api, alice.get(f"/v1/models/{model['id']}/file").content,
-                          "a stored file")
+        _assert_no_secret(api, alice.get(f"/v1/models/{model['id']}/file").content, "a stored file")
 
 
 def test_an_ordinary_upload_still_works_after_the_attacks(api: Api, tmp_path: Path) -> None:
-    for upload in (payloads.tiny_onnx(tmp_path / "ok.onnx"),
-                   payloads.pt2_small_cnn(tmp_path / "ok.pt2")):
+    for upload in (
+        payloads.tiny_onnx(tmp_path / "ok.onnx"),
+        payloads.pt2_small_cnn(tmp_path / "ok.pt2"),
+    ):
         with api.client(api.key_a, timeout=120) as alice:
             resp = alice.post("/v1/models", files={"file": (upload.name, upload.read_bytes())})
         assert resp.status_code == 201, resp.text

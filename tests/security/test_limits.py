@@ -19,8 +19,9 @@ B = {"Authorization": f"Bearer {KEY_B}"}
 
 
 def _client(tmp_path: Path, **settings) -> Iterator[TestClient]:
-    app = create_app(Settings(data_dir=tmp_path / "data",
-                              api_keys=f"alice:{KEY_A},bob:{KEY_B}", **settings))
+    app = create_app(
+        Settings(data_dir=tmp_path / "data", api_keys=f"alice:{KEY_A},bob:{KEY_B}", **settings)
+    )
     with TestClient(app) as client:
         yield client
     app.state.engine.dispose()
@@ -35,12 +36,21 @@ def _problem(resp, status: int, code: str) -> dict:
 
 
 def _add_model(client: TestClient, tenant: str) -> str:
-    row = Model(id=f"mdl_limits_{tenant}", tenant=tenant, name="m", format="onnx", arch=None,
-                sha256="0" * 64, size_bytes=1, storage_key=f"models/mdl_limits_{tenant}",
-                input_shape=[1, 3, 8, 8],
-                inputs=[{"name": "x", "shape": [1, 3, 8, 8], "dtype": "float32"}],
-                outputs=[{"name": "y", "shape": [1, 4], "dtype": "float32"}],
-                stats={"params": 1, "macs": 1}, created_at=utcnow())
+    row = Model(
+        id=f"mdl_limits_{tenant}",
+        tenant=tenant,
+        name="m",
+        format="onnx",
+        arch=None,
+        sha256="0" * 64,
+        size_bytes=1,
+        storage_key=f"models/mdl_limits_{tenant}",
+        input_shape=[1, 3, 8, 8],
+        inputs=[{"name": "x", "shape": [1, 3, 8, 8], "dtype": "float32"}],
+        outputs=[{"name": "y", "shape": [1, 4], "dtype": "float32"}],
+        stats={"params": 1, "macs": 1},
+        created_at=utcnow(),
+    )
     with client.app.state.sessionmaker() as session:
         session.add(row)
         session.commit()
@@ -95,8 +105,7 @@ def test_disk_full_during_upload(tmp_path: Path) -> None:
     for client in _client(tmp_path):
         tmp = tmp_path / "data" / "tmp"
         with small_file_limit():
-            resp = client.post("/v1/models", headers=A,
-                               files={"file": ("m.onnx", bytes(1 << 20))})
+            resp = client.post("/v1/models", headers=A, files={"file": ("m.onnx", bytes(1 << 20))})
         body = _problem(resp, 507, "insufficient_storage")
         assert "retry later" in body["detail"]
         assert list(tmp.iterdir()) == []

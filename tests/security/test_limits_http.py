@@ -29,13 +29,17 @@ QUOTA = 8 << 20
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    with running_api(tmp_path_factory.mktemp("limits") / "data",
-                     header_timeout_s=str(HEADER_TIMEOUT_S),
-                     body_timeout_s=str(BODY_TIMEOUT_S),
-                     upload_idle_timeout_s="1", upload_min_bytes_per_s="4096",
-                     tenant_storage_quota_bytes=str(QUOTA), metrics_key=OPERATOR_KEY,
-                     auth_failures_per_minute="20",
-                     min_free_disk_bytes=str(1 << 20)) as server:
+    with running_api(
+        tmp_path_factory.mktemp("limits") / "data",
+        header_timeout_s=str(HEADER_TIMEOUT_S),
+        body_timeout_s=str(BODY_TIMEOUT_S),
+        upload_idle_timeout_s="1",
+        upload_min_bytes_per_s="4096",
+        tenant_storage_quota_bytes=str(QUOTA),
+        metrics_key=OPERATOR_KEY,
+        auth_failures_per_minute="20",
+        min_free_disk_bytes=str(1 << 20),
+    ) as server:
         yield server
 
 
@@ -57,8 +61,11 @@ def _read_response(sock: socket.socket) -> bytes:
     while b"\r\n\r\n" not in data:
         data += sock.recv(65536)
     head, _, body = data.partition(b"\r\n\r\n")
-    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                  if line.lower().startswith(b"content-length:"))
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
     while len(body) < length:
         body += sock.recv(65536)
     return head + b"\r\n\r\n" + body
@@ -81,8 +88,7 @@ def _dropped_after(api: Api, head: bytes, trickled: bytes) -> tuple[bytes, float
     with _connect(api) as sock:
         started = time.monotonic()
         sock.sendall(head)
-        feeder = threading.Thread(target=_trickle, args=(sock, trickled, 0.3, stop),
-                                  daemon=True)
+        feeder = threading.Thread(target=_trickle, args=(sock, trickled, 0.3, stop), daemon=True)
         feeder.start()
         reply = _read_until_closed(sock)
         waited = time.monotonic() - started
@@ -115,8 +121,10 @@ def test_trickled_headers_are_dropped(api: Api) -> None:
 
 def test_trickled_json_body_is_dropped(api: Api) -> None:
     body = b'{"model_id": "mdl_x"}' + b" " * 100
-    head = (f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {api.key_a}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    head = (
+        f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {api.key_a}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
     reply, waited = _dropped_after(api, head, body)
     assert reply.startswith(b"HTTP/1.1 408"), reply[:300]
     assert b'"code":"request_timeout"' in reply.replace(b" ", b"")
@@ -126,11 +134,14 @@ def test_trickled_json_body_is_dropped(api: Api) -> None:
 def test_trickled_upload_is_dropped(api: Api) -> None:
     """Bytes keep coming (the idle timeout never fires) but far below the minimum rate."""
     boundary = "trickle"
-    part = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-            f"filename=\"m.onnx\"\r\n\r\n").encode()
-    head = (f"POST /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {api.key_a}\r\n"
-            f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
-            f"Content-Length: {len(part) + 10000}\r\n\r\n").encode() + part
+    part = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="m.onnx"\r\n\r\n'
+    ).encode()
+    head = (
+        f"POST /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {api.key_a}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(part) + 10000}\r\n\r\n"
+    ).encode() + part
     reply, waited = _dropped_after(api, head, b"x" * 10000)
     assert reply.startswith(b"HTTP/1.1 408"), reply[:300]
     assert b"slower than" in reply
@@ -138,9 +149,18 @@ def test_trickled_upload_is_dropped(api: Api) -> None:
     assert not list((api.data_dir / "tmp").glob("*.upload"))
 
 
-@pytest.mark.parametrize("path", ["/static/%00", "/static/a%00b.js", "/static/%2e%2e",
-                                  "/static/%2e%2e/%2e%2e/etc/passwd", "/static/..%2fapp",
-                                  "/static/" + "a" * 4000, "/static/" + "b/" * 600 + "c"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/static/%00",
+        "/static/a%00b.js",
+        "/static/%2e%2e",
+        "/static/%2e%2e/%2e%2e/etc/passwd",
+        "/static/..%2fapp",
+        "/static/" + "a" * 4000,
+        "/static/" + "b/" * 600 + "c",
+    ],
+)
 def test_odd_static_paths_are_not_found(api: Api, path: str) -> None:
     resp = httpx.get(api.base_url + path, timeout=10)
     assert resp.status_code in (400, 404), (resp.status_code, resp.text[:300])
@@ -184,15 +204,18 @@ def test_failed_keys_are_throttled_per_address(api: Api) -> None:
         assert_problem(resp, 429, "too_many_auth_failures")
         assert 1 <= int(resp.headers["Retry-After"]) <= 60
         # A key already proven valid still works from that address (a shared NAT).
-        assert client.get("/v1/jobs", headers={"Authorization": f"Bearer {api.key_a}"}
-                          ).status_code == 200
+        assert (
+            client.get("/v1/jobs", headers={"Authorization": f"Bearer {api.key_a}"}).status_code
+            == 200
+        )
     # Other addresses are not slowed: a valid key, and a wrong one still gets its 401.
     with api.client(api.key_b, **{"X-Forwarded-For": "198.51.100.7"}) as bob:
         started = time.perf_counter()
         assert bob.get("/v1/jobs").status_code == 200
         assert time.perf_counter() - started < 1
-        assert_problem(bob.get("/v1/jobs", headers={"Authorization": "Bearer nope"}),
-                       401, "unauthorized")
+        assert_problem(
+            bob.get("/v1/jobs", headers={"Authorization": "Bearer nope"}), 401, "unauthorized"
+        )
 
 
 def test_storage_quota(api: Api) -> None:
@@ -205,14 +228,16 @@ def test_storage_quota(api: Api) -> None:
         assert "quota" in body["detail"]
 
         def chunked() -> Iterator[bytes]:
-            yield (b"--q\r\nContent-Disposition: form-data; name=\"file\"; "
-                   b"filename=\"m.onnx\"\r\n\r\n")
+            yield (b'--q\r\nContent-Disposition: form-data; name="file"; filename="m.onnx"\r\n\r\n')
             for _ in range(48):
                 yield bytes(64 << 10)
             yield b"\r\n--q--\r\n"
 
-        resp = carol.post("/v1/datasets", content=chunked(),
-                          headers={"Content-Type": "multipart/form-data; boundary=q"})
+        resp = carol.post(
+            "/v1/datasets",
+            content=chunked(),
+            headers={"Content-Type": "multipart/form-data; boundary=q"},
+        )
         assert_problem(resp, 413, "storage_quota_exceeded")
         api.add_model("carol", size_bytes=2 << 20)
         resp = carol.post("/v1/models", files={"file": ("m.onnx", b"tiny")})
@@ -234,9 +259,21 @@ def test_quota_holds_under_concurrent_commits(tmp_path: Path) -> None:
             stored.remove(key)
 
     def commit(i: int) -> str:
-        row = Model(id=f"mdl_q{i}", tenant="t", name="m", format="onnx", arch=None,
-                    sha256="0" * 64, size_bytes=1000, storage_key=f"models/mdl_q{i}",
-                    input_shape=[1], inputs=[], outputs=[], stats={}, created_at=utcnow())
+        row = Model(
+            id=f"mdl_q{i}",
+            tenant="t",
+            name="m",
+            format="onnx",
+            arch=None,
+            sha256="0" * 64,
+            size_bytes=1000,
+            storage_key=f"models/mdl_q{i}",
+            input_shape=[1],
+            inputs=[],
+            outputs=[],
+            stats={},
+            created_at=utcnow(),
+        )
         stored.append(row.storage_key)
         barrier.wait()
         try:
@@ -247,8 +284,9 @@ def test_quota_holds_under_concurrent_commits(tmp_path: Path) -> None:
 
     barrier = threading.Barrier(10)
     threads_out: list[str] = []
-    workers = [threading.Thread(target=lambda i=i: threads_out.append(commit(i)))
-               for i in range(10)]
+    workers = [
+        threading.Thread(target=lambda i=i: threads_out.append(commit(i))) for i in range(10)
+    ]
     for worker in workers:
         worker.start()
     for worker in workers:
@@ -264,8 +302,11 @@ def tiny_filesystem(path: Path, size: str = "16m") -> Iterator[Path]:
     path.mkdir(parents=True)
     if os.geteuid() != 0:
         pytest.skip("!!! FULL-DISK TEST SKIPPED: mounting a tiny tmpfs needs root")
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
         pytest.skip(f"!!! FULL-DISK TEST SKIPPED: cannot mount a tmpfs: {result.stderr}")
     try:
@@ -289,9 +330,12 @@ def _fill(directory: Path) -> Path:
 
 
 def test_full_disk_is_507_and_not_ready(tmp_path: Path) -> None:
-    with tiny_filesystem(tmp_path / "disk") as disk, \
-            running_api(disk / "data", min_free_disk_bytes="0",
-                        rate_limit_per_minute="100000") as server:
+    with (
+        tiny_filesystem(tmp_path / "disk") as disk,
+        running_api(
+            disk / "data", min_free_disk_bytes="0", rate_limit_per_minute="100000"
+        ) as server,
+    ):
         model = server.add_model("alice")
         with server.client(server.key_a) as alice:
             assert alice.post("/v1/jobs", json={"model_id": model}).status_code == 202
@@ -300,8 +344,9 @@ def test_full_disk_is_507_and_not_ready(tmp_path: Path) -> None:
                 resp = httpx.get(f"{server.base_url}/readyz", timeout=10)
                 body = assert_problem(resp, 503, "not_ready")
                 assert "disk" in body["checks"]
-                assert_problem(alice.post("/v1/jobs", json={"model_id": model}),
-                               507, "insufficient_storage")
+                assert_problem(
+                    alice.post("/v1/jobs", json={"model_id": model}), 507, "insufficient_storage"
+                )
                 resp = alice.post("/v1/models", files={"file": ("m.onnx", b"x" * 1000)})
                 assert_problem(resp, 507, "insufficient_storage")
                 assert alice.get("/v1/jobs").status_code == 200  # reads still work
@@ -314,9 +359,13 @@ def test_full_disk_is_507_and_not_ready(tmp_path: Path) -> None:
 def test_database_full_is_507_on_every_write(tmp_path: Path) -> None:
     """SQLite's own "database or disk is full" (SQLITE_FULL, here from a page cap) past
     the free-space guard: each writing route answers 507, never 500."""
-    settings = Settings(data_dir=tmp_path / "data", api_keys="alice:sk_alice_full",
-                        min_free_disk_bytes=0, max_concurrent_jobs_per_tenant=100_000,
-                        rate_limit_per_minute=100_000)
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        api_keys="alice:sk_alice_full",
+        min_free_disk_bytes=0,
+        max_concurrent_jobs_per_tenant=100_000,
+        rate_limit_per_minute=100_000,
+    )
     app = create_app(settings)
     auth = {"Authorization": "Bearer sk_alice_full"}
     with TestClient(app, raise_server_exceptions=False) as client:
@@ -344,11 +393,22 @@ def _seed_model(app) -> str:  # type: ignore[no-untyped-def]
     from app.db.models import Model, utcnow
 
     with app.state.sessionmaker() as session:
-        session.add(Model(id="mdl_full", tenant="alice", name="m", format="onnx", arch=None,
-                          sha256="0" * 64, size_bytes=1, storage_key="models/mdl_full",
-                          input_shape=[1, 3, 8, 8],
-                          inputs=[{"name": "x", "shape": [1, 3, 8, 8], "dtype": "float32"}],
-                          outputs=[{"name": "y", "shape": [1, 4], "dtype": "float32"}],
-                          stats={"params": 1, "macs": 1}, created_at=utcnow()))
+        session.add(
+            Model(
+                id="mdl_full",
+                tenant="alice",
+                name="m",
+                format="onnx",
+                arch=None,
+                sha256="0" * 64,
+                size_bytes=1,
+                storage_key="models/mdl_full",
+                input_shape=[1, 3, 8, 8],
+                inputs=[{"name": "x", "shape": [1, 3, 8, 8], "dtype": "float32"}],
+                outputs=[{"name": "y", "shape": [1, 4], "dtype": "float32"}],
+                stats={"params": 1, "macs": 1},
+                created_at=utcnow(),
+            )
+        )
         session.commit()
     return "mdl_full"

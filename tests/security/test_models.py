@@ -16,8 +16,14 @@ from tests.security.helpers import assert_problem, assert_ready, tmp_files, uplo
 pytestmark = pytest.mark.e2e
 
 # Codes a malformed model may legitimately earn; never anything else, never a 5xx.
-MODEL_REFUSALS = {"invalid_model", "unsupported_op", "input_shape_required", "too_large",
-                  "non_finite_weights", "external_data_forbidden"}
+MODEL_REFUSALS = {
+    "invalid_model",
+    "unsupported_op",
+    "input_shape_required",
+    "too_large",
+    "non_finite_weights",
+    "external_data_forbidden",
+}
 
 
 def _refused(service: Service, path: Path, code: str, **fields: str) -> dict:
@@ -56,15 +62,13 @@ def test_pickled_whole_module(service: Service, tmp_path: Path) -> None:
 @pytest.mark.parametrize("protocol", [0, 4])
 def test_code_running_pickle_never_runs(service: Service, tmp_path: Path, protocol: int) -> None:
     canary = tmp_path / "canary"
-    _refused(service, payloads.canary_pickle(tmp_path / "m.pth", canary, protocol),
-             "unsafe_format")
+    _refused(service, payloads.canary_pickle(tmp_path / "m.pth", canary, protocol), "unsafe_format")
     assert not canary.exists()
 
 
 def test_torch_zip_with_swapped_data_pkl(service: Service, tmp_path: Path) -> None:
     canary = tmp_path / "canary"
-    body = _refused(service, payloads.canary_torch_zip(tmp_path / "m.pt", canary),
-                    "unsafe_format")
+    body = _refused(service, payloads.canary_torch_zip(tmp_path / "m.pt", canary), "unsafe_format")
     assert "system" in body["detail"] and not canary.exists()
 
 
@@ -94,15 +98,20 @@ def test_oversized_model_streamed_without_content_length(service: Service) -> No
     boundary = "b0undary"
 
     def body():  # a generator: httpx sends it chunked, with no Content-Length
-        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-               f"filename=\"m.onnx\"\r\n\r\n").encode()
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="m.onnx"\r\n\r\n'
+        ).encode()
         for _ in range(24):
             yield bytes(128 << 10)
         yield f"\r\n--{boundary}--\r\n".encode()
 
     with service.client() as client:
-        resp = client.post("/v1/models", content=body(),
-                           headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        resp = client.post(
+            "/v1/models",
+            content=body(),
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
         assert "content-length" not in resp.request.headers
         assert_problem(resp, 413, "payload_too_large")
     assert tmp_files(service) == []
@@ -110,8 +119,12 @@ def test_oversized_model_streamed_without_content_length(service: Service) -> No
 
 
 def test_weights_with_unknown_arch(service: Service, tmp_path: Path) -> None:
-    _refused(service, payloads.state_dict(tmp_path / "m.pt"), "unknown_arch",
-             arch="torchvision:no_such_net")
+    _refused(
+        service,
+        payloads.state_dict(tmp_path / "m.pt"),
+        "unknown_arch",
+        arch="torchvision:no_such_net",
+    )
 
 
 # --- refused after parsing (the child imports torch and onnx) ----------------------------
@@ -119,15 +132,16 @@ def test_weights_with_unknown_arch(service: Service, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_onnx_external_data(service: Service, tmp_path: Path) -> None:
-    _refused(service, payloads.onnx_external_data(tmp_path / "m.onnx"),
-             "external_data_forbidden")
+    _refused(service, payloads.onnx_external_data(tmp_path / "m.onnx"), "external_data_forbidden")
 
 
 @pytest.mark.slow
 def test_onnx_external_data_path_traversal(service: Service, tmp_path: Path) -> None:
-    body = _refused(service, payloads.onnx_external_data(tmp_path / "m.onnx",
-                                                         "../../../../etc/passwd"),
-                    "external_data_forbidden")
+    body = _refused(
+        service,
+        payloads.onnx_external_data(tmp_path / "m.onnx", "../../../../etc/passwd"),
+        "external_data_forbidden",
+    )
     assert "root:" not in body["detail"]
 
 
@@ -160,8 +174,9 @@ ENDLESS_LIMIT_S = 10
 
 
 @pytest.mark.slow
-def test_first_run_that_never_ends(tmp_path_factory: pytest.TempPathFactory,
-                                   tmp_path: Path) -> None:
+def test_first_run_that_never_ends(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
     import time
 
     import httpx
@@ -169,9 +184,11 @@ def test_first_run_that_never_ends(tmp_path_factory: pytest.TempPathFactory,
     from tests.security.apiserver import running_api
 
     path = payloads.onnx_endless_loop(tmp_path / "m.onnx")
-    with running_api(tmp_path_factory.mktemp("endless") / "data",
-                     inspect_timeout_s=str(ENDLESS_LIMIT_S),
-                     inspect_memory_total_bytes=str(8 << 30)) as api:
+    with running_api(
+        tmp_path_factory.mktemp("endless") / "data",
+        inspect_timeout_s=str(ENDLESS_LIMIT_S),
+        inspect_memory_total_bytes=str(8 << 30),
+    ) as api:
         started = time.monotonic()
         with api.client(api.key_a, timeout=120) as client:
             with path.open("rb") as fh:
@@ -195,10 +212,17 @@ def test_model_that_crashes_onnxruntime_in_the_child(service: Service, tmp_path:
     path = payloads.onnx_crashing_runtime(tmp_path / "m.onnx")
     # The crash is real: a bare onnxruntime run of the file dies of a signal.
     probe = subprocess.run(
-        [sys.executable, "-c", "import sys, numpy as np, onnxruntime as ort; "
-         "s = ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider']); "
-         "s.run(None, {'image': np.ones((1, 3, 8, 8), np.float32)})", str(path)],
-        capture_output=True, timeout=120)
+        [
+            sys.executable,
+            "-c",
+            "import sys, numpy as np, onnxruntime as ort; "
+            "s = ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider']); "
+            "s.run(None, {'image': np.ones((1, 3, 8, 8), np.float32)})",
+            str(path),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
     assert probe.returncode < 0, probe
     body = _refused(service, path, "invalid_model")
     assert "exited with status" in body["detail"]

@@ -26,17 +26,22 @@ def test_missing_or_wrong_key(service: Service, auth: str | None) -> None:
     assert_ready(service)
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"model_id": MODEL_ID, "surprise": 1}, "surprise"),
-    ({"model_id": MODEL_ID, "prune": {"target": {"macs_reduction": 0.5}, "colour": "red"}},
-     "prune.colour"),
-    ({"model_id": MODEL_ID, "prune": {"target": {"macs_reduction": 1.5}}}, "macs_reduction"),
-    ({"model_id": MODEL_ID, "prune": {"target": {"macs_reduction": -0.1}}}, "macs_reduction"),
-    ({"model_id": MODEL_ID, "finetune": {"epochs": 10**9}}, "epochs"),
-    ({"model_id": MODEL_ID, "prune": {"method": "rm -rf"}}, "method"),
-    ({"model_id": MODEL_ID, "benchmark": {"iterations": -5}}, "iterations"),
-    ({}, "model_id"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"model_id": MODEL_ID, "surprise": 1}, "surprise"),
+        (
+            {"model_id": MODEL_ID, "prune": {"target": {"macs_reduction": 0.5}, "colour": "red"}},
+            "prune.colour",
+        ),
+        ({"model_id": MODEL_ID, "prune": {"target": {"macs_reduction": 1.5}}}, "macs_reduction"),
+        ({"model_id": MODEL_ID, "prune": {"target": {"macs_reduction": -0.1}}}, "macs_reduction"),
+        ({"model_id": MODEL_ID, "finetune": {"epochs": 10**9}}, "epochs"),
+        ({"model_id": MODEL_ID, "prune": {"method": "rm -rf"}}, "method"),
+        ({"model_id": MODEL_ID, "benchmark": {"iterations": -5}}, "iterations"),
+        ({}, "model_id"),
+    ],
+)
 def test_unknown_and_out_of_range_job_fields(service: Service, body: dict, field: str) -> None:
     with service.client() as client:
         problem = assert_problem(client.post("/v1/jobs", json=body), 422, "validation_error")
@@ -46,8 +51,9 @@ def test_unknown_and_out_of_range_job_fields(service: Service, body: dict, field
 
 def test_body_that_is_not_json(service: Service) -> None:
     with service.client() as client:
-        resp = client.post("/v1/jobs", content=b"\xff\xfe{not json",
-                           headers={"Content-Type": "application/json"})
+        resp = client.post(
+            "/v1/jobs", content=b"\xff\xfe{not json", headers={"Content-Type": "application/json"}
+        )
     assert_problem(resp, 400, "bad_request")
     assert_ready(service)
 
@@ -59,8 +65,18 @@ def test_oversized_json_body(service: Service) -> None:
     assert_ready(service)
 
 
-@pytest.mark.parametrize("query", ["limit=201", "limit=0", "limit=-1", "limit=abc",
-                                   "cursor=" + "A" * 600, "cursor=%00%ff", "status=exploded"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=201",
+        "limit=0",
+        "limit=-1",
+        "limit=abc",
+        "cursor=" + "A" * 600,
+        "cursor=%00%ff",
+        "status=exploded",
+    ],
+)
 def test_page_parameters_are_bounded(service: Service, query: str) -> None:
     with service.client() as client:
         resp = client.get(f"/v1/jobs?{query}")
@@ -70,16 +86,16 @@ def test_page_parameters_are_bounded(service: Service, query: str) -> None:
 
 def test_upload_that_is_not_multipart(service: Service) -> None:
     with service.client() as client:
-        resp = client.post("/v1/models", content=b"raw bytes",
-                           headers={"Content-Type": "application/octet-stream"})
+        resp = client.post(
+            "/v1/models", content=b"raw bytes", headers={"Content-Type": "application/octet-stream"}
+        )
     assert_problem(resp, 415, "unsupported_media_type")
     assert_ready(service)
 
 
 def test_unknown_form_field(service: Service) -> None:
     with service.client() as client:
-        resp = client.post("/v1/models", files={"file": ("m.onnx", b"x")},
-                           data={"shell": "id"})
+        resp = client.post("/v1/models", files={"file": ("m.onnx", b"x")}, data={"shell": "id"})
     assert_problem(resp, 422, "validation_error")
     assert tmp_files(service) == []
     assert_ready(service)
@@ -97,12 +113,15 @@ def test_slow_client_is_dropped(service: Service) -> None:
     partial file is removed."""
     url = urlparse(service.base_url)
     boundary = "slowb"
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-            f"filename=\"m.onnx\"\r\n\r\n").encode() + bytes(1000)
-    request = (f"POST /v1/models HTTP/1.1\r\nHost: {url.netloc}\r\n"
-               f"Authorization: Bearer {service.key_a}\r\n"
-               f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
-               f"Content-Length: {len(head) + 100000}\r\n\r\n").encode() + head
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="m.onnx"\r\n\r\n'
+    ).encode() + bytes(1000)
+    request = (
+        f"POST /v1/models HTTP/1.1\r\nHost: {url.netloc}\r\n"
+        f"Authorization: Bearer {service.key_a}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(head) + 100000}\r\n\r\n"
+    ).encode() + head
     started = time.monotonic()
     with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
         sock.sendall(request)

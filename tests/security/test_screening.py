@@ -44,17 +44,30 @@ def _onnx(path: Path):
 
 @pytest.mark.parametrize(
     "build",
-    [payloads.pt2_pickled_weight, payloads.pt2_pickled_constant,
-     payloads.pt2_object_constant,
-     lambda p, c: payloads.pt2_object_constant(p, c, prefix="custom_obj_"),
-     payloads.pt2_extra_pickle_member,
-     lambda p, c: payloads.pt2_extra_pickle_member(p, c, name="data/weights/weight_99"),
-     lambda p, c: payloads.pt2_extra_pickle_member(p, c, name="data/aotinductor/model/x.so"),
-     payloads.pt2_sample_inputs_gadget, payloads.pt2_sympy_injection,
-     payloads.pt2_name_injection],
-    ids=["use_pickle-weight", "use_pickle-constant", "opaque-object", "torchbind-object",
-         "innocent-member-name", "unreferenced-weight-record", "aoti-member",
-         "sample-inputs-gadget", "sympy-expression", "fx-value-name"],
+    [
+        payloads.pt2_pickled_weight,
+        payloads.pt2_pickled_constant,
+        payloads.pt2_object_constant,
+        lambda p, c: payloads.pt2_object_constant(p, c, prefix="custom_obj_"),
+        payloads.pt2_extra_pickle_member,
+        lambda p, c: payloads.pt2_extra_pickle_member(p, c, name="data/weights/weight_99"),
+        lambda p, c: payloads.pt2_extra_pickle_member(p, c, name="data/aotinductor/model/x.so"),
+        payloads.pt2_sample_inputs_gadget,
+        payloads.pt2_sympy_injection,
+        payloads.pt2_name_injection,
+    ],
+    ids=[
+        "use_pickle-weight",
+        "use_pickle-constant",
+        "opaque-object",
+        "torchbind-object",
+        "innocent-member-name",
+        "unreferenced-weight-record",
+        "aoti-member",
+        "sample-inputs-gadget",
+        "sympy-expression",
+        "fx-value-name",
+    ],
 )
 def test_archives_that_would_run_code_are_refused_unexecuted(tmp_path, build):
     canary = tmp_path / "canary"
@@ -76,8 +89,10 @@ def test_the_pt2_payloads_are_live_without_the_screen(tmp_path):
     }
     paths = {}
     for name, build in cases.items():
-        paths[name] = (build(tmp_path / f"{name}.pt2", tmp_path / f"{name}.canary"),
-                       tmp_path / f"{name}.canary")
+        paths[name] = (
+            build(tmp_path / f"{name}.pt2", tmp_path / f"{name}.canary"),
+            tmp_path / f"{name}.canary",
+        )
     script = textwrap.dedent("""
         import sys, warnings, torch
         warnings.simplefilter("ignore")
@@ -87,10 +102,15 @@ def test_the_pt2_payloads_are_live_without_the_screen(tmp_path):
             except Exception:
                 pass
     """)
-    subprocess.run([sys.executable, "-c", script, *(str(p) for p, _ in paths.values())],
-                   capture_output=True, timeout=300, cwd=tmp_path)
+    subprocess.run(
+        [sys.executable, "-c", script, *(str(p) for p, _ in paths.values())],
+        capture_output=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert {name: canary.exists() for name, (_, canary) in paths.items()} == dict.fromkeys(
-        cases, True)
+        cases, True
+    )
 
 
 # --- .pt2: operators --------------------------------------------------------------------------
@@ -106,8 +126,9 @@ def test_from_file_read_is_refused_and_nothing_is_read(tmp_path):
 def test_from_file_write_is_refused_and_the_file_is_unchanged(tmp_path):
     victim = tmp_path / "victim.bin"
     victim.write_bytes(b"\x01" * 1024)
-    message = _refused(payloads.pt2_from_file(tmp_path / "m.pt2", victim, shared=True),
-                       "unsupported_op")
+    message = _refused(
+        payloads.pt2_from_file(tmp_path / "m.pt2", victim, shared=True), "unsupported_op"
+    )
     assert "from_file" in message
     assert victim.read_bytes() == b"\x01" * 1024
 
@@ -124,19 +145,22 @@ def test_in_place_on_a_view_of_a_parameter_is_refused(tmp_path):
 
 @pytest.mark.parametrize(
     ("target", "reason"),
-    [("torch.ops.aten.copy_.default", "not among"),
-     ("torch.ops.aten.rand.default", "random"),
-     ("torch.ops.aten.set_.source_Storage", "files"),
-     ("torch.ops.higher_order.wrap_with_autocast", "higher-order"),
-     ("torch.ops.mylib.custom.default", "custom"),
-     ("builtins.eval", "not a torch operator")],
+    [
+        ("torch.ops.aten.copy_.default", "not among"),
+        ("torch.ops.aten.rand.default", "random"),
+        ("torch.ops.aten.set_.source_Storage", "files"),
+        ("torch.ops.higher_order.wrap_with_autocast", "higher-order"),
+        ("torch.ops.mylib.custom.default", "custom"),
+        ("builtins.eval", "not a torch operator"),
+    ],
 )
 def test_operators_off_the_list_are_refused_by_name(tmp_path, target, reason):
     path = payloads.pt2_small_cnn(tmp_path / "m.pt2", dynamic=False)
 
     def edit(members, parsed):
         payloads._first_node(parsed["models/model.json"], "torch.ops.aten.relu_.default")[
-            "target"] = target
+            "target"
+        ] = target
 
     payloads._pt2_edit(path, edit)
     message = _refused(path, "unsupported_op")
@@ -237,13 +261,25 @@ def test_the_allowlist_matches_torch_schemas():
 
 
 def test_shape_expressions_are_arithmetic_only():
-    for ok in ["Symbol('s77', positive=True, integer=True)",
-               "Mul(Integer(64), Symbol('s77', positive=True, integer=True))",
-               "2*s0 + 1", "FloorDiv(s0 - 1, 2) + 1", "Max(1, s1)"]:
+    for ok in [
+        "Symbol('s77', positive=True, integer=True)",
+        "Mul(Integer(64), Symbol('s77', positive=True, integer=True))",
+        "2*s0 + 1",
+        "FloorDiv(s0 - 1, 2) + 1",
+        "Max(1, s1)",
+    ]:
         screen.check_sym_expr(ok)
-    for bad in ["__import__('os').system('id')", "s0.__class__", "Symbol('x' + 'y')",
-                "Pow(Integer(2), Integer(100000000))", "2**2**64", "lambda: 0", "s0[0]",
-                "exec('x')", "Symbol(\"s0\")"]:
+    for bad in [
+        "__import__('os').system('id')",
+        "s0.__class__",
+        "Symbol('x' + 'y')",
+        "Pow(Integer(2), Integer(100000000))",
+        "2**2**64",
+        "lambda: 0",
+        "s0[0]",
+        "exec('x')",
+        'Symbol("s0")',
+    ]:
         with pytest.raises(UnsupportedModel) as info:
             screen.check_sym_expr(bad)
         assert info.value.code == "unsafe_format", bad
@@ -254,8 +290,12 @@ def test_shape_expressions_are_arithmetic_only():
 
 @pytest.mark.parametrize(
     "build",
-    [payloads.onnx_function_if_external, payloads.onnx_sparse_external,
-     payloads.onnx_constant_external, payloads.onnx_loop_external],
+    [
+        payloads.onnx_function_if_external,
+        payloads.onnx_sparse_external,
+        payloads.onnx_constant_external,
+        payloads.onnx_loop_external,
+    ],
     ids=["function-if-branch", "sparse-initializer", "constant-attribute", "loop-body"],
 )
 def test_external_data_anywhere_is_refused(tmp_path, build, monkeypatch):
@@ -275,8 +315,9 @@ def test_an_imported_domain_no_node_uses_is_inert(tmp_path):
     from onnx import helper
 
     bias = helper.make_node("Constant", [], ["bias"], value_float=0.0)
-    path = payloads._save_tiny_plus(tmp_path / "m.onnx", [bias],
-                                    opsets=[("", 17), ("com.example.evil", 1)])
+    path = payloads._save_tiny_plus(
+        tmp_path / "m.onnx", [bias], opsets=[("", 17), ("com.example.evil", 1)]
+    )
     screen.screen_onnx(_onnx(path))
 
 
@@ -289,12 +330,18 @@ def test_a_local_function_in_its_own_domain_is_allowed(tmp_path):
     from onnx import helper
 
     body = [helper.make_node("Relu", ["x"], ["y"])]
-    function = helper.make_function("local.lib", "MyRelu", ["x"], ["y"], body,
-                                    [helper.make_opsetid("", 17)])
+    function = helper.make_function(
+        "local.lib", "MyRelu", ["x"], ["y"], body, [helper.make_opsetid("", 17)]
+    )
     path = payloads._save_tiny_plus(
-        tmp_path / "m.onnx", [helper.make_node("Constant", [], ["zero"], value_float=0.0),
-                              helper.make_node("MyRelu", ["zero"], ["bias"], domain="local.lib")],
-        [function], [("", 17), ("local.lib", 1)])
+        tmp_path / "m.onnx",
+        [
+            helper.make_node("Constant", [], ["zero"], value_float=0.0),
+            helper.make_node("MyRelu", ["zero"], ["bias"], domain="local.lib"),
+        ],
+        [function],
+        [("", 17), ("local.lib", 1)],
+    )
     screen.screen_onnx(_onnx(path))
     screen.check_onnx_allocations(_onnx(path), [payloads.INPUT_SHAPE])
 
@@ -323,8 +370,13 @@ print(json.dumps({"code": code, "grew_kib": after - before}))
 def test_allocation_bombs_are_refused_without_allocating(tmp_path, build):
     path = build(tmp_path / "bomb.onnx")
     assert path.stat().st_size < 1024
-    result = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(path)], cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", _PEAK_SCRIPT, str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
     assert outcome["code"] == "too_large"
@@ -348,16 +400,27 @@ def test_ordinary_onnx_still_loads(tmp_path):
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [("index 1852400175 is out of bounds for dimension 0 with size 5",
-      "index N is out of bounds for dimension N with size N"),
-     ("Given groups=1, weight of size [4, 3, 3, 3], expected input[1, 5, 8, 8] to have 3 "
-      "channels", "Given groups=N, weight of size [4, 3, 3, 3], expected input[1, 5, 8, 8] "
-      "to have N channels"),
-     ("shape torch.Size([2, 4]) vs torch.Size([3]) for float32 conv2d",
-      "shape torch.Size([2, 4]) vs torch.Size([3]) for float32 conv2d"),
-     ("Got invalid dimensions {1,4,8,8} in /srv/data/uploads/m.onnx",
-      "Got invalid dimensions {1,4,8,8} in <path>"),
-     ("value tensor([114, 111, 111, 116]) at 0x7ffd1234", "value tensor([N, N, N, N]) at N")],
+    [
+        (
+            "index 1852400175 is out of bounds for dimension 0 with size 5",
+            "index N is out of bounds for dimension N with size N",
+        ),
+        (
+            "Given groups=1, weight of size [4, 3, 3, 3], expected input[1, 5, 8, 8] to have 3 "
+            "channels",
+            "Given groups=N, weight of size [4, 3, 3, 3], expected input[1, 5, 8, 8] "
+            "to have N channels",
+        ),
+        (
+            "shape torch.Size([2, 4]) vs torch.Size([3]) for float32 conv2d",
+            "shape torch.Size([2, 4]) vs torch.Size([3]) for float32 conv2d",
+        ),
+        (
+            "Got invalid dimensions {1,4,8,8} in /srv/data/uploads/m.onnx",
+            "Got invalid dimensions {1,4,8,8} in <path>",
+        ),
+        ("value tensor([114, 111, 111, 116]) at 0x7ffd1234", "value tensor([N, N, N, N]) at N"),
+    ],
 )
 def test_describe_failure_keeps_shapes_and_names_only(raw, expected):
     assert describe_failure(RuntimeError(raw)) == expected

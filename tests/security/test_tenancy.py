@@ -28,17 +28,30 @@ def alice(service: Service, tmp_path_factory: pytest.TempPathFactory) -> dict[st
         import numpy as np
 
         rng = np.random.default_rng(0)
-        np.savez(dataset_path, x=rng.standard_normal((16, 3, 8, 8), dtype=np.float32),
-                 y=rng.integers(0, 4, 16))
+        np.savez(
+            dataset_path,
+            x=rng.standard_normal((16, 3, 8, 8), dtype=np.float32),
+            y=rng.integers(0, 4, 16),
+        )
         resp = upload(client, "datasets", dataset_path)
         assert resp.status_code == 201, resp.text
         dataset = resp.json()
-        resp = client.post("/v1/jobs", json={
-            "model_id": model["id"], "finetune": None, "benchmark": QUICK_BENCH,
-            "prune": {"target": {"channel_ratio": 0.5}, "iterative_steps": 1}})
+        resp = client.post(
+            "/v1/jobs",
+            json={
+                "model_id": model["id"],
+                "finetune": None,
+                "benchmark": QUICK_BENCH,
+                "prune": {"target": {"channel_ratio": 0.5}, "iterative_steps": 1},
+            },
+        )
         assert resp.status_code == 202, resp.text
-        job = wait_for(client, resp.json()["id"], lambda j: j["status"] in
-                       ("succeeded", "failed", "cancelled"), timeout_s=240)
+        job = wait_for(
+            client,
+            resp.json()["id"],
+            lambda j: j["status"] in ("succeeded", "failed", "cancelled"),
+            timeout_s=240,
+        )
     assert job["status"] == "succeeded", (job, service.logs())
     return {"model": model, "dataset": dataset, "job": job}
 
@@ -52,18 +65,25 @@ def bob(service: Service) -> Iterator[httpx.Client]:
 def _requests(a: dict[str, Any]) -> list[tuple[str, str]]:
     m, d, j = a["model"]["id"], a["dataset"]["id"], a["job"]["id"]
     return [
-        ("GET", f"/v1/models/{m}"), ("GET", f"/v1/models/{m}/file"),
-        ("DELETE", f"/v1/models/{m}"), ("GET", f"/v1/datasets/{d}"),
-        ("DELETE", f"/v1/datasets/{d}"), ("GET", f"/v1/jobs/{j}"),
-        ("POST", f"/v1/jobs/{j}/cancel"), ("GET", f"/v1/jobs/{j}/report"),
-        ("GET", f"/v1/jobs/{j}/artifacts"), ("GET", f"/v1/jobs/{j}/artifacts/model.onnx"),
-        ("GET", f"/v1/jobs/{j}/artifacts/report.json"), ("GET", f"/v1/jobs/{j}/events"),
+        ("GET", f"/v1/models/{m}"),
+        ("GET", f"/v1/models/{m}/file"),
+        ("DELETE", f"/v1/models/{m}"),
+        ("GET", f"/v1/datasets/{d}"),
+        ("DELETE", f"/v1/datasets/{d}"),
+        ("GET", f"/v1/jobs/{j}"),
+        ("POST", f"/v1/jobs/{j}/cancel"),
+        ("GET", f"/v1/jobs/{j}/report"),
+        ("GET", f"/v1/jobs/{j}/artifacts"),
+        ("GET", f"/v1/jobs/{j}/artifacts/model.onnx"),
+        ("GET", f"/v1/jobs/{j}/artifacts/report.json"),
+        ("GET", f"/v1/jobs/{j}/events"),
     ]
 
 
 @pytest.mark.parametrize("index", range(12))
-def test_other_tenants_resources_are_not_found(service: Service, alice: dict, bob: httpx.Client,
-                                               index: int) -> None:
+def test_other_tenants_resources_are_not_found(
+    service: Service, alice: dict, bob: httpx.Client, index: int
+) -> None:
     method, path = _requests(alice)[index]
     assert_problem(bob.request(method, path), 404, "not_found")
     # Alice still has them all: nothing was deleted, cancelled or moved by bob.
@@ -82,12 +102,14 @@ def test_job_on_another_tenants_model(service: Service, alice: dict, bob: httpx.
     assert_ready(service)
 
 
-def test_job_on_another_tenants_dataset(service: Service, alice: dict, bob: httpx.Client,
-                                        tmp_path: Path) -> None:
+def test_job_on_another_tenants_dataset(
+    service: Service, alice: dict, bob: httpx.Client, tmp_path: Path
+) -> None:
     resp = upload(bob, "models", payloads.tiny_onnx(tmp_path / "bobs.onnx"))
     assert resp.status_code == 201, resp.text
-    resp = bob.post("/v1/jobs", json={"model_id": resp.json()["id"],
-                                      "dataset_id": alice["dataset"]["id"]})
+    resp = bob.post(
+        "/v1/jobs", json={"model_id": resp.json()["id"], "dataset_id": alice["dataset"]["id"]}
+    )
     assert_problem(resp, 404, "not_found")
     assert bob.get("/v1/jobs").json()["items"] == []
     assert_ready(service)

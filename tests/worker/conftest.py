@@ -24,10 +24,12 @@ def tiny_report() -> Report:
     original = Summary(params=1000, macs=40_000, size_bytes=4000)
     pruned = Summary(params=500, macs=20_000, size_bytes=2000)
     return Report(
-        original=original, pruned=pruned,
+        original=original,
+        pruned=pruned,
         ratios=Ratios(macs=2.0, params=2.0, size=2.0),
         fidelity=Fidelity(max_abs_diff=0.01, cosine=0.99),
-        layers=[], history=[],
+        layers=[],
+        history=[],
         environment=Environment(torch="x", onnxruntime="y", device="cpu", providers=[]),
     )
 
@@ -52,8 +54,14 @@ class FakePipeline:
         from worker.engine.errors import JobCancelled
 
         dataset = kw["dataset_path"]
-        self.calls.append({"model_path": model_path, "spec": spec, **kw,
-                           "dataset_bytes": dataset.read_bytes() if dataset else None})
+        self.calls.append(
+            {
+                "model_path": model_path,
+                "spec": spec,
+                **kw,
+                "dataset_bytes": dataset.read_bytes() if dataset else None,
+            }
+        )
         assert Path(model_path).read_bytes() == MODEL_BYTES
         step = 0
         for i, stage in enumerate(self.stages):
@@ -68,14 +76,22 @@ class FakePipeline:
             raise self.raise_exc
         (out_dir / "model.onnx").write_bytes(b"pruned model")
         (out_dir / "report.json").write_text(tiny_report().model_dump_json())
-        return FakeResult(tiny_report(), {"model.onnx": out_dir / "model.onnx",
-                                          "report.json": out_dir / "report.json"})
+        return FakeResult(
+            tiny_report(),
+            {"model.onnx": out_dir / "model.onnx", "report.json": out_dir / "report.json"},
+        )
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", max_attempts=3, api_keys="",
-                    database_url="", broker_url="", s3_bucket="")
+    return Settings(
+        data_dir=tmp_path / "data",
+        max_attempts=3,
+        api_keys="",
+        database_url="",
+        broker_url="",
+        s3_bucket="",
+    )
 
 
 @pytest.fixture
@@ -100,25 +116,63 @@ def add_job(sessions: sessionmaker[Session], job_id: str = "job_1", **fields: An
     """Insert model mdl_1, dataset ds_1 (once) and a queued job using them."""
     with session_scope(sessions) as s:
         if s.get(Model, "mdl_1") is None:
-            s.add(Model(id="mdl_1", tenant="a", name="m", format="onnx", arch=None, sha256="0",
-                        size_bytes=len(MODEL_BYTES), storage_key="models/mdl_1",
-                        input_shape=[1, 3, 8, 8], inputs=[], outputs=[],
-                        stats={"params": 1, "macs": 1}))
-            s.add(Dataset(id="ds_1", tenant="a", name="d", format="npz", sha256="0",
-                          size_bytes=len(DATASET_BYTES), storage_key="datasets/ds_1",
-                          num_samples=4, sample_shape=[3, 8, 8], num_classes=2, labeled=True))
-        s.add(Job(id=job_id, tenant="a", model_id="mdl_1", dataset_id="ds_1",
-                  spec=JobSpec().model_dump(mode="json"), **fields))
+            s.add(
+                Model(
+                    id="mdl_1",
+                    tenant="a",
+                    name="m",
+                    format="onnx",
+                    arch=None,
+                    sha256="0",
+                    size_bytes=len(MODEL_BYTES),
+                    storage_key="models/mdl_1",
+                    input_shape=[1, 3, 8, 8],
+                    inputs=[],
+                    outputs=[],
+                    stats={"params": 1, "macs": 1},
+                )
+            )
+            s.add(
+                Dataset(
+                    id="ds_1",
+                    tenant="a",
+                    name="d",
+                    format="npz",
+                    sha256="0",
+                    size_bytes=len(DATASET_BYTES),
+                    storage_key="datasets/ds_1",
+                    num_samples=4,
+                    sample_shape=[3, 8, 8],
+                    num_classes=2,
+                    labeled=True,
+                )
+            )
+        s.add(
+            Job(
+                id=job_id,
+                tenant="a",
+                model_id="mdl_1",
+                dataset_id="ds_1",
+                spec=JobSpec().model_dump(mode="json"),
+                **fields,
+            )
+        )
     return job_id
 
 
 @pytest.fixture
-def make_ctx(settings: Settings, sessions: sessionmaker[Session],
-             store: LocalStore) -> Callable[..., RunContext]:
+def make_ctx(
+    settings: Settings, sessions: sessionmaker[Session], store: LocalStore
+) -> Callable[..., RunContext]:
     def make(pipeline: Any, **kw: Any) -> RunContext:
-        defaults: dict[str, Any] = {"progress_interval_s": 0.0, "cancel_interval_s": 0.0,
-                                    "heartbeat_s": 0.05, "retry_countdown_s": 0.0,
-                                    "store": store, "device": lambda: "cpu"}
+        defaults: dict[str, Any] = {
+            "progress_interval_s": 0.0,
+            "cancel_interval_s": 0.0,
+            "heartbeat_s": 0.05,
+            "retry_countdown_s": 0.0,
+            "store": store,
+            "device": lambda: "cpu",
+        }
         defaults.update(kw)
         return RunContext(settings=settings, sessions=sessions, pipeline=pipeline, **defaults)
 

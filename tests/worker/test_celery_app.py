@@ -5,8 +5,9 @@ from worker.celery_app import celery_config, is_embedded_broker
 
 
 def test_long_job_settings():
-    settings = Settings(broker_url="redis://127.0.0.1:6379/0", job_soft_time_limit_s=100,
-                        job_hard_time_limit_s=160)
+    settings = Settings(
+        broker_url="redis://127.0.0.1:6379/0", job_soft_time_limit_s=100, job_hard_time_limit_s=160
+    )
     conf = celery_config(settings)
     assert conf["task_acks_late"] is True and conf["task_reject_on_worker_lost"] is True
     assert conf["worker_prefetch_multiplier"] == 1 and conf["worker_concurrency"] == 1
@@ -30,8 +31,15 @@ def test_worker_parent_does_not_import_torch(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys, worker.tasks, worker.celery_app; "
-            "print(any(m == 'torch' or m.startswith('torch.') for m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, env={"SECATEURS_DATA_DIR": str(tmp_path)})
+    code = (
+        "import sys, worker.tasks, worker.celery_app; "
+        "print(any(m == 'torch' or m.startswith('torch.') for m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"SECATEURS_DATA_DIR": str(tmp_path)},
+    )
     assert out.stdout.strip() == "False"

@@ -64,8 +64,11 @@ def test_worker_sets_the_gpu_before_starting_celery(tmp_path, monkeypatch):
     seen: dict = {}
     monkeypatch.setenv("SECATEURS_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.setattr(celery_app, "worker_main", lambda argv: seen.update(
-        argv=argv, cuda=os.environ.get("CUDA_VISIBLE_DEVICES")))
+    monkeypatch.setattr(
+        celery_app,
+        "worker_main",
+        lambda argv: seen.update(argv=argv, cuda=os.environ.get("CUDA_VISIBLE_DEVICES")),
+    )
     result = runner.invoke(app, ["worker", "--gpu", "3"])
     assert result.exit_code == 0, result.output
     argv = seen["argv"]
@@ -82,10 +85,22 @@ def test_serve_prints_a_working_key_and_stops_cleanly_on_ctrl_c(tmp_path):
     env = service_env(tmp_path / "data", api_keys="")
     env.pop("SECATEURS_DATA_DIR")
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from cli.main import main; main()", "serve", "--port",
-         str(port), "--data-dir", str(tmp_path / "data")],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=True)
+        [
+            sys.executable,
+            "-c",
+            "from cli.main import main; main()",
+            "serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline, output = time.monotonic() + 60, b""
         while b" ready." not in output or b"Uvicorn running" not in output:
@@ -93,12 +108,17 @@ def test_serve_prints_a_working_key_and_stops_cleanly_on_ctrl_c(tmp_path):
             output += os.read(proc.stdout.fileno(), 65536)
         key = re.search(rb"\b(sk_[A-Za-z0-9_-]{20,})\b", output).group(1).decode()
         base = f"http://127.0.0.1:{port}"
-        assert httpx.get(f"{base}/v1/jobs", headers={"Authorization": f"Bearer {key}"}
-                         ).status_code == 200
-        assert httpx.get(f"{base}/v1/jobs", headers={"Authorization": "Bearer nope"}
-                         ).status_code == 401
-        worker_pids = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
-                                     text=True).stdout.split()
+        assert (
+            httpx.get(f"{base}/v1/jobs", headers={"Authorization": f"Bearer {key}"}).status_code
+            == 200
+        )
+        assert (
+            httpx.get(f"{base}/v1/jobs", headers={"Authorization": "Bearer nope"}).status_code
+            == 401
+        )
+        worker_pids = subprocess.run(
+            ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
+        ).stdout.split()
         assert worker_pids, "serve started no worker process"
         os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C sends
         assert proc.wait(timeout=30) == 0

@@ -11,9 +11,17 @@ from worker import fair, runner
 
 def _queue(sessions, job_id: str, tenant: str, age_s: float, **fields) -> None:
     with session_scope(sessions) as s:
-        s.add(Job(id=job_id, tenant=tenant, model_id="mdl_1", dataset_id="ds_1",
-                  spec=JobSpec().model_dump(mode="json"),
-                  created_at=utcnow() - timedelta(seconds=age_s), **fields))
+        s.add(
+            Job(
+                id=job_id,
+                tenant=tenant,
+                model_id="mdl_1",
+                dataset_id="ds_1",
+                spec=JobSpec().model_dump(mode="json"),
+                created_at=utcnow() - timedelta(seconds=age_s),
+                **fields,
+            )
+        )
 
 
 def _order(sessions) -> list[str]:
@@ -60,8 +68,9 @@ def test_a_turn_runs_the_fair_job_and_a_spent_message_runs_the_next(sessions, ma
     assert runner.run_job("job_a1", ctx) == "succeeded"
     with session_scope(sessions) as s:
         ran = sorted(s.get(Job, j).started_at for j in ("job_a1", "job_a2", "job_b1"))
-        order = [j for t in ran for j in ("job_a1", "job_a2", "job_b1")
-                 if s.get(Job, j).started_at == t]
+        order = [
+            j for t in ran for j in ("job_a1", "job_a2", "job_b1") if s.get(Job, j).started_at == t
+        ]
     assert order == ["job_a1", "job_b1", "job_a2"]
     # Every job ran exactly once; one more message finds nothing queued.
     assert len(pipeline.calls) == 3

@@ -43,8 +43,9 @@ def test_progress_is_throttled_to_four_writes_a_second_but_never_skips_a_stage(s
 def test_cancel_is_read_at_most_every_half_second(sessions):
     add_job(sessions, status="running", worker="me:1", attempts=1)
     clock = FakeClock()
-    check = CancelCheck(sessions, "job_1", worker="me:1", attempts=1, min_interval_s=0.5,
-                        clock=clock)
+    check = CancelCheck(
+        sessions, "job_1", worker="me:1", attempts=1, min_interval_s=0.5, clock=clock
+    )
     for i in range(100):  # one second of checks every 10 ms
         clock.now = i * 0.01
         assert check() is False

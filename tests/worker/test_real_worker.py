@@ -33,13 +33,29 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, 
     engine = make_engine(settings.resolved_database_url)
     init_db(engine)
     with session_scope(make_sessionmaker(engine)) as s:
-        s.add(Model(id="mdl_gone", tenant="a", name="m", format="onnx", sha256="0", size_bytes=1,
-                    storage_key="models/mdl_gone", input_shape=[1, 3, 8, 8], inputs=[],
-                    outputs=[], stats={}))
+        s.add(
+            Model(
+                id="mdl_gone",
+                tenant="a",
+                name="m",
+                format="onnx",
+                sha256="0",
+                size_bytes=1,
+                storage_key="models/mdl_gone",
+                input_shape=[1, 3, 8, 8],
+                inputs=[],
+                outputs=[],
+                stats={},
+            )
+        )
     log = (data_dir / "worker.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from cli.main import main; main()", "worker"], cwd=ROOT,
-        env=service_env(data_dir), stdout=log, stderr=subprocess.STDOUT)
+        [sys.executable, "-c", "from cli.main import main; main()", "worker"],
+        cwd=ROOT,
+        env=service_env(data_dir),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 60
     while " ready." not in (data_dir / "worker.log").read_text():
         assert proc.poll() is None and time.monotonic() < deadline, "worker did not start"
@@ -54,8 +70,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, 
 def _add_job(settings: Settings, job_id: str) -> None:
     sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
     with session_scope(sessions) as s:
-        s.add(Job(id=job_id, tenant="a", model_id="mdl_gone",
-                  spec=JobSpec().model_dump(mode="json")))
+        s.add(
+            Job(id=job_id, tenant="a", model_id="mdl_gone", spec=JobSpec().model_dump(mode="json"))
+        )
 
 
 def _wait_terminal(settings: Settings, job_id: str, timeout_s: float) -> tuple[Job, list[str]]:
@@ -65,8 +82,9 @@ def _wait_terminal(settings: Settings, job_id: str, timeout_s: float) -> tuple[J
         with session_scope(sessions) as s:
             job = s.get(Job, job_id)
             if job.status in ("succeeded", "failed", "cancelled"):
-                events = s.scalars(select(JobEvent).where(JobEvent.job_id == job_id,
-                                                          JobEvent.kind == "status"))
+                events = s.scalars(
+                    select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.kind == "status")
+                )
                 return job, [e.data["status"] for e in events]
         assert time.monotonic() < deadline, f"{job_id} still {job.status}"
         time.sleep(0.1)

@@ -27,8 +27,11 @@ def _job(sessions, job_id="job_1") -> Job:
 
 def _statuses(sessions, job_id="job_1") -> list[str]:
     with session_scope(sessions) as s:
-        rows = s.scalars(select(JobEvent).where(JobEvent.job_id == job_id,
-                                                JobEvent.kind == "status").order_by(JobEvent.id))
+        rows = s.scalars(
+            select(JobEvent)
+            .where(JobEvent.job_id == job_id, JobEvent.kind == "status")
+            .order_by(JobEvent.id)
+        )
         return [e.data["status"] for e in rows]
 
 
@@ -99,8 +102,9 @@ def test_cancel_while_running_ends_cancelled(sessions, make_ctx):
 
 def test_attempt_cap_fails_worker_crashed(sessions, make_ctx):
     old = utcnow() - timedelta(minutes=10)
-    add_job(sessions, status="running", attempts=3, worker="elsewhere:1", updated_at=old,
-            started_at=old)
+    add_job(
+        sessions, status="running", attempts=3, worker="elsewhere:1", updated_at=old, started_at=old
+    )
     pipeline = FakePipeline()
     assert runner.run_job("job_1", make_ctx(pipeline)) == "failed"
     job = _job(sessions)
@@ -110,11 +114,25 @@ def test_attempt_cap_fails_worker_crashed(sessions, make_ctx):
 
 def test_dead_run_on_this_host_restarts_cleanly(sessions, make_ctx):
     now = utcnow()
-    add_job(sessions, status="running", attempts=1, started_at=now, updated_at=now,
-            worker=f"{socket.gethostname()}:{_dead_pid()}")
+    add_job(
+        sessions,
+        status="running",
+        attempts=1,
+        started_at=now,
+        updated_at=now,
+        worker=f"{socket.gethostname()}:{_dead_pid()}",
+    )
     with session_scope(sessions) as s:  # an artifact row left by the dead attempt
-        s.add(Artifact(job_id="job_1", name="model.onnx", size_bytes=1, sha256="old",
-                       media_type="x", storage_key="jobs/job_1/model.onnx"))
+        s.add(
+            Artifact(
+                job_id="job_1",
+                name="model.onnx",
+                size_bytes=1,
+                sha256="old",
+                media_type="x",
+                storage_key="jobs/job_1/model.onnx",
+            )
+        )
     assert runner.run_job("job_1", make_ctx(FakePipeline())) == "succeeded"
     job = _job(sessions)
     assert (job.status, job.attempts) == ("succeeded", 2)
@@ -125,8 +143,14 @@ def test_dead_run_on_this_host_restarts_cleanly(sessions, make_ctx):
 
 def test_live_run_elsewhere_is_left_alone(sessions, make_ctx):
     now = utcnow()
-    add_job(sessions, status="running", attempts=1, started_at=now, updated_at=now,
-            worker="another-host:42")
+    add_job(
+        sessions,
+        status="running",
+        attempts=1,
+        started_at=now,
+        updated_at=now,
+        worker="another-host:42",
+    )
     pipeline = FakePipeline()
     assert runner.run_job("job_1", make_ctx(pipeline)) == "busy"
     assert pipeline.calls == [] and _job(sessions).attempts == 1
@@ -134,8 +158,14 @@ def test_live_run_elsewhere_is_left_alone(sessions, make_ctx):
 
 def test_dead_run_past_time_limit_is_not_restarted(sessions, make_ctx, settings):
     long_ago = utcnow() - timedelta(seconds=settings.job_soft_time_limit_s + 60)
-    add_job(sessions, status="running", attempts=1, started_at=long_ago,
-            updated_at=utcnow() - timedelta(minutes=5), worker="another-host:42")
+    add_job(
+        sessions,
+        status="running",
+        attempts=1,
+        started_at=long_ago,
+        updated_at=utcnow() - timedelta(minutes=5),
+        worker="another-host:42",
+    )
     assert runner.run_job("job_1", make_ctx(FakePipeline())) == "failed"
     assert _job(sessions).error_code == "time_limit_exceeded"
 

@@ -27,10 +27,24 @@ def _old(minutes: int = 5):
 def _fixture_jobs(sessions) -> None:
     add_job(sessions, "job_fresh")  # queued just now: the API is publishing it
     add_job(sessions, "job_lost", updated_at=_old())
-    add_job(sessions, "job_dead", status="running", attempts=1, worker="gone:1",
-            updated_at=_old(), started_at=_old())
-    add_job(sessions, "job_live", status="running", attempts=1, worker="busy:1",
-            updated_at=utcnow(), started_at=_old())
+    add_job(
+        sessions,
+        "job_dead",
+        status="running",
+        attempts=1,
+        worker="gone:1",
+        updated_at=_old(),
+        started_at=_old(),
+    )
+    add_job(
+        sessions,
+        "job_live",
+        status="running",
+        attempts=1,
+        worker="busy:1",
+        updated_at=utcnow(),
+        started_at=_old(),
+    )
     add_job(sessions, "job_done", status="succeeded", updated_at=_old())
 
 
@@ -45,8 +59,14 @@ def test_sweep_publishes_each_lost_job_once_per_window(sessions):
     _fixture_jobs(sessions)
     app = RecordingApp()
     settings = Settings(broker_url="memory://")
-    sweeper = Sweeper(app, settings, sessions, queued_age_s=5, lease_s=30,  # type: ignore[arg-type]
-                      republish_after_s=3600)
+    sweeper = Sweeper(
+        app,
+        settings,
+        sessions,
+        queued_age_s=5,
+        lease_s=30,  # type: ignore[arg-type]
+        republish_after_s=3600,
+    )
     assert sorted(sweeper.sweep_once()) == ["job_dead", "job_lost"]
     assert {tuple(a) for _, a, _ in app.sent} == {("job_dead",), ("job_lost",)}
     assert all(n == TASK_NAME and q == QUEUE for n, _, q in app.sent)

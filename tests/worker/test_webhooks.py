@@ -57,8 +57,14 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - the http.server hook's name
                 body = self.rfile.read(int(self.headers["content-length"]))
-                receiver.received.append({"headers": dict(self.headers.items()), "body": body,
-                                          "path": self.path, "at": time.time()})
+                receiver.received.append(
+                    {
+                        "headers": dict(self.headers.items()),
+                        "body": body,
+                        "path": self.path,
+                        "at": time.time(),
+                    }
+                )
                 receiver.arrived.set()
                 time.sleep(receiver.delay_s)
                 index = min(len(receiver.received), len(receiver.statuses)) - 1
@@ -93,14 +99,21 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture
 def hook_settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={
-        "webhook_allow_private": True, "webhook_retry_base_s": 0.05,
-        "webhook_retry_max_s": 0.2, "webhook_max_attempts": 4, "webhook_timeout_s": 2.0,
-        "webhook_poll_s": 0.02})
+    return settings.model_copy(
+        update={
+            "webhook_allow_private": True,
+            "webhook_retry_base_s": 0.05,
+            "webhook_retry_max_s": 0.2,
+            "webhook_max_attempts": 4,
+            "webhook_timeout_s": 2.0,
+            "webhook_poll_s": 0.02,
+        }
+    )
 
 
-def finished_job(sessions: sessionmaker[Session], make_ctx: Any, url: str,
-                 job_id: str = "job_1") -> str:
+def finished_job(
+    sessions: sessionmaker[Session], make_ctx: Any, url: str, job_id: str = "job_1"
+) -> str:
     """A job with `url` run to success by the runner, which leaves its event pending."""
     add_hooked_job(sessions, job_id, url)
     assert runner.run_job(job_id, make_ctx(FakePipeline())) == "succeeded"
@@ -110,8 +123,11 @@ def finished_job(sessions: sessionmaker[Session], make_ctx: Any, url: str,
 def add_hooked_job(sessions: sessionmaker[Session], job_id: str, url: str) -> None:
     add_job(sessions, job_id)
     with session_scope(sessions) as session:
-        session.execute(update(Job).where(Job.id == job_id).values(
-            spec=JobSpec(webhook_url=url).model_dump(mode="json")))
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(spec=JobSpec(webhook_url=url).model_dump(mode="json"))
+        )
 
 
 def the_event(sessions: sessionmaker[Session], job_id: str = "job_1") -> WebhookEvent:
@@ -123,14 +139,20 @@ def the_event(sessions: sessionmaker[Session], job_id: str = "job_1") -> Webhook
 
 def attempts(sessions: sessionmaker[Session], event_id: str) -> list[WebhookAttempt]:
     with sessions() as session:
-        return list(session.scalars(select(WebhookAttempt).where(
-            WebhookAttempt.event_id == event_id).order_by(WebhookAttempt.attempt)))
+        return list(
+            session.scalars(
+                select(WebhookAttempt)
+                .where(WebhookAttempt.event_id == event_id)
+                .order_by(WebhookAttempt.attempt)
+            )
+        )
 
 
 def make_due(sessions: sessionmaker[Session], event_id: str) -> None:
     with session_scope(sessions) as session:
-        session.execute(update(WebhookEvent).where(WebhookEvent.id == event_id)
-                        .values(next_attempt_at=utcnow()))
+        session.execute(
+            update(WebhookEvent).where(WebhookEvent.id == event_id).values(next_attempt_at=utcnow())
+        )
 
 
 def secret_of(sessions: sessionmaker[Session], tenant: str = "a") -> str:
@@ -216,8 +238,9 @@ def test_an_attempt_is_claimed_once(hook_settings, sessions, make_ctx, receiver)
     assert receiver.received == []
 
 
-def test_private_address_refused_at_delivery_without_retry(hook_settings, sessions, make_ctx,
-                                                           receiver):
+def test_private_address_refused_at_delivery_without_retry(
+    hook_settings, sessions, make_ctx, receiver
+):
     finished_job(sessions, make_ctx, receiver.url)
     strict = hook_settings.model_copy(update={"webhook_allow_private": False})
     answer = Deliverer(strict, sessions).deliver(the_event(sessions).id)
@@ -238,8 +261,7 @@ def test_redirects_are_not_followed(hook_settings, sessions, make_ctx, receiver)
     assert target.received == [] and the_event(sessions).status == "pending"
 
 
-def test_slow_receivers_time_out_and_answers_are_cut(hook_settings, sessions, make_ctx,
-                                                     receiver):
+def test_slow_receivers_time_out_and_answers_are_cut(hook_settings, sessions, make_ctx, receiver):
     receiver.answer = b"x" * 10_000
     finished_job(sessions, make_ctx, receiver.url)
     deliverer = Deliverer(hook_settings, sessions)
@@ -257,8 +279,7 @@ def test_slow_receivers_time_out_and_answers_are_cut(hook_settings, sessions, ma
     assert answer is not None and answer.status_code is None and "timed out" in answer.error
 
 
-def test_a_receiver_dripping_its_answer_is_cut_at_the_deadline(hook_settings, sessions,
-                                                               make_ctx):
+def test_a_receiver_dripping_its_answer_is_cut_at_the_deadline(hook_settings, sessions, make_ctx):
     # Each byte comes well within the read timeout; the whole answer never does.
     listener = socket.create_server(("127.0.0.1", 0))
     stop = threading.Event()
@@ -307,8 +328,7 @@ def test_a_receiver_down_then_back_gets_the_event_once(hook_settings, sessions, 
         thread.join(5)
         back.stop()
     log = attempts(sessions, the_event(sessions).id)
-    assert all(a.status_code is None and "Connection refused" in (a.error or "")
-               for a in log[:-1])
+    assert all(a.status_code is None and "Connection refused" in (a.error or "") for a in log[:-1])
     assert log[-1].status_code == 200 and len(back.received) == 1
     assert the_event(sessions).status == "delivered"
     # Waits grew: each failed attempt was followed by a longer pause (0.05, 0.1, 0.2 s).
@@ -341,9 +361,28 @@ def tls_receiver(tmp_path, monkeypatch) -> Iterator[tuple[Receiver, str]]:
     if shutil.which("openssl") is None:
         pytest.skip("needs the openssl command")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     receiver = Receiver()
     assert receiver.server is not None
     server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -356,16 +395,17 @@ def tls_receiver(tmp_path, monkeypatch) -> Iterator[tuple[Receiver, str]]:
 def test_tls_is_verified_against_the_urls_host(tls_receiver, monkeypatch):
     receiver, cert = tls_receiver
     body, headers = b"{}", {"webhook-id": "msg_tls"}
-    unknown = post(f"https://localhost:{receiver.port}/", body, headers, timeout_s=2,
-                   allow_private=True)
+    unknown = post(
+        f"https://localhost:{receiver.port}/", body, headers, timeout_s=2, allow_private=True
+    )
     assert unknown.error and "CERTIFICATE_VERIFY_FAILED" in unknown.error
 
     trusted = ssl.create_default_context(cafile=cert)
     monkeypatch.setattr("worker.webhooks.ssl.create_default_context", lambda: trusted)
     # Pinned to the checked address, still verified as `localhost` (SNI and hostname).
-    ok = post(f"https://localhost:{receiver.port}/", body, headers, timeout_s=2,
-              allow_private=True)
+    ok = post(f"https://localhost:{receiver.port}/", body, headers, timeout_s=2, allow_private=True)
     assert ok.status_code == 200 and receiver.received[-1]["headers"]["webhook-id"] == "msg_tls"
-    mismatch = post(f"https://127.0.0.1:{receiver.port}/", body, headers, timeout_s=2,
-                    allow_private=True)
+    mismatch = post(
+        f"https://127.0.0.1:{receiver.port}/", body, headers, timeout_s=2, allow_private=True
+    )
     assert mismatch.error and "CERTIFICATE_VERIFY_FAILED" in mismatch.error

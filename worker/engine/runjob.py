@@ -47,8 +47,9 @@ class _ProgressLine:
         if stage == self._stage and now - self._last < PROGRESS_INTERVAL_S:
             return
         self._stage, self._last = stage, now
-        self._out.write(json.dumps({"event": "progress", "stage": stage,
-                                    "overall": float(overall)}) + "\n")
+        self._out.write(
+            json.dumps({"event": "progress", "stage": stage, "overall": float(overall)}) + "\n"
+        )
         self._out.flush()
 
 
@@ -78,21 +79,28 @@ def run(job: dict[str, Any], base: Path, progress: IO[str]) -> dict[str, Any]:
         cache_dir=base / job["cache"] if job.get("cache") else None,
         on_progress=_ProgressLine(progress),
     )
-    artifacts = {name: str(Path(path).resolve().relative_to(out_dir.resolve()))
-                 for name, path in result.artifacts.items()}
-    return {"ok": True, "report": result.report.model_dump(mode="json"),
-            "artifacts": artifacts}
+    artifacts = {
+        name: str(Path(path).resolve().relative_to(out_dir.resolve()))
+        for name, path in result.artifacts.items()
+    }
+    return {"ok": True, "report": result.report.model_dump(mode="json"), "artifacts": artifacts}
 
 
 def _failure(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, EngineError):
         return {"ok": False, "code": exc.code, "message": exc.message}
     if isinstance(exc, MemoryError):
-        return {"ok": False, "code": "resources_exceeded",
-                "message": "the job needed more memory than a job may use"}
+        return {
+            "ok": False,
+            "code": "resources_exceeded",
+            "message": "the job needed more memory than a job may use",
+        }
     # A bug of ours, whatever the input: say what failed, without data or paths.
-    return {"ok": False, "code": "internal_error",
-            "message": f"{type(exc).__name__} in the engine: {_describe(exc)}"}
+    return {
+        "ok": False,
+        "code": "internal_error",
+        "message": f"{type(exc).__name__} in the engine: {_describe(exc)}",
+    }
 
 
 def _describe(exc: BaseException) -> str:

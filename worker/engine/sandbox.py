@@ -24,17 +24,19 @@ from typing import Any, Literal
 
 # Python 3.11 audit events that open, address or use a network socket, or resolve a name.
 # (`socket.__new__` covers every new socket object, socketpair and fromfd included.)
-NETWORK_EVENTS = frozenset({
-    "socket.__new__",
-    "socket.bind",
-    "socket.connect",
-    "socket.sendto",
-    "socket.sendmsg",
-    "socket.getaddrinfo",
-    "socket.getnameinfo",
-    "socket.gethostbyname",
-    "socket.gethostbyaddr",
-})
+NETWORK_EVENTS = frozenset(
+    {
+        "socket.__new__",
+        "socket.bind",
+        "socket.connect",
+        "socket.sendto",
+        "socket.sendmsg",
+        "socket.getaddrinfo",
+        "socket.getnameinfo",
+        "socket.gethostbyname",
+        "socket.gethostbyaddr",
+    }
+)
 # From <sched.h>.
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
@@ -87,8 +89,11 @@ def _map_own_ids(uid: int, gid: int) -> None:
     files' owners stay what they were. Best effort: without the maps, files are still read
     and written with the caller's real ids, only reported as 65534."""
     # setgroups must be denied before an unprivileged process may write gid_map.
-    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1\n"),
-                       ("gid_map", f"{gid} {gid} 1\n")):
+    for name, text in (
+        ("setgroups", "deny"),
+        ("uid_map", f"{uid} {uid} 1\n"),
+        ("gid_map", f"{gid} {gid} 1\n"),
+    ):
         try:
             with open(f"/proc/self/{name}", "w") as fh:
                 fh.write(text)

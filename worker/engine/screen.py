@@ -59,91 +59,276 @@ _ATEN = "torch.ops.aten."
 # In-place variants (trailing `_`) are listed only for activations and arithmetic that
 # exports emit for `inplace=True` modules; `_check_nodes` refuses them on inputs.
 PT2_ALLOWED_OPS = frozenset(
-    {_ATEN + op for op in (
-        # convolution and linear algebra
-        "conv1d.default", "conv2d.default", "conv3d.default",
-        "conv1d.padding", "conv2d.padding", "conv3d.padding",
-        "conv_transpose1d.default", "conv_transpose2d.input", "conv_transpose3d.input",
-        "convolution.default", "linear.default", "matmul.default", "mm.default",
-        "bmm.default", "addmm.default", "baddbmm.default", "einsum.default",
-        "scaled_dot_product_attention.default",
-        # normalisation
-        "batch_norm.default", "_native_batch_norm_legit_no_training.default",
-        "layer_norm.default", "native_layer_norm.default", "group_norm.default",
-        "native_group_norm.default", "instance_norm.default",
-        # activations (and the in-place forms exports emit for inplace=True)
-        "relu.default", "relu_.default", "relu6.default", "hardtanh.default",
-        "hardtanh_.default", "leaky_relu.default", "leaky_relu_.default", "gelu.default",
-        "gelu_.default", "silu.default", "silu_.default", "sigmoid.default",
-        "sigmoid_.default", "hardsigmoid.default", "hardsigmoid_.default",
-        "hardswish.default", "hardswish_.default", "tanh.default", "tanh_.default",
-        "mish.default", "mish_.default", "elu.default", "elu_.default", "selu.default",
-        "celu.default", "softplus.default", "prelu.default", "_prelu_kernel.default",
-        "softmax.int", "_softmax.default", "log_softmax.int", "_log_softmax.default",
-        "dropout.default", "dropout_.default", "feature_dropout.default",
-        "clamp.default", "clamp.Tensor", "clamp_.default", "clamp_min.default",
-        "clamp_max.default",
-        # pooling, padding, resampling
-        "max_pool1d.default", "max_pool2d.default", "max_pool3d.default",
-        "max_pool2d_with_indices.default", "avg_pool1d.default", "avg_pool2d.default",
-        "avg_pool3d.default", "adaptive_avg_pool1d.default", "adaptive_avg_pool2d.default",
-        "adaptive_avg_pool3d.default", "_adaptive_avg_pool2d.default",
-        "adaptive_max_pool2d.default", "pad.default", "constant_pad_nd.default",
-        "reflection_pad1d.default", "reflection_pad2d.default",
-        "replication_pad1d.default", "replication_pad2d.default",
-        "upsample_nearest1d.vec", "upsample_nearest2d.vec", "upsample_nearest3d.vec",
-        "upsample_nearest2d.default", "upsample_bilinear2d.vec",
-        "upsample_bilinear2d.default", "upsample_bicubic2d.vec", "upsample_linear1d.vec",
-        "upsample_trilinear3d.vec", "_upsample_nearest_exact2d.vec",
-        "pixel_shuffle.default", "pixel_unshuffle.default", "channel_shuffle.default",
-        # shapes, views, indexing
-        "view.default", "_unsafe_view.default", "reshape.default", "reshape_as.default",
-        "view_as.default", "flatten.using_ints", "unflatten.int", "permute.default",
-        "transpose.int", "t.default", "contiguous.default", "alias.default",
-        "as_strided.default",
-        "detach.default", "clone.default", "lift_fresh_copy.default", "expand.default",
-        "expand_as.default", "squeeze.dim", "squeeze.dims", "squeeze.default",
-        "unsqueeze.default", "slice.Tensor", "select.int", "narrow.default",
-        "index.Tensor", "index_select.default", "gather.default", "cat.default",
-        "stack.default", "split.Tensor", "split_with_sizes.default", "chunk.default",
-        "unbind.int", "roll.default", "flip.default", "repeat.default", "movedim.int",
-        "to.dtype", "to.dtype_layout", "_to_copy.default", "type_as.default",
-        "masked_fill.Scalar", "masked_fill.Tensor", "where.self", "where.ScalarSelf",
-        "where.ScalarOther", "full.default", "full_like.default", "zeros.default",
-        "zeros_like.default", "ones.default", "ones_like.default", "new_zeros.default",
-        "new_ones.default", "new_full.default", "scalar_tensor.default",
-        "arange.default", "arange.start", "arange.start_step",
-        # a detector's anchor grid (YOLOv8's make_anchors)
-        "meshgrid.default", "meshgrid.indexing",
-        # reductions
-        "mean.dim", "mean.default", "sum.dim_IntList", "sum.default", "amax.default",
-        "amin.default", "max.dim", "min.dim", "argmax.default", "argmin.default",
-        "var.correction", "std.correction", "var_mean.correction", "cumsum.default",
-        "norm.ScalarOpt_dim", "linalg_vector_norm.default", "any.dim", "any.default",
-        "all.dim", "all.default",
-        # elementwise arithmetic and comparison
-        "add.Tensor", "add.Scalar", "add_.Tensor", "sub.Tensor", "sub.Scalar",
-        "sub_.Tensor", "rsub.Scalar", "rsub.Tensor", "mul.Tensor", "mul.Scalar",
-        "mul_.Tensor", "div.Tensor", "div.Scalar", "div.Tensor_mode", "div_.Tensor",
-        "floor_divide.default", "remainder.Scalar", "remainder.Tensor", "neg.default",
-        "abs.default", "exp.default", "log.default", "sqrt.default", "rsqrt.default",
-        "reciprocal.default", "pow.Tensor_Scalar", "pow.Tensor_Tensor", "pow.Scalar",
-        "erf.default", "sin.default", "cos.default", "floor.default", "ceil.default",
-        "round.default", "sign.default", "maximum.default", "minimum.default",
-        "eq.Scalar", "eq.Tensor", "ne.Scalar", "ne.Tensor", "lt.Scalar", "lt.Tensor",
-        "le.Scalar", "le.Tensor", "gt.Scalar", "gt.Tensor", "ge.Scalar", "ge.Tensor",
-        "logical_and.default", "logical_or.default", "logical_not.default",
-        "bitwise_not.default",
-        # shape arithmetic of dynamic dims and export's own assertions
-        "sym_size.int", "sym_numel.default", "sym_stride.int", "_assert_scalar.default",
-        "_assert_tensor_metadata.default", "sym_constrain_range_for_size.default",
-    )}
+    {
+        _ATEN + op
+        for op in (
+            # convolution and linear algebra
+            "conv1d.default",
+            "conv2d.default",
+            "conv3d.default",
+            "conv1d.padding",
+            "conv2d.padding",
+            "conv3d.padding",
+            "conv_transpose1d.default",
+            "conv_transpose2d.input",
+            "conv_transpose3d.input",
+            "convolution.default",
+            "linear.default",
+            "matmul.default",
+            "mm.default",
+            "bmm.default",
+            "addmm.default",
+            "baddbmm.default",
+            "einsum.default",
+            "scaled_dot_product_attention.default",
+            # normalisation
+            "batch_norm.default",
+            "_native_batch_norm_legit_no_training.default",
+            "layer_norm.default",
+            "native_layer_norm.default",
+            "group_norm.default",
+            "native_group_norm.default",
+            "instance_norm.default",
+            # activations (and the in-place forms exports emit for inplace=True)
+            "relu.default",
+            "relu_.default",
+            "relu6.default",
+            "hardtanh.default",
+            "hardtanh_.default",
+            "leaky_relu.default",
+            "leaky_relu_.default",
+            "gelu.default",
+            "gelu_.default",
+            "silu.default",
+            "silu_.default",
+            "sigmoid.default",
+            "sigmoid_.default",
+            "hardsigmoid.default",
+            "hardsigmoid_.default",
+            "hardswish.default",
+            "hardswish_.default",
+            "tanh.default",
+            "tanh_.default",
+            "mish.default",
+            "mish_.default",
+            "elu.default",
+            "elu_.default",
+            "selu.default",
+            "celu.default",
+            "softplus.default",
+            "prelu.default",
+            "_prelu_kernel.default",
+            "softmax.int",
+            "_softmax.default",
+            "log_softmax.int",
+            "_log_softmax.default",
+            "dropout.default",
+            "dropout_.default",
+            "feature_dropout.default",
+            "clamp.default",
+            "clamp.Tensor",
+            "clamp_.default",
+            "clamp_min.default",
+            "clamp_max.default",
+            # pooling, padding, resampling
+            "max_pool1d.default",
+            "max_pool2d.default",
+            "max_pool3d.default",
+            "max_pool2d_with_indices.default",
+            "avg_pool1d.default",
+            "avg_pool2d.default",
+            "avg_pool3d.default",
+            "adaptive_avg_pool1d.default",
+            "adaptive_avg_pool2d.default",
+            "adaptive_avg_pool3d.default",
+            "_adaptive_avg_pool2d.default",
+            "adaptive_max_pool2d.default",
+            "pad.default",
+            "constant_pad_nd.default",
+            "reflection_pad1d.default",
+            "reflection_pad2d.default",
+            "replication_pad1d.default",
+            "replication_pad2d.default",
+            "upsample_nearest1d.vec",
+            "upsample_nearest2d.vec",
+            "upsample_nearest3d.vec",
+            "upsample_nearest2d.default",
+            "upsample_bilinear2d.vec",
+            "upsample_bilinear2d.default",
+            "upsample_bicubic2d.vec",
+            "upsample_linear1d.vec",
+            "upsample_trilinear3d.vec",
+            "_upsample_nearest_exact2d.vec",
+            "pixel_shuffle.default",
+            "pixel_unshuffle.default",
+            "channel_shuffle.default",
+            # shapes, views, indexing
+            "view.default",
+            "_unsafe_view.default",
+            "reshape.default",
+            "reshape_as.default",
+            "view_as.default",
+            "flatten.using_ints",
+            "unflatten.int",
+            "permute.default",
+            "transpose.int",
+            "t.default",
+            "contiguous.default",
+            "alias.default",
+            "as_strided.default",
+            "detach.default",
+            "clone.default",
+            "lift_fresh_copy.default",
+            "expand.default",
+            "expand_as.default",
+            "squeeze.dim",
+            "squeeze.dims",
+            "squeeze.default",
+            "unsqueeze.default",
+            "slice.Tensor",
+            "select.int",
+            "narrow.default",
+            "index.Tensor",
+            "index_select.default",
+            "gather.default",
+            "cat.default",
+            "stack.default",
+            "split.Tensor",
+            "split_with_sizes.default",
+            "chunk.default",
+            "unbind.int",
+            "roll.default",
+            "flip.default",
+            "repeat.default",
+            "movedim.int",
+            "to.dtype",
+            "to.dtype_layout",
+            "_to_copy.default",
+            "type_as.default",
+            "masked_fill.Scalar",
+            "masked_fill.Tensor",
+            "where.self",
+            "where.ScalarSelf",
+            "where.ScalarOther",
+            "full.default",
+            "full_like.default",
+            "zeros.default",
+            "zeros_like.default",
+            "ones.default",
+            "ones_like.default",
+            "new_zeros.default",
+            "new_ones.default",
+            "new_full.default",
+            "scalar_tensor.default",
+            "arange.default",
+            "arange.start",
+            "arange.start_step",
+            # a detector's anchor grid (YOLOv8's make_anchors)
+            "meshgrid.default",
+            "meshgrid.indexing",
+            # reductions
+            "mean.dim",
+            "mean.default",
+            "sum.dim_IntList",
+            "sum.default",
+            "amax.default",
+            "amin.default",
+            "max.dim",
+            "min.dim",
+            "argmax.default",
+            "argmin.default",
+            "var.correction",
+            "std.correction",
+            "var_mean.correction",
+            "cumsum.default",
+            "norm.ScalarOpt_dim",
+            "linalg_vector_norm.default",
+            "any.dim",
+            "any.default",
+            "all.dim",
+            "all.default",
+            # elementwise arithmetic and comparison
+            "add.Tensor",
+            "add.Scalar",
+            "add_.Tensor",
+            "sub.Tensor",
+            "sub.Scalar",
+            "sub_.Tensor",
+            "rsub.Scalar",
+            "rsub.Tensor",
+            "mul.Tensor",
+            "mul.Scalar",
+            "mul_.Tensor",
+            "div.Tensor",
+            "div.Scalar",
+            "div.Tensor_mode",
+            "div_.Tensor",
+            "floor_divide.default",
+            "remainder.Scalar",
+            "remainder.Tensor",
+            "neg.default",
+            "abs.default",
+            "exp.default",
+            "log.default",
+            "sqrt.default",
+            "rsqrt.default",
+            "reciprocal.default",
+            "pow.Tensor_Scalar",
+            "pow.Tensor_Tensor",
+            "pow.Scalar",
+            "erf.default",
+            "sin.default",
+            "cos.default",
+            "floor.default",
+            "ceil.default",
+            "round.default",
+            "sign.default",
+            "maximum.default",
+            "minimum.default",
+            "eq.Scalar",
+            "eq.Tensor",
+            "ne.Scalar",
+            "ne.Tensor",
+            "lt.Scalar",
+            "lt.Tensor",
+            "le.Scalar",
+            "le.Tensor",
+            "gt.Scalar",
+            "gt.Tensor",
+            "ge.Scalar",
+            "ge.Tensor",
+            "logical_and.default",
+            "logical_or.default",
+            "logical_not.default",
+            "bitwise_not.default",
+            # shape arithmetic of dynamic dims and export's own assertions
+            "sym_size.int",
+            "sym_numel.default",
+            "sym_stride.int",
+            "_assert_scalar.default",
+            "_assert_tensor_metadata.default",
+            "sym_constrain_range_for_size.default",
+        )
+    }
     | {
         # arithmetic on symbolic sizes (dynamic batch) in the forms torch.export writes
-        "_operator.add", "_operator.sub", "_operator.mul", "_operator.floordiv",
-        "_operator.truediv", "_operator.mod", "_operator.neg", "_operator.eq",
-        "_operator.ne", "_operator.lt", "_operator.le", "_operator.gt", "_operator.ge",
-        "torch.sym_float", "torch.sym_int", "torch.sym_max", "torch.sym_min",
+        "_operator.add",
+        "_operator.sub",
+        "_operator.mul",
+        "_operator.floordiv",
+        "_operator.truediv",
+        "_operator.mod",
+        "_operator.neg",
+        "_operator.eq",
+        "_operator.ne",
+        "_operator.lt",
+        "_operator.le",
+        "_operator.gt",
+        "_operator.ge",
+        "torch.sym_float",
+        "torch.sym_int",
+        "torch.sym_max",
+        "torch.sym_min",
         "torch.sym_not",
     }
 )
@@ -154,24 +339,54 @@ PT2_ALLOWED_OPS = frozenset(
 PT2_VIEW_OPS = frozenset(
     _ATEN + op
     for op in (
-        "view.default", "reshape.default", "reshape_as.default", "view_as.default",
-        "flatten.using_ints", "unflatten.int", "permute.default", "transpose.int",
-        "t.default", "contiguous.default", "alias.default", "detach.default",
-        "expand.default", "expand_as.default", "squeeze.dim", "squeeze.dims",
-        "squeeze.default", "unsqueeze.default", "slice.Tensor", "select.int",
-        "narrow.default", "split.Tensor", "split_with_sizes.default", "chunk.default",
-        "unbind.int", "movedim.int", "to.dtype", "to.dtype_layout", "type_as.default",
-        "_unsafe_view.default", "as_strided.default",
+        "view.default",
+        "reshape.default",
+        "reshape_as.default",
+        "view_as.default",
+        "flatten.using_ints",
+        "unflatten.int",
+        "permute.default",
+        "transpose.int",
+        "t.default",
+        "contiguous.default",
+        "alias.default",
+        "detach.default",
+        "expand.default",
+        "expand_as.default",
+        "squeeze.dim",
+        "squeeze.dims",
+        "squeeze.default",
+        "unsqueeze.default",
+        "slice.Tensor",
+        "select.int",
+        "narrow.default",
+        "split.Tensor",
+        "split_with_sizes.default",
+        "chunk.default",
+        "unbind.int",
+        "movedim.int",
+        "to.dtype",
+        "to.dtype_layout",
+        "type_as.default",
+        "_unsafe_view.default",
+        "as_strided.default",
     )
 )
 
 # Why an operator outside the list is refused, for the message (first match wins).
 _REFUSAL_REASONS = (
     (re.compile(r"from_file|storage|set_|save|load|mmap|pickle|file"), "reads or writes files"),
-    (re.compile(r"rand|bernoulli|normal|uniform|seed|generator|multinomial|exponential_"
-                r"|cauchy|geometric|native_dropout"), "uses a random generator"),
-    (re.compile(r"^torch\.ops\.higher_order\.|torchbind|call_torchbind"),
-     "is a higher-order or torchbind operator"),
+    (
+        re.compile(
+            r"rand|bernoulli|normal|uniform|seed|generator|multinomial|exponential_"
+            r"|cauchy|geometric|native_dropout"
+        ),
+        "uses a random generator",
+    ),
+    (
+        re.compile(r"^torch\.ops\.higher_order\.|torchbind|call_torchbind"),
+        "is a higher-order or torchbind operator",
+    ),
 )
 
 # --- .pt2: archive layout --------------------------------------------------------------------
@@ -208,15 +423,67 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x85\u2028\u2029]")
 # no strings but symbol names, no powers (huge integers are a denial of service).
 _SYMPY_NAMES = frozenset(
     {
-        "Symbol", "Integer", "Float", "Rational", "Add", "Mul", "Max", "Min", "Abs",
-        "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "StrictLessThan", "StrictGreaterThan",
-        "LessThan", "GreaterThan", "Equality", "Unequality", "And", "Or", "Not",
-        "Piecewise", "floor", "ceiling", "FloorDiv", "ModularIndexing", "Where",
-        "PythonMod", "Mod", "CleanDiv", "CeilToInt", "FloorToInt", "CeilDiv",
-        "TruncToInt", "RoundToInt", "ToFloat", "Identity", "IntTrueDiv", "FloatTrueDiv",
-        "True", "False", "true", "false", "oo", "positive", "integer", "nonnegative",
-        "negative", "real", "finite", "infinite", "zero", "nonzero", "even", "odd",
-        "nonpositive", "extended_real", "commutative",
+        "Symbol",
+        "Integer",
+        "Float",
+        "Rational",
+        "Add",
+        "Mul",
+        "Max",
+        "Min",
+        "Abs",
+        "Eq",
+        "Ne",
+        "Lt",
+        "Le",
+        "Gt",
+        "Ge",
+        "StrictLessThan",
+        "StrictGreaterThan",
+        "LessThan",
+        "GreaterThan",
+        "Equality",
+        "Unequality",
+        "And",
+        "Or",
+        "Not",
+        "Piecewise",
+        "floor",
+        "ceiling",
+        "FloorDiv",
+        "ModularIndexing",
+        "Where",
+        "PythonMod",
+        "Mod",
+        "CleanDiv",
+        "CeilToInt",
+        "FloorToInt",
+        "CeilDiv",
+        "TruncToInt",
+        "RoundToInt",
+        "ToFloat",
+        "Identity",
+        "IntTrueDiv",
+        "FloatTrueDiv",
+        "True",
+        "False",
+        "true",
+        "false",
+        "oo",
+        "positive",
+        "integer",
+        "nonnegative",
+        "negative",
+        "real",
+        "finite",
+        "infinite",
+        "zero",
+        "nonzero",
+        "even",
+        "odd",
+        "nonpositive",
+        "extended_real",
+        "commutative",
     }
 )
 _SYMPY_TOKEN = re.compile(
@@ -229,17 +496,38 @@ _MAX_EXPR_CHARS = 2000
 # operators as values are refused.
 _ARGUMENT_KINDS = frozenset(
     {
-        "as_none", "as_tensor", "as_tensors", "as_int", "as_ints", "as_float", "as_floats",
-        "as_string", "as_strings", "as_sym_int", "as_sym_ints", "as_scalar_type",
-        "as_memory_format", "as_layout", "as_device", "as_bool", "as_bools", "as_sym_bool",
-        "as_sym_bools", "as_optional_tensors", "as_sym_float", "as_sym_floats",
-        "as_optional_tensor", "as_complex", "as_int_lists", "as_float_lists",
+        "as_none",
+        "as_tensor",
+        "as_tensors",
+        "as_int",
+        "as_ints",
+        "as_float",
+        "as_floats",
+        "as_string",
+        "as_strings",
+        "as_sym_int",
+        "as_sym_ints",
+        "as_scalar_type",
+        "as_memory_format",
+        "as_layout",
+        "as_device",
+        "as_bool",
+        "as_bools",
+        "as_sym_bool",
+        "as_sym_bools",
+        "as_optional_tensors",
+        "as_sym_float",
+        "as_sym_floats",
+        "as_optional_tensor",
+        "as_complex",
+        "as_int_lists",
+        "as_float_lists",
     }
 )
-_INPUT_SPECS = frozenset({"user_input", "parameter", "buffer", "tensor_constant",
-                          "constant_input"})
-_TREESPEC_TYPES = frozenset({None, "builtins.tuple", "builtins.list", "builtins.dict",
-                             "collections.OrderedDict"})
+_INPUT_SPECS = frozenset({"user_input", "parameter", "buffer", "tensor_constant", "constant_input"})
+_TREESPEC_TYPES = frozenset(
+    {None, "builtins.tuple", "builtins.list", "builtins.dict", "collections.OrderedDict"}
+)
 
 
 def screen_pt2(path: str | Path, *, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> None:
@@ -260,8 +548,13 @@ def check_pt2_archive(
     models = sorted(m.group(1) for name in members if (m := _MODEL_JSON.fullmatch(name)))
     if not models:
         raise UnsupportedModel("the .pt2 archive holds no exported program (models/*.json)")
-    accounted = {"archive_format", "archive_version", "byteorder", ".data/version",
-                 ".data/serialization_id"}
+    accounted = {
+        "archive_format",
+        "archive_version",
+        "byteorder",
+        ".data/version",
+        ".data/serialization_id",
+    }
     _expect_text(zf, members, "archive_format", "pt2")
     _expect_text(zf, members, "archive_version", "0")
     for model in models:
@@ -335,17 +628,20 @@ def _check_pt2_model(
     constants_name = f"data/constants/{model}_constants_config.json"
     inputs_name = f"data/sample_inputs/{model}.pt"
     used = {program_name, weights_name, constants_name}
-    used |= _check_payloads(zf, members, weights_name, "data/weights/", _WEIGHT_RECORD,
-                            max_tensor_bytes)
-    used |= _check_payloads(zf, members, constants_name, "data/constants/", _CONSTANT_RECORD,
-                            max_tensor_bytes)
+    used |= _check_payloads(
+        zf, members, weights_name, "data/weights/", _WEIGHT_RECORD, max_tensor_bytes
+    )
+    used |= _check_payloads(
+        zf, members, constants_name, "data/constants/", _CONSTANT_RECORD, max_tensor_bytes
+    )
     if inputs_name in members:
         # torch.load(weights_only=True) reads it, and on failure retries without
         # weights_only: its pickle must rebuild tensors and nothing else.
         from worker.engine.sniff import check_torch_save_archive
 
-        check_torch_save_archive(_read(zf, members, inputs_name), f"the .pt2 archive "
-                                 f"({inputs_name})")
+        check_torch_save_archive(
+            _read(zf, members, inputs_name), f"the .pt2 archive ({inputs_name})"
+        )
         used.add(inputs_name)
     check_exported_program(_json(zf, members, program_name), max_tensor_bytes=max_tensor_bytes)
     return used
@@ -387,8 +683,9 @@ def _check_payloads(
         name = folder + path_name
         if name not in members:
             raise UnsupportedModel(f"{what} refers to {name!r}, which the archive lacks")
-        _check_payload_meta(meta.get("tensor_meta"), members[name].file_size, what,
-                            max_tensor_bytes)
+        _check_payload_meta(
+            meta.get("tensor_meta"), members[name].file_size, what, max_tensor_bytes
+        )
         used.add(name)
     return used
 
@@ -526,7 +823,7 @@ def check_sym_expr(expr: Any) -> None:
         if token is None or token.end() == pos:
             raise UnsupportedModel(
                 f"the exported program's shape expression {expr[:80]!r} holds "
-                f"{expr[pos:pos + 10]!r}, which is not shape arithmetic",
+                f"{expr[pos : pos + 10]!r}, which is not shape arithmetic",
                 code="unsafe_format",
             )
         name = token.group("name")
@@ -554,12 +851,15 @@ def _check_names_and_exprs(value: Any) -> None:
                     _check_identifier(sub)
             elif key == "expr_str":
                 check_sym_expr(sub)
-            elif key in ("tensor_values", "sym_int_values", "sym_bool_values",
-                         "sym_float_values"):
+            elif key in ("tensor_values", "sym_int_values", "sym_bool_values", "sym_float_values"):
                 for name in sub if isinstance(sub, dict) else ():
                     _check_identifier(name)
-            elif key in ("parameter_name", "buffer_name", "tensor_constant_name",
-                         "user_input_name") and not (isinstance(sub, str) and _FQN.fullmatch(sub)):
+            elif key in (
+                "parameter_name",
+                "buffer_name",
+                "tensor_constant_name",
+                "user_input_name",
+            ) and not (isinstance(sub, str) and _FQN.fullmatch(sub)):
                 raise UnsupportedModel(
                     f"the exported program names a tensor {str(sub)[:60]!r}", code="unsafe_format"
                 )
@@ -595,8 +895,9 @@ def _check_call_entry(entry: Any) -> None:
     """Module call graph: module paths, argument names and pytree specs of plain
     containers (they become the loaded module's forward signature)."""
     if not isinstance(entry, dict) or not _CALL_FQN.fullmatch(str(entry.get("fqn", ""))):
-        raise UnsupportedModel("the exported program's module call graph is malformed",
-                               code="unsafe_format")
+        raise UnsupportedModel(
+            "the exported program's module call graph is malformed", code="unsafe_format"
+        )
     signature = entry.get("signature")
     if signature is None:
         return
@@ -700,8 +1001,10 @@ def _refusal(target: str) -> str:
     elif not target.startswith(_ATEN) and target.startswith("torch.ops."):
         reason = "is a custom or higher-order operator (only aten operators are allowed)"
     else:
-        reason = next((why for pattern, why in _REFUSAL_REASONS if pattern.search(target)),
-                      "is not among the operators a CNN needs")
+        reason = next(
+            (why for pattern, why in _REFUSAL_REASONS if pattern.search(target)),
+            "is not among the operators a CNN needs",
+        )
     return f"operator {_short_op(target)[:80]} {reason}; it is refused before loading"
 
 
@@ -715,9 +1018,10 @@ def _recorded_sizes(values: Mapping[str, Any], max_tensor_bytes: int) -> dict[st
         for dim in meta.get("sizes") or []:
             if "as_int" in dim:
                 dims.append(dim["as_int"])
-            elif isinstance(dim.get("as_expr"), dict) and (dim["as_expr"].get("hint") or {}).get(
-                "as_int"
-            ) is not None:
+            elif (
+                isinstance(dim.get("as_expr"), dict)
+                and (dim["as_expr"].get("hint") or {}).get("as_int") is not None
+            ):
                 dims.append(dim["as_expr"]["hint"]["as_int"])
             else:
                 dims.append(1)
@@ -733,10 +1037,14 @@ def _recorded_sizes(values: Mapping[str, Any], max_tensor_bytes: int) -> dict[st
 # Creation ops whose output size is an argument: bounded from the argument itself, since
 # the sizes a graph records are only what the file claims.
 _SIZE_ARGS = {
-    _ATEN + "full.default": "size", _ATEN + "zeros.default": "size",
-    _ATEN + "ones.default": "size", _ATEN + "new_zeros.default": "size",
-    _ATEN + "new_ones.default": "size", _ATEN + "new_full.default": "size",
-    _ATEN + "expand.default": "size", _ATEN + "repeat.default": "repeats",
+    _ATEN + "full.default": "size",
+    _ATEN + "zeros.default": "size",
+    _ATEN + "ones.default": "size",
+    _ATEN + "new_zeros.default": "size",
+    _ATEN + "new_ones.default": "size",
+    _ATEN + "new_full.default": "size",
+    _ATEN + "expand.default": "size",
+    _ATEN + "repeat.default": "repeats",
 }
 
 
@@ -890,8 +1198,11 @@ def check_onnx_allocations(
     inferred = _infer(work)
     known: dict[str, tuple[list[int | None], int]] = {}
     for graph, where in onnx_graphs(inferred):
-        values = [*getattr(graph, "value_info", ()), *getattr(graph, "output", ()),
-                  *getattr(graph, "input", ())]
+        values = [
+            *getattr(graph, "value_info", ()),
+            *getattr(graph, "output", ()),
+            *getattr(graph, "input", ()),
+        ]
         for value in values:
             if isinstance(value, str):
                 continue  # a function's inputs and outputs are bare names
@@ -901,8 +1212,9 @@ def check_onnx_allocations(
             known[value.name] = found
             dims = [d for d in found[0] if d is not None]
             if len(dims) == len(found[0]):
-                _bound(math.prod(dims) * found[1], max_tensor_bytes,
-                       f"tensor {value.name!r} ({where})")
+                _bound(
+                    math.prod(dims) * found[1], max_tensor_bytes, f"tensor {value.name!r} ({where})"
+                )
     for graph, where in onnx_graphs(inferred):
         constants = _small_constants(graph)
         for node in graph.node:
@@ -937,8 +1249,10 @@ def _value_shape(value: Any) -> tuple[list[int | None], int] | None:
     tensor_type = value.type.tensor_type
     if not value.type.HasField("tensor_type") or not tensor_type.HasField("shape"):
         return None
-    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None
-            for d in tensor_type.shape.dim]
+    dims = [
+        d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None
+        for d in tensor_type.shape.dim
+    ]
     return dims, _itemsize(tensor_type.elem_type)
 
 
@@ -1011,4 +1325,3 @@ def _check_constant_shape(
             math.prod([(d or 1) * max(v, 1.0) for d, v in zip(data_dims, values, strict=False)])
         )
     _bound(int(numel) * itemsize, max_tensor_bytes, what)
-

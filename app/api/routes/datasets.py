@@ -29,9 +29,14 @@ router = APIRouter(
     status_code=201,
     response_model=DatasetOut,
     summary="Upload a dataset (.npz or a zipped image folder)",
-    responses={200: {"model": DatasetOut, "description": "the tenant uploaded this file (the "
-                     "same SHA-256) before: that dataset, stored once"},
-               **problem_responses(400, 408, 413, 415, 507)},
+    responses={
+        200: {
+            "model": DatasetOut,
+            "description": "the tenant uploaded this file (the "
+            "same SHA-256) before: that dataset, stored once",
+        },
+        **problem_responses(400, 408, 413, 415, 507),
+    },
     openapi_extra=multipart_body({"name": "display name"}),
 )
 async def upload_dataset(
@@ -54,8 +59,9 @@ async def upload_dataset(
         earlier = await run_in(pool, same_file_uploads, factory, Dataset, tenant, saved.sha256)
         if earlier:
             metrics.upload_bytes.labels(kind="dataset").inc(saved.size_bytes)
-            return JSONResponse(DatasetOut.from_row(earlier[0]).model_dump(mode="json"),
-                                status_code=200)
+            return JSONResponse(
+                DatasetOut.from_row(earlier[0]).model_dump(mode="json"), status_code=200
+            )
         info = await inspector.dataset(tmp, tenant=tenant)
         row = Dataset(
             id=dataset_id,

@@ -30,8 +30,9 @@ from app.core.ratelimit import TenantSlots
 from app.db.jobstate import TERMINAL, status_payload
 from app.db.models import Job, JobEvent
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"],
-                   responses=problem_responses(401, 404, 422, 429))
+router = APIRouter(
+    prefix="/v1/jobs", tags=["jobs"], responses=problem_responses(401, 404, 422, 429)
+)
 
 POLL_INTERVAL_S = 0.3
 BATCH = 500
@@ -79,15 +80,17 @@ def _events_after(
         rows = session.execute(
             select(JobEvent.id, JobEvent.kind, JobEvent.data)
             .where(JobEvent.job_id == job_id, JobEvent.id > after)
-            .order_by(JobEvent.id).limit(BATCH)
+            .order_by(JobEvent.id)
+            .limit(BATCH)
         ).all()
         status = session.scalar(select(Job.status).where(Job.id == job_id)) or "failed"
         return [(int(r[0]), str(r[1]), dict(r[2])) for r in rows], status
 
 
 def _event(kind: str, data: dict[str, Any], event_id: int | None) -> ServerSentEvent:
-    return ServerSentEvent(data=json.dumps(data), event=kind,
-                           id=str(event_id) if event_id is not None else None)
+    return ServerSentEvent(
+        data=json.dumps(data), event=kind, id=str(event_id) if event_id is not None else None
+    )
 
 
 async def _stream(
@@ -120,9 +123,13 @@ async def _stream(
     "/{job_id}/events",
     summary="Stream a job's progress (Server-Sent Events)",
     response_class=EventSourceResponse,
-    responses={200: {"content": {"text/event-stream": {}},
-                     "description": "`status` and `progress` events, ids resumable with "
-                                    "Last-Event-ID; ends after the terminal status"}},
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "`status` and `progress` events, ids resumable with "
+            "Last-Event-ID; ends after the terminal status",
+        }
+    },
 )
 async def job_events(
     job_id: str,
@@ -135,8 +142,12 @@ async def job_events(
     resume = int(last_event_id) if last_event_id and last_event_id.isdigit() else None
     slots: TenantSlots = request.app.state.stream_slots
     if not slots.acquire(tenant):
-        raise TooManyRequests(f"{slots.limit} event streams are already open for this tenant; "
-                              "close one or poll GET /v1/jobs/{id}",
-                              retry_after_s=TOO_MANY_STREAMS_RETRY_S, code="too_many_streams")
-    return _SlotStreamResponse(_stream(request, pool, job_id, resume), ping=15,
-                               slots=slots, tenant=tenant)
+        raise TooManyRequests(
+            f"{slots.limit} event streams are already open for this tenant; "
+            "close one or poll GET /v1/jobs/{id}",
+            retry_after_s=TOO_MANY_STREAMS_RETRY_S,
+            code="too_many_streams",
+        )
+    return _SlotStreamResponse(
+        _stream(request, pool, job_id, resume), ping=15, slots=slots, tenant=tenant
+    )

@@ -48,8 +48,9 @@ from app.storage import KeyNotFound
 from app.storage.lifecycle import delete_job_rows, is_expired, remove_files
 from contract import JobSpec, Report
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"],
-                   responses=problem_responses(401, 404, 422, 429))
+router = APIRouter(
+    prefix="/v1/jobs", tags=["jobs"], responses=problem_responses(401, 404, 422, 429)
+)
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 # How long a client over its concurrent-job cap should wait before retrying.
@@ -58,8 +59,11 @@ TOO_MANY_JOBS_RETRY_S = 30
 
 def _request_hash(body: JobCreate, spec: JobSpec) -> str:
     # Hash the *defaulted* request so `{}` and the same defaults spelt out are one body.
-    canonical: dict[str, Any] = {"model_id": body.model_id, "dataset_id": body.dataset_id,
-                                 "spec": spec.model_dump(mode="json")}
+    canonical: dict[str, Any] = {
+        "model_id": body.model_id,
+        "dataset_id": body.dataset_id,
+        "spec": spec.model_dump(mode="json"),
+    }
     # Only when given, so a body without them hashes as it did before they existed.
     if body.name is not None:
         canonical["name"] = body.name
@@ -69,8 +73,11 @@ def _request_hash(body: JobCreate, spec: JobSpec) -> str:
 
 
 def _job_response(job: Job, status: int) -> JSONResponse:
-    return JSONResponse(JobOut.from_row(job).model_dump(mode="json"), status_code=status,
-                        headers={"Location": f"/v1/jobs/{job.id}"})
+    return JSONResponse(
+        JobOut.from_row(job).model_dump(mode="json"),
+        status_code=status,
+        headers={"Location": f"/v1/jobs/{job.id}"},
+    )
 
 
 def _replay(session: Session, tenant: str, key: str, request_hash: str) -> Job | None:
@@ -84,41 +91,55 @@ def _replay(session: Session, tenant: str, key: str, request_hash: str) -> Job |
         session.flush()
         return None
     if job.request_hash != request_hash:
-        raise Unprocessable("this Idempotency-Key was used with a different request body",
-                            code="idempotency_key_reused")
+        raise Unprocessable(
+            "this Idempotency-Key was used with a different request body",
+            code="idempotency_key_reused",
+        )
     return job
 
 
 def _check_dataset_fits(model: Model, dataset: Dataset) -> None:
     """A dataset feeds the model's (single) input: its samples must have that shape."""
     if len(model.inputs) != 1:
-        raise Unprocessable("datasets can only feed models with a single input",
-                            code="dataset_shape_mismatch")
+        raise Unprocessable(
+            "datasets can only feed models with a single input", code="dataset_shape_mismatch"
+        )
     expected = list(model.input_shape[1:])
     sample = list(dataset.sample_shape)
     if dataset.format == "imagefolder":
         # Images are resized to the model input: only an image-shaped input is needed.
         if len(expected) != 3:
-            raise Unprocessable(f"an image dataset needs a (N, C, H, W) model input, the "
-                                f"model takes {model.input_shape}",
-                                code="dataset_shape_mismatch")
+            raise Unprocessable(
+                f"an image dataset needs a (N, C, H, W) model input, the "
+                f"model takes {model.input_shape}",
+                code="dataset_shape_mismatch",
+            )
         return
     if sample != expected:
-        raise Unprocessable(f"dataset samples have shape {sample}, the model expects "
-                            f"{expected} (its input without the batch dimension)",
-                            code="dataset_shape_mismatch")
+        raise Unprocessable(
+            f"dataset samples have shape {sample}, the model expects "
+            f"{expected} (its input without the batch dimension)",
+            code="dataset_shape_mismatch",
+        )
 
 
 def _check_capacity(session: Session, tenant: str, cap: int) -> None:
     """429 `too_many_jobs` at the cap. Correct only under `lock_tenant`, held until the
     new job is committed: concurrent submits would otherwise all count the same rows."""
-    active = session.scalar(
-        select(func.count()).select_from(Job).where(
-            Job.tenant == tenant, Job.status.in_(("queued", "running")))
-    ) or 0
+    active = (
+        session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.tenant == tenant, Job.status.in_(("queued", "running")))
+        )
+        or 0
+    )
     if active >= cap:
-        raise TooManyRequests(f"{active} jobs are already queued or running (limit {cap})",
-                              retry_after_s=TOO_MANY_JOBS_RETRY_S, code="too_many_jobs")
+        raise TooManyRequests(
+            f"{active} jobs are already queued or running (limit {cap})",
+            retry_after_s=TOO_MANY_JOBS_RETRY_S,
+            code="too_many_jobs",
+        )
 
 
 @router.post(
@@ -126,8 +147,10 @@ def _check_capacity(session: Session, tenant: str, cap: int) -> None:
     status_code=202,
     response_model=JobOut,
     summary="Submit a pruning job",
-    responses={200: {"model": JobOut, "description": "replay of an Idempotency-Key"},
-               **problem_responses(400, 409, 413)},
+    responses={
+        200: {"model": JobOut, "description": "replay of an Idempotency-Key"},
+        **problem_responses(400, 409, 413),
+    },
 )
 def create_job(
     body: JobCreate,
@@ -150,10 +173,20 @@ def create_job(
         _check_dataset_fits(model, find_dataset(session, tenant, body.dataset_id))
     _check_capacity(session, tenant, settings.max_concurrent_jobs_per_tenant)
     job = Job(
-        id=ids.new_id(ids.JOB), tenant=tenant, model_id=model.id, dataset_id=body.dataset_id,
-        spec=spec.model_dump(mode="json"), status="queued", progress=0.0, attempts=0,
-        cancel_requested=False, idempotency_key=idempotency_key or None,
-        request_hash=request_hash, stage_times={}, created_at=utcnow(), name=body.name,
+        id=ids.new_id(ids.JOB),
+        tenant=tenant,
+        model_id=model.id,
+        dataset_id=body.dataset_id,
+        spec=spec.model_dump(mode="json"),
+        status="queued",
+        progress=0.0,
+        attempts=0,
+        cancel_requested=False,
+        idempotency_key=idempotency_key or None,
+        request_hash=request_hash,
+        stage_times={},
+        created_at=utcnow(),
+        name=body.name,
         tags=body.tags or [],
     )
     session.add(job)
@@ -175,9 +208,22 @@ def create_job(
 
 # The orders `GET /v1/jobs?sort=` knows: `key` ascending, `-key` descending.
 JobSort = Literal[
-    "-created_at", "created_at", "-finished_at", "finished_at", "name", "-name",
-    "-macs_reduction", "macs_reduction", "-params_reduction", "params_reduction",
-    "-speedup", "speedup", "-accuracy_change", "accuracy_change", "size_bytes", "-size_bytes",
+    "-created_at",
+    "created_at",
+    "-finished_at",
+    "finished_at",
+    "name",
+    "-name",
+    "-macs_reduction",
+    "macs_reduction",
+    "-params_reduction",
+    "params_reduction",
+    "-speedup",
+    "speedup",
+    "-accuracy_change",
+    "accuracy_change",
+    "size_bytes",
+    "-size_bytes",
 ]
 DEFAULT_SORT: JobSort = "-created_at"
 SORT_KEYS: tuple[str, ...] = get_args(JobSort)
@@ -188,7 +234,8 @@ _SORT_DOC = (
     "4 points lost), `size_bytes`; ascending, or descending with a leading `-`. Ties go "
     "by id in the same direction; jobs without the value (unfinished, unnamed, no result) "
     "come last either way. Default `-created_at`, newest first. A `cursor` continues the "
-    "order it came from.")
+    "order it came from."
+)
 
 
 @router.get("", response_model=Page[JobOut], summary="List jobs, newest first")
@@ -196,16 +243,26 @@ async def list_jobs(
     request: Request,
     tenant: Tenant,
     status: JobStatus | None = None,
-    model_id: Annotated[str | None, Query(max_length=64,
-                                          description="Only the jobs of this model")] = None,
-    dataset_id: Annotated[str | None, Query(max_length=64,
-                                            description="Only the jobs of this dataset")] = None,
-    tag: Annotated[str | None, Query(max_length=JOB_TAG_MAX,
-                                     description="Only the jobs with this tag (exact, "
-                                                 "case-sensitive)")] = None,
-    q: Annotated[str | None, Query(max_length=JOB_NAME_MAX,
-                                   description="Only the jobs whose name contains this text "
-                                               "(case-insensitive)")] = None,
+    model_id: Annotated[
+        str | None, Query(max_length=64, description="Only the jobs of this model")
+    ] = None,
+    dataset_id: Annotated[
+        str | None, Query(max_length=64, description="Only the jobs of this dataset")
+    ] = None,
+    tag: Annotated[
+        str | None,
+        Query(
+            max_length=JOB_TAG_MAX,
+            description="Only the jobs with this tag (exact, case-sensitive)",
+        ),
+    ] = None,
+    q: Annotated[
+        str | None,
+        Query(
+            max_length=JOB_NAME_MAX,
+            description="Only the jobs whose name contains this text (case-insensitive)",
+        ),
+    ] = None,
     sort: Annotated[JobSort, Query(description=_SORT_DOC)] = DEFAULT_SORT,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
@@ -213,10 +270,16 @@ async def list_jobs(
     """Newest first unless `sort` says otherwise; `status`, `model_id`, `dataset_id`,
     `tag` and `q` narrow the list together."""
     state = request.app.state
-    filters = JobFilters(status=status, model_id=model_id, dataset_id=dataset_id,
-                         tag=tag or None, q=(q or "").strip() or None)
-    body = await run_in(state.pools.db, _read_page, state.sessionmaker, tenant, filters, limit,
-                        cursor, sort)
+    filters = JobFilters(
+        status=status,
+        model_id=model_id,
+        dataset_id=dataset_id,
+        tag=tag or None,
+        q=(q or "").strip() or None,
+    )
+    body = await run_in(
+        state.pools.db, _read_page, state.sessionmaker, tenant, filters, limit, cursor, sort
+    )
     return _json(body)
 
 
@@ -233,8 +296,9 @@ async def get_job(job_id: str, request: Request, tenant: Tenant) -> Response:
 # on that thread, answering the JSON bytes directly (FastAPI would validate them again).
 _STATUS_COLUMNS = tuple(column for column in Job.__table__.columns if column.key != "report")
 # Built once: building and keying a statement per request cost more than running it.
-_READ_JOB = select(*_STATUS_COLUMNS).where(Job.id == bindparam("job_id"),
-                                           Job.tenant == bindparam("tenant"))
+_READ_JOB = select(*_STATUS_COLUMNS).where(
+    Job.id == bindparam("job_id"), Job.tenant == bindparam("tenant")
+)
 
 
 def _json(body: bytes) -> Response:
@@ -273,7 +337,7 @@ class JobFilters:
 def _has_tag(dialect: str, tag: str) -> ColumnElement[bool]:
     """The job's `tags` (a JSON array) hold `tag`: one function per dialect, both giving
     the array's elements as a `value` column."""
-    elements = (func.json_array_elements_text if dialect == "postgresql" else func.json_each)
+    elements = func.json_array_elements_text if dialect == "postgresql" else func.json_each
     values = elements(Job.tags).table_valued("value").alias("job_tag")
     return select(literal(1)).select_from(values).where(values.c.value == tag).exists()
 
@@ -297,8 +361,14 @@ def _filtered(stmt: Select[Any], filters: JobFilters, dialect: str) -> Select[An
     return stmt
 
 
-def _read_page(factory: sessionmaker[Session], tenant: str, filters: JobFilters, limit: int,
-               cursor: str | None, sort: str = DEFAULT_SORT) -> bytes:
+def _read_page(
+    factory: sessionmaker[Session],
+    tenant: str,
+    filters: JobFilters,
+    limit: int,
+    cursor: str | None,
+    sort: str = DEFAULT_SORT,
+) -> bytes:
     stmt = select(Job).options(defer(Job.report, raiseload=True)).where(Job.tenant == tenant)
     with factory() as session:
         stmt = _filtered(stmt, filters, session.get_bind().dialect.name)
@@ -322,14 +392,18 @@ _SORTS: dict[str, tuple[ColumnElement[Any], bool, bool]] = {
     "macs_reduction": (_figure("macs_reduction"), False, True),
     "params_reduction": (_figure("params_reduction"), False, True),
     "speedup": (_figure("speedup"), False, True),
-    "accuracy_change": (func.coalesce(_figure("accuracy_change"), _figure("agreement") - 1),
-                        False, True),
+    "accuracy_change": (
+        func.coalesce(_figure("accuracy_change"), _figure("agreement") - 1),
+        False,
+        True,
+    ),
     "size_bytes": (_figure("size_bytes"), False, True),
 }
 
 
-def _sorted_page(session: Session, stmt: Select[Any], sort: str, limit: int,
-                 cursor: str | None) -> tuple[list[Job], str | None]:
+def _sorted_page(
+    session: Session, stmt: Select[Any], sort: str, limit: int, cursor: str | None
+) -> tuple[list[Job], str | None]:
     """One page in a `sort` order other than the default: keyset paging over (the sort
     value, id), missing values last, the cursor holding the last row's pair."""
     desc = sort.startswith("-")
@@ -349,8 +423,9 @@ def _sorted_page(session: Session, stmt: Select[Any], sort: str, limit: int,
     return jobs, _encode_sort_cursor(sort, rows[-1][1], jobs[-1].id)
 
 
-def _after(value: ColumnElement[Any], nullable: bool, desc: bool, last: Any,
-           last_id: str) -> ColumnElement[bool]:
+def _after(
+    value: ColumnElement[Any], nullable: bool, desc: bool, last: Any, last_id: str
+) -> ColumnElement[bool]:
     """The rows after (`last`, `last_id`) in the order `_sorted_page` gives."""
     id_after = Job.id < last_id if desc else Job.id > last_id
     if last is None:  # among the missing values, which come last
@@ -380,19 +455,27 @@ def _decode_sort_cursor(cursor: str, sort: str, is_time: bool) -> tuple[Any, str
     except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
         raise ValidationFailed("cursor", "invalid cursor") from exc
     if cursor_sort != sort:
-        raise ValidationFailed("cursor", f"this cursor continues sort={cursor_sort}, not "
-                                         f"sort={sort}: start again without it")
+        raise ValidationFailed(
+            "cursor",
+            f"this cursor continues sort={cursor_sort}, not sort={sort}: start again without it",
+        )
     return value, job_id
 
 
-@router.patch("/{job_id}", response_model=JobOut, summary="Rename or retag a job",
-              responses=problem_responses(400))
-def update_job(job_id: str, body: JobUpdate, tenant: Tenant,
-               session: DbSession) -> JSONResponse:
+@router.patch(
+    "/{job_id}",
+    response_model=JobOut,
+    summary="Rename or retag a job",
+    responses=problem_responses(400),
+)
+def update_job(job_id: str, body: JobUpdate, tenant: Tenant, session: DbSession) -> JSONResponse:
     """Changes the fields given (`name`, `tags`), in any status; the others stay as they
     are."""
-    job = session.scalar(select(Job).options(defer(Job.report, raiseload=True))
-                         .where(Job.id == job_id, Job.tenant == tenant))
+    job = session.scalar(
+        select(Job)
+        .options(defer(Job.report, raiseload=True))
+        .where(Job.id == job_id, Job.tenant == tenant)
+    )
     if job is None:
         raise NotFound(f"job {job_id!r} not found")
     if "name" in body.model_fields_set:
@@ -403,28 +486,39 @@ def update_job(job_id: str, body: JobUpdate, tenant: Tenant,
     return _job_response(job, 200)
 
 
-@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut,
-             summary="Cancel a job", responses=problem_responses(409))
+@router.post(
+    "/{job_id}/cancel",
+    status_code=202,
+    response_model=JobOut,
+    summary="Cancel a job",
+    responses=problem_responses(409),
+)
 def cancel_job(job_id: str, tenant: Tenant, session: DbSession) -> JSONResponse:
     """A queued job is cancelled at once; a running one stops at its next check."""
     job = find_job(session, tenant, job_id)
     if job.status in TERMINAL:
-        raise Conflict(f"job {job_id!r} has already finished ({job.status})",
-                       code="job_finished")
+        raise Conflict(f"job {job_id!r} has already finished ({job.status})", code="job_finished")
     request_cancel(session, job)
     session.commit()
     return _job_response(job, 202)
 
 
-@router.delete("/{job_id}", status_code=204, summary="Delete a finished job",
-               response_class=Response, responses=problem_responses(409))
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    summary="Delete a finished job",
+    response_class=Response,
+    responses=problem_responses(409),
+)
 def delete_job(job_id: str, tenant: Tenant, session: DbSession, store: Store) -> Response:
     """The job, its events and its artifacts (files included) go for good. Refused (409
     `job_not_finished`) while it is queued or running: cancel it first."""
     job = find_job(session, tenant, job_id)
     if job.status not in TERMINAL:
-        raise Conflict(f"job {job_id!r} is {job.status}; cancel it, then delete it once it "
-                       "has stopped", code="job_not_finished")
+        raise Conflict(
+            f"job {job_id!r} is {job.status}; cancel it, then delete it once it has stopped",
+            code="job_not_finished",
+        )
     keys = delete_job_rows(session, job)
     session.commit()
     # After the commit: a failure in between leaves an unreferenced file, never a row
@@ -433,15 +527,19 @@ def delete_job(job_id: str, tenant: Tenant, session: DbSession, store: Store) ->
     return Response(status_code=204)
 
 
-@router.get("/{job_id}/report", summary="The report of a succeeded job",
-            responses={200: {"model": Report}, **problem_responses(409, 410)})
-def get_report(job_id: str, tenant: Tenant, session: DbSession,
-               store: Store) -> JSONResponse:
+@router.get(
+    "/{job_id}/report",
+    summary="The report of a succeeded job",
+    responses={200: {"model": Report}, **problem_responses(409, 410)},
+)
+def get_report(job_id: str, tenant: Tenant, session: DbSession, store: Store) -> JSONResponse:
     """409 `job_not_succeeded` until the job has succeeded."""
     job = find_job(session, tenant, job_id)
     if job.status != "succeeded":
-        raise Conflict(f"job {job_id!r} is {job.status}; its report exists once it has "
-                       "succeeded", code="job_not_succeeded")
+        raise Conflict(
+            f"job {job_id!r} is {job.status}; its report exists once it has succeeded",
+            code="job_not_succeeded",
+        )
     report = job.report if job.report is not None else _stored_report(session, store, job.id)
     return JSONResponse(report)
 

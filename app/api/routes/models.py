@@ -40,9 +40,14 @@ _FILE_SUFFIX = {"onnx": "onnx", "pt2": "pt2", "safetensors": "safetensors", "sta
     status_code=201,
     response_model=ModelOut,
     summary="Upload a model",
-    responses={200: {"model": ModelOut, "description": "the tenant uploaded this file (the "
-                     "same SHA-256, arch and input_shape) before: that model, stored once"},
-               **problem_responses(400, 408, 413, 415, 507)},
+    responses={
+        200: {
+            "model": ModelOut,
+            "description": "the tenant uploaded this file (the "
+            "same SHA-256, arch and input_shape) before: that model, stored once",
+        },
+        **problem_responses(400, 408, 413, 415, 507),
+    },
     openapi_extra=multipart_body(
         {
             "arch": "architecture for weight-only uploads, e.g. torchvision:resnet18",
@@ -102,13 +107,15 @@ async def upload_model(
     return ModelOut.from_row(row)
 
 
-def _same_model(earlier: list[Model], arch: str | None,
-                input_shape: list[int] | None) -> Model | None:
+def _same_model(
+    earlier: list[Model], arch: str | None, input_shape: list[int] | None
+) -> Model | None:
     """The first earlier upload of the file read the way this one asks: the same file with
     another architecture or input shape is another model."""
     for row in earlier:
-        if (arch is None or row.arch == arch) and (input_shape is None
-                                                   or row.input_shape == input_shape):
+        if (arch is None or row.arch == arch) and (
+            input_shape is None or row.input_shape == input_shape
+        ):
             return row
     return None
 

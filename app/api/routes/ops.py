@@ -46,25 +46,35 @@ class DiskLow(Exception):
 def _check_disk(request: Request) -> None:
     settings = request.app.state.settings
     if too_little_room(settings.data_dir, settings.min_free_disk_bytes):
-        raise DiskLow(f"{free_bytes(settings.data_dir)} bytes free on the data disk, under "
-                      f"the floor of {settings.min_free_disk_bytes}")
+        raise DiskLow(
+            f"{free_bytes(settings.data_dir)} bytes free on the data disk, under "
+            f"the floor of {settings.min_free_disk_bytes}"
+        )
 
 
-@router.get("/readyz", response_model=Health,
-            summary="Job store, broker and store reachable, room on the data disk",
-            responses=problem_responses(503))
+@router.get(
+    "/readyz",
+    response_model=Health,
+    summary="Job store, broker and store reachable, room on the data disk",
+    responses=problem_responses(503),
+)
 async def readyz(request: Request) -> Health:
     failed: dict[str, str] = {}
-    for name, check in (("database", _check_db), ("broker", _check_broker),
-                        ("artifact_store", _check_store), ("disk", _check_disk)):
+    for name, check in (
+        ("database", _check_db),
+        ("broker", _check_broker),
+        ("artifact_store", _check_store),
+        ("disk", _check_disk),
+    ):
         try:
             await run_in_threadpool(check, request)
         except Exception as exc:  # any failure means "not ready"; the reason is logged
             log.warning("readiness check %s failed: %s", name, exc)
             failed[name] = type(exc).__name__
     if failed:
-        raise ServiceUnavailable(f"not ready: {', '.join(sorted(failed))}",
-                                 extra={"checks": failed})
+        raise ServiceUnavailable(
+            f"not ready: {', '.join(sorted(failed))}", extra={"checks": failed}
+        )
     return Health(status="ready")
 
 
@@ -81,16 +91,23 @@ def _authorize_metrics(request: Request) -> None:
     expected: str = request.app.state.settings.metrics_key
     if expected:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
-                                                                 expected.encode()):
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), expected.encode()
+        ):
             raise Unauthorized("GET /metrics needs the operator's metrics key")
     elif not _is_loopback(client_address(request)):
-        raise ApiError("GET /metrics answers only clients on this machine unless "
-                       "SECATEURS_METRICS_KEY is set", status=403, code="forbidden")
+        raise ApiError(
+            "GET /metrics answers only clients on this machine unless SECATEURS_METRICS_KEY is set",
+            status=403,
+            code="forbidden",
+        )
 
 
-@router.get("/metrics", summary="Prometheus metrics (operators only)",
-            responses={200: {"content": {CONTENT_TYPE: {}}}, **problem_responses(401, 403)})
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (operators only)",
+    responses={200: {"content": {CONTENT_TYPE: {}}}, **problem_responses(401, 403)},
+)
 def metrics(request: Request) -> Response:
     _authorize_metrics(request)
     app_metrics = request.app.state.metrics

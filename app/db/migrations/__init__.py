@@ -27,8 +27,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent
 BASELINE_REVISION = "0001"
 VERSION_TABLE = "alembic_version"
 # PostgreSQL advisory lock key of the migration (a bigint), apart from the tenant locks.
-_PG_LOCK_ID = int.from_bytes(hashlib.sha256(b"secateurs-migrate").digest()[:8], "big",
-                             signed=True)
+_PG_LOCK_ID = int.from_bytes(hashlib.sha256(b"secateurs-migrate").digest()[:8], "big", signed=True)
 
 
 class SchemaMismatch(RuntimeError):
@@ -72,7 +71,8 @@ def stamp_pre_migration(connection: Connection) -> bool:
         raise SchemaMismatch(
             "the database has tables but no migration history, and they differ from "
             f"revision {BASELINE_REVISION}: {differences}; migrate it by hand, then "
-            f"`secateurs db stamp {BASELINE_REVISION}`")
+            f"`secateurs db stamp {BASELINE_REVISION}`"
+        )
     command.stamp(alembic_config(connection), BASELINE_REVISION)
     connection.commit()
     log.info("stamped a database made before migrations at revision %s", BASELINE_REVISION)

@@ -31,7 +31,8 @@ def build() -> MetaData:
     """A fresh MetaData holding the 0001 tables (fresh, so that no caller's changes stick)."""
     metadata = MetaData()
     Table(
-        "api_keys", metadata,
+        "api_keys",
+        metadata,
         Column("id", Integer, primary_key=True, autoincrement=True),
         Column("tenant", String(128), nullable=False, index=True),
         Column("key_hash", String(128), nullable=False, unique=True),
@@ -39,7 +40,8 @@ def build() -> MetaData:
         _at("created_at"),
     )
     Table(
-        "models", metadata,
+        "models",
+        metadata,
         Column("id", String(64), primary_key=True),
         Column("tenant", String(128), nullable=False, index=True),
         Column("name", String(256), nullable=False),
@@ -56,7 +58,8 @@ def build() -> MetaData:
         _at("deleted_at", nullable=True),
     )
     Table(
-        "datasets", metadata,
+        "datasets",
+        metadata,
         Column("id", String(64), primary_key=True),
         Column("tenant", String(128), nullable=False, index=True),
         Column("name", String(256), nullable=False),
@@ -72,7 +75,8 @@ def build() -> MetaData:
         _at("deleted_at", nullable=True),
     )
     Table(
-        "jobs", metadata,
+        "jobs",
+        metadata,
         Column("id", String(64), primary_key=True),
         Column("tenant", String(128), nullable=False),
         Column("model_id", String(64), ForeignKey("models.id"), nullable=False),
@@ -99,16 +103,19 @@ def build() -> MetaData:
         Index("ix_jobs_status", "status"),
     )
     Table(
-        "job_events", metadata,
-        Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
-               autoincrement=True),
+        "job_events",
+        metadata,
+        Column(
+            "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+        ),
         Column("job_id", String(64), ForeignKey("jobs.id"), nullable=False, index=True),
         Column("kind", String(16), nullable=False),
         Column("data", JSON, nullable=False),
         _at("created_at"),
     )
     Table(
-        "artifacts", metadata,
+        "artifacts",
+        metadata,
         Column("job_id", String(64), ForeignKey("jobs.id"), primary_key=True),
         Column("name", String(128), primary_key=True),
         Column("size_bytes", BigInteger, nullable=False),
@@ -117,7 +124,8 @@ def build() -> MetaData:
         Column("storage_key", String(512), nullable=False),
     )
     Table(
-        "model_analyses", metadata,
+        "model_analyses",
+        metadata,
         Column("model_id", String(64), ForeignKey("models.id"), primary_key=True),
         Column("status", String(16), nullable=False),
         Column("result", JSON),

@@ -43,10 +43,13 @@ def upgrade() -> None:
     op.create_index("ix_webhook_events_due", "webhook_events", ["status", "next_attempt_at"])
     op.create_table(
         "webhook_attempts",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
-                  autoincrement=True),
-        sa.Column("event_id", sa.String(64), sa.ForeignKey("webhook_events.id"),
-                  nullable=False),
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
+        sa.Column("event_id", sa.String(64), sa.ForeignKey("webhook_events.id"), nullable=False),
         sa.Column("attempt", sa.Integer, nullable=False),
         _at("started_at"),
         sa.Column("duration_ms", sa.Integer, nullable=False),

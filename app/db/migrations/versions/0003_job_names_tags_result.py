@@ -35,25 +35,33 @@ def downgrade() -> None:
 
 
 def _fill_results(bind: sa.Connection) -> None:
-    jobs = sa.table("jobs", sa.column("id", sa.String), sa.column("status", sa.String),
-                    sa.column("report", sa.JSON), sa.column("result", sa.JSON))
-    ids = bind.execute(sa.select(jobs.c.id).where(jobs.c.status == "succeeded",
-                                                  jobs.c.report.is_not(None))).scalars().all()
+    jobs = sa.table(
+        "jobs",
+        sa.column("id", sa.String),
+        sa.column("status", sa.String),
+        sa.column("report", sa.JSON),
+        sa.column("result", sa.JSON),
+    )
+    ids = (
+        bind.execute(
+            sa.select(jobs.c.id).where(jobs.c.status == "succeeded", jobs.c.report.is_not(None))
+        )
+        .scalars()
+        .all()
+    )
     for start in range(0, len(ids), _BATCH):
-        chunk = ids[start:start + _BATCH]
+        chunk = ids[start : start + _BATCH]
         rows = bind.execute(sa.select(jobs.c.id, jobs.c.report).where(jobs.c.id.in_(chunk)))
         for job_id, report in rows.all():
             result = _summary(report)
             if result is not None:
-                bind.execute(sa.update(jobs).where(jobs.c.id == job_id)
-                             .values(result=result))
+                bind.execute(sa.update(jobs).where(jobs.c.id == job_id).values(result=result))
 
 
 # The summary as app.db.summary wrote it when this revision was made: frozen here, so
 # that a later change there cannot change what this revision does.
 def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) \
-        else None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _reduction(before: Any, after: Any) -> float | None:
@@ -76,8 +84,9 @@ def _summary(report: Any) -> dict[str, Any] | None:
         "macs_reduction": _reduction(original.get("macs"), pruned.get("macs")),
         "params_reduction": _reduction(original.get("params"), pruned.get("params")),
         "speedup": _number((report.get("ratios") or {}).get("latency_speedup")),
-        "accuracy_change": (acc_after - acc_before
-                            if acc_before is not None and acc_after is not None else None),
+        "accuracy_change": (
+            acc_after - acc_before if acc_before is not None and acc_after is not None else None
+        ),
         "agreement": _number((report.get("fidelity") or {}).get("top1_agreement")),
         "size_bytes": int(size) if size is not None else None,
         "int8": int8,
