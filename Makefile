@@ -35,9 +35,14 @@ services:
 test: $(STAMP) system-deps services
 	$(BIN)/python -m pytest --durations=25
 
+# The style gates CI runs before the tests: lint, formatting, types, process boundaries
+# (the import contracts in pyproject.toml).
+LINTED := app worker contract cli secateurs_client tests bench
 lint: $(STAMP)
-	$(BIN)/ruff check app worker contract cli secateurs_client tests bench
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy app worker contract cli secateurs_client
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/python bench/engine.py

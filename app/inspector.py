@@ -29,14 +29,16 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from app.core.errors import ApiError, TooManyRequests, Unprocessable
 from app.sandbox import Limits, Sandbox, SandboxUnavailable
 from contract import DatasetInfo, ModelInfo
 from contract.model_info import Prunability
+
+_Validated = TypeVar("_Validated", bound=BaseModel)
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +164,7 @@ class Inspector:
         return self._validate(DatasetInfo, info, "invalid_dataset")
 
     @staticmethod
-    def _validate(cls: type[Any], info: Any, code: str) -> Any:
+    def _validate(cls: type[_Validated], info: Any, code: str) -> _Validated:
         try:
             return cls.model_validate(info)
         except ValidationError as exc:

@@ -42,7 +42,9 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-def multipart_body(fields: dict[str, str], *, required: tuple[str, ...] = ("file",)) -> dict:
+def multipart_body(
+    fields: dict[str, str], *, required: tuple[str, ...] = ("file",)
+) -> dict[str, Any]:
     """`openapi_extra=` describing a multipart form with a binary `file` and text fields.
 
     The routes parse the body themselves (streaming, with a size cap), so FastAPI cannot
@@ -100,7 +102,8 @@ def _server_url(request: Request) -> str:
 
 
 def _static_url(request: Request, path: str) -> str:
-    return request.scope.get("root_path", "").rstrip("/") + path
+    root: str = request.scope.get("root_path", "")
+    return root.rstrip("/") + path
 
 
 def install_openapi(app: FastAPI) -> None:

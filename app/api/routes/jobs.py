@@ -381,7 +381,8 @@ def _read_page(
 
 
 def _figure(key: str) -> ColumnElement[Any]:
-    return Job.result[key].as_float()
+    figure: ColumnElement[Any] = Job.result[key].as_float()
+    return figure
 
 
 # Sort key -> (the value sorted on, whether it is a time, whether it can be missing).

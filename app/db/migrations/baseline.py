@@ -5,6 +5,8 @@ must stay what databases created before migrations hold, so that such a database
 recognised (compared with this) and stamped at 0001 instead of created again.
 """
 
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -23,7 +25,7 @@ from sqlalchemy import (
 )
 
 
-def _at(name: str, nullable: bool = False) -> Column:
+def _at(name: str, nullable: bool = False) -> Column[Any]:
     return Column(name, DateTime(timezone=True), nullable=nullable)
 
 
