@@ -22,10 +22,11 @@ WORKDIR /src
 RUN python3.11 -m venv /opt/venv && /opt/venv/bin/pip install --upgrade pip setuptools wheel
 # Dependencies first, so editing the code does not re-download torch.
 COPY pyproject.toml README.md ./
-RUN mkdir -p app worker contract cli && touch app/__init__.py worker/__init__.py \
-    contract/__init__.py cli/__init__.py \
+RUN mkdir -p app infra worker contract cli && touch app/__init__.py infra/__init__.py \
+    worker/__init__.py contract/__init__.py cli/__init__.py \
  && /opt/venv/bin/pip install . && /opt/venv/bin/pip uninstall -y secateurs
 COPY app ./app
+COPY infra ./infra
 COPY worker ./worker
 COPY contract ./contract
 COPY cli ./cli

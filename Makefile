@@ -37,11 +37,11 @@ test: $(STAMP) system-deps services
 
 # The style gates CI runs before the tests: lint, formatting, types, process boundaries
 # (the import contracts in pyproject.toml).
-LINTED := app worker contract cli secateurs_client tests bench
+LINTED := app infra worker contract cli secateurs_client tests bench
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
-	$(BIN)/mypy app worker contract cli secateurs_client
+	$(BIN)/mypy app infra worker contract cli secateurs_client
 	$(BIN)/lint-imports
 
 bench: $(STAMP)

@@ -3,7 +3,7 @@
 Parsing untrusted files runs native code (protobuf, onnxruntime, zip readers) and, for some
 formats, the uploader's graph: a crash, hang or attack there must fail the upload, never
 reach the API's files, secrets or network. The child is
-`python -m worker.engine.inspect {model,dataset} FILE …` run by `app.sandbox` (bubblewrap:
+`python -m worker.engine.inspect {model,dataset} FILE …` run by `infra.sandbox` (bubblewrap:
 no network, no secrets, read-only system, its own scratch directory, resource limits); it
 prints one JSON line `{"ok": true, "info": {…}}` or `{"ok": false, "code", "message"}`.
 
@@ -34,9 +34,9 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from app.core.errors import ApiError, TooManyRequests, Unprocessable
-from app.sandbox import Limits, Sandbox, SandboxUnavailable
 from contract import DatasetInfo, ModelInfo
 from contract.model_info import Prunability
+from infra.sandbox import Limits, Sandbox, SandboxUnavailable
 
 _Validated = TypeVar("_Validated", bound=BaseModel)
 

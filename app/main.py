@@ -18,7 +18,6 @@ from app.api.bodylimit import BodyLimitMiddleware
 from app.api.openapi import install_openapi
 from app.api.routes import artifacts, datasets, events, jobs, models, ops, webhooks
 from app.core.auth import KeyCache, sync_settings_keys
-from app.core.config import Settings
 from app.core.disk import DiskGuardMiddleware, install_disk_full_handlers
 from app.core.errors import install_error_handlers
 from app.core.httpproto import configure_header_timeout
@@ -26,14 +25,15 @@ from app.core.pools import Pools
 from app.core.ratelimit import FailureThrottle, TenantSlots, TenantTurns, TokenBucketLimiter
 from app.core.timeouts import BodyTimeoutMiddleware
 from app.dashboard import router as dashboard_router
-from app.db.session import init_db, make_engine, make_sessionmaker, session_scope
 from app.inspector import Inspector, PoolLimits
 from app.metrics import ApiMetrics, MetricsMiddleware
 from app.prunability import Analyses
 from app.queue import JobQueue
-from app.sandbox import Sandbox, describe
-from app.storage import make_store
 from app.uploads import remove_stale_uploads
+from infra.config import Settings
+from infra.db.session import init_db, make_engine, make_sessionmaker, session_scope
+from infra.sandbox import Sandbox, describe
+from infra.storage import make_store
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.db.models import Job
+from infra.db.models import Job
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 

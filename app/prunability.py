@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.errors import ApiError
 from app.core.pools import run_in
-from app.db.models import Model, ModelAnalysis
 from app.inspector import Inspector
-from app.storage import ArtifactStore
+from infra.db.models import Model, ModelAnalysis
+from infra.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
 

@@ -33,9 +33,9 @@ from app.core.errors import (
     StorageQuotaExceeded,
     ValidationFailed,
 )
-from app.db.models import Dataset, Model
-from app.db.quota import insert_if_fits
-from app.storage import ArtifactStore
+from infra.db.models import Dataset, Model
+from infra.db.quota import insert_if_fits
+from infra.storage import ArtifactStore
 
 # Room for the multipart framing and the small text fields around the file.
 FORM_OVERHEAD_BYTES = 1024 * 1024

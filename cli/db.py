@@ -17,8 +17,8 @@ app.add_typer(db_app, name="db")
 
 
 def _engine():  # type: ignore[no-untyped-def]
-    from app.core.config import Settings
-    from app.db.session import make_engine
+    from infra.config import Settings
+    from infra.db.session import make_engine
 
     settings = Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -32,8 +32,8 @@ def upgrade(
     """Migrate the database (SECATEURS_DATABASE_URL) to REVISION, the newest by default.
 
     A database made before migrations is recognised and stamped at the first revision."""
-    from app.db.migrations import SchemaMismatch, current_revision
-    from app.db.migrations import upgrade as run_upgrade
+    from infra.db.migrations import SchemaMismatch, current_revision
+    from infra.db.migrations import upgrade as run_upgrade
 
     engine = _engine()
     try:
@@ -49,7 +49,7 @@ def upgrade(
 @db_app.command("current")
 def current() -> None:
     """Print the database's revision (nothing when it has no migration history)."""
-    from app.db.migrations import current_revision
+    from infra.db.migrations import current_revision
 
     engine = _engine()
     with engine.connect() as connection:
@@ -63,7 +63,7 @@ def stamp(revision: Annotated[str, typer.Argument(help="Revision the database is
     migrating a database by hand)."""
     from alembic import command
 
-    from app.db.migrations import alembic_config, migration_lock
+    from infra.db.migrations import alembic_config, migration_lock
 
     engine = _engine()
     with migration_lock(engine) as connection:
@@ -79,13 +79,13 @@ def revision(
         bool, typer.Option(help="Fill it in from the models' differences with the newest revision")
     ] = True,
 ) -> None:
-    """Write a new revision file into app/db/migrations/versions (for developers)."""
+    """Write a new revision file into infra/db/migrations/versions (for developers)."""
     from alembic import command
     from alembic.script import ScriptDirectory
 
-    from app.db.migrations import alembic_config
-    from app.db.migrations import upgrade as run_upgrade
-    from app.db.session import make_engine
+    from infra.db.migrations import alembic_config
+    from infra.db.migrations import upgrade as run_upgrade
+    from infra.db.session import make_engine
 
     # Compared against a scratch SQLite database at the newest revision, so no real
     # database is needed; review the result, SQLite's reflection is not PostgreSQL's.

@@ -19,8 +19,8 @@ from typing import Annotated
 import typer
 from sqlalchemy import func, select
 
-from app.core.config import Settings
 from cli.main import app
+from infra.config import Settings
 
 keys_app = typer.Typer(no_args_is_help=True, help="Manage API keys (stored hashed).")
 app.add_typer(keys_app, name="keys")
@@ -54,7 +54,7 @@ def _settings(
 
 
 def _sessions(settings: Settings):  # type: ignore[no-untyped-def]
-    from app.db.session import init_db, make_engine, make_sessionmaker
+    from infra.db.session import init_db, make_engine, make_sessionmaker
 
     engine = make_engine(settings.resolved_database_url)
     init_db(engine)
@@ -64,8 +64,8 @@ def _sessions(settings: Settings):  # type: ignore[no-untyped-def]
 def upgrade_schema(settings: Settings) -> None:
     """Migrate the job store to the newest revision before serving, once here rather than
     in each of `--workers N` processes at the same moment (they find it done)."""
-    from app.db.migrations import SchemaMismatch
-    from app.db.session import init_db, make_engine
+    from infra.db.migrations import SchemaMismatch
+    from infra.db.session import init_db, make_engine
 
     engine = make_engine(settings.resolved_database_url)
     try:
@@ -80,8 +80,8 @@ def upgrade_schema(settings: Settings) -> None:
 def ensure_first_key(settings: Settings) -> str | None:
     """With no key configured anywhere, create one for tenant `default` and return it."""
     from app.core.auth import create_api_key
-    from app.db.models import ApiKey
-    from app.db.session import session_scope
+    from infra.db.models import ApiKey
+    from infra.db.session import session_scope
 
     if settings.parsed_api_keys():
         return None
@@ -299,7 +299,7 @@ def keys_create(
 ) -> None:
     """Create an API key for TENANT and print it (once: only its hash is stored)."""
     from app.core.auth import create_api_key
-    from app.db.session import session_scope
+    from infra.db.session import session_scope
 
     settings = _settings()
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from app.core.config import Settings
+from infra.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from celery import Celery
 
-from app.core.config import Settings
+from infra.config import Settings
 from worker import sweeper, webhooks
 from worker.names import QUEUE, TASK_NAME
 

@@ -15,8 +15,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from app.db import jobstate
-from app.db.models import Job, utcnow
+from infra.db import jobstate
+from infra.db.models import Job, utcnow
 
 LOST_RACE = "claimed by another delivery"
 

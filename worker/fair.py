@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.db.models import Job, utcnow
+from infra.db.models import Job, utcnow
 from worker.claim import aware
 
 # Jobs considered per turn: the oldest queued ones (a turn must stay cheap on a long queue).

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db import jobstate
-from app.db.models import Job
-from app.db.session import session_scope
+from infra.db import jobstate
+from infra.db.models import Job
+from infra.db.session import session_scope
 from worker import claim
 
 Clock = Callable[[], float]

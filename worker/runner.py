@@ -24,12 +24,12 @@ from typing import Any
 from sqlalchemy import delete
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.core.config import Settings
-from app.db import jobstate
-from app.db.models import Artifact, Dataset, Job, Model
-from app.db.session import session_scope
-from app.storage import ArtifactStore, KeyNotFound, StoreError, artifact_key
 from contract import JobSpec
+from infra.config import Settings
+from infra.db import jobstate
+from infra.db.models import Artifact, Dataset, Job, Model
+from infra.db.session import session_scope
+from infra.storage import ArtifactStore, KeyNotFound, StoreError, artifact_key
 from worker import claim, fair
 from worker.engine.errors import EngineError, JobCancelled
 from worker.progress import CancelCheck, Heartbeat, ProgressWriter

@@ -3,7 +3,7 @@
 `SandboxedPipeline` has `run_pipeline`'s signature, so the runner calls it the same way.
 It lays the job out in the job's scratch directory (the inputs the runner fetched, a
 `job.json`, a copy of the tenant's latency cache), starts
-`python -m worker.engine.runjob` in the sandbox (`app.sandbox`), relays its progress lines
+`python -m worker.engine.runjob` in the sandbox (`infra.sandbox`), relays its progress lines
 to `on_progress`, and polls `should_cancel`: a cancelled job's sandbox is killed on the
 spot, whatever stage it is in. Once the sandbox is gone, what it left is read back as
 untrusted data: the result is validated against the contract, every artifact must be a
@@ -32,9 +32,9 @@ from typing import IO, Any
 
 from pydantic import ValidationError
 
-from app.sandbox import SCRATCH, Limits, Sandbox, SandboxUnavailable
 from contract import JobSpec, Report
 from contract.stages import STAGES
+from infra.sandbox import SCRATCH, Limits, Sandbox, SandboxUnavailable
 from worker.engine.errors import EngineError, JobCancelled
 
 log = logging.getLogger(__name__)

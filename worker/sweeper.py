@@ -22,9 +22,9 @@ from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
-from app.core.config import Settings
-from app.db.models import Job, utcnow
-from app.db.session import init_db, make_engine, make_sessionmaker
+from infra.config import Settings
+from infra.db.models import Job, utcnow
+from infra.db.session import init_db, make_engine, make_sessionmaker
 from worker import claim
 from worker.background import run_while_worker_runs
 from worker.names import QUEUE, TASK_NAME
@@ -212,8 +212,8 @@ def _retention_chores(
     """Removing expired artifacts, when SECATEURS_ARTIFACT_RETENTION_DAYS sets a period."""
     if not settings.artifact_retention_days:
         return []
-    from app.storage import make_store
-    from app.storage.lifecycle import ArtifactRetention
+    from infra.storage import make_store
+    from infra.storage.lifecycle import ArtifactRetention
 
     retention = ArtifactRetention(sessions, make_store(settings), settings.artifact_retention_days)
     return [retention.run_if_due]

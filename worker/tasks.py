@@ -9,9 +9,9 @@ import os
 
 from celery import Task
 
-from app.db.session import make_engine, make_sessionmaker
-from app.sandbox import Limits, Sandbox, describe
-from app.storage import make_store
+from infra.db.session import make_engine, make_sessionmaker
+from infra.sandbox import Limits, Sandbox, describe
+from infra.storage import make_store
 from worker import runner
 from worker.celery_app import TASK_NAME, celery_app, settings
 from worker.sandboxed import SandboxedPipeline

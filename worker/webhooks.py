@@ -1,5 +1,5 @@
 """Webhook delivery: a thread in the worker's main process sends the events that jobs
-leave in `webhook_events` (see `app.webhooks`), and retries them with backoff.
+leave in `webhook_events` (see `infra.webhooks`), and retries them with backoff.
 
 Each attempt claims its event first (moving its due time ahead by a lease), so workers
 on several machines never send one attempt twice, and a worker that dies mid-attempt
@@ -32,10 +32,10 @@ from celery import Celery
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.core.config import Settings
-from app.db.models import WebhookAttempt, WebhookEvent, utcnow
-from app.db.session import make_engine, make_sessionmaker, session_scope
-from app.webhooks import ForbiddenAddress, resolve_checked, signed_headers, tenant_secret
+from infra.config import Settings
+from infra.db.models import WebhookAttempt, WebhookEvent, utcnow
+from infra.db.session import make_engine, make_sessionmaker, session_scope
+from infra.webhooks import ForbiddenAddress, resolve_checked, signed_headers, tenant_secret
 from worker.background import run_while_worker_runs
 from worker.sweeper import ensure_tables
 

@@ -9,14 +9,14 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.auth import KeyCache, tenant_for_key
-from app.core.config import Settings
 from app.core.errors import TooManyRequests, Unauthorized
 from app.core.pools import run_in
 from app.core.ratelimit import FailureThrottle, TokenBucketLimiter
 from app.inspector import Inspector
 from app.metrics import ApiMetrics
 from app.queue import JobQueue
-from app.storage import ArtifactStore
+from infra.config import Settings
+from infra.storage import ArtifactStore
 
 # auto_error=False: a missing header must answer our 401 problem, not FastAPI's 403.
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`")

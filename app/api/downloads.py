@@ -4,7 +4,7 @@ from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 
 from app.core.errors import NotFound
-from app.storage import ArtifactStore, KeyNotFound
+from infra.storage import ArtifactStore, KeyNotFound
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:

@@ -4,7 +4,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.errors import NotFound
-from app.db.models import Dataset, Job, Model
+from infra.db.models import Dataset, Job, Model
 
 
 def find_model(session: Session, tenant: str, model_id: str) -> Model:

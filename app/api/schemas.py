@@ -13,7 +13,11 @@ from pydantic import (
     model_validator,
 )
 
-from app.db.models import (
+from app.api.webhook_urls import check_submitted_url
+from contract import JobSpec, ModelStats, TensorInfo
+from contract.model_info import Prunability
+from contract.spec import require_dataset_for_budget
+from infra.db.models import (
     JOB_NAME_MAX,
     JOB_TAG_MAX,
     JOB_TAGS_MAX,
@@ -23,10 +27,6 @@ from app.db.models import (
     Model,
     ModelAnalysis,
 )
-from app.webhooks import check_submitted_url
-from contract import JobSpec, ModelStats, TensorInfo
-from contract.model_info import Prunability
-from contract.spec import require_dataset_for_budget
 
 
 def as_utc(value: datetime) -> datetime:

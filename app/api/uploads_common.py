@@ -12,13 +12,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.requests import Request
 
-from app.core.config import Settings
 from app.core.errors import InsufficientStorage, TooManyRequests, ValidationFailed
 from app.core.pools import run_in
 from app.core.ratelimit import NoTurn, TenantTurns
-from app.db.models import Dataset, Model
-from app.db.quota import quota_left
 from app.uploads import SavedUpload, is_out_of_space, quota_exceeded, receive_upload
+from infra.config import Settings
+from infra.db.models import Dataset, Model
+from infra.db.quota import quota_left
 
 # Retry-After for an upload refused because the tenant has too many in progress.
 TOO_MANY_UPLOADS_RETRY_S = 5.0

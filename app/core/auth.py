@@ -14,7 +14,7 @@ from collections.abc import Callable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db.models import ApiKey
+from infra.db.models import ApiKey
 
 KEY_PREFIX = "sk_"
 

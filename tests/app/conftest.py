@@ -8,8 +8,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from app.core.config import Settings
 from app.main import create_app
+from infra.config import Settings
 from tests.app.helpers import KEY_A, KEY_B, FakeInspector, FakeQueue
 
 

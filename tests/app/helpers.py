@@ -9,8 +9,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from app.core.errors import Unprocessable
-from app.db.models import Job, utcnow
 from contract import DatasetInfo, JobSpec, ModelInfo
+from infra.db.models import Job, utcnow
 
 KEY_A = "key-alice-0123456789"
 KEY_B = "key-bob-0123456789"
@@ -131,7 +131,7 @@ def insert_job(
     factory: Any, tenant: str, model_id: str, status: str = "queued", **extra: Any
 ) -> str:
     """A job row written directly, as the worker side would leave it."""
-    from app.core.ids import JOB, new_id
+    from infra.ids import JOB, new_id
 
     job_id = new_id(JOB)
     with factory() as session:

@@ -4,8 +4,8 @@ import json
 import threading
 import time
 
-from app.db import jobstate
-from app.db.models import Job
+from infra.db import jobstate
+from infra.db.models import Job
 from tests.app.helpers import AUTH_A, upload_model
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from app.core.errors import Unprocessable
 from app.inspector import Inspector
-from app.sandbox import Sandbox
+from infra.sandbox import Sandbox
 from tests.aio import run_coroutine
 from tests.app.helpers import AUTH_A, assert_problem, upload_model
 

@@ -15,11 +15,11 @@ from sqlalchemy.orm import sessionmaker
 
 import secateurs_client as sc
 from app.api.routes.jobs import SORT_KEYS, JobFilters, _read_page
-from app.db import jobstate
-from app.db.migrations import upgrade
-from app.db.models import Job, Model, utcnow
-from app.db.summary import summarize_report
 from contract import JobSpec
+from infra.db import jobstate
+from infra.db.migrations import upgrade
+from infra.db.models import Job, Model, utcnow
+from infra.db.summary import summarize_report
 from tests.app.helpers import AUTH_A, AUTH_B, KEY_A, assert_problem, upload_model
 from tests.conftest import PG_HOST, PG_PORT, PG_USER
 
@@ -489,7 +489,7 @@ def _page(
 
 @pytest.fixture
 def store(request: pytest.FixtureRequest, tmp_path) -> Iterator[Engine]:
-    from app.db.session import make_engine
+    from infra.db.session import make_engine
 
     if request.param == "sqlite":
         engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")

@@ -5,9 +5,9 @@ import json
 import pytest
 from sqlalchemy import select
 
-from app.db import jobstate
-from app.db.models import Job, JobEvent
 from contract import DatasetInfo, JobSpec
+from infra.db import jobstate
+from infra.db.models import Job, JobEvent
 from tests.app.helpers import AUTH_A, AUTH_B, assert_problem, upload_dataset, upload_model
 
 
@@ -162,7 +162,7 @@ def test_idempotency_key_replays_same_job(client, app, model_id):
 def test_idempotency_key_expires_after_a_day(client, app, model_id):
     from datetime import timedelta
 
-    from app.db.models import utcnow
+    from infra.db.models import utcnow
 
     headers = {**AUTH_A, "Idempotency-Key": "old"}
     first = client.post("/v1/jobs", headers=headers, json={"model_id": model_id}).json()
@@ -278,7 +278,7 @@ def _report() -> dict:
 def _succeed_with_artifacts(app, job_id: str, files: dict[str, bytes], report: dict | None):
     import hashlib
 
-    from app.db.models import Artifact
+    from infra.db.models import Artifact
 
     store = app.state.store
     tmp = app.state.settings.data_dir / "tmp" / "artifact"

@@ -10,12 +10,12 @@ import pytest
 from moto import mock_aws
 from sqlalchemy import func, select
 
-from app.core.config import Settings
-from app.db import jobstate
-from app.db.models import Artifact, Job, JobEvent, WebhookAttempt, WebhookEvent, utcnow
-from app.storage import artifact_key
-from app.storage.lifecycle import ArtifactRetention, expire_artifacts
-from app.storage.s3 import S3Store
+from infra.config import Settings
+from infra.db import jobstate
+from infra.db.models import Artifact, Job, JobEvent, WebhookAttempt, WebhookEvent, utcnow
+from infra.storage import artifact_key
+from infra.storage.lifecycle import ArtifactRetention, expire_artifacts
+from infra.storage.s3 import S3Store
 from tests.app.helpers import (
     AUTH_A,
     AUTH_B,

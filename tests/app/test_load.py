@@ -11,8 +11,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from app.db.jobstate import set_progress
-from app.db.models import Job
+from infra.db.jobstate import set_progress
+from infra.db.models import Job
 from tests.aio import run_coroutine
 from tests.security.apiserver import running_api
 

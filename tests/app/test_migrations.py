@@ -14,7 +14,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, text
 from typer.testing import CliRunner
 
-from app.db.migrations import (
+from infra.db.migrations import (
     BASELINE_REVISION,
     SchemaMismatch,
     alembic_config,
@@ -22,8 +22,8 @@ from app.db.migrations import (
     current_revision,
     upgrade,
 )
-from app.db.models import Base
-from app.db.session import make_engine
+from infra.db.models import Base
+from infra.db.session import make_engine
 from tests.conftest import PG_HOST, PG_PORT, PG_USER
 
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()

@@ -155,7 +155,7 @@ def test_delete_refused_while_a_job_uses_the_model(client, app):
     job_id = insert_job(app.state.sessionmaker, "alice", model_id, status="running")
     assert_problem(client.delete(f"/v1/models/{model_id}", headers=AUTH_A), 409, "model_in_use")
     with app.state.sessionmaker() as session:
-        from app.db.models import Job
+        from infra.db.models import Job
 
         session.get(Job, job_id).status = "succeeded"
         session.commit()

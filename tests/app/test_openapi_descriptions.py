@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from app.core.config import Settings
 from app.main import create_app
+from infra.config import Settings
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ import sys
 
 from fastapi.testclient import TestClient
 
-from app.core.config import Settings
 from app.main import create_app
 from app.queue import JobQueue
+from infra.config import Settings
 from tests.app.helpers import AUTH_A, assert_problem, upload_model
 
 
@@ -119,7 +119,7 @@ def test_settings_keys_are_stored_hashed(app):
     from sqlalchemy import select
 
     from app.core.auth import hash_key
-    from app.db.models import ApiKey
+    from infra.db.models import ApiKey
     from tests.app.helpers import KEY_A
 
     with app.state.sessionmaker() as session:

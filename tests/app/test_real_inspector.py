@@ -7,9 +7,9 @@ import pickle
 import numpy as np
 import pytest
 
-from app.core.config import Settings
 from app.inspector import Inspector
-from app.sandbox import Sandbox
+from infra.config import Settings
+from infra.sandbox import Sandbox
 from tests.app.helpers import (
     AUTH_A,
     assert_problem,

@@ -6,9 +6,9 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from app.core.config import Settings
-from app.storage import KeyNotFound, LocalStore, StoreError, make_store
-from app.storage.s3 import S3Store
+from infra.config import Settings
+from infra.storage import KeyNotFound, LocalStore, StoreError, make_store
+from infra.storage.s3 import S3Store
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -11,9 +11,10 @@ import socket
 import pytest
 from sqlalchemy import select
 
-from app import webhooks
-from app.core.config import Settings
-from app.db.models import WebhookEvent
+from app.api import webhook_urls
+from infra import webhooks
+from infra.config import Settings
+from infra.db.models import WebhookEvent
 from tests.app.helpers import AUTH_A, AUTH_B, assert_problem, upload_model
 
 
@@ -157,7 +158,7 @@ def test_submit_refuses_a_malformed_webhook_url(client, model_id, url):
 
 
 def test_allowed_private_url_is_stored_and_announced_at_the_end(app, client, model_id, settings):
-    webhooks.configure(settings.model_copy(update={"webhook_allow_private": True}))
+    webhook_urls.configure(settings.model_copy(update={"webhook_allow_private": True}))
     try:
         resp = client.post(
             "/v1/jobs",
@@ -165,7 +166,7 @@ def test_allowed_private_url_is_stored_and_announced_at_the_end(app, client, mod
             json={"model_id": model_id, "webhook_url": "http://127.0.0.1:9/hook"},
         )
     finally:
-        webhooks.configure(settings)
+        webhook_urls.configure(settings)
     assert resp.status_code == 202, resp.text
     job = resp.json()
     assert job["spec"]["webhook_url"] == "http://127.0.0.1:9/hook"

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from app.db.models import Job, utcnow
-from app.db.session import session_scope
 from contract import JobSpec
+from infra.db.models import Job, utcnow
+from infra.db.session import session_scope
 from tests.browser.test_dashboard_scripted import REPORT, ScriptedService, open_page
 
 pytestmark = pytest.mark.browser

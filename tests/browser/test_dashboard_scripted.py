@@ -1,5 +1,5 @@
 """The dashboard against the real API, with the job's life scripted through the same job
-state functions the worker calls (`app.db.jobstate`): fast and exact, so the live views,
+state functions the worker calls (`infra.db.jobstate`): fast and exact, so the live views,
 the timeline, the report's numbers and the error panel are checked value by value.
 """
 
@@ -14,12 +14,12 @@ import uvicorn
 from sqlalchemy import delete
 
 from app.core.auth import sync_settings_keys
-from app.core.config import Settings
-from app.db.jobstate import append_event, set_progress, set_status, status_payload
-from app.db.models import ApiKey, Artifact, Job, Model, utcnow
-from app.db.session import session_scope
 from app.main import create_app
 from contract import JobSpec, Report
+from infra.config import Settings
+from infra.db.jobstate import append_event, set_progress, set_status, status_payload
+from infra.db.models import ApiKey, Artifact, Job, Model, utcnow
+from infra.db.session import session_scope
 from tests.browser.conftest import free_port_local
 
 pytestmark = pytest.mark.browser

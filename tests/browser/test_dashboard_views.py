@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from app.db.models import Dataset, Job, Model, ModelAnalysis, utcnow
-from app.db.session import session_scope
 from contract import JobSpec
+from infra.db.models import Dataset, Job, Model, ModelAnalysis, utcnow
+from infra.db.session import session_scope
 from tests.browser.conftest import Uploads
 from tests.browser.test_dashboard_scripted import (
     DESKTOP,

@@ -5,9 +5,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.core.config import Settings
-from app.db.session import init_db, make_engine, make_sessionmaker
-from app.storage import LocalStore
+from infra.config import Settings
+from infra.db.session import init_db, make_engine, make_sessionmaker
+from infra.storage import LocalStore
 from tests.worker.conftest import DATASET_BYTES, MODEL_BYTES, add_job
 from worker.runner import RunContext
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from app.db.models import Artifact, Job
+from infra.db.models import Artifact, Job
 from tests.faults.runner_ctx import runner_context
 from worker.runner import run_job
 

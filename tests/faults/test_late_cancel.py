@@ -4,7 +4,7 @@ ends the job `cancelled`, with no artifacts stored, instead of `succeeded`."""
 from pathlib import Path
 from typing import Any
 
-from app.db.models import Artifact, Job
+from infra.db.models import Artifact, Job
 from tests.faults.runner_ctx import runner_context
 from tests.worker.conftest import FakeResult, tiny_report
 from worker.runner import run_job

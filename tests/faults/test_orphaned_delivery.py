@@ -9,7 +9,7 @@ import time
 
 from celery import Celery
 
-from app.core.config import Settings
+from infra.config import Settings
 from tests.faults.conftest import RedisServer
 from worker.celery_app import celery_config
 from worker.names import QUEUE, TASK_NAME

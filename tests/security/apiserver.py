@@ -17,9 +17,9 @@ import httpx
 from sqlalchemy import create_engine
 from sqlalchemy.orm import sessionmaker
 
-from app.core.ids import JOB, new_id
-from app.db.models import Job, Model, utcnow
 from contract import JobSpec
+from infra.db.models import Job, Model, utcnow
+from infra.ids import JOB, new_id
 from tests.conftest import ROOT, free_port, service_env
 
 OPERATOR_KEY = "sk_test_operator_" + "0" * 16

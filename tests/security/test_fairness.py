@@ -131,7 +131,7 @@ def _submit_at_once(api: Api, tenant: str, model_id: str, count: int) -> list[ht
 def _active_jobs(api: Api, tenant: str) -> int:
     from sqlalchemy import func, select
 
-    from app.db.models import Job
+    from infra.db.models import Job
 
     with api.sessions()() as session:
         return int(

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from app.core.config import Settings
-from app.db.models import Model, utcnow
 from app.main import create_app
+from infra.config import Settings
+from infra.db.models import Model, utcnow
 
 KEY_A, KEY_B = "sk_limits_alice", "sk_limits_bob"
 A = {"Authorization": f"Bearer {KEY_A}"}

@@ -16,9 +16,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import event
 
-from app.core.config import Settings
 from app.main import create_app
 from app.uploads import commit_upload_row
+from infra.config import Settings
 from tests.security.apiserver import OPERATOR_KEY, Api, running_api
 from tests.security.helpers import assert_problem
 
@@ -249,7 +249,7 @@ def test_storage_quota(api: Api) -> None:
 
 def test_quota_holds_under_concurrent_commits(tmp_path: Path) -> None:
     """Ten 1000-byte uploads committed at once against a 5000-byte quota: five fit."""
-    from app.db.models import Model, utcnow
+    from infra.db.models import Model, utcnow
 
     app = create_app(Settings(data_dir=tmp_path / "data"))
     stored: list[str] = []
@@ -390,7 +390,7 @@ def test_database_full_is_507_on_every_write(tmp_path: Path) -> None:
 
 
 def _seed_model(app) -> str:  # type: ignore[no-untyped-def]
-    from app.db.models import Model, utcnow
+    from infra.db.models import Model, utcnow
 
     with app.state.sessionmaker() as session:
         session.add(

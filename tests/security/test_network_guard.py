@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from app.inspector import Inspector
-from app.sandbox import Sandbox
+from infra.sandbox import Sandbox
 from tests.aio import run_coroutine
 from tests.security import payloads
 

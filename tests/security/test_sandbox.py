@@ -27,8 +27,8 @@ import pytest
 
 from app.core.errors import TooManyRequests
 from app.inspector import Inspector, PoolLimits
-from app.sandbox import Limits, Sandbox, probe
 from contract import JobSpec
+from infra.sandbox import Limits, Sandbox, probe
 from tests.aio import run_coroutine
 from worker.engine.errors import EngineError, JobCancelled
 from worker.sandboxed import SandboxedPipeline, SandboxFailed

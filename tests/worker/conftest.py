@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.core.config import Settings
-from app.db.models import Dataset, Job, Model
-from app.db.session import init_db, make_engine, make_sessionmaker, session_scope
-from app.storage import LocalStore
 from contract import Environment, Fidelity, JobSpec, Ratios, Report, Summary
+from infra.config import Settings
+from infra.db.models import Dataset, Job, Model
+from infra.db.session import init_db, make_engine, make_sessionmaker, session_scope
+from infra.storage import LocalStore
 from worker.runner import RunContext
 
 MODEL_BYTES = b"fake onnx bytes"

@@ -1,6 +1,6 @@
 """The Celery settings that make long GPU jobs safe."""
 
-from app.core.config import Settings
+from infra.config import Settings
 from worker.celery_app import celery_config, is_embedded_broker
 
 

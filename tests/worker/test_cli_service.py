@@ -13,10 +13,10 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from app.core.auth import hash_key
-from app.core.config import Settings
-from app.db.models import ApiKey
-from app.db.session import make_engine, make_sessionmaker
 from cli.main import _register, app
+from infra.config import Settings
+from infra.db.models import ApiKey
+from infra.db.session import make_engine, make_sessionmaker
 from tests.conftest import ROOT, free_port, service_env
 
 _register()

@@ -2,9 +2,9 @@
 
 from datetime import timedelta
 
-from app.db.models import Job, utcnow
-from app.db.session import session_scope
 from contract import JobSpec
+from infra.db.models import Job, utcnow
+from infra.db.session import session_scope
 from tests.worker.conftest import FakePipeline, add_job
 from worker import fair, runner
 

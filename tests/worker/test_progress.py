@@ -4,8 +4,8 @@ import time
 
 from sqlalchemy import func, select
 
-from app.db.models import Job, JobEvent, utcnow
-from app.db.session import session_scope
+from infra.db.models import Job, JobEvent, utcnow
+from infra.db.session import session_scope
 from tests.worker.conftest import add_job
 from worker.progress import CancelCheck, Heartbeat, ProgressWriter
 

@@ -14,10 +14,10 @@ import pytest
 from celery import Celery
 from sqlalchemy import select
 
-from app.core.config import Settings
-from app.db.models import Job, JobEvent, Model
-from app.db.session import init_db, make_engine, make_sessionmaker, session_scope
 from contract import JobSpec
+from infra.config import Settings
+from infra.db.models import Job, JobEvent, Model
+from infra.db.session import init_db, make_engine, make_sessionmaker, session_scope
 from tests.conftest import ROOT, service_env
 from worker.celery_app import celery_config
 from worker.names import QUEUE, TASK_NAME

@@ -10,9 +10,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from app.db.models import Artifact, Job, JobEvent, utcnow
-from app.db.session import session_scope
-from app.storage import StoreError
+from infra.db.models import Artifact, Job, JobEvent, utcnow
+from infra.db.session import session_scope
+from infra.storage import StoreError
 from tests.worker.conftest import FakePipeline, add_job
 from worker import runner
 from worker.engine.errors import UnsupportedModel

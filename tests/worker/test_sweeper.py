@@ -4,8 +4,8 @@ from datetime import timedelta
 
 from celery import Celery
 
-from app.core.config import Settings
-from app.db.models import utcnow
+from infra.config import Settings
+from infra.db.models import utcnow
 from tests.worker.conftest import add_job
 from worker.celery_app import celery_config
 from worker.names import QUEUE, TASK_NAME

@@ -19,11 +19,11 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.core.config import Settings
-from app.db.models import Job, WebhookAttempt, WebhookEvent, utcnow
-from app.db.session import session_scope
-from app.webhooks import tenant_secret
 from contract import JobSpec
+from infra.config import Settings
+from infra.db.models import Job, WebhookAttempt, WebhookEvent, utcnow
+from infra.db.session import session_scope
+from infra.webhooks import tenant_secret
 from secateurs_client.webhooks import verify
 from tests.worker.conftest import FakePipeline, add_job
 from worker import runner

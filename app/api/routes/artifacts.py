@@ -9,8 +9,8 @@ from app.api.lookups import find_job
 from app.api.openapi import problem_responses
 from app.api.schemas import ArtifactOut
 from app.core.errors import ApiError, NotFound
-from app.db.models import Artifact
-from app.storage.lifecycle import is_expired
+from infra.db.models import Artifact
+from infra.storage.lifecycle import is_expired
 
 router = APIRouter(
     prefix="/v1/jobs", tags=["artifacts"], responses=problem_responses(401, 404, 422, 429)

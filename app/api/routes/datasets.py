@@ -12,12 +12,12 @@ from app.api.openapi import multipart_body, problem_responses
 from app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate
 from app.api.schemas import DatasetOut, Page
 from app.api.uploads_common import display_name, received_upload, same_file_uploads
-from app.core import ids
 from app.core.errors import Conflict
 from app.core.pools import run_in
-from app.db.models import Dataset, Job, utcnow
-from app.storage import dataset_key
 from app.uploads import commit_upload_row
+from infra import ids
+from infra.db.models import Dataset, Job, utcnow
+from infra.storage import dataset_key
 
 router = APIRouter(
     prefix="/v1/datasets", tags=["datasets"], responses=problem_responses(401, 404, 422, 429)

@@ -27,8 +27,8 @@ from app.api.openapi import problem_responses
 from app.core.errors import NotFound, TooManyRequests
 from app.core.pools import run_in
 from app.core.ratelimit import TenantSlots
-from app.db.jobstate import TERMINAL, status_payload
-from app.db.models import Job, JobEvent
+from infra.db.jobstate import TERMINAL, status_payload
+from infra.db.models import Job, JobEvent
 
 router = APIRouter(
     prefix="/v1/jobs", tags=["jobs"], responses=problem_responses(401, 404, 422, 429)

@@ -32,7 +32,6 @@ from app.api.openapi import problem_responses
 from app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate
 from app.api.routes.artifacts import artifacts_expired
 from app.api.schemas import JobCreate, JobOut, JobStatus, JobUpdate, Page, as_utc
-from app.core import ids
 from app.core.errors import (
     Conflict,
     NotFound,
@@ -41,12 +40,13 @@ from app.core.errors import (
     ValidationFailed,
 )
 from app.core.pools import run_in
-from app.db.jobstate import TERMINAL, append_event, request_cancel, status_payload
-from app.db.locks import lock_tenant
-from app.db.models import JOB_NAME_MAX, JOB_TAG_MAX, Artifact, Dataset, Job, Model, utcnow
-from app.storage import KeyNotFound
-from app.storage.lifecycle import delete_job_rows, is_expired, remove_files
 from contract import JobSpec, Report
+from infra import ids
+from infra.db.jobstate import TERMINAL, append_event, request_cancel, status_payload
+from infra.db.locks import lock_tenant
+from infra.db.models import JOB_NAME_MAX, JOB_TAG_MAX, Artifact, Dataset, Job, Model, utcnow
+from infra.storage import KeyNotFound
+from infra.storage.lifecycle import delete_job_rows, is_expired, remove_files
 
 router = APIRouter(
     prefix="/v1/jobs", tags=["jobs"], responses=problem_responses(401, 404, 422, 429)

@@ -20,13 +20,13 @@ from app.api.uploads_common import (
     received_upload,
     same_file_uploads,
 )
-from app.core import ids
 from app.core.errors import Conflict
 from app.core.pools import run_in
-from app.db.models import Job, Model, utcnow
 from app.prunability import Analyses
-from app.storage import model_key
 from app.uploads import commit_upload_row
+from infra import ids
+from infra.db.models import Job, Model, utcnow
+from infra.storage import model_key
 
 router = APIRouter(
     prefix="/v1/models", tags=["models"], responses=problem_responses(401, 404, 422, 429)

@@ -16,9 +16,10 @@ from app.api.deps import DbSession, Tenant
 from app.api.lookups import find_job
 from app.api.openapi import problem_responses
 from app.api.schemas import Timestamp
-from app.core.config import Settings
-from app.db.models import WebhookAttempt, WebhookEvent, WebhookSecret
-from app.webhooks import configure, rotate_secret, tenant_secret
+from app.api.webhook_urls import configure
+from infra.config import Settings
+from infra.db.models import WebhookAttempt, WebhookEvent, WebhookSecret
+from infra.webhooks import rotate_secret, tenant_secret
 
 router = APIRouter(tags=["webhooks"], responses=problem_responses(401, 404, 422, 429))
 

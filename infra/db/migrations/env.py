@@ -1,11 +1,11 @@
-"""Alembic's environment, configured in code (app.db.migrations.alembic_config): the caller
+"""Alembic's environment, configured in code (infra.db.migrations.alembic_config): the caller
 hands over an open connection, already holding the migration lock; `secateurs db revision`
 compares the models with a database at head to write a new revision."""
 
 from alembic import context
 from sqlalchemy import create_engine
 
-from app.db.models import Base
+from infra.db.models import Base
 
 
 def _configure(connection) -> None:  # type: ignore[no-untyped-def]

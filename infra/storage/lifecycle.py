@@ -13,9 +13,9 @@ from datetime import timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.jobstate import TERMINAL
-from app.db.models import Artifact, Job, JobEvent, WebhookAttempt, WebhookEvent, utcnow
-from app.storage.base import ArtifactStore, StoreError
+from infra.db.jobstate import TERMINAL
+from infra.db.models import Artifact, Job, JobEvent, WebhookAttempt, WebhookEvent, utcnow
+from infra.storage.base import ArtifactStore, StoreError
 
 log = logging.getLogger(__name__)
 

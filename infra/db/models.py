@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, validates
 
-from app.db.summary import summarize_report
+from infra.db.summary import summarize_report
 
 # Longest job name and tag, and most tags on one job (the API validates against these).
 JOB_NAME_MAX = 100
@@ -107,7 +107,7 @@ class Job(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     worker: Mapped[str | None] = mapped_column(String(256))  # hostname of the last runner
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    # The report's headline figures (app.db.summary), kept with the report by `_summarize`:
+    # The report's headline figures (infra.db.summary), kept with the report by `_summarize`:
     # lists and status reads show them without loading the report.
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     # A display name and labels, set at submission and changed by PATCH; not in the spec.

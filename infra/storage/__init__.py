@@ -3,9 +3,9 @@
 Keys are built from ids only: `models/<id>`, `datasets/<id>`, `jobs/<id>/<name>`.
 """
 
-from app.core.config import Settings
-from app.storage.base import ArtifactStore, KeyNotFound, StoreError, check_key
-from app.storage.local import LocalStore
+from infra.config import Settings
+from infra.storage.base import ArtifactStore, KeyNotFound, StoreError, check_key
+from infra.storage.local import LocalStore
 
 
 def model_key(model_id: str) -> str:
@@ -23,7 +23,7 @@ def artifact_key(job_id: str, name: str) -> str:
 def make_store(settings: Settings) -> ArtifactStore:
     """The store the settings describe: S3 when a bucket is set, else `data_dir/artifacts`."""
     if settings.s3_bucket:
-        from app.storage.s3 import S3Store  # boto3 is only imported when it is used
+        from infra.storage.s3 import S3Store  # boto3 is only imported when it is used
 
         return S3Store(
             settings.s3_bucket,

@@ -7,8 +7,8 @@ counting them would fill a quota for good.
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.locks import lock_tenant
-from app.db.models import Dataset, Model
+from infra.db.locks import lock_tenant
+from infra.db.models import Dataset, Model
 
 
 def storage_used(session: Session, tenant: str) -> int:

@@ -8,7 +8,7 @@ Create Date: 2026-12-05
 
 from alembic import op
 
-from app.db.migrations import baseline
+from infra.db.migrations import baseline
 
 revision = "0001"
 down_revision = None

@@ -1,6 +1,6 @@
 """The job store's schema as `create_all` made it before migrations: revision 0001's tables.
 
-A frozen copy, not `app.db.models`: the models move on with each revision, while this
+A frozen copy, not `infra.db.models`: the models move on with each revision, while this
 must stay what databases created before migrations hold, so that such a database can be
 recognised (compared with this) and stamped at 0001 instead of created again.
 """

@@ -36,7 +36,7 @@ def make_engine(url: str) -> Engine:
 
 def init_db(engine: Engine) -> None:
     """Bring the schema to the newest migration (idempotent, locked across processes)."""
-    from app.db.migrations import upgrade  # alembic only where a process opens the store
+    from infra.db.migrations import upgrade  # alembic only where a process opens the store
 
     upgrade(engine)
 

@@ -58,7 +58,7 @@ def _fill_results(bind: sa.Connection) -> None:
                 bind.execute(sa.update(jobs).where(jobs.c.id == job_id).values(result=result))
 
 
-# The summary as app.db.summary wrote it when this revision was made: frozen here, so
+# The summary as infra.db.summary wrote it when this revision was made: frozen here, so
 # that a later change there cannot change what this revision does.
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

@@ -19,7 +19,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, Engine, inspect, text
 
-from app.db.migrations import baseline
+from infra.db.migrations import baseline
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 A job submitted with a `webhook_url` gets one event when it ends (`job.succeeded`,
 `job.failed`, `job.cancelled`). The event is written in the same transaction as the job's
-terminal status (`record_job_event`, called by `app.db.jobstate`), so no end is missed
+terminal status (`record_job_event`, called by `infra.db.jobstate`), so no end is missed
 and none is announced twice; the worker's delivery thread (`worker.webhooks`) sends it.
 
 Each request carries `webhook-id` (the event id, the same on every retry), `webhook-timestamp`
@@ -12,7 +12,8 @@ tenant's `whsec_…` secret.
 
 Addresses: a tenant must not make the service call its own network, so loopback, private,
 link-local, multicast and other non-global addresses are refused unless the operator
-allows them: at submission for hosts given as addresses (or `localhost`), and at each
+allows them: at submission (`app.api.webhook_urls`) for hosts given as addresses (or
+`localhost`), and at each
 delivery for every address the host resolves to, the request then going to the checked
 address (a second lookup could answer differently: DNS rebinding).
 
@@ -33,10 +34,8 @@ from urllib.parse import urlsplit
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.core import ids
-from app.core.config import Settings
-from app.core.errors import Unprocessable
-from app.db.models import Job, WebhookEvent, WebhookSecret, utcnow
+from infra import ids
+from infra.db.models import Job, WebhookEvent, WebhookSecret, utcnow
 
 SECRET_PREFIX = "whsec_"
 # The specification asks for 24 to 64 random bytes.
@@ -49,31 +48,6 @@ IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 class ForbiddenAddress(Exception):
     """The URL's host is, or resolves to, an address webhooks may not reach."""
-
-
-class WebhookUrlForbidden(Unprocessable):
-    code = "webhook_url_forbidden"
-
-
-# Whether submissions may name non-public addresses: the API process's setting, set when
-# its app is built (a request body's validator has no other way to reach the settings).
-_submissions = {"allow_private": False}
-
-
-def configure(settings: Settings) -> None:
-    """Apply this process's webhook settings to the submission check."""
-    _submissions["allow_private"] = settings.webhook_allow_private
-
-
-def check_submitted_url(url: str) -> None:
-    """The submission check of a job's webhook_url: 422 `webhook_url_forbidden` for a
-    host that is a forbidden address or a loopback name."""
-    try:
-        check_url_host(url, allow_private=_submissions["allow_private"])
-    except ForbiddenAddress as exc:
-        raise WebhookUrlForbidden(
-            f"webhook_url: {exc}; webhooks go to public addresses only"
-        ) from exc
 
 
 # Secrets and signatures

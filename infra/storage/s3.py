@@ -9,7 +9,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from app.storage.base import CHUNK_BYTES, KeyNotFound, StoreError, check_key
+from infra.storage.base import CHUNK_BYTES, KeyNotFound, StoreError, check_key
 
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 

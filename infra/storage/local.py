@@ -6,7 +6,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from app.storage.base import CHUNK_BYTES, KeyNotFound, StoreError, check_key
+from infra.storage.base import CHUNK_BYTES, KeyNotFound, StoreError, check_key
 
 
 class LocalStore:

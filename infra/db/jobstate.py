@@ -8,8 +8,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.db.models import Job, JobEvent, utcnow
-from app.webhooks import record_job_event
+from infra.db.models import Job, JobEvent, utcnow
+from infra.webhooks import record_job_event
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
