@@ -222,7 +222,7 @@ class SequenceNet(nn.Module):
 def describe_machine(threads: int) -> str:
     """Cores, threads and the versions that matter to pruning and timing, on two lines."""
     # Imported here so that the training helpers above load without the engine's imports.
-    from worker.engine import benchmark
+    from worker.engine.measure import benchmark
 
     env = benchmark.environment("cpu", ["CPUExecutionProvider"], threads=threads)
     return (

@@ -14,9 +14,9 @@ net on generated two-channel sequences. For each, side by side in one run:
 
 A strength is a MACs reduction. The baseline bisects torch-pruning's per-layer ratio
 until its MACs (torch-pruning's count) drop by the probed strength; the factor printed
-for both is MACs before ÷ MACs after by the engine's count (`worker.engine.stats`).
+for both is MACs before ÷ MACs after by the engine's count (`worker.engine.measure.stats`).
 
-The npz handed to the pipeline is split by the engine itself (`worker.engine.data`); the
+The npz handed to the pipeline is split by the engine itself (`worker.engine.train.data`); the
 original trains, and the baseline fine-tunes, on exactly the engine's training part, so
 both budgets are measured on the same held-back samples, which nothing trained on. A
 separate test split, also never trained on, is reported beside them.
@@ -67,11 +67,11 @@ from contract import (  # noqa: E402
     Target,
 )
 from contract.spec import Scope  # noqa: E402
-from worker.engine import benchmark  # noqa: E402
-from worker.engine.budget import ProbeResult, search_strength  # noqa: E402
-from worker.engine.data import load_dataset  # noqa: E402
+from worker.engine.measure import benchmark  # noqa: E402
+from worker.engine.measure.stats import count_macs, count_params  # noqa: E402
 from worker.engine.pipeline import probe_epochs, run_pipeline  # noqa: E402
-from worker.engine.stats import count_macs, count_params  # noqa: E402
+from worker.engine.prune.budget import ProbeResult, search_strength  # noqa: E402
+from worker.engine.train.data import load_dataset  # noqa: E402
 
 TASKS = ("digits", "seq")
 # Fine-tuning learning rate of both methods (the pipeline's default, as in bench/engine.py).

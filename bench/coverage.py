@@ -149,8 +149,8 @@ def torch_pruning_baseline(built: Built) -> dict:
     import torch_pruning as tp
     from torch_pruning.dependency import index_mapping
 
-    from worker.engine import tp_extensions
-    from worker.engine.deadline import Deadline, watchdog
+    from worker.engine.analyze import tp_extensions
+    from worker.engine.analyze.deadline import Deadline, watchdog
     from worker.engine.errors import AnalysisTimeout
 
     if built.module is None:

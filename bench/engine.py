@@ -39,9 +39,9 @@ from _common import (  # noqa: E402
 )
 
 from contract import BenchmarkSpec, FinetuneSpec, JobSpec, PruneSpec, Target  # noqa: E402
-from worker.engine import benchmark  # noqa: E402
-from worker.engine.data import load_dataset  # noqa: E402
+from worker.engine.measure import benchmark  # noqa: E402
 from worker.engine.pipeline import PipelineResult, run_pipeline  # noqa: E402
+from worker.engine.train.data import load_dataset  # noqa: E402
 
 ALL_MODELS = ["resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0"]
 QUICK_MODELS = ["resnet18", "mobilenet_v2"]

@@ -55,7 +55,7 @@ from _common import accuracy_torch, export_onnx_file  # noqa: E402
 from _scenes import Scenes, average_batchnorm, make_scenes, train_on  # noqa: E402
 
 from contract import BenchmarkSpec, FinetuneSpec, JobSpec, PruneSpec, Target  # noqa: E402
-from worker.engine import benchmark  # noqa: E402
+from worker.engine.measure import benchmark  # noqa: E402
 from worker.engine.pipeline import PipelineResult, run_pipeline  # noqa: E402
 
 ALL_MODELS = [

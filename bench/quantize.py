@@ -44,10 +44,10 @@ from contract import (  # noqa: E402
     QuantizeSpec,
     Target,
 )
-from worker.engine.benchmark import benchmark_onnx, default_threads  # noqa: E402
-from worker.engine.loaders import load_model  # noqa: E402
+from worker.engine.load.loaders import load_model  # noqa: E402
+from worker.engine.measure.benchmark import benchmark_onnx, default_threads  # noqa: E402
 from worker.engine.pipeline import run_pipeline  # noqa: E402
-from worker.engine.quantize import (  # noqa: E402
+from worker.engine.ship.quantize import (  # noqa: E402
     agreement,
     quantize_plain,
     run_batches,
@@ -178,7 +178,7 @@ def _keras_task(work: Path, args: argparse.Namespace):  # noqa: ANN202 - budget.
     from budget import Task
     from keras_digits import SIZE, build_keras_onnx
 
-    from worker.engine.data import load_dataset
+    from worker.engine.train.data import load_dataset
 
     x_tr, y_tr, x_te, y_te = digits(size=SIZE, seed=0)
     np.savez(work / "digits.npz", x_tr=x_tr, y_tr=y_tr, x_te=x_te, y_te=y_te)

@@ -12,7 +12,7 @@ from pydantic import Field, field_validator, model_validator
 from contract.base import Frozen
 
 Method = Literal["l1", "l2", "bn_scale", "taylor", "fpgm", "lamp", "random", "unstructured_l1"]
-# sensitivity: per-layer ratios set by a sensitivity scan (see worker/engine/sensitivity.py).
+# sensitivity: per-layer ratios set by a sensitivity scan (worker/engine/analyze/sensitivity.py).
 Scope = Literal["global", "layerwise", "sensitivity"]
 Fraction = Field(default=None, gt=0.0, lt=1.0)
 

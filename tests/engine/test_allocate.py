@@ -6,13 +6,19 @@ from torch import nn
 
 from contract import PruneSpec, Target
 from tests.engine.tiny_nets import TinyMobileNet, TinyResNet, seeded
-from worker.engine.allocate import LayerCost, allocate, apply_allocation, collect_slots, with_rule
-from worker.engine.costs import MacCost
-from worker.engine.importance import make_importance
-from worker.engine.planner import WidthPruner, constant_multiple, hardware_multiple
-from worker.engine.preflight import PRUNER_KWARGS
-from worker.engine.prune import prune_model
-from worker.engine.stats import MacProfile, count_macs
+from worker.engine.analyze.costs import MacCost
+from worker.engine.analyze.preflight import PRUNER_KWARGS
+from worker.engine.measure.stats import MacProfile, count_macs
+from worker.engine.prune.allocate import (
+    LayerCost,
+    allocate,
+    apply_allocation,
+    collect_slots,
+    with_rule,
+)
+from worker.engine.prune.importance import make_importance
+from worker.engine.prune.planner import WidthPruner, constant_multiple, hardware_multiple
+from worker.engine.prune.to_target import prune_model
 
 X = torch.randn(1, 3, 32, 32)
 
@@ -140,7 +146,7 @@ def test_sensitivity_scope_meets_a_macs_target(net) -> None:
 
 
 def test_tilted_allocation_is_uniform_without_weights_and_leans_with_them() -> None:
-    from worker.engine.allocate import allocate_tilted
+    from worker.engine.prune.allocate import allocate_tilted
 
     model = seeded(TinyResNet, width=64)
     _, slots = _scored(model, rule=constant_multiple(1))
@@ -161,7 +167,7 @@ def test_grouped_layers_follow_the_width_rule_per_group() -> None:
     of keeping all or nothing, so the rule applies to one group's channels: any count
     of the 8 here, and multiples of 8 for groups of 32. Dense layers keep the rule on
     their whole width."""
-    from worker.engine.allocate import _steps
+    from worker.engine.prune.allocate import _steps
 
     assert _steps(8, 13, hardware_multiple, 0.9) == (1, 1)
     assert _steps(32, 4, hardware_multiple, 1.0) == (8, 8)

@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from contract import BenchmarkSpec, Environment
-from worker.engine import benchmark as bm
+from worker.engine.measure import benchmark as bm
 
 
 def _conv_model(path: Path, channels: int, seed: int) -> Path:

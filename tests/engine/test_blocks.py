@@ -10,12 +10,12 @@ from torch import fx, nn
 from contract import PruneSpec, Target
 from tests.engine import models
 from tests.engine.tiny_nets import TinyMobileNet, TinyResNet, seeded
-from worker.engine.blocks import disjoint, find_blocks, remove_blocks, traced_for_blocks
-from worker.engine.latency import LatencyTable
-from worker.engine.latency_search import LatencyProbe
-from worker.engine.loaders import load_model
-from worker.engine.prune import prune_model
-from worker.engine.stats import count_macs
+from worker.engine.analyze.blocks import disjoint, find_blocks, remove_blocks, traced_for_blocks
+from worker.engine.load.loaders import load_model
+from worker.engine.measure.latency import LatencyTable
+from worker.engine.measure.stats import count_macs
+from worker.engine.prune.latency_search import LatencyProbe
+from worker.engine.prune.to_target import prune_model
 
 X = torch.randn(2, 3, 32, 32)
 

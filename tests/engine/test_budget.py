@@ -5,7 +5,12 @@ import random
 
 import pytest
 
-from worker.engine.budget import ProbeResult, monotone_drops, sampling_warning, search_strength
+from worker.engine.prune.budget import (
+    ProbeResult,
+    monotone_drops,
+    sampling_warning,
+    search_strength,
+)
 
 
 def _probe_with(drop_of, tried: list[float]):

@@ -19,13 +19,13 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from contract import FinetuneSpec, PruneSpec, Target
-from worker.engine import renorm
-from worker.engine.data import DatasetSplits
-from worker.engine.evaluate import accuracy
-from worker.engine.finetune import finetune
-from worker.engine.loaders import load_model
-from worker.engine.preflight import run_preflight
-from worker.engine.prune import prune_model
+from worker.engine.analyze.preflight import run_preflight
+from worker.engine.load.loaders import load_model
+from worker.engine.measure.evaluate import accuracy
+from worker.engine.prune.to_target import prune_model
+from worker.engine.train import renorm
+from worker.engine.train.data import DatasetSplits
+from worker.engine.train.finetune import finetune
 
 pytestmark = pytest.mark.slow
 torch.set_num_threads(1)

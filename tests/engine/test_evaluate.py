@@ -9,7 +9,7 @@ from torch.utils.data import TensorDataset
 
 from tests.engine.tiny_nets import TwoOutputNet, seeded
 from worker.engine.errors import EngineError
-from worker.engine.evaluate import accuracy, fidelity, output_tensors
+from worker.engine.measure.evaluate import accuracy, fidelity, output_tensors
 
 torch.set_num_threads(1)
 

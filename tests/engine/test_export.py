@@ -11,11 +11,11 @@ import torch_pruning as tp
 from torch import nn
 
 from contract import ExportSpec
+from worker.engine.analyze.preflight import PRUNER_KWARGS, run_preflight
 from worker.engine.errors import ExportFailed, VerificationFailed
-from worker.engine.export import export_onnx, save_pt2, verify_onnx
-from worker.engine.loaders import load_model
-from worker.engine.preflight import PRUNER_KWARGS, run_preflight
-from worker.engine.sniff import sniff_format
+from worker.engine.load.loaders import load_model
+from worker.engine.load.sniff import sniff_format
+from worker.engine.ship.export import export_onnx, save_pt2, verify_onnx
 
 
 def _dims(value) -> list:
@@ -206,7 +206,7 @@ def test_an_input_no_op_reads_is_kept(tmp_path, monkeypatch) -> None:
     EfficientNetB0): here it is the only route."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from worker.engine import export
+    from worker.engine.ship import export
 
     def no_dynamo(*args, **kwargs):
         raise RuntimeError("not this route")

@@ -10,12 +10,12 @@ from torch.utils.data import TensorDataset
 
 from contract import FinetuneSpec, PruneSpec, Target
 from tests.engine.tiny_nets import TinyResNet, TwoOutputNet, seeded
-from worker.engine.data import DatasetSplits
 from worker.engine.errors import InvalidDataset, JobCancelled
-from worker.engine.evaluate import accuracy
-from worker.engine.finetune import distance_to_teacher, finetune
-from worker.engine.prune import prune_model
-from worker.engine.renorm import ConvNorm, fold_batchnorm, insert_batchnorm
+from worker.engine.measure.evaluate import accuracy
+from worker.engine.prune.to_target import prune_model
+from worker.engine.train.data import DatasetSplits
+from worker.engine.train.finetune import distance_to_teacher, finetune
+from worker.engine.train.renorm import ConvNorm, fold_batchnorm, insert_batchnorm
 
 torch.set_num_threads(1)
 
@@ -205,7 +205,7 @@ def test_temporary_batchnorm_restores_the_original_channel_statistics(
 
 def test_with_a_teacher_the_loss_is_distillation_alone():
     # Labels do not pull the student away from the original once there is a teacher.
-    from worker.engine.finetune import distillation_loss, task_loss
+    from worker.engine.train.finetune import distillation_loss, task_loss
 
     student, teacher = torch.randn(8, 10), torch.randn(8, 10)
     wrong_labels = torch.zeros(8, dtype=torch.long)

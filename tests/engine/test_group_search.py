@@ -9,9 +9,9 @@ import torchvision
 from torch import nn
 
 from tests.engine import models
-from worker.engine import tp_extensions
-from worker.engine.preflight import ROOT_MODULE_TYPES, build_dependency_graph
-from worker.engine.tp_extensions import index_mapping_frozen
+from worker.engine.analyze import tp_extensions
+from worker.engine.analyze.preflight import ROOT_MODULE_TYPES, build_dependency_graph
+from worker.engine.analyze.tp_extensions import index_mapping_frozen
 
 
 def _yolo_like() -> nn.Module:
@@ -83,7 +83,7 @@ def test_the_same_groups_where_torch_prunings_search_goes_round_in_circles(tmp_p
     merging as channel slices, and its search revisits layers with ever new channel
     lists (this tiny one: 9 s against 0.1 s here; a real Swin-T: over 20,000 additions to
     one group without end). Where it does end, the groups hold the same channels."""
-    from worker.engine.loaders import load_model
+    from worker.engine.load.loaders import load_model
 
     path = models.swin_onnx(tmp_path / "swin.onnx", dim=16, heads=[2, 2, 2], window=4, size=64)
     loaded = load_model(path)

@@ -13,9 +13,10 @@ from torch import nn
 
 from contract import PruneSpec, Target
 from tests.engine.tiny_nets import TinyMobileNet, TinyResNet, seeded
-from worker.engine import latency
-from worker.engine.latency import LatencyTable, LayerShape, layer_shape
-from worker.engine.latency_search import (
+from worker.engine.measure import latency
+from worker.engine.measure.latency import LatencyTable, LayerShape, layer_shape
+from worker.engine.measure.stats import count_macs
+from worker.engine.prune.latency_search import (
     _CONFIRM_RUNS,
     LATENCY_SLACK,
     Candidate,
@@ -29,8 +30,7 @@ from worker.engine.latency_search import (
     _settle,
     _worth_reaiming,
 )
-from worker.engine.prune import prune_model
-from worker.engine.stats import count_macs
+from worker.engine.prune.to_target import prune_model
 
 X = torch.randn(1, 3, 32, 32)
 CONV = LayerShape("conv", 64, 64, (32, 32), (3, 3), (1, 1), (1, 1), (1, 1))

@@ -13,9 +13,9 @@ from torch import nn
 from contract import ExportSpec
 from tests.engine import models
 from worker.engine.errors import UnsupportedModel
-from worker.engine.export import export_onnx
-from worker.engine.loaders import load_model, parse_input_shape
-from worker.engine.onnx_converters import ChannelConst
+from worker.engine.load.loaders import load_model, parse_input_shape
+from worker.engine.load.onnx_converters import ChannelConst
+from worker.engine.ship.export import export_onnx
 
 
 def _ort(path, feeds):
@@ -370,7 +370,7 @@ def test_onnx_loading_does_not_import_torchvision(tiny_resnet_onnx, tmp_path):
     onnx.save(model, str(nms))
     script = (
         "import sys\n"
-        "from worker.engine.loaders import load_model\n"
+        "from worker.engine.load.loaders import load_model\n"
         f"load_model({str(tiny_resnet_onnx)!r})\n"
         "print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules))\n"
         f"loaded = load_model({str(nms)!r})\n"

@@ -221,7 +221,7 @@ def test_budget_probes_become_history_and_the_strongest_fitting_one_wins(
     """With agreement falling as 1 - strength and a 0.35 budget, every probe is recorded
     in order and the target becomes the strongest probed strength that fitted."""
     from worker.engine import pipeline
-    from worker.engine.budget import ProbeResult
+    from worker.engine.prune.budget import ProbeResult
 
     tried: list[float] = []
 
@@ -280,7 +280,7 @@ def test_on_cuda_latency_target_with_sensitivity(
     """The sensitivity scan and the fine-tune run on the GPU; the latency table and the
     candidates are timed on the provider the job is benchmarked on (CUDA where
     onnxruntime has it, else the CPU), and the table is cached under that provider."""
-    from worker.engine import benchmark
+    from worker.engine.measure import benchmark
 
     spec = JobSpec(
         prune=PruneSpec(target=Target(latency_reduction=0.3), scope="sensitivity"),
@@ -348,8 +348,9 @@ def _make_block_removal_win(monkeypatch: pytest.MonkeyPatch) -> None:
     of the settling step overrules it. Candidates are "timed" by their MACs, without an
     export or a runtime: what these tests check comes after the choice, and timing each
     family's candidates on onnxruntime cost most of their time."""
-    from worker.engine import latency_search, pipeline
-    from worker.engine.stats import count_macs
+    from worker.engine import pipeline
+    from worker.engine.measure.stats import count_macs
+    from worker.engine.prune import latency_search
 
     real_probe = pipeline._latency_probe
 
@@ -451,8 +452,8 @@ def test_sparsity_training_then_pruning_keeps_the_channel_statistics(
 ) -> None:
     """Fine-tuning a folded model restores each kept channel's statistics from the model it
     was pruned from, matched by bias; after sparsity training that is not the teacher."""
-    import worker.engine.finetune as finetune_module
-    from worker.engine.renorm import _kept_channels, _plain_convs
+    import worker.engine.train.finetune as finetune_module
+    from worker.engine.train.renorm import _kept_channels, _plain_convs
 
     matched: list[bool] = []
     real_insert = finetune_module.insert_batchnorm

@@ -6,8 +6,8 @@ import torch_pruning as tp
 import torchvision
 from torch_pruning.dependency import index_mapping
 
-from worker.engine.planner import WidthPruner, constant_multiple
-from worker.engine.preflight import PRUNER_KWARGS
+from worker.engine.analyze.preflight import PRUNER_KWARGS
+from worker.engine.prune.planner import WidthPruner, constant_multiple
 
 
 def _dense_net() -> tuple[torch.nn.Module, torch.Tensor]:
@@ -94,7 +94,7 @@ def _mappings(
 
 
 def _graph(model: torch.nn.Module, x: torch.Tensor) -> tp.DependencyGraph:
-    from worker.engine.preflight import build_dependency_graph
+    from worker.engine.analyze.preflight import build_dependency_graph
 
     return build_dependency_graph(model, (x,))
 
@@ -102,7 +102,7 @@ def _graph(model: torch.nn.Module, x: torch.Tensor) -> tp.DependencyGraph:
 def _remapped_by_torch_pruning(graph: tp.DependencyGraph, monkeypatch, name: str, slot: int):
     """Clear the graph's mappings in `slot` and compute them again with torch-pruning's
     own `update_{name}_index_mapping`."""
-    from worker.engine import tp_extensions
+    from worker.engine.analyze import tp_extensions
 
     own = getattr(tp_extensions, f"torch_pruning_{name}_mapping")
     monkeypatch.setattr(index_mapping, f"update_{name}_index_mapping", own)
@@ -151,7 +151,7 @@ def test_a_split_part_read_twice_is_mapped_to_its_own_channels() -> None:
     """torch-pruning gives a split's consumers the parts in the order it meets them, so
     the third and fourth readers of a two-part split ran past the offsets (IndexError
     while the graph was built, a YOLOv10-style head)."""
-    from worker.engine.preflight import ROOT_MODULE_TYPES
+    from worker.engine.analyze.preflight import ROOT_MODULE_TYPES
 
     graph = _graph(_BoxDecode().eval(), torch.randn(1, 3, 8, 8))
     spans = {offset for _, offset, _ in _split_mappings(graph)}

@@ -6,9 +6,9 @@ from torch import nn
 
 from contract import TensorInfo
 from tests.engine import models
-from worker.engine.loaders import load_model
-from worker.engine.onnx_converters import ChannelConst
-from worker.engine.preflight import PRUNER_KWARGS, find_protected, run_preflight
+from worker.engine.analyze.preflight import PRUNER_KWARGS, find_protected, run_preflight
+from worker.engine.load.loaders import load_model
+from worker.engine.load.onnx_converters import ChannelConst
 from worker.engine.types import LoadedModel
 
 
@@ -136,7 +136,11 @@ def test_no_layer_of_a_protected_group_is_pruned_on_its_own(tmp_path):
     search does not reach the protected root (the windows' spatial slices read as channel
     slices), so the pruner would make it a root of its own: every layer of a protected
     group must be ignored too."""
-    from worker.engine.preflight import ROOT_MODULE_TYPES, analyse_groups, build_dependency_graph
+    from worker.engine.analyze.preflight import (
+        ROOT_MODULE_TYPES,
+        analyse_groups,
+        build_dependency_graph,
+    )
 
     path = models.swin_onnx(tmp_path / "swin.onnx", dim=32, heads=[2, 4, 8], window=7, size=128)
     loaded = load_model(path)
@@ -158,7 +162,7 @@ def test_the_reachable_reduction_keeps_every_layer_of_a_protected_group(tmp_path
     attention value projection, a member of a protected group that the group search
     reaches only from its root, pruned alone broke the window reshape and the search
     raised instead of answering."""
-    from worker.engine.prunability import prunability
+    from worker.engine.analyze.prunability import prunability
 
     path = models.swin_onnx(tmp_path / "swin.onnx", dim=32, heads=[2, 4, 8], window=7, size=128)
     report = prunability(load_model(path), budget_s=600)  # a loaded machine: no timeout

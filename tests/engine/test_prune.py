@@ -16,8 +16,8 @@ from tests.engine.tiny_nets import (
     seeded,
 )
 from worker.engine.errors import JobCancelled, PruningFailed
-from worker.engine.prune import UNSTRUCTURED_NOTE, hardware_multiple, prune_model
-from worker.engine.stats import count_macs, count_params
+from worker.engine.measure.stats import count_macs, count_params
+from worker.engine.prune.to_target import UNSTRUCTURED_NOTE, hardware_multiple, prune_model
 
 torch.set_num_threads(1)
 
@@ -255,8 +255,8 @@ def test_a_finer_rounding_in_the_last_step_searches_below_the_earlier_ratio(monk
     The last step must search that rule from ratio 0, not from the earlier steps' ratio."""
     from types import SimpleNamespace
 
-    from worker.engine.planner import Choice
-    from worker.engine.prune import _Run
+    from worker.engine.prune.planner import Choice
+    from worker.engine.prune.to_target import _Run
 
     class Run(_Run):
         def evaluate(self, step):
@@ -269,6 +269,6 @@ def test_a_finer_rounding_in_the_last_step_searches_below_the_earlier_ratio(monk
         params_before=1, notes=[], pruner=SimpleNamespace(width_multiple="coarse"),
     )  # type: ignore[arg-type]  # fmt: skip
     rules = [("coarse", "coarse"), ("any width", "any width")]
-    monkeypatch.setattr("worker.engine.prune._width_rules", lambda _spec: rules)
+    monkeypatch.setattr("worker.engine.prune.to_target._width_rules", lambda _spec: rules)
     choice = run._choose_last(spec.iterative_steps, 0.5, 0.9, 0.9)
     assert abs(choice.value - 0.5) <= 0.02

@@ -18,9 +18,10 @@ from torch import nn
 from contract import JobSpec, QuantizeSpec, Report, Target
 from contract.stages import STAGES
 from tests.engine.tiny_nets import TinyResNet, seeded
-from worker.engine import pipeline, quantize
+from worker.engine import pipeline
 from worker.engine.errors import QuantizationFailed
 from worker.engine.pipeline import run_pipeline
+from worker.engine.ship import quantize
 
 SHAPE = (1, 3, 32, 32)
 FAST_BENCH = {"providers": ["cpu"], "batch_sizes": [1], "warmup": 1, "iterations": 5}
@@ -156,7 +157,7 @@ def test_with_a_dataset_accuracy_is_measured_on_the_int8_file(
     assert q.measured_on == "held-back accuracy"
     assert set(q.accuracy) == {"original", "pruned_fp32", "int8"}
     # The reported figure is the INT8 file's own accuracy on the held-back split.
-    from worker.engine.data import load_dataset
+    from worker.engine.train.data import load_dataset
 
     val = load_dataset(tiny_npz, SHAPE).val
     assert val is not None

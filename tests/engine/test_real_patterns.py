@@ -14,7 +14,7 @@ from torch import nn
 from contract import BenchmarkSpec, FinetuneSpec, JobSpec, PruneSpec, Target
 from tests.engine import tiny_nets
 from worker.engine.errors import AnalysisTimeout, EngineError, JobCancelled
-from worker.engine.loaders import load_model
+from worker.engine.load.loaders import load_model
 from worker.engine.pipeline import run_pipeline
 
 FAST_BENCH = BenchmarkSpec(providers=["cpu"], batch_sizes=[1], warmup=1, iterations=3)
@@ -138,7 +138,7 @@ def test_group_discovery_is_abandoned_at_the_budget(tmp_path, monkeypatch) -> No
 
 
 def test_slow_trials_protect_what_is_not_analysed(tmp_path, monkeypatch) -> None:
-    from worker.engine import preflight
+    from worker.engine.analyze import preflight
 
     path = _export(tiny_nets.seeded(tiny_nets.TinyDenseNet), tmp_path / "d.onnx", (1, 3, 32, 32))
     real_run = preflight._Trials.run
@@ -184,8 +184,8 @@ def test_cancel_stops_a_group_discovery_that_does_not_return(tmp_path, monkeypat
 def _registered() -> None:
     """The pruners for the modules `onnx_converters` creates (idempotent; preflight's own
     CUSTOM_PRUNERS registers them too once it calls `tp_extensions.register`)."""
-    from worker.engine import preflight
-    from worker.engine.tp_extensions import register
+    from worker.engine.analyze import preflight
+    from worker.engine.analyze.tp_extensions import register
 
     register(preflight.CUSTOM_PRUNERS)
 
@@ -299,8 +299,8 @@ SEARCH_PATTERNS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], int]]
 def test_group_discovery_stays_linear(name: str, tmp_path: Path, monkeypatch) -> None:
     from torch_pruning.dependency.group import Group
 
-    from worker.engine import preflight
-    from worker.engine.deadline import Deadline
+    from worker.engine.analyze import preflight
+    from worker.engine.analyze.deadline import Deadline
 
     build, shape, most = SEARCH_PATTERNS[name]
     torch.manual_seed(0)
@@ -336,7 +336,7 @@ def test_eca_net_prunes_data_free(tmp_path: Path) -> None:
 
 
 def test_the_analysis_budget_grows_with_the_forward_pass() -> None:
-    from worker.engine.deadline import MAX_S, analysis_budget
+    from worker.engine.analyze.deadline import MAX_S, analysis_budget
 
     small, large = analysis_budget(100, forward_s=0.01), analysis_budget(100, forward_s=0.4)
     assert small < large <= MAX_S
@@ -346,8 +346,8 @@ def test_the_analysis_budget_grows_with_the_forward_pass() -> None:
 def test_preflight_budgets_by_the_model_forward_time(tmp_path, monkeypatch) -> None:
     """A model whose forward pass is slow (a large transformer at full resolution) gets
     the time its trials need, not only an allowance per layer."""
-    from worker.engine import preflight
-    from worker.engine.deadline import analysis_budget
+    from worker.engine.analyze import preflight
+    from worker.engine.analyze.deadline import analysis_budget
 
     path = _export(tiny_nets.seeded(tiny_nets.ConvBnMLP), tmp_path / "m.onnx", (1, 3, 16, 16))
     loaded = load_model(path)

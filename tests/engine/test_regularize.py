@@ -9,9 +9,9 @@ from torch.utils.data import TensorDataset
 
 from contract import RegularizeSpec
 from tests.engine.tiny_nets import TinyResNet, seeded
-from worker.engine.data import DatasetSplits
 from worker.engine.errors import JobCancelled
-from worker.engine.regularize import regularize
+from worker.engine.train.data import DatasetSplits
+from worker.engine.train.regularize import regularize
 
 torch.set_num_threads(1)
 

@@ -16,7 +16,7 @@ from contract import (
     Report,
     Target,
 )
-from worker.engine import report as rp
+from worker.engine.measure import report as rp
 
 
 def _p(ms: float) -> Percentiles:

@@ -4,7 +4,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
-from worker.engine.row_order import reordered_difference, selects_rows, unordered_difference
+from worker.engine.measure.row_order import reordered_difference, selects_rows, unordered_difference
 
 
 def _detections(seed: int = 0, rows: int = 100) -> torch.Tensor:

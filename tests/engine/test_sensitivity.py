@@ -8,12 +8,12 @@ import torch_pruning as tp
 
 from contract import PruneSpec, Target
 from tests.engine.tiny_nets import TinyMobileNet, TinyResNet, seeded
-from worker.engine import sensitivity
-from worker.engine.allocate import collect_slots
-from worker.engine.importance import make_importance
-from worker.engine.planner import WidthPruner, hardware_multiple
-from worker.engine.preflight import PRUNER_KWARGS
-from worker.engine.prune_alloc import ConsumerMagnitude, ranking
+from worker.engine.analyze import sensitivity
+from worker.engine.analyze.preflight import PRUNER_KWARGS
+from worker.engine.prune.allocate import collect_slots
+from worker.engine.prune.by_allocation import ConsumerMagnitude, ranking
+from worker.engine.prune.importance import make_importance
+from worker.engine.prune.planner import WidthPruner, hardware_multiple
 
 X = torch.randn(1, 3, 32, 32)
 

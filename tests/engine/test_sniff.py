@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from tests.engine import models
 from worker.engine.errors import UnsupportedModel
-from worker.engine.sniff import SAFE_PICKLE_GLOBALS, pickle_globals, sniff_format
+from worker.engine.load.sniff import SAFE_PICKLE_GLOBALS, pickle_globals, sniff_format
 
 
 class Canary:

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from worker.engine.stats import count_macs, count_params
+from worker.engine.measure.stats import count_macs, count_params
 
 torch.set_num_threads(1)
 

@@ -19,8 +19,8 @@ from contract import (
     Target,
 )
 from worker.engine import pipeline
-from worker.engine import report as rp
-from worker.engine.budget import ProbeResult
+from worker.engine.measure import report as rp
+from worker.engine.prune.budget import ProbeResult
 
 CPU = "CPUExecutionProvider"
 AGREES = Fidelity(top1_agreement=0.97, max_abs_diff=0.1, cosine=0.99)

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from tests.security import payloads
-from worker.engine import screen
 from worker.engine.errors import UnsupportedModel, describe_failure
-from worker.engine.loaders import load_model
-from worker.engine.sniff import sniff_format
+from worker.engine.load import screen
+from worker.engine.load.loaders import load_model
+from worker.engine.load.sniff import sniff_format
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -349,7 +349,7 @@ def test_a_local_function_in_its_own_domain_is_allowed(tmp_path):
 _PEAK_SCRIPT = """
 import json, resource, sys
 from worker.engine.errors import UnsupportedModel
-from worker.engine.loaders import load_model
+from worker.engine.load.loaders import load_model
 import onnx, onnxruntime, torch  # paid for before the measurement starts
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:

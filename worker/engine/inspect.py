@@ -42,13 +42,13 @@ def inspect_model(
     path: str | Path, *, arch: str | None = None, input_shape: Any = None
 ) -> ModelInfo:
     """Load the model (format from its bytes) and count its parameters and MACs at batch 1."""
-    from worker.engine.sniff import MODEL_FORMATS, sniff_format
+    from worker.engine.load.sniff import MODEL_FORMATS, sniff_format
 
     fmt = sniff_format(path)  # refuse garbage and pickles before paying for the torch import
     if fmt not in MODEL_FORMATS:
         raise UnsupportedModel(f"the file holds {fmt} data, not a model")
-    from worker.engine.loaders import load_model
-    from worker.engine.stats import count_macs, count_params
+    from worker.engine.load.loaders import load_model
+    from worker.engine.measure.stats import count_macs, count_params
 
     loaded = load_model(path, arch=arch, input_shape=input_shape)
     stats = ModelStats(
@@ -69,9 +69,9 @@ def inspect_prunability(
     path: str | Path, *, arch: str | None = None, input_shape: Any = None
 ) -> Prunability:
     """The model's channel groups, which are protected and why, and the largest MACs
-    reduction reachable (`worker.engine.prunability`)."""
-    from worker.engine.loaders import load_model
-    from worker.engine.prunability import prunability
+    reduction reachable (`worker.engine.analyze.prunability`)."""
+    from worker.engine.analyze.prunability import prunability
+    from worker.engine.load.loaders import load_model
 
     return prunability(load_model(path, arch=arch, input_shape=input_shape))
 

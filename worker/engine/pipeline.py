@@ -33,10 +33,8 @@ from contract import (
 )
 from contract.report import ReportWarning
 from contract.stages import overall_progress
-from worker.engine import benchmark, quantize, report
-from worker.engine.blocks import traced_for_blocks
-from worker.engine.budget import ProbeResult, sampling_warning, search_strength
-from worker.engine.data import DatasetSplits, load_dataset
+from worker.engine.analyze.blocks import traced_for_blocks
+from worker.engine.analyze.preflight import run_preflight
 from worker.engine.errors import (
     BenchmarkFailed,
     EngineError,
@@ -48,22 +46,25 @@ from worker.engine.errors import (
     VerificationFailed,
     describe_failure,
 )
-from worker.engine.evaluate import accuracy, fidelity, is_classification, output_tensors
-from worker.engine.export import (
+from worker.engine.load.loaders import load_model
+from worker.engine.measure import benchmark, report
+from worker.engine.measure.evaluate import accuracy, fidelity, is_classification, output_tensors
+from worker.engine.measure.latency import LatencyTable
+from worker.engine.measure.report_warnings import LATENCY_BAND, latency_warning
+from worker.engine.prune.budget import ProbeResult, sampling_warning, search_strength
+from worker.engine.prune.by_allocation import sensitivity_weights
+from worker.engine.prune.latency_search import LatencyProbe
+from worker.engine.prune.to_target import TOLERANCE, PruneResult, prune_model
+from worker.engine.ship import quantize
+from worker.engine.ship.export import (
     RELATIVE_TOLERANCE,
     export_onnx,
     join_tail,
     save_pt2,
     verify_onnx,
 )
-from worker.engine.finetune import finetune
-from worker.engine.latency import LatencyTable
-from worker.engine.latency_search import LatencyProbe
-from worker.engine.loaders import load_model
-from worker.engine.preflight import run_preflight
-from worker.engine.prune import TOLERANCE, PruneResult, prune_model
-from worker.engine.prune_alloc import sensitivity_weights
-from worker.engine.report_warnings import LATENCY_BAND, latency_warning
+from worker.engine.train.data import DatasetSplits, load_dataset
+from worker.engine.train.finetune import finetune
 from worker.engine.types import CancelFn, LoadedModel, Preflight, ProgressFn
 
 # Samples on which the pruned model's agreement with the original is measured.
@@ -319,7 +320,7 @@ def _regularize(state: _State, spec: JobSpec, device: str, t: _Tracker) -> None:
     if spec.regularize is None or state.splits is None:
         return
     # Imported here: only jobs that ask for sparsity training need it.
-    from worker.engine.regularize import regularize
+    from worker.engine.train.regularize import regularize
 
     with t.stage("regularizing", state.loaded.module):
         module = state.loaded.module.to(device)

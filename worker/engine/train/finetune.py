@@ -24,11 +24,11 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from contract import FinetuneSpec
-from worker.engine.data import DatasetSplits
 from worker.engine.errors import InvalidDataset, JobCancelled
-from worker.engine.evaluate import accuracy, is_classification, output_tensors
-from worker.engine.importance import has_batchnorm
-from worker.engine.renorm import fold_batchnorm, insert_batchnorm
+from worker.engine.measure.evaluate import accuracy, is_classification, output_tensors
+from worker.engine.prune.importance import has_batchnorm
+from worker.engine.train.data import DatasetSplits
+from worker.engine.train.renorm import fold_batchnorm, insert_batchnorm
 
 # Samples used to calibrate the temporary BatchNorm of models that have none.
 CALIBRATION_SAMPLES = 256

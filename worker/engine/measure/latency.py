@@ -26,7 +26,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from worker.engine import benchmark
+from worker.engine.measure import benchmark
 
 # Fractions of a layer's full width at which it is timed; widths between are interpolated.
 GRID = (0.15, 0.4, 0.7, 1.0)

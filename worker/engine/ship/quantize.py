@@ -37,8 +37,8 @@ import onnxruntime as ort
 
 from contract import Quantization, QuantizeSpec
 from contract.report import LatencyTable
-from worker.engine.data import DatasetSplits
 from worker.engine.errors import EngineError, JobCancelled, QuantizationFailed, describe_failure
+from worker.engine.train.data import DatasetSplits
 from worker.engine.types import LoadedModel
 
 # The drop (accuracy points, or 1 - agreement) allowed without an accuracy budget.

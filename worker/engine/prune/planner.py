@@ -17,7 +17,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from worker.engine.tp_extensions import index_mapping_frozen
+from worker.engine.analyze.tp_extensions import index_mapping_frozen
 
 WidthMultiple = Callable[[int], int]
 Removed = dict[tuple[nn.Module, str], int]

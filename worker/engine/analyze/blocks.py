@@ -24,7 +24,7 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from worker.engine.evaluate import output_tensors, same_outputs
+from worker.engine.measure.evaluate import output_tensors, same_outputs
 
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)

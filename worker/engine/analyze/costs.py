@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from worker.engine.allocate import LayerCost
-from worker.engine.latency import LatencyTable, LayerShape, layer_shape
-from worker.engine.planner import _params_after
-from worker.engine.stats import MacProfile
+from worker.engine.measure.latency import LatencyTable, LayerShape, layer_shape
+from worker.engine.measure.stats import MacProfile
+from worker.engine.prune.allocate import LayerCost
+from worker.engine.prune.planner import _params_after
 
 _Layer = (nn.modules.conv._ConvNd, nn.Linear)
 

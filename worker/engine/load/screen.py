@@ -637,7 +637,7 @@ def _check_pt2_model(
     if inputs_name in members:
         # torch.load(weights_only=True) reads it, and on failure retries without
         # weights_only: its pickle must rebuild tensors and nothing else.
-        from worker.engine.sniff import check_torch_save_archive
+        from worker.engine.load.sniff import check_torch_save_archive
 
         check_torch_save_archive(
             _read(zf, members, inputs_name), f"the .pt2 archive ({inputs_name})"

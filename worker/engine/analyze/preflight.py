@@ -35,11 +35,11 @@ from torch import nn
 from torch_pruning import ops
 
 from contract import ExportSpec
-from worker.engine.deadline import Deadline, analysis_budget, timed_forward, watchdog
+from worker.engine.analyze.deadline import Deadline, analysis_budget, timed_forward, watchdog
+from worker.engine.analyze.tp_extensions import index_mapping_frozen, register
 from worker.engine.errors import AnalysisTimeout, JobCancelled, PruningFailed
-from worker.engine.loaders import flatten_outputs
-from worker.engine.onnx_converters import ChannelConst, ChannelShuffle
-from worker.engine.tp_extensions import index_mapping_frozen, register
+from worker.engine.load.loaders import flatten_outputs
+from worker.engine.load.onnx_converters import ChannelConst, ChannelShuffle
 from worker.engine.types import LoadedModel, Preflight
 
 # The layers whose output channels are pruned. Not nn.LSTM: torch-pruning's LSTM pruner
@@ -133,7 +133,7 @@ def run_preflight(
     The layer analysis stops after `budget_s` seconds (default: `deadline.analysis_budget`
     of the model's layer count and the time of its forward pass) and when `should_cancel()`
     turns true."""
-    from worker.engine.export import export_onnx, verify_onnx
+    from worker.engine.ship.export import export_onnx, verify_onnx
 
     module = loaded.module.eval()
     inputs = loaded.example_inputs(seed=0)

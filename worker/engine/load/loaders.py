@@ -32,11 +32,11 @@ from torch import fx, nn
 
 from contract import TensorInfo
 from worker.engine.errors import EngineError, UnsupportedModel, describe_failure
-from worker.engine.evaluate import same_outputs
-from worker.engine.row_order import reordered_difference, selects_rows
-from worker.engine.screen import check_onnx_allocations, onnx_graphs, screen_onnx, screen_pt2
-from worker.engine.sniff import sniff_format
-from worker.engine.tail import split_tail, value_types, weighted_after
+from worker.engine.load.screen import check_onnx_allocations, onnx_graphs, screen_onnx, screen_pt2
+from worker.engine.load.sniff import sniff_format
+from worker.engine.load.tail import split_tail, value_types, weighted_after
+from worker.engine.measure.evaluate import same_outputs
+from worker.engine.measure.row_order import reordered_difference, selects_rows
 from worker.engine.types import LoadedModel
 
 InputShape = str | Sequence[int] | Sequence[Sequence[int]] | None
@@ -541,7 +541,7 @@ def _onnx_to_torch(
     reference: list[np.ndarray],
 ) -> nn.Module:
     onnx2torch = _import_onnx2torch()
-    import worker.engine.onnx_converters as conv
+    import worker.engine.load.onnx_converters as conv
 
     _check_converters(model)
     try:
@@ -641,7 +641,7 @@ def _convertible(node: Any, opsets: dict[str, int]) -> bool:
     _import_onnx2torch()  # first, so that torchvision is not imported for it
     from onnx2torch.node_converters.registry import get_converter
 
-    import worker.engine.onnx_converters  # noqa: F401  (registers the extra converters)
+    import worker.engine.load.onnx_converters  # noqa: F401  (registers the extra converters)
 
     domain = "" if node.domain in ("", "ai.onnx") else node.domain
     try:
@@ -821,7 +821,7 @@ def raise_aten_layers(gm: fx.GraphModule, example: Sequence[torch.Tensor]) -> fx
     """Turn aten convolution/linear/norm calls on parameters back into nn layers."""
     from torch.fx.passes.shape_prop import ShapeProp
 
-    import worker.engine.onnx_converters as conv
+    import worker.engine.load.onnx_converters as conv
 
     graph = gm.graph
     with torch.no_grad():

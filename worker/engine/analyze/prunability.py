@@ -13,10 +13,10 @@ from collections.abc import Callable
 
 from contract import PruneSpec, Target
 from contract.model_info import ChannelGroup, Prunability
-from worker.engine.deadline import Deadline, analysis_budget, timed_forward, watchdog
+from worker.engine.analyze.deadline import Deadline, analysis_budget, timed_forward, watchdog
+from worker.engine.analyze.preflight import PROTECTION_REASONS, ROOT_MODULE_TYPES, analyse_groups
 from worker.engine.errors import AnalysisTimeout, EngineError
-from worker.engine.preflight import PROTECTION_REASONS, ROOT_MODULE_TYPES, analyse_groups
-from worker.engine.prune import prune_model
+from worker.engine.prune.to_target import prune_model
 from worker.engine.types import LoadedModel
 
 # Beyond any real model: pruning stops where the layers reach max_layer_ratio.

@@ -17,7 +17,7 @@ from contract import (
     Summary,
 )
 from contract.report import LatencyTable, ReportWarning
-from worker.engine.report_warnings import derive_warnings, timed_pair, unique
+from worker.engine.measure.report_warnings import derive_warnings, timed_pair, unique
 
 NOTE_UNSTRUCTURED = (
     "unstructured sparsity gives no speed-up: weights are zeroed, not removed, so the "

@@ -16,10 +16,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from contract import FinetuneSpec, RegularizeSpec
-from worker.engine.data import DatasetSplits
 from worker.engine.errors import JobCancelled
-from worker.engine.finetune import make_optimizer, task_loss, uses_labels, warmup_cosine
-from worker.engine.importance import has_batchnorm
+from worker.engine.prune.importance import has_batchnorm
+from worker.engine.train.data import DatasetSplits
+from worker.engine.train.finetune import make_optimizer, task_loss, uses_labels, warmup_cosine
 
 LR = 0.01
 BATCH_SIZE = 64

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO
 
 from worker.engine.errors import UnsupportedModel
-from worker.engine.screen import check_pt2_archive
+from worker.engine.load.screen import check_pt2_archive
 
 MODEL_FORMATS = ("onnx", "pt2", "safetensors", "state_dict")
 

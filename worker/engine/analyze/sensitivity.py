@@ -16,9 +16,9 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from worker.engine.allocate import Slot
 from worker.engine.errors import JobCancelled
-from worker.engine.evaluate import output_tensors
+from worker.engine.measure.evaluate import output_tensors
+from worker.engine.prune.allocate import Slot
 
 # Share of a group's units zeroed by the scan.
 SCAN_FRACTION = 0.5

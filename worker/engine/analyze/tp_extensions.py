@@ -29,7 +29,7 @@ from torch import nn
 from torch_pruning import ops
 from torch_pruning.dependency import constants, index_mapping, shape_infer
 
-from worker.engine.onnx_converters import ChannelConv1d, ChannelRegroup
+from worker.engine.load.onnx_converters import ChannelConv1d, ChannelRegroup
 
 HybridIndex = tp._helpers._HybridIndex
 

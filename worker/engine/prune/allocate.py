@@ -21,7 +21,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from worker.engine.planner import WidthMultiple
+from worker.engine.prune.planner import WidthMultiple
 
 Side = tuple[nn.Module, str]  # (layer, "out" | "in")
 # How strongly sensitivity tilts uniform pruning (allocate_tilted): keep share ~ weight^TILT.

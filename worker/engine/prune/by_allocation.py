@@ -25,8 +25,12 @@ from torch import nn
 from torch_pruning.pruner import function
 
 from contract import HistoryPoint, PruneSpec
-from worker.engine import sensitivity
-from worker.engine.allocate import (
+from worker.engine.analyze import sensitivity
+from worker.engine.analyze.costs import ChannelCost, MacCost, ParamCost
+from worker.engine.analyze.preflight import PRUNER_KWARGS
+from worker.engine.errors import JobCancelled, PruningFailed
+from worker.engine.measure.stats import MacProfile, carries_batch, count_params
+from worker.engine.prune.allocate import (
     Allocation,
     LayerCost,
     Slot,
@@ -34,12 +38,13 @@ from worker.engine.allocate import (
     apply_allocation,
     collect_slots,
 )
-from worker.engine.costs import ChannelCost, MacCost, ParamCost
-from worker.engine.errors import JobCancelled, PruningFailed
-from worker.engine.importance import has_batchnorm, make_importance
-from worker.engine.planner import WidthMultiple, WidthPruner, constant_multiple, hardware_multiple
-from worker.engine.preflight import PRUNER_KWARGS
-from worker.engine.stats import MacProfile, carries_batch, count_params
+from worker.engine.prune.importance import has_batchnorm, make_importance
+from worker.engine.prune.planner import (
+    WidthMultiple,
+    WidthPruner,
+    constant_multiple,
+    hardware_multiple,
+)
 
 LossFn = Callable[[nn.Module], torch.Tensor]
 CancelFn = Callable[[], bool]
@@ -210,7 +215,7 @@ def sensitivity_weights(
 
 def _alignment_loss(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> LossFn:
     # Imported here: prune.py imports this module.
-    from worker.engine.prune import _taylor_proxy
+    from worker.engine.prune.to_target import _taylor_proxy
 
     return _taylor_proxy(module, inputs)
 

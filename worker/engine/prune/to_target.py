@@ -20,11 +20,14 @@ import torch
 from torch import nn
 
 from contract import HistoryPoint, LayerChange, PruneSpec, Target
+from worker.engine.analyze.preflight import PRUNER_KWARGS
 from worker.engine.errors import JobCancelled, PruningFailed
-from worker.engine.evaluate import is_classification, output_tensors
-from worker.engine.importance import make_importance
-from worker.engine.latency_search import LatencyProbe, prune_to_latency
-from worker.engine.planner import (
+from worker.engine.measure.evaluate import is_classification, output_tensors
+from worker.engine.measure.stats import MacProfile, count_macs, count_params
+from worker.engine.prune.by_allocation import prune_by_cost, seeded_probes
+from worker.engine.prune.importance import make_importance
+from worker.engine.prune.latency_search import LatencyProbe, prune_to_latency
+from worker.engine.prune.planner import (
     Choice,
     WidthMultiple,
     WidthPruner,
@@ -34,9 +37,6 @@ from worker.engine.planner import (
     removed_channels,
     search_ratio,
 )
-from worker.engine.preflight import PRUNER_KWARGS
-from worker.engine.prune_alloc import prune_by_cost, seeded_probes
-from worker.engine.stats import MacProfile, count_macs, count_params
 
 __all__ = ["PruneResult", "hardware_multiple", "prune_model", "TOLERANCE", "UNSTRUCTURED_NOTE"]
 

@@ -32,24 +32,24 @@ import torch
 from torch import fx, nn
 
 from contract import HistoryPoint, PruneSpec
-from worker.engine import sensitivity
-from worker.engine.allocate import (
+from worker.engine.analyze import sensitivity
+from worker.engine.analyze.blocks import Block, disjoint, find_blocks, remove_blocks
+from worker.engine.analyze.costs import LatencyCost, WithoutLayers, input_shapes
+from worker.engine.analyze.preflight import build_dependency_graph
+from worker.engine.analyze.sensitivity import relative_change
+from worker.engine.errors import JobCancelled
+from worker.engine.measure.evaluate import output_tensors
+from worker.engine.measure.latency import LatencyTable
+from worker.engine.measure.stats import count_macs, count_params
+from worker.engine.prune.allocate import (
     LayerCost,
     Slot,
     allocate,
     apply_allocation,
     with_rule,
 )
-from worker.engine.blocks import Block, disjoint, find_blocks, remove_blocks
-from worker.engine.costs import LatencyCost, WithoutLayers, input_shapes
-from worker.engine.errors import JobCancelled
-from worker.engine.evaluate import output_tensors
-from worker.engine.latency import LatencyTable
-from worker.engine.planner import WidthMultiple, constant_multiple, hardware_multiple
-from worker.engine.preflight import build_dependency_graph
-from worker.engine.prune_alloc import LossFn, Scored, score, seeded_probes
-from worker.engine.sensitivity import relative_change
-from worker.engine.stats import count_macs, count_params
+from worker.engine.prune.by_allocation import LossFn, Scored, score, seeded_probes
+from worker.engine.prune.planner import WidthMultiple, constant_multiple, hardware_multiple
 
 # Measured latency may exceed the target latency by this fraction and still meet it.
 LATENCY_SLACK = 0.05

@@ -1,0 +1,10 @@
+"""Load: an upload's bytes to a prunable torch module and its I/O contract.
+
+- `sniff.sniff_format(path)`: the format from the bytes (no torch imported).
+- `screen`: static screening of untrusted files before anything deserializes them.
+- `loaders.load_model(path, ...)`: a `LoadedModel` (eval-mode module + I/O contract).
+- `onnx_converters`: onnx2torch converters it lacks and the FX rewrites that make its
+  graphs prunable; `tail`: a post-processing tail kept as uploaded.
+
+Submodules are imported directly; this package imports nothing (sniffing stays fast).
+"""
