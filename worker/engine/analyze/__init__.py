@@ -5,6 +5,7 @@
 - `prunability`: the channel groups and the largest reachable reduction (upload report).
 - `blocks`: residual blocks removable whole; `sensitivity`: per-group damage scans;
   `costs`: what a layer costs as a function of its widths.
-- `tp_extensions`: torch-pruning's knowledge of our converted modules, and the one place
-  its private API is touched; `deadline`: analysis time budgets and the watchdog.
+- `tp_extensions`: torch-pruning's knowledge of our converted modules (its private API
+  only through `worker.engine.tp_adapter`); `deadline`: analysis time budgets and the
+  watchdog.
 """

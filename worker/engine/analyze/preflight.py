@@ -40,6 +40,7 @@ from worker.engine.analyze.tp_extensions import index_mapping_frozen, register
 from worker.engine.errors import AnalysisTimeout, JobCancelled, PruningFailed
 from worker.engine.load.loaders import flatten_outputs
 from worker.engine.load.onnx_converters import ChannelConst, ChannelShuffle
+from worker.engine.tp_adapter import param_names, set_param_names
 from worker.engine.types import LoadedModel, Preflight
 
 # The layers whose output channels are pruned. Not nn.LSTM: torch-pruning's LSTM pruner
@@ -395,7 +396,7 @@ class _Trials:
         ]
         self._saved = [(m, _state(m)) for m in [*layers, *records]]
         self._module2node = dict(dg.module2node)
-        self._param_to_name = dict(dg._param_to_name)
+        self._param_to_name = param_names(dg)
         self._node_modules = {node: node.module for node in dg.module2node.values()}
 
     def failing(self, roots: list[nn.Module]) -> list[nn.Module]:
@@ -472,7 +473,7 @@ class _Trials:
             obj.__dict__.clear()
             obj.__dict__.update(_state_copy(state))
         self.dg.module2node = dict(self._module2node)
-        self.dg._param_to_name = dict(self._param_to_name)
+        set_param_names(self.dg, self._param_to_name)
         for node, module in self._node_modules.items():
             node.module = module
 

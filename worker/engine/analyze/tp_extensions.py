@@ -27,11 +27,21 @@ from typing import Any
 import torch_pruning as tp
 from torch import nn
 from torch_pruning import ops
-from torch_pruning.dependency import constants, index_mapping, shape_infer
 
 from worker.engine.load.onnx_converters import ChannelConv1d, ChannelRegroup
-
-HybridIndex = tp._helpers._HybridIndex
+from worker.engine.tp_adapter import (
+    INDEX_MAPPING,
+    MAX_VALID_DIM,
+    ConcatIndexMapping,
+    GroupItem,
+    HybridIndex,
+    SplitIndexMapping,
+    bind_group,
+    infer_channels_between,
+    infer_in_channels_recursively,
+    to_plain_idxs,
+    to_root_idxs,
+)
 
 
 class ChannelConv1dPruner(tp.pruner.function.BasePruningFunc):
@@ -89,13 +99,13 @@ def index_mapping_frozen(graph: tp.DependencyGraph) -> Iterator[None]:
     (listing the groups, planning a step) it is computed once on entry: on a DenseNet
     (hundreds of groups behind long concat chains) the recomputing was 95% of the
     pruning time."""
-    update = index_mapping.update_index_mapping
+    update = INDEX_MAPPING.update_index_mapping
     update(graph)
-    index_mapping.update_index_mapping = lambda _graph: None  # type: ignore[assignment]
+    INDEX_MAPPING.update_index_mapping = lambda _graph: None  # type: ignore[assignment]
     try:
         yield
     finally:
-        index_mapping.update_index_mapping = update
+        INDEX_MAPPING.update_index_mapping = update
 
 
 def map_concat_indices(graph: tp.DependencyGraph, node: Any) -> None:
@@ -112,7 +122,7 @@ def map_concat_indices(graph: tp.DependencyGraph, node: Any) -> None:
     if node.type != ops.OPTYPE.CONCAT:
         return
     dim = getattr(node.grad_fn, "_saved_dim", 1)
-    if dim != 1 and dim < constants.MAX_VALID_DIM:
+    if dim != 1 and dim < MAX_VALID_DIM:
         return  # concatenated along another dim than the channels
     sizes = node.module.concat_sizes
     if sizes is None:
@@ -136,10 +146,10 @@ def map_concat_indices(graph: tp.DependencyGraph, node: Any) -> None:
             from_input[id(source)] = deque(d for d in source.dependencies if d.target is node)
         span = offsets[i : i + 2]
         if to_input[id(source)]:
-            mapping = index_mapping._ConcatIndexMapping(offset=span, reverse=True)
+            mapping = ConcatIndexMapping(offset=span, reverse=True)
             to_input[id(source)].popleft().index_mapping[1] = mapping
         if from_input[id(source)]:
-            mapping = index_mapping._ConcatIndexMapping(offset=span, reverse=False)
+            mapping = ConcatIndexMapping(offset=span, reverse=False)
             from_input[id(source)].popleft().index_mapping[1] = mapping
 
 
@@ -166,10 +176,10 @@ def map_split_indices(graph: tp.DependencyGraph, node: Any) -> None:
         dep = next((d for d in forward if d.target is consumer), None)
         if dep is not None:
             forward.remove(dep)
-            dep.index_mapping[0] = index_mapping._SplitIndexMapping(offset=span, reverse=False)
+            dep.index_mapping[0] = SplitIndexMapping(offset=span, reverse=False)
         if backward[id(consumer)]:
             back = backward[id(consumer)].pop(0)
-            back.index_mapping[0] = index_mapping._SplitIndexMapping(offset=span, reverse=True)
+            back.index_mapping[0] = SplitIndexMapping(offset=span, reverse=True)
 
 
 def _splits_channels(grad_fn: Any) -> bool:
@@ -198,14 +208,14 @@ _INFERENCE_ERRORS = (IndexError, KeyError, AttributeError)
 
 def _channels_between(graph: tp.DependencyGraph, source: Any, node: Any) -> int | None:
     try:
-        return shape_infer.infer_channels_between(graph, source, node)
+        return infer_channels_between(graph, source, node)
     except _INFERENCE_ERRORS:
         return None
 
 
 def _channels_into(graph: tp.DependencyGraph, node: Any) -> int | None:
     try:
-        return shape_infer.infer_in_channels_recursively(graph, node, recursive_depth=[0])
+        return infer_in_channels_recursively(graph, node, recursive_depth=[0])
     except _INFERENCE_ERRORS:
         return None
 
@@ -249,7 +259,7 @@ def pruning_group(
     ):
         pruning_fn = tp.pruner.function.prune_depthwise_conv_out_channels
     roots = [idxs] if isinstance(idxs, int) else list(idxs)
-    index_mapping.update_index_mapping(graph)
+    INDEX_MAPPING.update_index_mapping(graph)
     node = graph.module2node[module]
     root_dep = tp.dependency.Dependency(pruning_fn, pruning_fn, source=node, target=node)
     found: list[tuple[Any, list]] = [(root_dep, [HybridIndex(idx=i, root_idx=i) for i in roots])]
@@ -316,20 +326,20 @@ def _merged_group(graph: tp.DependencyGraph, found: list[tuple[Any, list]]) -> A
         if isinstance(target, nn.Parameter) and any(target is p for p in graph.ignored_params):
             continue
         merged.add_and_merge(dep, indices)
-    merged._DG = graph
+    bind_group(merged, graph)
     for i, item in enumerate(merged.items):
-        plain = tp._helpers.GroupItem(item.dep, tp._helpers.to_plain_idxs(item.idxs))
-        plain.root_idxs = tp._helpers.to_root_idxs(item.idxs)
+        plain = GroupItem(item.dep, to_plain_idxs(item.idxs))
+        plain.root_idxs = to_root_idxs(item.idxs)
         merged[i] = plain
     return merged
 
 
 # torch-pruning's own, kept for the tests that the two agree.
-torch_pruning_concat_mapping = index_mapping.update_concat_index_mapping
-torch_pruning_split_mapping = index_mapping.update_split_index_mapping
-torch_pruning_reshape_mapping = index_mapping.update_reshape_index_mapping
-index_mapping.update_concat_index_mapping = map_concat_indices
-index_mapping.update_split_index_mapping = map_split_indices
-index_mapping.update_reshape_index_mapping = map_reshape_indices
+torch_pruning_concat_mapping = INDEX_MAPPING.update_concat_index_mapping
+torch_pruning_split_mapping = INDEX_MAPPING.update_split_index_mapping
+torch_pruning_reshape_mapping = INDEX_MAPPING.update_reshape_index_mapping
+INDEX_MAPPING.update_concat_index_mapping = map_concat_indices
+INDEX_MAPPING.update_split_index_mapping = map_split_indices
+INDEX_MAPPING.update_reshape_index_mapping = map_reshape_indices
 torch_pruning_pruning_group = tp.DependencyGraph.get_pruning_group
 tp.DependencyGraph.get_pruning_group = pruning_group  # type: ignore[method-assign]

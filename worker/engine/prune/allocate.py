@@ -22,6 +22,7 @@ import torch_pruning as tp
 from torch import nn
 
 from worker.engine.prune.planner import WidthMultiple
+from worker.engine.tp_adapter import channel_groups, is_attention_group
 
 Side = tuple[nn.Module, str]  # (layer, "out" | "in")
 # How strongly sensitivity tilts uniform pruning (allocate_tilted): keep share ~ weight^TILT.
@@ -103,12 +104,12 @@ def collect_slots(
     for group in pruner.DG.get_all_groups(
         ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types
     ):
-        if pruner._is_atten_group(group)[0]:
+        if is_attention_group(pruner, group):
             continue
         imp = pruner.estimate_importance(group)
         if imp is None:
             continue
-        ch_groups = pruner._get_channel_groups(group)
+        ch_groups = channel_groups(pruner, group)
         units_imp = imp.view(ch_groups, -1).mean(dim=0) if ch_groups > 1 else imp
         root = group[0].dep.target.module
         slot = _slot(

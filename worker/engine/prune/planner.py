@@ -18,6 +18,7 @@ import torch_pruning as tp
 from torch import nn
 
 from worker.engine.analyze.tp_extensions import index_mapping_frozen
+from worker.engine.tp_adapter import planned_groups
 
 WidthMultiple = Callable[[int], int]
 Removed = dict[tuple[nn.Module, str], int]
@@ -41,7 +42,8 @@ class WidthPruner(tp.pruner.BasePruner):
     """A BasePruner that plans steps at any ratio and rounds surviving widths per layer."""
 
     def __init__(self, *args: Any, width_multiple: WidthMultiple, **kwargs: Any) -> None:
-        # A truthy round_to switches on torch-pruning's rounding path, which calls _round_to.
+        # A truthy round_to switches on torch-pruning's rounding path, which calls its
+        # rounding hook (tp_adapter.ROUND_HOOK), overridden below.
         super().__init__(*args, round_to=1, **kwargs)
         self.width_multiple = width_multiple
         self._importance: dict[tuple[Any, Any], torch.Tensor] = {}
@@ -70,7 +72,7 @@ class WidthPruner(tp.pruner.BasePruner):
         self.current_step = step
         self.per_step_pruning_ratio = [ratio] * (self.iterative_steps + 1)
         with index_mapping_frozen(self.DG):
-            return list(self._prune())
+            return list(planned_groups(self))
 
 
 def removed_channels(pruner: tp.pruner.BasePruner, groups: list[Any]) -> Removed:
