@@ -26,6 +26,7 @@ from contract.spec import (
     QuantizeSpec,
     RegularizeSpec,
     Target,
+    TargetKind,
 )
 from contract.stages import STAGES, Stage
 
@@ -53,5 +54,6 @@ __all__ = [
     "Stage",
     "Summary",
     "Target",
+    "TargetKind",
     "TensorInfo",
 ]

@@ -4,7 +4,7 @@ Every field has a default and every number a bound, so a partial body such as
 `{"prune": {"target": {"macs_reduction": 0.6}}}` is a whole, valid request.
 """
 
-from typing import Literal
+from typing import Literal, cast, get_args
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
@@ -15,6 +15,8 @@ Method = Literal["l1", "l2", "bn_scale", "taylor", "fpgm", "lamp", "random", "un
 # sensitivity: per-layer ratios set by a sensitivity scan (worker/engine/analyze/sensitivity.py).
 Scope = Literal["global", "layerwise", "sensitivity"]
 Fraction = Field(default=None, gt=0.0, lt=1.0)
+# The fields of a Target, one of which is set: what `Target.kind` names.
+TargetKind = Literal["macs_reduction", "params_reduction", "channel_ratio", "latency_reduction"]
 
 
 class Target(Frozen):
@@ -47,8 +49,12 @@ class Target(Frozen):
         return self
 
     @property
-    def kind(self) -> str:
-        return next(k for k, v in self.model_dump().items() if v is not None)
+    def kind(self) -> TargetKind:
+        """The one field that is set."""
+        for kind in get_args(TargetKind):
+            if getattr(self, kind) is not None:
+                return cast(TargetKind, kind)
+        raise AssertionError("a validated Target has one field set")
 
     @property
     def value(self) -> float:

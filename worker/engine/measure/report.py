@@ -66,10 +66,12 @@ def compute_ratios(original: Summary, pruned: Summary) -> Ratios:
     )
 
 
-def target_record(spec: JobSpec, original: Summary, pruned: Summary, ratios: Ratios) -> dict:
+def target_record(
+    spec: JobSpec, original: Summary, pruned: Summary, ratios: Ratios
+) -> dict[str, float]:
     """What was asked beside what was reached, as fractions removed."""
     target = spec.prune.target
-    record = {target.kind: target.value}
+    record: dict[str, float] = {target.kind: target.value}
     record["achieved_macs_reduction"] = 1.0 - pruned.macs / original.macs if original.macs else 0.0
     if original.params:
         record["achieved_params_reduction"] = 1.0 - pruned.params / original.params

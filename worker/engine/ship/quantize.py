@@ -54,7 +54,8 @@ BATCH = 16
 EVAL_SAMPLES = 128
 
 Feeds = dict[str, np.ndarray]
-_CALIBRATION = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+# The contract's calibration names (QuantizeSpec.calibration) as onnxruntime names them.
+CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
 
 @dataclass
@@ -192,7 +193,7 @@ def _quantize(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=list(exclude),
-            calibrate_method=getattr(CalibrationMethod, _CALIBRATION[spec.calibration]),
+            calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[spec.calibration]),
             calibration_cache_path=cache,
         )
     finally:
