@@ -13,9 +13,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from contract import JOB_STATUSES
 from infra.db.models import Job
-
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 __all__ = ["CONTENT_TYPE", "ApiMetrics", "MetricsMiddleware"]
 

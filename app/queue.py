@@ -1,6 +1,6 @@
 """Celery *client* used by the API to hand jobs to the workers.
 
-The API only names the task (`secateurs.run_job`) and sends the job id as JSON; it never
+The API only names the task (`infra.queue_names`) and sends the job id as JSON; it never
 imports the worker code, so this process stays free of torch.
 """
 
@@ -8,10 +8,9 @@ import logging
 
 from celery import Celery
 
-log = logging.getLogger(__name__)
+from infra.queue_names import QUEUE, TASK_NAME
 
-RUN_JOB_TASK = "secateurs.run_job"
-JOBS_QUEUE = "jobs"
+log = logging.getLogger(__name__)
 
 
 def _transport_options(broker_url: str, timeout_s: float) -> dict[str, float]:
@@ -42,7 +41,7 @@ class JobQueue:
         """Send the job to the `jobs` queue. False (logged) when the broker refused it: the
         job row stays `queued` and the worker side's re-enqueue sweep will pick it up."""
         try:
-            self.celery.send_task(RUN_JOB_TASK, args=[job_id], queue=JOBS_QUEUE, retry=False)
+            self.celery.send_task(TASK_NAME, args=[job_id], queue=QUEUE, retry=False)
         except Exception as exc:  # any broker failure must not lose the (committed) job
             log.warning("could not enqueue %s: %s", job_id, exc)
             return False

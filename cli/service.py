@@ -265,8 +265,8 @@ def worker(
         # Set before anything can touch CUDA: the children inherit it and see one GPU.
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     _settings(data_dir=data_dir)
+    from infra.queue_names import QUEUE
     from worker.celery_app import celery_app
-    from worker.names import QUEUE
 
     node = f"{'gpu' + str(gpu) if gpu is not None else 'cpu'}-{os.getpid()}@%h"
     celery_app.worker_main(

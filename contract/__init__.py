@@ -28,9 +28,12 @@ from contract.spec import (
     Target,
     TargetKind,
 )
-from contract.stages import STAGES, Stage
+from contract.stages import JOB_STATUSES, STAGES, TERMINAL_STATUSES, JobStatus, Stage
 
 __all__ = [
+    "JOB_STATUSES",
+    "TERMINAL_STATUSES",
+    "JobStatus",
     "AccuracyBudget",
     "BenchmarkSpec",
     "DatasetInfo",

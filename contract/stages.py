@@ -1,6 +1,13 @@
-"""The stages a running job goes through, in order, with their share of the progress bar."""
+"""A job's lifecycle: its statuses, and the stages a running job goes through, in order,
+with their share of the progress bar. One definition for the API, the job store, the
+worker and the dashboard's figures."""
 
 from typing import Literal
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
+# A job in one of these never changes again.
+TERMINAL_STATUSES: frozenset[JobStatus] = frozenset({"succeeded", "failed", "cancelled"})
 
 Stage = Literal[
     "loading",

@@ -10,8 +10,8 @@ from typing import Any
 from celery import Celery
 
 from infra.config import Settings
+from infra.queue_names import QUEUE, TASK_NAME
 from worker import sweeper, webhooks
-from worker.names import QUEUE, TASK_NAME
 
 # How often the embedded (SQL) broker is polled; Kombu's default of 1 s would add up to a
 # second to every job's pick-up.

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from contract import TERMINAL_STATUSES
 from infra.db import jobstate
 from infra.db.models import Job, utcnow
 
@@ -86,7 +87,7 @@ def claim_job(
     job = session.get(Job, job_id)
     if job is None:
         return Claim("missing", reason="no such job")
-    if job.status in jobstate.TERMINAL:
+    if job.status in TERMINAL_STATUSES:
         return Claim("skip", job.attempts, f"already {job.status}")
     if job.status == "running" and not run_is_dead(job, lease_s=lease_s):
         return Claim("busy", job.attempts, f"running on {job.worker}")

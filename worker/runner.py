@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import delete
 from sqlalchemy.orm import Session, sessionmaker
 
-from contract import JobSpec
+from contract import JobSpec, JobStatus
 from infra.config import Settings
 from infra.db import jobstate
 from infra.db.models import Artifact, Dataset, Job, Model
@@ -361,7 +361,7 @@ def _store_result(ctx: RunContext, job_id: str, attempts: int, result: Any) -> N
 
 
 def _finish(
-    ctx: RunContext, job_id: str, attempts: int, status: str, code: str, message: str
+    ctx: RunContext, job_id: str, attempts: int, status: JobStatus, code: str, message: str
 ) -> str:
     with session_scope(ctx.sessions) as session:
         if not claim.still_owner(session, job_id, ctx.worker, attempts):

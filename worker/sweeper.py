@@ -25,9 +25,9 @@ from sqlalchemy.pool import NullPool
 from infra.config import Settings
 from infra.db.models import Job, utcnow
 from infra.db.session import init_db, make_engine, make_sessionmaker
+from infra.queue_names import QUEUE, TASK_NAME
 from worker import claim
 from worker.background import run_while_worker_runs
-from worker.names import QUEUE, TASK_NAME
 
 log = logging.getLogger(__name__)
 

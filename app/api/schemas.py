@@ -14,7 +14,7 @@ from pydantic import (
 )
 
 from app.api.webhook_urls import check_submitted_url
-from contract import JobSpec, ModelStats, TensorInfo
+from contract import JobSpec, JobStatus, ModelStats, TensorInfo
 from contract.model_info import Prunability
 from contract.spec import require_dataset_for_budget
 from infra.db.models import (
@@ -40,7 +40,6 @@ def rfc3339(value: datetime) -> str:
 
 
 Timestamp = Annotated[datetime, PlainSerializer(rfc3339, return_type=str, when_used="json")]
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 Id = Annotated[str, Field(min_length=1, max_length=64)]
 T = TypeVar("T")
 # A docstring under a field is its description in the OpenAPI document.
@@ -430,7 +429,7 @@ class JobOut(BaseModel):
         )
         return cls(
             id=row.id,
-            status=row.status,  # type: ignore[arg-type]
+            status=row.status,
             stage=row.stage,  # type: ignore[arg-type]
             progress=row.progress or 0.0,
             attempts=row.attempts or 0,

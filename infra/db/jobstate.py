@@ -8,10 +8,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from contract import TERMINAL_STATUSES, JobStatus
 from infra.db.models import Job, JobEvent, utcnow
 from infra.webhooks import record_job_event
-
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
 
 def append_event(session: Session, job: Job, kind: str, data: dict[str, Any]) -> None:
@@ -26,19 +25,19 @@ def status_payload(job: Job) -> dict[str, Any]:
 def set_status(
     session: Session,
     job: Job,
-    status: str,
+    status: JobStatus,
     *,
     error_code: str | None = None,
     error_message: str | None = None,
 ) -> None:
     """Move `job` to `status` and log a status event. Terminal states are final."""
-    if job.status in TERMINAL:
+    if job.status in TERMINAL_STATUSES:
         return
     job.status = status
     now = utcnow()
     if status == "running" and job.started_at is None:
         job.started_at = now
-    if status in TERMINAL:
+    if status in TERMINAL_STATUSES:
         job.finished_at = now
         if status == "succeeded":
             job.progress = 1.0
@@ -46,14 +45,14 @@ def set_status(
     if error_code:
         job.error_code, job.error_message = error_code, error_message
     append_event(session, job, "status", status_payload(job))
-    if status in TERMINAL:
+    if status in TERMINAL_STATUSES:
         # In this transaction: the end is announced if and only if it is committed.
         record_job_event(session, job)
 
 
 def set_progress(session: Session, job: Job, stage: str, progress: float) -> None:
     """Record stage and progress (kept monotone) and log a progress event."""
-    if job.status in TERMINAL:
+    if job.status in TERMINAL_STATUSES:
         return
     now = utcnow()
     if stage != job.stage:

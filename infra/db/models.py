@@ -22,6 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, validates
 
+from contract import JobStatus
 from infra.db.summary import summarize_report
 
 # Longest job name and tag, and most tags on one job (the API validates against these).
@@ -96,7 +97,7 @@ class Job(Base):
     dataset_id: Mapped[str | None] = mapped_column(String(64), ForeignKey("datasets.id"))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # contract.JobSpec, fully defaulted
     # queued | running | succeeded | failed | cancelled
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[JobStatus] = mapped_column(String(16), default="queued")
     stage: Mapped[str | None] = mapped_column(String(32))
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

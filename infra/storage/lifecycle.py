@@ -13,7 +13,7 @@ from datetime import timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from infra.db.jobstate import TERMINAL
+from contract import TERMINAL_STATUSES
 from infra.db.models import Artifact, Job, JobEvent, WebhookAttempt, WebhookEvent, utcnow
 from infra.storage.base import ArtifactStore, StoreError
 
@@ -32,7 +32,7 @@ def is_expired(artifact: Artifact) -> bool:
 def delete_job_rows(session: Session, job: Job) -> list[str]:
     """Delete a finished job's rows (its artifacts, events, webhook deliveries and the job)
     in `session`, uncommitted; the storage keys of its files, to remove once committed."""
-    assert job.status in TERMINAL
+    assert job.status in TERMINAL_STATUSES
     keys = [
         key
         for key in session.scalars(select(Artifact.storage_key).where(Artifact.job_id == job.id))
@@ -68,7 +68,7 @@ def expire_artifacts(
                 select(Artifact.job_id)
                 .join(Job, Job.id == Artifact.job_id)
                 .where(
-                    Job.status.in_(TERMINAL),
+                    Job.status.in_(TERMINAL_STATUSES),
                     Job.finished_at < cutoff,
                     Artifact.storage_key != EXPIRED_KEY,
                 )

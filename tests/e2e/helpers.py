@@ -10,7 +10,9 @@ from typing import Any
 import httpx
 import numpy as np
 
-TERMINAL = {"succeeded", "failed", "cancelled"}
+from contract import TERMINAL_STATUSES
+
+TERMINAL = TERMINAL_STATUSES
 INPUT_SHAPE = (1, 3, 32, 32)
 NUM_CLASSES = 10
 # Cheap benchmark settings: the e2e tests check the plumbing, not the speed.

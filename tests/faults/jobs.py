@@ -9,12 +9,13 @@ from typing import Any
 import httpx
 import numpy as np
 
+from contract import TERMINAL_STATUSES
 from tests.conftest import Service
 from tests.e2e.helpers import wait_for
 from tests.faults.conftest import job_row
 from tests.security import payloads
 
-TERMINAL = ("succeeded", "failed", "cancelled")
+TERMINAL = TERMINAL_STATUSES
 
 
 def upload_inputs(client: httpx.Client, tmp: Path) -> tuple[str, str]:

@@ -10,9 +10,9 @@ import time
 from celery import Celery
 
 from infra.config import Settings
+from infra.queue_names import QUEUE, TASK_NAME
 from tests.faults.conftest import RedisServer
 from worker.celery_app import celery_config
-from worker.names import QUEUE, TASK_NAME
 from worker.sweeper import broker_job_ids
 
 # Takes one message without acknowledging it, then dies without any clean-up (as under

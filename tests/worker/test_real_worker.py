@@ -18,9 +18,9 @@ from contract import JobSpec
 from infra.config import Settings
 from infra.db.models import Job, JobEvent, Model
 from infra.db.session import init_db, make_engine, make_sessionmaker, session_scope
+from infra.queue_names import QUEUE, TASK_NAME
 from tests.conftest import ROOT, service_env
 from worker.celery_app import celery_config
-from worker.names import QUEUE, TASK_NAME
 
 pytestmark = pytest.mark.slow
 

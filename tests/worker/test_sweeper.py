@@ -6,9 +6,9 @@ from celery import Celery
 
 from infra.config import Settings
 from infra.db.models import utcnow
+from infra.queue_names import QUEUE, TASK_NAME
 from tests.worker.conftest import add_job
 from worker.celery_app import celery_config
-from worker.names import QUEUE, TASK_NAME
 from worker.sweeper import Sweeper, broker_job_ids, lost_jobs
 
 

@@ -27,7 +27,8 @@ from app.api.openapi import problem_responses
 from app.core.errors import NotFound, TooManyRequests
 from app.core.pools import run_in
 from app.core.ratelimit import TenantSlots
-from infra.db.jobstate import TERMINAL, status_payload
+from contract import TERMINAL_STATUSES
+from infra.db.jobstate import status_payload
 from infra.db.models import Job, JobEvent
 
 router = APIRouter(
@@ -101,7 +102,7 @@ async def _stream(
     # The snapshot carries the newest event id so that resuming from it skips nothing;
     # when the client is already resuming, it carries none and the replay follows.
     yield _event("status", snapshot, None if last_event_id is not None else newest)
-    if snapshot["status"] in TERMINAL and last_event_id is None:
+    if snapshot["status"] in TERMINAL_STATUSES and last_event_id is None:
         return
     cursor = last_event_id if last_event_id is not None else newest
     while True:
@@ -109,9 +110,9 @@ async def _stream(
         for event_id, kind, data in rows:
             cursor = event_id
             yield _event(kind, data, event_id)
-            if kind == "status" and data.get("status") in TERMINAL:
+            if kind == "status" and data.get("status") in TERMINAL_STATUSES:
                 return
-        if not rows and status in TERMINAL:
+        if not rows and status in TERMINAL_STATUSES:
             return  # terminal without a logged terminal event: nothing more will come
         if len(rows) < BATCH:
             if await request.is_disconnected():

@@ -31,7 +31,7 @@ from app.api.lookups import find_dataset, find_job, find_model
 from app.api.openapi import problem_responses
 from app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate
 from app.api.routes.artifacts import artifacts_expired
-from app.api.schemas import JobCreate, JobOut, JobStatus, JobUpdate, Page, as_utc
+from app.api.schemas import JobCreate, JobOut, JobUpdate, Page, as_utc
 from app.core.errors import (
     Conflict,
     NotFound,
@@ -40,9 +40,9 @@ from app.core.errors import (
     ValidationFailed,
 )
 from app.core.pools import run_in
-from contract import JobSpec, Report
+from contract import TERMINAL_STATUSES, JobSpec, JobStatus, Report
 from infra import ids
-from infra.db.jobstate import TERMINAL, append_event, request_cancel, status_payload
+from infra.db.jobstate import append_event, request_cancel, status_payload
 from infra.db.locks import lock_tenant
 from infra.db.models import JOB_NAME_MAX, JOB_TAG_MAX, Artifact, Dataset, Job, Model, utcnow
 from infra.storage import KeyNotFound
@@ -497,7 +497,7 @@ def update_job(job_id: str, body: JobUpdate, tenant: Tenant, session: DbSession)
 def cancel_job(job_id: str, tenant: Tenant, session: DbSession) -> JSONResponse:
     """A queued job is cancelled at once; a running one stops at its next check."""
     job = find_job(session, tenant, job_id)
-    if job.status in TERMINAL:
+    if job.status in TERMINAL_STATUSES:
         raise Conflict(f"job {job_id!r} has already finished ({job.status})", code="job_finished")
     request_cancel(session, job)
     session.commit()
@@ -515,7 +515,7 @@ def delete_job(job_id: str, tenant: Tenant, session: DbSession, store: Store) ->
     """The job, its events and its artifacts (files included) go for good. Refused (409
     `job_not_finished`) while it is queued or running: cancel it first."""
     job = find_job(session, tenant, job_id)
-    if job.status not in TERMINAL:
+    if job.status not in TERMINAL_STATUSES:
         raise Conflict(
             f"job {job_id!r} is {job.status}; cancel it, then delete it once it has stopped",
             code="job_not_finished",
