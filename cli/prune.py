@@ -17,6 +17,7 @@ import typer
 from pydantic import ValidationError
 
 from cli.main import app
+from contract.artifacts import MODEL_FP32_ONNX, MODEL_ONNX, REPORT_JSON
 
 
 class CliError(Exception):
@@ -201,11 +202,11 @@ def _run(
         with progress_reporter() as on_progress:
             result = run_pipeline(model, spec, Path(tmp), on_progress=on_progress, **options)
         output.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(result.artifacts["model.onnx"], output)
-        if "model.fp32.onnx" in result.artifacts:
-            shutil.copyfile(result.artifacts["model.fp32.onnx"], fp32_path(output))
+        shutil.copyfile(result.artifacts[MODEL_ONNX], output)
+        if MODEL_FP32_ONNX in result.artifacts:
+            shutil.copyfile(result.artifacts[MODEL_FP32_ONNX], fp32_path(output))
         if report_path is not None:
-            shutil.copyfile(result.artifacts["report.json"], report_path)
+            shutil.copyfile(result.artifacts[REPORT_JSON], report_path)
     return result.report
 
 

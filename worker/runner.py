@@ -25,6 +25,7 @@ from sqlalchemy import delete
 from sqlalchemy.orm import Session, sessionmaker
 
 from contract import JobSpec, JobStatus
+from contract.artifacts import DATASET_SUFFIXES, MEDIA_TYPES, MODEL_SUFFIXES
 from infra.config import Settings
 from infra.db import jobstate
 from infra.db.models import Artifact, Dataset, Job, Model
@@ -36,14 +37,6 @@ from worker.progress import CancelCheck, Heartbeat, ProgressWriter
 
 log = logging.getLogger(__name__)
 
-MEDIA_TYPES = {
-    "model.onnx": "application/octet-stream",
-    "model.fp32.onnx": "application/octet-stream",
-    "model.pt2": "application/octet-stream",
-    "report.json": "application/json",
-}
-MODEL_SUFFIX = {"onnx": ".onnx", "pt2": ".pt2", "safetensors": ".safetensors", "state_dict": ".pt"}
-DATASET_SUFFIX = {"npz": ".npz", "imagefolder": ".zip"}
 # errno values of a write refused for lack of room (full disk, quota, file-size limit).
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 # Failures of the store or the network that a later attempt may not meet.
@@ -248,9 +241,9 @@ def _load_inputs(ctx: RunContext, job_id: str) -> _Inputs:
 
 
 def _fetch_inputs(ctx: RunContext, inputs: _Inputs, workdir: Path) -> dict[str, Path]:
-    wanted = {"model": (inputs.model.storage_key, MODEL_SUFFIX.get(inputs.model.format, ""))}
+    wanted = {"model": (inputs.model.storage_key, MODEL_SUFFIXES.get(inputs.model.format, ""))}
     if inputs.dataset is not None:
-        suffix = DATASET_SUFFIX.get(inputs.dataset.format, "")
+        suffix = DATASET_SUFFIXES.get(inputs.dataset.format, "")
         wanted["dataset"] = (inputs.dataset.storage_key, suffix)
     paths: dict[str, Path] = {}
     for role, (key, suffix) in wanted.items():

@@ -33,6 +33,7 @@ from typing import IO, Any
 from pydantic import ValidationError
 
 from contract import JobSpec, Report
+from contract.artifacts import ARTIFACT_NAMES, MODEL_ONNX
 from contract.stages import STAGES
 from infra.sandbox import SCRATCH, Limits, Sandbox, SandboxUnavailable
 from worker.engine.errors import EngineError, JobCancelled
@@ -44,7 +45,6 @@ OUT_DIR = "out"
 CACHE_DIR = "cache"
 RESULT_FILE = "result.json"
 # What a job may return; anything else the sandbox leaves is ignored.
-ARTIFACT_NAMES = frozenset({"model.onnx", "model.fp32.onnx", "model.pt2", "report.json"})
 MAX_RESULT_BYTES = 64 << 20
 MAX_CACHE_BYTES = 16 << 20
 MAX_LINE_BYTES = 1 << 16
@@ -301,7 +301,7 @@ def _artifacts(out_dir: Path, listed: Any) -> dict[str, Path]:
         if not _regular_file(path, 1 << 40):
             raise SandboxFailed(f"the job's artifact {name!r} is not a plain file")
         found[name] = path
-    if "model.onnx" not in found:
+    if MODEL_ONNX not in found:
         raise SandboxFailed("the job's engine process returned no model.onnx")
     return found
 

@@ -31,6 +31,7 @@ from contract import (
     Target,
     TensorInfo,
 )
+from contract.artifacts import MODEL_FP32_ONNX, MODEL_ONNX, MODEL_PT2, REPORT_JSON
 from contract.report import ReportWarning
 from contract.stages import overall_progress
 from worker.engine.analyze.blocks import traced_for_blocks
@@ -982,7 +983,7 @@ def _export(state: _State, spec: JobSpec, out_dir: Path, t: _Tracker) -> dict[st
     assert state.teacher is not None
     with t.stage("exporting", state.loaded.module):
         module = state.loaded.module.cpu().eval()
-        model_path = export_onnx(module, state.loaded, out_dir / "model.onnx", spec.export)
+        model_path = export_onnx(module, state.loaded, out_dir / MODEL_ONNX, spec.export)
         t.within("exporting", 0.3)
         inputs = state.loaded.example_inputs(batch=_batch(state, 2), seed=2)
         state.verification["onnx_max_abs_diff"] = verify_onnx(model_path, module, inputs)
@@ -990,14 +991,14 @@ def _export(state: _State, spec: JobSpec, out_dir: Path, t: _Tracker) -> dict[st
         join_tail(model_path, state.loaded)
         _check_drop_in(model_path, state)
         t.within("exporting", 0.5)
-        paths = {"model.onnx": model_path}
+        paths = {MODEL_ONNX: model_path}
         if state.loaded.tail is not None:
             state.notes.append(
                 "model.pt2 not written: the model's post-processing exists only as ONNX"
             )
         else:
             try:
-                paths["model.pt2"] = save_pt2(module, state.loaded, out_dir / "model.pt2")
+                paths[MODEL_PT2] = save_pt2(module, state.loaded, out_dir / MODEL_PT2)
             except ExportFailed as exc:
                 # The ONNX file is the product; a model torch.export cannot trace still ships.
                 state.notes.append(f"model.pt2 not written: {exc.message}")
@@ -1029,7 +1030,7 @@ def _quantize(state: _State, spec: JobSpec, paths: dict[str, Path], t: _Tracker)
 
 def _float_model(paths: dict[str, Path]) -> Path:
     """The pruned float model: model.fp32.onnx once INT8 took model.onnx's place."""
-    return paths.get("model.fp32.onnx", paths["model.onnx"])
+    return paths.get(MODEL_FP32_ONNX, paths[MODEL_ONNX])
 
 
 def _benchmark(state: _State, spec: JobSpec, paths: dict[str, Path], device: str, t: _Tracker):
@@ -1037,8 +1038,8 @@ def _benchmark(state: _State, spec: JobSpec, paths: dict[str, Path], device: str
         feeds = _feeds(state)
         threads = benchmark.default_threads()
         models = {"original": paths["original.onnx"], "pruned": _float_model(paths)}
-        if "model.fp32.onnx" in paths:
-            models["int8"] = paths["model.onnx"]
+        if MODEL_FP32_ONNX in paths:
+            models["int8"] = paths[MODEL_ONNX]
         try:
             tables = benchmark.benchmark_onnx(
                 models, feeds, spec.benchmark, device=device, threads=threads
@@ -1181,17 +1182,17 @@ def run_pipeline(
     _quantize(state, spec, paths, t)
     tables, env = _benchmark(state, spec, paths, device, t)
     result = _report(state, spec, paths, tables, env, t.timings)
-    report_path = report.write_report(result, out_dir / "report.json")
+    report_path = report.write_report(result, out_dir / REPORT_JSON)
     t.progress("benchmarking", 1.0)
     return PipelineResult(
         report=result,
         artifacts={
             **{
                 name: paths[name]
-                for name in ("model.onnx", "model.fp32.onnx", "model.pt2")
+                for name in (MODEL_ONNX, MODEL_FP32_ONNX, MODEL_PT2)
                 if name in paths
             },
-            "report.json": report_path,
+            REPORT_JSON: report_path,
         },
         original_onnx=paths["original.onnx"],
     )

@@ -41,6 +41,7 @@ from app.core.errors import (
 )
 from app.core.pools import run_in
 from contract import TERMINAL_STATUSES, JobSpec, JobStatus, Report
+from contract.artifacts import REPORT_JSON
 from infra import ids
 from infra.db.jobstate import append_event, request_cancel, status_payload
 from infra.db.locks import lock_tenant
@@ -546,7 +547,7 @@ def get_report(job_id: str, tenant: Tenant, session: DbSession, store: Store) ->
 
 
 def _stored_report(session: Session, store: Any, job_id: str) -> Any:
-    artifact = session.get(Artifact, (job_id, "report.json"))
+    artifact = session.get(Artifact, (job_id, REPORT_JSON))
     if artifact is None:
         raise NotFound("the job has no report", code="report_missing")
     if is_expired(artifact):

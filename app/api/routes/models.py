@@ -24,6 +24,7 @@ from app.core.errors import Conflict
 from app.core.pools import run_in
 from app.prunability import Analyses
 from app.uploads import commit_upload_row
+from contract.artifacts import MODEL_SUFFIXES
 from infra import ids
 from infra.db.models import Job, Model, utcnow
 from infra.storage import model_key
@@ -31,8 +32,6 @@ from infra.storage import model_key
 router = APIRouter(
     prefix="/v1/models", tags=["models"], responses=problem_responses(401, 404, 422, 429)
 )
-
-_FILE_SUFFIX = {"onnx": "onnx", "pt2": "pt2", "safetensors": "safetensors", "state_dict": "pt"}
 
 
 @router.post(
@@ -175,7 +174,7 @@ def download_model(
     model_id: str, request: Request, tenant: Tenant, session: DbSession, store: Store
 ) -> Response:
     row = find_model(session, tenant, model_id)
-    suffix = _FILE_SUFFIX.get(row.format, "bin")
+    suffix = MODEL_SUFFIXES.get(row.format, ".bin")
     return stream_object(
         request,
         store,
@@ -183,7 +182,7 @@ def download_model(
         sha256=row.sha256,
         size_bytes=row.size_bytes,
         media_type="application/octet-stream",
-        filename=f"{row.id}.{suffix}",
+        filename=f"{row.id}{suffix}",
     )
 
 

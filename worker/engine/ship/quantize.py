@@ -36,6 +36,7 @@ import onnx
 import onnxruntime as ort
 
 from contract import Quantization, QuantizeSpec
+from contract.artifacts import MODEL_FP32_ONNX, MODEL_ONNX
 from contract.report import LatencyTable
 from worker.engine.errors import EngineError, JobCancelled, QuantizationFailed, describe_failure
 from worker.engine.train.data import DatasetSplits
@@ -551,9 +552,9 @@ def run_stage(
     on_progress: Callable[[float], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> QuantizeOutcome:
-    """Quantize `paths["model.onnx"]`; when INT8 is applied, the float model moves to
+    """Quantize `paths[MODEL_ONNX]`; when INT8 is applied, the float model moves to
     `model.fp32.onnx` beside it and `model.onnx` becomes the INT8 model (`paths` updated)."""
-    float_path = paths["model.onnx"]
+    float_path = paths[MODEL_ONNX]
     calibration, evalset, synthetic = stage_data(loaded, splits, spec)
     staged = float_path.with_name("model.int8.partial.onnx")
     outcome = quantize_int8(
@@ -569,10 +570,10 @@ def run_stage(
         should_cancel=should_cancel,
     )
     if outcome.path is not None:
-        fp32 = float_path.with_name("model.fp32.onnx")
+        fp32 = float_path.with_name(MODEL_FP32_ONNX)
         os.replace(float_path, fp32)
         os.replace(staged, float_path)
-        paths["model.fp32.onnx"] = fp32
+        paths[MODEL_FP32_ONNX] = fp32
         outcome.path = float_path
     return outcome
 
@@ -587,10 +588,10 @@ def report_section(
     applied = outcome.path is not None
     files = {
         "original": paths["original.onnx"],
-        "pruned_fp32": paths.get("model.fp32.onnx", paths["model.onnx"]),
+        "pruned_fp32": paths.get(MODEL_FP32_ONNX, paths[MODEL_ONNX]),
     }
     if applied:
-        files["int8"] = paths["model.onnx"]
+        files["int8"] = paths[MODEL_ONNX]
     names = {"original": "original", "pruned_fp32": "pruned", "int8": "int8"}
     return Quantization(
         mode=spec.mode,
