@@ -69,6 +69,16 @@ def test_fidelity_refuses_changed_output_shapes() -> None:
     assert err.value.code == "output_shape_changed"
 
 
-def test_output_tensors_flattens_nested_outputs() -> None:
+def test_output_tensors_flattens_nested_outputs_in_the_exports_order() -> None:
     a, b, c = torch.zeros(1), torch.ones(1), torch.full((1,), 2.0)
-    assert [float(t) for t in output_tensors({"z": c, "a": (a, [b])})] == [0.0, 1.0, 2.0]
+    # Dicts in insertion order, as torch.onnx.export lists their values.
+    assert [float(t) for t in output_tensors({"z": c, "a": (a, [b], None)})] == [2.0, 0.0, 1.0]
+
+
+def test_the_loader_and_the_evaluation_flatten_outputs_alike() -> None:
+    from worker.engine.outputs import flatten_outputs
+
+    out = {"out": torch.zeros(1), "aux": (torch.ones(1), [torch.full((1,), 2.0)])}
+    assert [float(t) for t in flatten_outputs(out)] == [float(t) for t in output_tensors(out)]
+    with pytest.raises(EngineError):
+        flatten_outputs((torch.zeros(1), None))

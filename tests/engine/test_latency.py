@@ -14,7 +14,7 @@ from torch import nn
 from contract import PruneSpec, Target
 from tests.engine.tiny_nets import TinyMobileNet, TinyResNet, seeded
 from worker.engine.measure import latency
-from worker.engine.measure.latency import LatencyTable, LayerShape, layer_shape
+from worker.engine.measure.latency import LayerLatencyTable, LayerShape, layer_shape
 from worker.engine.measure.stats import count_macs
 from worker.engine.prune.latency_search import (
     _CONFIRM_RUNS,
@@ -46,14 +46,14 @@ def _work_ms(shape: LayerShape, in_ch: int, out_ch: int) -> float:
 
 
 def test_a_wide_conv_measures_slower_than_a_narrow_one() -> None:
-    table = LatencyTable()
+    table = LayerLatencyTable()
     assert table.point_ms(CONV, 64, 64) > 4 * table.point_ms(CONV, 8, 8)
     assert table.measured == 2
 
 
 def test_widths_between_grid_points_are_interpolated(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(LatencyTable, "_time", lambda self, s, i, o: float(i * o))
-    table = LatencyTable()
+    monkeypatch.setattr(LayerLatencyTable, "_time", lambda self, s, i, o: float(i * o))
+    table = LayerLatencyTable()
     # Bilinear interpolation of in x out is exact.
     assert table.layer_ms(CONV, 40, 50) == pytest.approx(2000.0)
     assert table.layer_ms(CONV, 64, 64) == pytest.approx(4096.0)
@@ -62,11 +62,11 @@ def test_widths_between_grid_points_are_interpolated(monkeypatch: pytest.MonkeyP
 
 
 def test_depthwise_layers_depend_on_one_width(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(LatencyTable, "_time", lambda self, s, i, o: float(i))
+    monkeypatch.setattr(LayerLatencyTable, "_time", lambda self, s, i, o: float(i))
     dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)
     shape = layer_shape(dw, (1, 32, 16, 16))
     assert shape is not None and shape.depthwise
-    table = LatencyTable()
+    table = LayerLatencyTable()
     assert table.layer_ms(shape, 16, 16) == pytest.approx(16.0)
 
 
@@ -84,10 +84,10 @@ def test_grouped_convs_are_timed_at_widths_their_groups_divide(
         timed.append((in_ch, out_ch))
         return float(in_ch * out_ch)
 
-    monkeypatch.setattr(LatencyTable, "_time", fake)
+    monkeypatch.setattr(LayerLatencyTable, "_time", fake)
     shape = layer_shape(nn.Conv2d(48, 48, 3, padding=1, groups=6), (1, 48, 16, 16))
     assert shape is not None and not shape.depthwise and shape.groups == 6
-    table = LatencyTable()
+    table = LayerLatencyTable()
     assert table.layer_ms(shape, 48, 48) == pytest.approx(48.0 * 48.0)
     assert table.layer_ms(shape, 24, 24) < table.layer_ms(shape, 36, 36)
     assert timed and all(i % 6 == 0 and o % 6 == 0 for i, o in timed)
@@ -95,16 +95,16 @@ def test_grouped_convs_are_timed_at_widths_their_groups_divide(
 
 
 def test_the_cache_file_keeps_measurements_between_tables(tmp_path: Path) -> None:
-    first = LatencyTable(cache_dir=tmp_path)
+    first = LayerLatencyTable(cache_dir=tmp_path)
     first.point_ms(CONV, 16, 16)
     first.save()
     [cache] = list(tmp_path.glob("latency-*CPUExecutionProvider*.json"))
     assert len(json.loads(cache.read_text())) == 1
-    second = LatencyTable(cache_dir=tmp_path)
+    second = LayerLatencyTable(cache_dir=tmp_path)
     assert second.point_ms(CONV, 16, 16) == first.point_ms(CONV, 16, 16)
     assert second.measured == 0
     cache.write_text("{not json")
-    assert LatencyTable(cache_dir=tmp_path).point_ms(CONV, 16, 16) > 0  # re-measured
+    assert LayerLatencyTable(cache_dir=tmp_path).point_ms(CONV, 16, 16) > 0  # re-measured
 
 
 def _candidate(label: str, ratio: float, error: float) -> Candidate:
@@ -178,7 +178,7 @@ def test_re_aiming_prunes_less_and_lands_on_target() -> None:
 
     overshot = Candidate("plain", lambda m: None, 0.3, nn.Identity(), 0.5, family, 0.3)
     on_target = _candidate("on target", 0.49, 2.0)
-    probe = LatencyProbe(table=LatencyTable(), measure=measure)
+    probe = LatencyProbe(table=LayerLatencyTable(), measure=measure)
     finish = _finish([on_target, overshot], 0.485, probe)
     chosen = _reaim(finish, overshot, on_target)
     assert knobs == [pytest.approx(0.485)]  # one proportional correction sufficed
@@ -199,7 +199,7 @@ def test_a_winner_at_the_edge_of_the_band_is_corrected_towards_the_aim() -> None
 
     edge = Candidate("edge", lambda m: None, 0.476, nn.Identity(), 0.5, family, 0.476)
     finalists = [edge]
-    probe = LatencyProbe(table=LatencyTable(), measure=measure)
+    probe = LatencyProbe(table=LayerLatencyTable(), measure=measure)
     chosen = _polish(_finish(finalists, 0.495, probe), edge)
     assert knobs == [pytest.approx(0.495)]
     assert chosen.label == "edge, corrected" and chosen.ratio == pytest.approx(0.495)
@@ -227,7 +227,7 @@ def test_a_winner_chosen_on_a_lucky_reading_is_timed_afresh_and_corrected() -> N
     lucky_module = nn.Identity()
     lucky_module.true = 0.54
     lucky = Candidate("lucky", lambda m: None, 0.495, lucky_module, 0.5, family, 0.495)
-    probe = LatencyProbe(table=LatencyTable(), measure=measure)
+    probe = LatencyProbe(table=LayerLatencyTable(), measure=measure)
     finalists = [lucky]
     chosen = _polish(_finish(finalists, 0.495, probe), lucky)
     assert runs[:_CONFIRM_RUNS] == [["lucky"]] * _CONFIRM_RUNS  # afresh, before anything else
@@ -246,7 +246,7 @@ def test_a_correction_that_lands_no_nearer_keeps_the_winner() -> None:
         return {"original": 1.0, **{k: 0.476 if k == "edge" else 0.45 for k in candidates}}
 
     edge = Candidate("edge", lambda m: None, 0.476, nn.Identity(), 0.5, family, 0.476)
-    probe = LatencyProbe(table=LatencyTable(), measure=measure)
+    probe = LatencyProbe(table=LayerLatencyTable(), measure=measure)
     chosen = _polish(_finish([edge], 0.495, probe), edge)
     assert chosen is edge and chosen.ratio == pytest.approx(0.476)
 
@@ -272,7 +272,7 @@ def test_a_winner_off_target_when_timed_afresh_gives_way_to_the_next_finalist() 
     plain = Candidate("plain", lambda m: None, 0.49, module_at(0.49), 1.2)
     plain.recovered = 0.3
     finalists = [blocks, channels, plain]
-    probe = LatencyProbe(table=LatencyTable(), measure=measure)
+    probe = LatencyProbe(table=LayerLatencyTable(), measure=measure)
     chosen = _settle(_finish(finalists, 0.495, probe), blocks)
     # The judged one comes before the closer outputs of one that was not judged.
     assert chosen is plain and plain.ratio == pytest.approx(0.49)
@@ -321,7 +321,7 @@ def _made_up_runtime(example: torch.Tensor, overhead_ms: float = 0.3):
 
 @pytest.mark.parametrize("net", [TinyResNet, TinyMobileNet])
 def test_latency_target_is_met_on_the_made_up_runtime(net, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(LatencyTable, "_time", lambda self, s, i, o: _work_ms(s, i, o))
+    monkeypatch.setattr(LayerLatencyTable, "_time", lambda self, s, i, o: _work_ms(s, i, o))
     model = seeded(net)
     original = seeded(net)
     head = model.fc if hasattr(model, "fc") else model.classifier
@@ -332,7 +332,7 @@ def test_latency_target_is_met_on_the_made_up_runtime(net, monkeypatch: pytest.M
         calls.append(len(candidates))
         return {"original": runtime(original), **{k: runtime(m) for k, m in candidates.items()}}
 
-    probe = LatencyProbe(table=LatencyTable(), measure=measure)
+    probe = LatencyProbe(table=LayerLatencyTable(), measure=measure)
     result = prune_model(
         model,
         X,

@@ -50,7 +50,7 @@ from worker.engine.errors import (
 from worker.engine.load.loaders import load_model
 from worker.engine.measure import benchmark, report
 from worker.engine.measure.evaluate import accuracy, fidelity, is_classification, output_tensors
-from worker.engine.measure.latency import LatencyTable
+from worker.engine.measure.latency import LayerLatencyTable
 from worker.engine.measure.report_warnings import LATENCY_BAND, latency_warning
 from worker.engine.prune.budget import ProbeResult, sampling_warning, search_strength
 from worker.engine.prune.by_allocation import sensitivity_weights
@@ -424,7 +424,7 @@ def _latency_probe(
     """The worker's own runtime, for a latency target: its first benchmark provider."""
     assert state.teacher is not None
     provider, threads = _runtime(spec, device)
-    table = LatencyTable(provider, device=device, threads=threads, cache_dir=cache_dir)
+    table = LayerLatencyTable(provider, device=device, threads=threads, cache_dir=cache_dir)
     original = export_onnx(
         copy.deepcopy(state.teacher).cpu().eval(),
         state.loaded,

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from worker.engine.measure.latency import LatencyTable, LayerShape, layer_shape
+from worker.engine.measure.latency import LayerLatencyTable, LayerShape, layer_shape
 from worker.engine.measure.stats import MacProfile
 from worker.engine.prune.allocate import LayerCost
 from worker.engine.prune.planner import _params_after
@@ -85,14 +85,14 @@ def input_shapes(module: nn.Module, inputs: Sequence[torch.Tensor]) -> dict[nn.M
 
 
 class LatencyCost(LayerCost):
-    """Milliseconds on the runtime, from a `LatencyTable` of per-layer timings.
+    """Milliseconds on the runtime, from a `LayerLatencyTable` of per-layer timings.
 
     Layers the table cannot time alone (transposed convs, string paddings) are priced
     by their MACs at the median milliseconds per MAC of the layers it did time.
     """
 
     def __init__(
-        self, table: LatencyTable, profile: MacProfile, shapes: dict[nn.Module, tuple]
+        self, table: LayerLatencyTable, profile: MacProfile, shapes: dict[nn.Module, tuple]
     ) -> None:
         self.table = table
         self.macs = MacCost(profile)

@@ -38,8 +38,8 @@ from contract import ExportSpec
 from worker.engine.analyze.deadline import Deadline, analysis_budget, timed_forward, watchdog
 from worker.engine.analyze.tp_extensions import index_mapping_frozen, register
 from worker.engine.errors import AnalysisTimeout, JobCancelled, PruningFailed
-from worker.engine.load.loaders import flatten_outputs
 from worker.engine.load.onnx_converters import ChannelConst, ChannelShuffle
+from worker.engine.outputs import flatten_outputs
 from worker.engine.tp_adapter import param_names, set_param_names
 from worker.engine.types import LoadedModel, Preflight
 

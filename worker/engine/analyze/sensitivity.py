@@ -74,7 +74,7 @@ def _restore(saved: _Saved) -> None:
         tensor.data.copy_(original)
 
 
-def relative_change(outputs: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
+def relative_change(outputs: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> float:
     num = sum(
         float((o.float() - r.float()).pow(2).sum()) for o, r in zip(outputs, reference, strict=True)
     )

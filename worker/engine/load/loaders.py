@@ -37,6 +37,7 @@ from worker.engine.load.sniff import sniff_format
 from worker.engine.load.tail import split_tail, value_types, weighted_after
 from worker.engine.measure.evaluate import same_outputs
 from worker.engine.measure.row_order import reordered_difference, selects_rows
+from worker.engine.outputs import flatten_outputs
 from worker.engine.types import LoadedModel
 
 InputShape = str | Sequence[int] | Sequence[Sequence[int]] | None
@@ -155,20 +156,6 @@ def resolve_input_shapes(
 
 def _fmt(shape: Sequence[Any]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
-
-
-def flatten_outputs(out: Any) -> tuple[torch.Tensor, ...]:
-    """A model's outputs as a flat tuple of tensors (tensor, tuple/list, dict values)."""
-    if isinstance(out, torch.Tensor):
-        return (out,)
-    if isinstance(out, Mapping):
-        out = list(out.values())
-    if isinstance(out, list | tuple):
-        return tuple(t for item in out for t in flatten_outputs(item))
-    raise UnsupportedModel(
-        f"the model returns {type(out).__name__}; only tensors (or tuples/dicts of tensors) "
-        "are supported"
-    )
 
 
 def _run(

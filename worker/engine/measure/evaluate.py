@@ -1,6 +1,6 @@
 """How good a pruned model is: held-back accuracy and agreement with the original."""
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -9,17 +9,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from contract import Fidelity
 from worker.engine.errors import EngineError
+from worker.engine.outputs import flatten_outputs
 
 
-def output_tensors(out: Any) -> list[torch.Tensor]:
-    """The tensors of a model's output, flattened in a stable order (tuples, lists, dicts)."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, Mapping):
-        return [t for key in sorted(out, key=str) for t in output_tensors(out[key])]
-    if isinstance(out, Sequence) and not isinstance(out, str | bytes):
-        return [t for item in out for t in output_tensors(item)]
-    return []
+def output_tensors(out: Any) -> tuple[torch.Tensor, ...]:
+    """The tensors of a model's output, in the export's order (`outputs.flatten_outputs`),
+    leaving out anything that is not a tensor."""
+    return flatten_outputs(out, strict=False)
 
 
 def same_outputs(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> bool:

@@ -143,7 +143,7 @@ def _model(graph: onnx.GraphProto) -> onnx.ModelProto:
     return model
 
 
-class LatencyTable:
+class LayerLatencyTable:
     """Measured milliseconds per layer shape and widths, for one provider and thread count.
 
     `cache_dir` (optional) keeps measurements between jobs, in a file whose name says

@@ -1,6 +1,6 @@
 """Pruning to a latency target measured on the runtime the model will be served on.
 
-1. Every layer is priced by a `LatencyTable` timed on the worker's execution provider.
+1. Every layer is priced by a `LayerLatencyTable` timed on the worker's execution provider.
 2. The allocator chooses per-group widths by importance per millisecond saved, under a
    budget in table milliseconds.
 3. The candidate is exported and timed in onnxruntime, interleaved with the original.
@@ -39,7 +39,7 @@ from worker.engine.analyze.preflight import build_dependency_graph
 from worker.engine.analyze.sensitivity import relative_change
 from worker.engine.errors import JobCancelled
 from worker.engine.measure.evaluate import output_tensors
-from worker.engine.measure.latency import LatencyTable
+from worker.engine.measure.latency import LayerLatencyTable
 from worker.engine.measure.stats import count_macs, count_params
 from worker.engine.prune.allocate import (
     LayerCost,
@@ -99,7 +99,7 @@ class LatencyProbe:
     """What a latency target needs from its caller: a table and a way to time models;
     with data to train on, a way to judge a candidate after a short recovery."""
 
-    table: LatencyTable
+    table: LayerLatencyTable
     measure: MeasureFn
     recover: RecoverFn | None = None
 
@@ -643,7 +643,7 @@ def _confirm(candidates: Sequence[Candidate], probe: LatencyProbe) -> None:
 
 
 def _summary(
-    finalists: list[Candidate], chosen: Candidate, goal: float, table: LatencyTable
+    finalists: list[Candidate], chosen: Candidate, goal: float, table: LayerLatencyTable
 ) -> str:
     listed = "; ".join(
         f"{c.label}: {1 - c.ratio:.1%} less time, output change {c.error:.3g}"

@@ -24,9 +24,9 @@ from torch import nn
 
 from contract import ExportSpec, TensorInfo
 from worker.engine.errors import ExportFailed, VerificationFailed
-from worker.engine.load.loaders import flatten_outputs
 from worker.engine.load.tail import splice_tail
 from worker.engine.measure.row_order import reordered_difference, selects_rows
+from worker.engine.outputs import flatten_outputs
 from worker.engine.types import LoadedModel
 
 # verify_onnx's default tolerance: this fraction of the largest reference output magnitude
