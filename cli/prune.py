@@ -17,6 +17,7 @@ import typer
 from pydantic import ValidationError
 
 from cli.main import app
+from contract import shapes
 from contract.artifacts import MODEL_FP32_ONNX, MODEL_ONNX, REPORT_JSON
 
 
@@ -30,18 +31,13 @@ class CliError(Exception):
 
 
 def parse_shape(text: str | None) -> list[int] | None:
-    """ "1,3,224,224" -> [1, 3, 224, 224]."""
+    """ "1,3,224,224" -> [1, 3, 224, 224], in the contract's grammar (`contract.shapes`)."""
     if not text:
         return None
     try:
-        shape = [int(part) for part in text.replace("x", ",").split(",") if part.strip()]
-    except ValueError:
-        raise CliError(
-            "invalid_input_shape", f"--input-shape must be like 1,3,224,224: {text!r}"
-        ) from None
-    if not shape or any(d < 1 for d in shape):
-        raise CliError("invalid_input_shape", f"--input-shape must be positive integers: {text!r}")
-    return shape
+        return list(shapes.parse_shape(text))
+    except shapes.ShapeError as exc:
+        raise CliError("invalid_input_shape", f"--input-shape {exc}") from None
 
 
 def build_spec(

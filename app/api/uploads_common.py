@@ -16,6 +16,7 @@ from app.core.errors import InsufficientStorage, TooManyRequests, ValidationFail
 from app.core.pools import run_in
 from app.core.ratelimit import NoTurn, TenantTurns
 from app.uploads import SavedUpload, is_out_of_space, quota_exceeded, receive_upload
+from contract.shapes import ShapeError, parse_shape
 from infra.config import Settings
 from infra.db.models import Dataset, Model
 from infra.db.quota import quota_left
@@ -30,19 +31,13 @@ Upload = TypeVar("Upload", Model, Dataset)
 
 
 def parse_input_shape(raw: str | None) -> list[int] | None:
-    """`"1,3,224,224"` (brackets and spaces tolerated) -> `[1, 3, 224, 224]`."""
+    """`"1,3,224,224"` -> `[1, 3, 224, 224]`, in the contract's grammar (`contract.shapes`)."""
     if raw is None or not raw.strip():
         return None
-    text = raw.strip().removeprefix("[").removesuffix("]")
     try:
-        dims = [int(part) for part in text.split(",")]
-    except ValueError as exc:
-        raise ValidationFailed(
-            "input_shape", "expected comma-separated integers such as 1,3,224,224"
-        ) from exc
-    if not 1 <= len(dims) <= 8 or any(d < 1 or d > 1_000_000 for d in dims):
-        raise ValidationFailed("input_shape", "expected 1 to 8 dimensions, each at least 1")
-    return dims
+        return list(parse_shape(raw))
+    except ShapeError as exc:
+        raise ValidationFailed("input_shape", str(exc)) from exc
 
 
 def parse_arch(raw: str | None) -> str | None:

@@ -27,6 +27,7 @@ from typing import Any
 
 from contract import DatasetInfo, ModelInfo, ModelStats
 from contract.model_info import Prunability
+from contract.shapes import ShapeError, parse_shape
 from worker.engine.errors import EngineError, InvalidDataset, UnsupportedModel
 from worker.engine.sandbox import deny_network
 
@@ -288,9 +289,9 @@ def _apply_limits(max_memory_bytes: int | None, max_cpu_s: int | None) -> None:
 
 def _shape(text: str) -> list[int]:
     try:
-        return [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a shape such as 1,3,224,224") from exc
+        return list(parse_shape(text))
+    except ShapeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -31,6 +31,7 @@ import torch
 from torch import fx, nn
 
 from contract import TensorInfo
+from contract.shapes import parse_shapes
 from worker.engine.errors import EngineError, UnsupportedModel, describe_failure
 from worker.engine.load.screen import check_onnx_allocations, onnx_graphs, screen_onnx, screen_pt2
 from worker.engine.load.sniff import sniff_format
@@ -73,23 +74,20 @@ def load_model(
 
 
 def parse_input_shape(value: InputShape) -> list[tuple[int, ...]] | None:
-    """`"1,3,224,224"` (inputs separated by `;`), a list of ints, or a list of lists."""
+    """A string in the contract's grammar (`contract.shapes`: inputs separated by `;`), a
+    list of ints, or a list of lists."""
     if value is None or value == "" or value == []:
         return None
     try:
         if isinstance(value, str):
-            shapes = [
-                tuple(int(v) for v in re.split(r"[,x ]+", part.strip().strip("[]()")) if v)
-                for part in value.split(";")
-                if part.strip()
-            ]
+            shapes = parse_shapes(value)
         elif all(isinstance(v, int | np.integer) for v in value):
             shapes = [tuple(int(v) for v in value)]  # type: ignore[arg-type]
         else:
             shapes = [tuple(int(v) for v in shape) for shape in value]  # type: ignore[union-attr]
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError) as exc:  # ShapeError is a ValueError
         raise UnsupportedModel(
-            f"input_shape {value!r} is not a list of integers such as 1,3,224,224",
+            f"input_shape {value!r} is not a list of integers such as 1,3,224,224 ({exc})",
             code="input_shape_mismatch",
         ) from exc
     for shape in shapes:
