@@ -45,3 +45,20 @@ def test_a_targets_kind_is_the_field_that_is_set(kind: str) -> None:
     assert target.kind == kind
     assert target.value == 0.5
     assert set(get_args(TargetKind)) == set(Target.model_fields)
+
+
+@pytest.mark.parametrize(
+    ("target", "scope", "strategy"),
+    [
+        ({"latency_reduction": 0.5}, "global", "latency_search"),
+        ({"latency_reduction": 0.5}, "sensitivity", "latency_search"),
+        ({"macs_reduction": 0.5}, "sensitivity", "allocation"),
+        ({"params_reduction": 0.5}, "layerwise", "iterative"),
+        ({"channel_ratio": 0.3}, "global", "iterative"),
+    ],
+)
+def test_one_function_chooses_the_pruning_strategy(target, scope, strategy) -> None:  # noqa: ANN001
+    from contract import PruneSpec
+    from worker.engine.prune.to_target import choose_strategy
+
+    assert choose_strategy(PruneSpec(target=Target(**target), scope=scope)) == strategy

@@ -55,7 +55,8 @@ from worker.engine.measure.report_warnings import LATENCY_BAND, latency_warning
 from worker.engine.prune.budget import ProbeResult, sampling_warning, search_strength
 from worker.engine.prune.by_allocation import sensitivity_weights
 from worker.engine.prune.latency_search import LatencyProbe
-from worker.engine.prune.to_target import TOLERANCE, PruneResult, prune_model
+from worker.engine.prune.ranking_inputs import LossFn
+from worker.engine.prune.to_target import TOLERANCE, PruneResult, choose_strategy, prune_model
 from worker.engine.ship import quantize
 from worker.engine.ship.export import (
     RELATIVE_TOLERANCE,
@@ -264,7 +265,7 @@ def _agreement_on_data(state: _State) -> bool:
     return splits is not None and splits.val is not None and len(state.loaded.inputs) == 1
 
 
-def _taylor_loss(state: _State, device: str) -> Callable[[nn.Module], torch.Tensor] | None:
+def _taylor_loss(state: _State, device: str) -> LossFn | None:
     """Loss whose gradients rank channels for `taylor`, on real samples when there are any.
 
     Labeled data: cross-entropy. Unlabeled data: alignment with the original's outputs
@@ -383,8 +384,7 @@ def _probe_inputs(state: _State, device: str) -> tuple[torch.Tensor, ...]:
 def _scan_once(state: _State, spec: JobSpec, device: str, t: _Tracker) -> None:
     """Sensitivity weights of the unpruned model, shared by every probe and the final prune:
     for the sensitivity scope, and for latency targets (whose search also tries them)."""
-    wanted = spec.prune.scope == "sensitivity" or spec.prune.target.kind == "latency_reduction"
-    if not wanted or state.sensitivity is not None:
+    if choose_strategy(spec.prune) == "iterative" or state.sensitivity is not None:
         return
     module = state.loaded.module.to(device).eval()
     modules = dict(module.named_modules())
@@ -837,7 +837,7 @@ def _prune(state: _State, spec: JobSpec, device: str, t: _Tracker, cache_dir: Pa
         tempfile.TemporaryDirectory(prefix="latency-") as workdir,
     ):
         goal = spec
-        if spec.prune.target.kind == "latency_reduction":
+        if choose_strategy(spec.prune) == "latency_search":
             _trace_for_blocks(state, device)
             state.latency = _latency_probe(state, spec, device, Path(workdir), cache_dir)
             spec = _aim_before_int8(state, spec, device, Path(workdir))

@@ -6,5 +6,6 @@
 - `latency_search`: latency targets, candidates timed on the serving runtime.
 - `budget`: the strongest pruning whose measured accuracy drop fits the budget.
 - `planner`, `allocate`, `importance`: steps priced before they are applied, per-layer
-  widths under a budget, and the channel importance criteria.
+  widths under a budget, and the channel importance criteria (a registry by contract
+  name); `ranking_inputs`: the loss and seeded inputs rankings take gradients on.
 """

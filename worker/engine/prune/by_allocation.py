@@ -16,7 +16,7 @@ accuracy this way (about what the same network pruned before folding keeps), its
 Conv1d sequence net 1-2 points more at 20-40x; at 15-25x the two rankings tie.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -28,8 +28,8 @@ from contract import HistoryPoint, PruneSpec
 from worker.engine.analyze import sensitivity
 from worker.engine.analyze.costs import ChannelCost, MacCost, ParamCost
 from worker.engine.analyze.preflight import PRUNER_KWARGS
-from worker.engine.errors import JobCancelled, PruningFailed
-from worker.engine.measure.stats import MacProfile, carries_batch, count_params
+from worker.engine.errors import PruningFailed
+from worker.engine.measure.stats import MacProfile, count_params
 from worker.engine.prune.allocate import (
     Allocation,
     LayerCost,
@@ -38,6 +38,7 @@ from worker.engine.prune.allocate import (
     apply_allocation,
     collect_slots,
 )
+from worker.engine.prune.context import PruneContext
 from worker.engine.prune.importance import has_batchnorm, make_importance
 from worker.engine.prune.planner import (
     WidthMultiple,
@@ -45,9 +46,8 @@ from worker.engine.prune.planner import (
     constant_multiple,
     hardware_multiple,
 )
-
-LossFn = Callable[[nn.Module], torch.Tensor]
-CancelFn = Callable[[], bool]
+from worker.engine.prune.ranking_inputs import backprop, seeded_probes, taylor_proxy
+from worker.engine.types import CancelFn
 
 
 def width_rule(spec: PruneSpec) -> WidthMultiple:
@@ -113,32 +113,14 @@ def ranking(spec: PruneSpec, module: nn.Module, notes: list[str]) -> tp.importan
     return make_importance(spec.method, module=module, notes=notes)
 
 
-def seeded_probes(inputs: Sequence[torch.Tensor], batch: int = 8) -> tuple[torch.Tensor, ...]:
-    """Seeded standard-normal inputs shaped like `inputs`, for data-free measurements."""
-    gen = torch.Generator().manual_seed(0)
-    shapes = [
-        (batch, *x.shape[1:]) if b else x.shape
-        for x, b in zip(inputs, carries_batch(inputs), strict=True)
-    ]
-    return tuple(
-        torch.randn(shape, generator=gen, dtype=x.dtype).to(x.device)
-        for x, shape in zip(inputs, shapes, strict=True)
-    )
-
-
 def score(
     module: nn.Module,
     inputs: tuple[torch.Tensor, ...],
     spec: PruneSpec,
     ignored: Sequence[nn.Module],
+    ctx: PruneContext,
     *,
     rule: WidthMultiple,
-    notes: list[str],
-    loss_fn: LossFn | None = None,
-    weights: dict[str, float] | None = None,
-    probe_inputs: Sequence[torch.Tensor] | None = None,
-    on_progress: Callable[[float], None] | None = None,
-    should_cancel: CancelFn | None = None,
     importance: tp.importance.Importance | None = None,
 ) -> Scored:
     """Build the graph and score every group; sensitivity-weighted when the scope says so.
@@ -156,7 +138,7 @@ def score(
         importance=(
             importance
             if importance is not None
-            else make_importance(spec.method, module=module, notes=notes)
+            else make_importance(spec.method, module=module, notes=ctx.notes)
         ),
         global_pruning=False,
         pruning_ratio=0.0,
@@ -167,21 +149,24 @@ def score(
         **PRUNER_KWARGS,
     )
     if spec.method == "taylor":
-        _backprop(module, loss_fn or _alignment_loss(module, inputs))
+        backprop(module, ctx.loss_fn or taylor_proxy(module, inputs))
     slots = collect_slots(pruner, width_multiple=rule, max_layer_ratio=spec.max_layer_ratio)
     module.zero_grad(set_to_none=True)
     if not slots:
         raise PruningFailed("no prunable layer groups left", code="nothing_to_prune")
     if spec.scope == "sensitivity":
+        weights = ctx.weights
         if weights is None:
-            probes = tuple(probe_inputs) if probe_inputs is not None else seeded_probes(inputs)
+            probes = (
+                tuple(ctx.probe_inputs) if ctx.probe_inputs is not None else seeded_probes(inputs)
+            )
             changes = sensitivity.scan(
                 module,
                 pruner.DG,
                 slots,
                 probes,
-                on_progress=on_progress,
-                should_cancel=should_cancel,
+                on_progress=ctx.on_progress,
+                should_cancel=ctx.should_cancel,
             )
             weights = sensitivity.weights(changes)
         for slot in slots:
@@ -198,32 +183,17 @@ def sensitivity_weights(
     should_cancel: CancelFn | None = None,
 ) -> dict[str, float]:
     """The scan's weights alone, to reuse across several prunings of copies of `module`."""
-    notes: list[str] = []
+    ctx = PruneContext(probe_inputs=probe_inputs, should_cancel=should_cancel)
     scored = score(
         module,
         inputs,
         spec.model_copy(update={"scope": "sensitivity"}),
         ignored,
+        ctx,
         rule=width_rule(spec),
-        notes=notes,
-        probe_inputs=probe_inputs,
-        should_cancel=should_cancel,
-        importance=ranking(spec, module, notes),
+        importance=ranking(spec, module, ctx.notes),
     )
     return {slot.name: slot.weight for slot in scored.slots}
-
-
-def _alignment_loss(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> LossFn:
-    # Imported here: prune.py imports this module.
-    from worker.engine.prune.to_target import _taylor_proxy
-
-    return _taylor_proxy(module, inputs)
-
-
-def _backprop(module: nn.Module, loss_fn: LossFn) -> None:
-    module.zero_grad(set_to_none=True)
-    with torch.enable_grad():
-        loss_fn(module).backward()
 
 
 def target_cost(scored: Scored, spec: PruneSpec, module: nn.Module) -> tuple[LayerCost, float]:
@@ -244,35 +214,22 @@ def prune_by_cost(
     inputs: tuple[torch.Tensor, ...],
     spec: PruneSpec,
     ignored: Sequence[nn.Module],
-    *,
-    notes: list[str],
-    loss_fn: LossFn | None = None,
-    weights: dict[str, float] | None = None,
-    probe_inputs: Sequence[torch.Tensor] | None = None,
-    on_progress: Callable[[float], None] | None = None,
-    should_cancel: CancelFn | None = None,
+    ctx: PruneContext,
 ) -> tuple[list[HistoryPoint], Allocation]:
     """Prune `module` in place to a MACs, parameter or channel target by allocation."""
-    report = on_progress or (lambda _f: None)
     scored = score(
         module,
         inputs,
         spec,
         ignored,
+        ctx.within(0.0, 0.8),
         rule=width_rule(spec),
-        notes=notes,
-        loss_fn=loss_fn,
-        weights=weights,
-        probe_inputs=probe_inputs,
-        on_progress=lambda f: report(0.8 * f),
-        should_cancel=should_cancel,
-        importance=ranking(spec, module, notes),
+        importance=ranking(spec, module, ctx.notes),
     )
-    if should_cancel is not None and should_cancel():
-        raise JobCancelled()
+    ctx.check_cancel()
     cost, budget = target_cost(scored, spec, module)
     allocation = allocate_tilted(scored.slots, cost, budget)
     apply_allocation(scored.pruner.DG, scored.slots, allocation.keep)
-    report(1.0)
+    ctx.report(1.0)
     point = HistoryPoint(step=1, macs=scored.profile.estimate(), params=count_params(module))
     return [point], allocation

@@ -48,8 +48,10 @@ from worker.engine.prune.allocate import (
     apply_allocation,
     with_rule,
 )
-from worker.engine.prune.by_allocation import LossFn, Scored, score, seeded_probes
+from worker.engine.prune.by_allocation import Scored, score
+from worker.engine.prune.context import PruneContext
 from worker.engine.prune.planner import WidthMultiple, constant_multiple, hardware_multiple
+from worker.engine.prune.ranking_inputs import seeded_probes
 
 # Measured latency may exceed the target latency by this fraction and still meet it.
 LATENCY_SLACK = 0.05
@@ -432,41 +434,22 @@ def prune_to_latency(
     ignored: Sequence[nn.Module],
     probe: LatencyProbe,
     plain: Callable[[nn.Module, float], None],
-    *,
-    notes: list[str],
-    loss_fn: LossFn | None = None,
-    weights: dict[str, float] | None = None,
-    probe_inputs: Sequence[torch.Tensor] | None = None,
-    on_progress: Callable[[float], None] | None = None,
-    should_cancel: Callable[[], bool] | None = None,
+    ctx: PruneContext,
 ) -> tuple[list[HistoryPoint], dict[str, float]]:
     """Prune `module` in place to `spec.target.latency_reduction`; returns the history and
     the latency figures reached (ms of the original, the target and the pruned model).
 
     `plain(module, macs_reduction)` prunes a module in place the ordinary way (global
     ranking to a MACs target): the simpler reference every candidate is held against."""
-    cancel = should_cancel or (lambda: False)
-    report = on_progress or (lambda _f: None)
-    scored = score(
-        module,
-        inputs,
-        spec,
-        ignored,
-        rule=hardware_multiple,
-        notes=notes,
-        loss_fn=loss_fn,
-        weights=weights,
-        probe_inputs=probe_inputs,
-        on_progress=lambda f: report(0.2 * f),
-        should_cancel=cancel,
-    )
+    cancel = ctx.cancelled
+    scored = score(module, inputs, spec, ignored, ctx.within(0.0, 0.2), rule=hardware_multiple)
     latency_cost = LatencyCost(probe.table, scored.profile, input_shapes(module, inputs))
     goal = 1.0 - spec.target.value
     # Candidates aim a little faster than the target: timings move by a few percent from
     # one run to the next on a shared machine, and the target must hold in the next run.
     aim = goal * (1.0 - AIM_MARGIN)
-    probes = tuple(probe_inputs) if probe_inputs is not None else seeded_probes(inputs)
-    weighted = _weighted(module, scored, spec, weights, probes, cancel)
+    probes = tuple(ctx.probe_inputs) if ctx.probe_inputs is not None else seeded_probes(inputs)
+    weighted = _weighted(module, scored, spec, ctx.weights, probes, cancel)
     families = _families(spec, scored.slots, latency_cost, inputs, plain, weighted)
     removable = _removable_blocks(module, inputs, ignored, probe, probes, cancel)
     by_blocks = _block_families(
@@ -484,7 +467,7 @@ def prune_to_latency(
         )
         if found is not None:
             finalists.append(found)
-        report(0.2 + 0.7 * (i + 1) / len(families))
+        ctx.report(0.2 + 0.7 * (i + 1) / len(families))
     probe.table.save()
     times = probe.measure({c.label: c.module for c in finalists})
     for c in finalists:
@@ -500,7 +483,7 @@ def prune_to_latency(
         chosen = _recovered_choice(finalists, chosen, goal, probe.recover, cancel)
     chosen = _settle(finish, chosen)
     chosen.apply(module)
-    notes.append(_summary(finalists, chosen, goal, probe.table))
+    ctx.notes.append(_summary(finalists, chosen, goal, probe.table))
     original_ms = times["original"]
     figures = {
         "latency_ms_original": original_ms,
@@ -508,7 +491,7 @@ def prune_to_latency(
         "latency_ms_measured": chosen.ratio * original_ms,
         "latency_reduction_measured": 1.0 - chosen.ratio,
     }
-    report(1.0)
+    ctx.report(1.0)
     point = HistoryPoint(step=1, macs=count_macs(module, inputs), params=count_params(module))
     return [point], figures
 

@@ -15,6 +15,7 @@ finer multiples.
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
@@ -24,7 +25,8 @@ from worker.engine.analyze.preflight import PRUNER_KWARGS
 from worker.engine.errors import JobCancelled, PruningFailed
 from worker.engine.measure.evaluate import is_classification, output_tensors
 from worker.engine.measure.stats import MacProfile, count_macs, count_params
-from worker.engine.prune.by_allocation import prune_by_cost, seeded_probes
+from worker.engine.prune.by_allocation import prune_by_cost
+from worker.engine.prune.context import PruneContext
 from worker.engine.prune.importance import make_importance
 from worker.engine.prune.latency_search import LatencyProbe, prune_to_latency
 from worker.engine.prune.planner import (
@@ -37,6 +39,7 @@ from worker.engine.prune.planner import (
     removed_channels,
     search_ratio,
 )
+from worker.engine.prune.ranking_inputs import LossFn, backprop, seeded_probes, taylor_proxy
 
 __all__ = ["PruneResult", "hardware_multiple", "prune_model", "TOLERANCE", "UNSTRUCTURED_NOTE"]
 
@@ -46,8 +49,6 @@ TOLERANCE = 0.02
 _AIM_FINAL, _AIM_STEP = 0.005, 0.02
 _EVALS_FINAL, _EVALS_STEP = 14, 6
 UNSTRUCTURED_NOTE = "unstructured sparsity gives no speed-up in onnxruntime"
-
-LossFn = Callable[[nn.Module], torch.Tensor]
 
 
 @dataclass
@@ -102,32 +103,6 @@ def _ignored_names(
 def _resolve(module: nn.Module, names: list[str]) -> list[nn.Module]:
     modules = dict(module.named_modules())
     return [modules[n] for n in names]
-
-
-def _taylor_proxy(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> LossFn:
-    """Data-free Taylor loss: alignment with the original outputs on seeded random inputs.
-
-    Its gradient is the sensitivity of the outputs along their original direction, so a
-    channel's |weight x gradient| estimates how much removing it changes what the model says.
-    """
-    gen = torch.Generator().manual_seed(0)
-    probes = tuple(
-        torch.randn((8, *x.shape[1:]), generator=gen, dtype=x.dtype).to(x.device) for x in inputs
-    )
-    with torch.no_grad():
-        reference = [t.detach() for t in output_tensors(module(*probes))]
-
-    def loss(m: nn.Module) -> torch.Tensor:
-        outs = output_tensors(m(*probes))
-        return sum((o * r).mean() for o, r in zip(outs, reference, strict=True))  # type: ignore[return-value]
-
-    return loss
-
-
-def _backprop(model: nn.Module, loss_fn: LossFn) -> None:
-    model.zero_grad(set_to_none=True)
-    with torch.enable_grad():
-        loss_fn(model).backward()
 
 
 def _reduction(before: int, after: int) -> float:
@@ -275,8 +250,8 @@ def _iterate(
         if cancel():
             raise JobCancelled()
         if run.spec.method == "taylor":
-            proxy = loss_fn or proxy or _taylor_proxy(run.module, run.inputs)
-            _backprop(run.module, proxy)
+            proxy = loss_fn or proxy or taylor_proxy(run.module, run.inputs)
+            backprop(run.module, proxy)
             run.pruner.forget_importance()
         choice = run.choose(step, step == steps, ratio)
         _apply(run, choice)
@@ -343,6 +318,22 @@ def _prune_unstructured(module: nn.Module, spec: PruneSpec, ignored: list[str]) 
     return zeros / sum(w.numel() for w in weights)
 
 
+# How a spec is pruned; `choose_strategy` is the one place that decides.
+Strategy = Literal["latency_search", "allocation", "iterative"]
+
+
+def choose_strategy(spec: PruneSpec) -> Strategy:
+    """`latency_search` for a latency target (candidates timed on the runtime,
+    `latency_search.py`); `allocation` for the sensitivity scope (widths for the whole
+    model at once, `by_allocation.py`); otherwise `iterative` (torch-pruning steps,
+    channels re-ranked after each, here)."""
+    if spec.target.kind == "latency_reduction":
+        return "latency_search"
+    if spec.scope == "sensitivity":
+        return "allocation"
+    return "iterative"
+
+
 def prune_model(
     module: nn.Module,
     example_inputs: torch.Tensor | Sequence[torch.Tensor],
@@ -367,7 +358,7 @@ def prune_model(
     A `latency_reduction` target needs `latency` (a latency table and a way to time
     candidates on the runtime). `prune.scope: "sensitivity"` scans the layers on
     `probe_inputs` (seeded noise when None) unless `sensitivity` gives the weights
-    already (from `prune_alloc.sensitivity_weights`).
+    already (from `by_allocation.sensitivity_weights`).
     """
     inputs = _as_inputs(example_inputs)
     cancel = should_cancel or (lambda: False)
@@ -375,7 +366,7 @@ def prune_model(
     was_training = module.training
     module.eval()  # tracing runs forward passes: BatchNorm statistics must not move
     try:
-        if spec.target.kind == "latency_reduction" or spec.scope == "sensitivity":
+        if choose_strategy(spec) != "iterative":
             allocated = _Allocated(latency, sensitivity, probe_inputs)
             return allocated.prune(module, inputs, spec, ignored, loss_fn, on_progress, cancel)
         return _prune(module, inputs, spec, ignored, loss_fn, on_progress, cancel)
@@ -394,9 +385,7 @@ class _Allocated:
     def prune(self, module, inputs, spec, ignored, loss_fn, on_progress, cancel) -> PruneResult:
         macs_before, params_before = count_macs(module, inputs), count_params(module)
         widths_before = _prunable_layers(module)
-        notes: list[str] = []
-        options = dict(
-            notes=notes,
+        ctx = PruneContext(
             loss_fn=loss_fn,
             weights=self.weights,
             probe_inputs=self.probe_inputs,
@@ -407,7 +396,7 @@ class _Allocated:
         achieved: dict[str, float] = {}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            if spec.target.kind == "latency_reduction":
+            if choose_strategy(spec) == "latency_search":
                 if self.latency is None:
                     raise PruningFailed(
                         "a latency target needs the runtime to measure on",
@@ -420,10 +409,10 @@ class _Allocated:
                     layers,
                     self.latency,
                     _plain_pruning(inputs, spec, ignored, loss_fn, cancel),
-                    **options,
+                    ctx,
                 )
             else:
-                history, allocation = prune_by_cost(module, inputs, spec, layers, **options)
+                history, allocation = prune_by_cost(module, inputs, spec, layers, ctx)
                 kept = sum(allocation.keep.values())
                 achieved["channel_ratio"] = 1.0 - kept / max(1, _units_before(allocation))
         return _finish(
@@ -433,7 +422,7 @@ class _Allocated:
             widths_before,
             (macs_before, params_before),
             history,
-            notes,
+            ctx.notes,
             achieved,
             on_progress,
         )

@@ -29,6 +29,7 @@ from worker.engine.measure.evaluate import accuracy, is_classification, output_t
 from worker.engine.prune.importance import has_batchnorm
 from worker.engine.train.data import DatasetSplits
 from worker.engine.train.renorm import fold_batchnorm, insert_batchnorm
+from worker.engine.types import CancelFn
 
 # Samples used to calibrate the temporary BatchNorm of models that have none.
 CALIBRATION_SAMPLES = 256
@@ -39,7 +40,6 @@ MAX_GRAD_NORM = 10.0
 SEED = 0
 
 ProgressFn = Callable[[float], None]
-CancelFn = Callable[[], bool]
 
 
 def distillation_loss(
