@@ -16,19 +16,20 @@ from tests.engine.tiny_nets import TinyMobileNet, TinyResNet, seeded
 from worker.engine.measure import latency
 from worker.engine.measure.latency import LayerLatencyTable, LayerShape, layer_shape
 from worker.engine.measure.stats import count_macs
-from worker.engine.prune.latency_search import (
-    _CONFIRM_RUNS,
+from worker.engine.prune.latency_candidates import (
+    CONFIRM_RUNS,
     LATENCY_SLACK,
     Candidate,
+    Finish,
+    Kind,
     LatencyProbe,
-    _choose,
-    _Finish,
-    _next_fraction,
-    _polish,
-    _reaim,
-    _recovered_choice,
-    _settle,
-    _worth_reaiming,
+    choose,
+    next_fraction,
+    polish,
+    reaim,
+    recovered_choice,
+    settle,
+    worth_reaiming,
 )
 from worker.engine.prune.to_target import prune_model
 
@@ -107,13 +108,13 @@ def test_the_cache_file_keeps_measurements_between_tables(tmp_path: Path) -> Non
     assert LayerLatencyTable(cache_dir=tmp_path).point_ms(CONV, 16, 16) > 0  # re-measured
 
 
-def _candidate(label: str, ratio: float, error: float) -> Candidate:
-    return Candidate(label, lambda module: None, ratio, nn.Identity(), error)
+def _candidate(label: str, ratio: float, error: float, kind: Kind = "channels") -> Candidate:
+    return Candidate(label, kind, lambda module: None, nn.Identity(), [ratio], error)
 
 
-def _finish(finalists: list[Candidate], aim: float, probe: LatencyProbe) -> _Finish:
+def _finish(finalists: list[Candidate], aim: float, probe: LatencyProbe) -> Finish:
     """The steps after the family searches, for a 0.5 target on a stand-in model."""
-    return _Finish(nn.Identity(), finalists, aim, 0.5, probe, (torch.ones(1, 3),), lambda: False)
+    return Finish(nn.Identity(), finalists, aim, 0.5, probe, (torch.ones(1, 3),), lambda: False)
 
 
 def test_choice_prefers_the_band_around_the_target_then_the_closest_outputs() -> None:
@@ -125,8 +126,8 @@ def test_choice_prefers_the_band_around_the_target_then_the_closest_outputs() ->
         _candidate("over, within the band", goal * (1 + LATENCY_SLACK) - 1e-6, 2.0),
     ]
     # Within 5% either way is on target; the band's edge is then corrected (_polish).
-    assert _choose(picks, goal).label == "over, within the band"
-    assert _choose(picks[:3], goal).label == "under, closer outputs"
+    assert choose(picks, goal).label == "over, within the band"
+    assert choose(picks[:3], goal).label == "under, closer outputs"
 
 
 def test_choice_prefers_a_hair_over_the_target_to_far_faster_than_asked() -> None:
@@ -138,31 +139,35 @@ def test_choice_prefers_a_hair_over_the_target_to_far_faster_than_asked() -> Non
         _candidate("a hair over", 0.501, 1.1),
         _candidate("a bit more over", 0.51, 1.0),
     ]
-    assert _choose(picks, goal).label == "a bit more over"
+    assert choose(picks, goal).label == "a bit more over"
     # Far faster still beats missing the target.
-    assert _choose([picks[0], _candidate("misses", 0.6, 0.1)], goal).label == "over-pruned"
+    assert choose([picks[0], _candidate("misses", 0.6, 0.1)], goal).label == "over-pruned"
 
 
 def test_choice_never_returns_a_dominated_candidate() -> None:
     # Both meet the target; "simple" is faster and closer to the original: it must win.
     picks = [_candidate("fancy", 0.5, 2.0), _candidate("simple", 0.48, 1.5)]
-    assert _choose(picks, 0.5).label == "simple"
+    assert choose(picks, 0.5).label == "simple"
     # Nothing meets the target: the fastest is returned.
-    assert _choose([_candidate("a", 0.8, 1.0), _candidate("b", 0.7, 5.0)], 0.5).label == "b"
+    assert choose([_candidate("a", 0.8, 1.0), _candidate("b", 0.7, 5.0)], 0.5).label == "b"
 
 
 def test_a_far_faster_candidate_with_closer_outputs_gets_its_family_re_aimed() -> None:
     family = lambda knob: (lambda module: None, True)  # noqa: E731
     on_target = _candidate("on target", 0.49, 2.0)
-    better_way = Candidate("better way", lambda m: None, 0.4, nn.Identity(), 1.5, family, 0.5)
-    worse_way = Candidate("worse way", lambda m: None, 0.3, nn.Identity(), 2.5, family, 0.4)
+    better_way = Candidate(
+        "better way", "channels", lambda m: None, nn.Identity(), [0.4], 1.5, family, 0.5
+    )
+    worse_way = Candidate(
+        "worse way", "channels", lambda m: None, nn.Identity(), [0.3], 2.5, family, 0.4
+    )
     finalists = [on_target, better_way, worse_way]
-    assert _choose(finalists, 0.5) is on_target
-    assert _worth_reaiming(finalists, on_target, 0.5) is better_way
+    assert choose(finalists, 0.5) is on_target
+    assert worth_reaiming(finalists, on_target, 0.5) is better_way
     # Outputs no closer than the chosen one's: nothing to re-aim.
-    assert _worth_reaiming([on_target, worse_way], on_target, 0.5) is None
+    assert worth_reaiming([on_target, worse_way], on_target, 0.5) is None
     # Nothing nearer the target was found: the far faster winner is re-aimed itself.
-    assert _worth_reaiming([worse_way], worse_way, 0.5) is worse_way
+    assert worth_reaiming([worse_way], worse_way, 0.5) is worse_way
 
 
 def test_re_aiming_prunes_less_and_lands_on_target() -> None:
@@ -176,11 +181,11 @@ def test_re_aiming_prunes_less_and_lands_on_target() -> None:
     def measure(candidates: dict[str, nn.Module]) -> dict[str, float]:
         return {"original": 1.0, **{k: m.knob for k, m in candidates.items()}}
 
-    overshot = Candidate("plain", lambda m: None, 0.3, nn.Identity(), 0.5, family, 0.3)
+    overshot = Candidate("plain", "plain", lambda m: None, nn.Identity(), [0.3], 0.5, family, 0.3)
     on_target = _candidate("on target", 0.49, 2.0)
     probe = LatencyProbe(table=LayerLatencyTable(), measure=measure)
     finish = _finish([on_target, overshot], 0.485, probe)
-    chosen = _reaim(finish, overshot, on_target)
+    chosen = reaim(finish, overshot, on_target)
     assert knobs == [pytest.approx(0.485)]  # one proportional correction sufficed
     assert chosen.label == "plain, re-aimed" and chosen.ratio == pytest.approx(0.485)
 
@@ -197,18 +202,18 @@ def test_a_winner_at_the_edge_of_the_band_is_corrected_towards_the_aim() -> None
     def measure(candidates: dict[str, nn.Module]) -> dict[str, float]:
         return {"original": 1.0, **{k: getattr(m, "knob", 0.476) for k, m in candidates.items()}}
 
-    edge = Candidate("edge", lambda m: None, 0.476, nn.Identity(), 0.5, family, 0.476)
+    edge = Candidate("edge", "channels", lambda m: None, nn.Identity(), [0.476], 0.5, family, 0.476)
     finalists = [edge]
     probe = LatencyProbe(table=LayerLatencyTable(), measure=measure)
-    chosen = _polish(_finish(finalists, 0.495, probe), edge)
+    chosen = polish(_finish(finalists, 0.495, probe), edge)
     assert knobs == [pytest.approx(0.495)]
     assert chosen.label == "edge, corrected" and chosen.ratio == pytest.approx(0.495)
     assert finalists[-1] is chosen
     # Already near the aim, also when timed afresh: nothing is built.
     near_module = nn.Identity()
     near_module.knob = 0.492
-    near = Candidate("near", lambda m: None, 0.492, near_module, 0.5, family, 0.492)
-    assert _polish(_finish([near], 0.495, probe), near) is near and len(knobs) == 1
+    near = Candidate("near", "channels", lambda m: None, near_module, [0.492], 0.5, family, 0.492)
+    assert polish(_finish([near], 0.495, probe), near) is near and len(knobs) == 1
 
 
 def test_a_winner_chosen_on_a_lucky_reading_is_timed_afresh_and_corrected() -> None:
@@ -226,14 +231,16 @@ def test_a_winner_chosen_on_a_lucky_reading_is_timed_afresh_and_corrected() -> N
 
     lucky_module = nn.Identity()
     lucky_module.true = 0.54
-    lucky = Candidate("lucky", lambda m: None, 0.495, lucky_module, 0.5, family, 0.495)
+    lucky = Candidate(
+        "lucky", "channels", lambda m: None, lucky_module, [0.495], 0.5, family, 0.495
+    )
     probe = LatencyProbe(table=LayerLatencyTable(), measure=measure)
     finalists = [lucky]
-    chosen = _polish(_finish(finalists, 0.495, probe), lucky)
-    assert runs[:_CONFIRM_RUNS] == [["lucky"]] * _CONFIRM_RUNS  # afresh, before anything else
+    chosen = polish(_finish(finalists, 0.495, probe), lucky)
+    assert runs[:CONFIRM_RUNS] == [["lucky"]] * CONFIRM_RUNS  # afresh, before anything else
     assert lucky.ratio == pytest.approx(0.54)  # the lucky reading no longer counts
     assert chosen.label == "lucky, corrected" and chosen.ratio == pytest.approx(0.495)
-    assert runs[-_CONFIRM_RUNS:] == [["lucky", "lucky, corrected"]] * _CONFIRM_RUNS
+    assert runs[-CONFIRM_RUNS:] == [["lucky", "lucky, corrected"]] * CONFIRM_RUNS
 
 
 def test_a_correction_that_lands_no_nearer_keeps_the_winner() -> None:
@@ -245,9 +252,9 @@ def test_a_correction_that_lands_no_nearer_keeps_the_winner() -> None:
     def measure(candidates: dict[str, nn.Module]) -> dict[str, float]:
         return {"original": 1.0, **{k: 0.476 if k == "edge" else 0.45 for k in candidates}}
 
-    edge = Candidate("edge", lambda m: None, 0.476, nn.Identity(), 0.5, family, 0.476)
+    edge = Candidate("edge", "channels", lambda m: None, nn.Identity(), [0.476], 0.5, family, 0.476)
     probe = LatencyProbe(table=LayerLatencyTable(), measure=measure)
-    chosen = _polish(_finish([edge], 0.495, probe), edge)
+    chosen = polish(_finish([edge], 0.495, probe), edge)
     assert chosen is edge and chosen.ratio == pytest.approx(0.476)
 
 
@@ -266,31 +273,33 @@ def test_a_winner_off_target_when_timed_afresh_gives_way_to_the_next_finalist() 
         module.true = true
         return module
 
-    blocks = Candidate("blocks", lambda m: None, 0.495, module_at(0.43), 0.5, stuck, 0.9)
+    blocks = Candidate(
+        "blocks", "blocks", lambda m: None, module_at(0.43), [0.495], 0.5, stuck, 0.9
+    )
     blocks.recovered = 0.1
-    channels = Candidate("channels", lambda m: None, 0.5, module_at(0.497), 0.9)
-    plain = Candidate("plain", lambda m: None, 0.49, module_at(0.49), 1.2)
+    channels = Candidate("channels", "channels", lambda m: None, module_at(0.497), [0.5], 0.9)
+    plain = Candidate("plain", "plain", lambda m: None, module_at(0.49), [0.49], 1.2)
     plain.recovered = 0.3
     finalists = [blocks, channels, plain]
     probe = LatencyProbe(table=LayerLatencyTable(), measure=measure)
-    chosen = _settle(_finish(finalists, 0.495, probe), blocks)
+    chosen = settle(_finish(finalists, 0.495, probe), blocks)
     # The judged one comes before the closer outputs of one that was not judged.
     assert chosen is plain and plain.ratio == pytest.approx(0.49)
     assert blocks.ratio == pytest.approx(0.43)
     # Nothing else on target: the best of those timed afresh.
-    lone = Candidate("lone", lambda m: None, 0.495, module_at(0.43), 0.5, stuck, 0.9)
-    assert _settle(_finish([lone], 0.495, probe), lone) is lone
+    lone = Candidate("lone", "blocks", lambda m: None, module_at(0.43), [0.495], 0.5, stuck, 0.9)
+    assert settle(_finish([lone], 0.495, probe), lone) is lone
 
 
 def test_the_best_of_each_kind_is_judged_after_a_short_distillation() -> None:
     """Just pruned, the channel-thinned candidate's outputs are the closest; after a short
     distillation the one that removed blocks has recovered more, and wins."""
     finalists = [
-        _candidate("global pruning to MACs", 0.49, 0.97),
+        _candidate("global pruning to MACs", 0.49, 0.97, "plain"),
         _candidate("latency-priced, x8", 0.5, 0.95),
         _candidate("latency-priced, x16/x8", 0.49, 0.96),
-        _candidate("latency-priced, 2 residual blocks removed", 0.5, 1.05),
-        _candidate("latency-priced, 3 residual blocks removed", 0.3, 0.5),  # far faster
+        _candidate("latency-priced, 2 residual blocks removed", 0.5, 1.05, "blocks"),
+        _candidate("latency-priced, 3 residual blocks removed", 0.3, 0.5, "blocks"),  # faster
     ]
     after = {"global pruning to MACs": 0.2, "latency-priced, x8": 0.15}
     judged: list[str] = []
@@ -300,13 +309,13 @@ def test_the_best_of_each_kind_is_judged_after_a_short_distillation() -> None:
         judged.append(label)
         return after.get(label, 0.08)
 
-    chosen = _recovered_choice(finalists, _choose(finalists, 0.5), 0.5, recover, lambda: False)
+    chosen = recovered_choice(finalists, choose(finalists, 0.5), 0.5, recover, lambda: False)
     assert chosen.label == "latency-priced, 2 residual blocks removed"
     # One per kind, the closest outputs of its kind; nothing off target.
     assert sorted(judged) == sorted([*after, "latency-priced, 2 residual blocks removed"])
     # A single kind on target: nothing to judge.
     alone = [finalists[1], finalists[2]]
-    assert _recovered_choice(alone, finalists[1], 0.5, recover, lambda: False) is finalists[1]
+    assert recovered_choice(alone, finalists[1], 0.5, recover, lambda: False) is finalists[1]
     assert len(judged) == 3
 
 
@@ -365,16 +374,16 @@ def test_latency_target_without_a_runtime_is_refused() -> None:
 def test_choice_does_not_take_a_far_faster_candidate_for_closer_outputs() -> None:
     # Random-weight outputs barely tell candidates apart; speed beyond the target does.
     picks = [_candidate("over-pruned", 0.3, 0.99), _candidate("on target", 0.49, 1.0)]
-    assert _choose(picks, 0.5).label == "on target"
+    assert choose(picks, 0.5).label == "on target"
     # Nothing on target: the one meeting the target most narrowly.
     picks = [_candidate("far", 0.2, 0.5), _candidate("less far", 0.35, 0.9)]
-    assert _choose(picks, 0.5).label == "less far"
+    assert choose(picks, 0.5).label == "less far"
 
 
 def test_budget_correction_follows_the_proportional_step_when_noise_turns_the_secant() -> None:
     """Keeping more cost measured faster (0.529 then 0.511): noise, not the model. The
     secant would keep still more (0.549) and move away from a 0.485 aim."""
-    guess = _next_fraction([(0.50, 0.529), (0.52, 0.511)], 0.485)
+    guess = next_fraction([(0.50, 0.529), (0.52, 0.511)], 0.485)
     assert guess == pytest.approx(0.52 * 0.485 / 0.511)
 
 
@@ -382,12 +391,12 @@ def test_budget_correction_steps_at_most_twice_the_proportional_step() -> None:
     """Two tries 0.002 apart in ratio: their secant would cut the budget from 0.49 to
     0.275 and land far faster than asked; the step stops at twice the proportional one."""
     proportional_step = 0.49 * 0.485 / 0.528 - 0.49
-    guess = _next_fraction([(0.50, 0.530), (0.49, 0.528)], 0.485)
+    guess = next_fraction([(0.50, 0.530), (0.49, 0.528)], 0.485)
     assert guess == pytest.approx(0.49 + 2 * proportional_step)
 
 
 def test_budget_correction_takes_a_secant_that_refines_the_proportional_step() -> None:
     # The ratio moves 0.8 per unit of budget: the secant's step, smaller than twice the
     # proportional one, is taken as it is.
-    guess = _next_fraction([(0.60, 0.56), (0.55, 0.52)], 0.485)
+    guess = next_fraction([(0.60, 0.56), (0.55, 0.52)], 0.485)
     assert guess == pytest.approx(0.55 + (0.485 - 0.52) / 0.8)

@@ -350,7 +350,7 @@ def _make_block_removal_win(monkeypatch: pytest.MonkeyPatch) -> None:
     family's candidates on onnxruntime cost most of their time."""
     from worker.engine import pipeline
     from worker.engine.measure.stats import count_macs
-    from worker.engine.prune import latency_search
+    from worker.engine.prune import latency_candidates, latency_families
 
     real_probe = pipeline._latency_probe
 
@@ -364,12 +364,12 @@ def _make_block_removal_win(monkeypatch: pytest.MonkeyPatch) -> None:
                 name: count_macs(module, feeds) / original for name, module in candidates.items()
             }
 
-        return latency_search.LatencyProbe(probe.table, measure, probe.recover)
+        return latency_candidates.LatencyProbe(probe.table, measure, probe.recover)
 
     monkeypatch.setattr(pipeline, "_latency_probe", macs_probe)
 
     def prefer_blocks(finalists, goal):
-        removing = [c for c in finalists if "blocks removed" in c.label]
+        removing = [c for c in finalists if c.kind == "blocks"]
         assert removing, [c.label for c in finalists]
         return removing[0]
 
@@ -380,16 +380,16 @@ def _make_block_removal_win(monkeypatch: pytest.MonkeyPatch) -> None:
         def measure(self, variants: dict[str, torch.nn.Module]) -> dict[str, float]:
             return {"original": 1.0} | {name: 0.9 for name in variants}
 
-    find_removable = latency_search._removable_blocks
+    find_removable = latency_families.removable_blocks
 
     def removable(module, inputs, ignored, _probe, probes, cancel):
         return find_removable(module, inputs, ignored, EveryBlockSaves(), probes, cancel)
 
-    monkeypatch.setattr(latency_search, "_removable_blocks", removable)
-    monkeypatch.setattr(latency_search, "_choose", prefer_blocks)
-    monkeypatch.setattr(latency_search, "_recovered_choice", lambda _f, chosen, *_: chosen)
+    monkeypatch.setattr(latency_families, "removable_blocks", removable)
+    monkeypatch.setattr(latency_candidates, "choose", prefer_blocks)
+    monkeypatch.setattr(latency_candidates, "recovered_choice", lambda _f, chosen, *_: chosen)
     # Timed afresh, the winner may read off target and hand over to the next finalist.
-    monkeypatch.setattr(latency_search, "_settle", lambda _f, chosen: chosen)
+    monkeypatch.setattr(latency_candidates, "settle", lambda _f, chosen: chosen)
 
 
 @pytest.mark.slow
