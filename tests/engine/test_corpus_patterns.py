@@ -384,7 +384,7 @@ class _ChannelsLastWindowAttention(torch.nn.Module):
 
 def test_heads_split_from_a_channels_last_tensor_end_the_projection_group(tmp_path) -> None:
     from worker.engine.load import loaders
-    from worker.engine.load.onnx_converters import ChannelRegroup
+    from worker.engine.load.channel_modules import ChannelRegroup
 
     torch.manual_seed(0)
     path = _export_image_model(_ChannelsLastWindowAttention(), tmp_path / "attention.onnx")

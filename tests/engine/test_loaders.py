@@ -13,8 +13,8 @@ from torch import nn
 from contract import ExportSpec
 from tests.engine import models
 from worker.engine.errors import UnsupportedModel
+from worker.engine.load.channel_modules import ChannelConst
 from worker.engine.load.loaders import load_model, parse_input_shape
-from worker.engine.load.onnx_converters import ChannelConst
 from worker.engine.ship.export import export_onnx
 
 

@@ -7,8 +7,8 @@ from torch import nn
 from contract import TensorInfo
 from tests.engine import models
 from worker.engine.analyze.preflight import PRUNER_KWARGS, find_protected, run_preflight
+from worker.engine.load.channel_modules import ChannelConst
 from worker.engine.load.loaders import load_model
-from worker.engine.load.onnx_converters import ChannelConst
 from worker.engine.types import LoadedModel
 
 

@@ -182,8 +182,9 @@ def test_cancel_stops_a_group_discovery_that_does_not_return(tmp_path, monkeypat
 
 @pytest.fixture()
 def _registered() -> None:
-    """The pruners for the modules `onnx_converters` creates (idempotent; preflight's own
-    CUSTOM_PRUNERS registers them too once it calls `tp_extensions.register`)."""
+    """The pruners for the modules the FX rewrites create (`load/channel_modules.py`):
+    idempotent; preflight's own CUSTOM_PRUNERS registers them too once it calls
+    `tp_extensions.register`."""
     from worker.engine.analyze import preflight
     from worker.engine.analyze.tp_extensions import register
 

@@ -14,7 +14,8 @@ spatial size where the model allows, so the analysis costs a handful of small fo
 passes.
 
 `build_dependency_graph` and `PRUNER_KWARGS` give the pruner the same view of the model
-(custom pruners for the modules `onnx_converters` creates, the same root layer types).
+(custom pruners for the modules the FX rewrites create, `load/channel_modules.py`; the
+same root layer types).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from contract import ExportSpec
 from worker.engine.analyze.deadline import Deadline, analysis_budget, timed_forward, watchdog
 from worker.engine.analyze.tp_extensions import index_mapping_frozen, register
 from worker.engine.errors import AnalysisTimeout, JobCancelled, PruningFailed
-from worker.engine.load.onnx_converters import ChannelConst, ChannelShuffle
+from worker.engine.load.channel_modules import ChannelConst, ChannelShuffle
 from worker.engine.outputs import flatten_outputs
 from worker.engine.tp_adapter import param_names, set_param_names
 from worker.engine.types import LoadedModel, Preflight

@@ -1,8 +1,8 @@
-"""torch-pruning's knowledge of the modules `onnx_converters` creates beyond `ChannelConst`
-and `ChannelShuffle`: customized pruners, registered with `register`; and two speed-ups
-of its channel index mapping: `index_mapping_frozen`, for building many groups of a model
-that does not change, and `map_concat_indices`, installed in place of its own;
-`map_split_indices`, its split mapping with each consumer given the part it reads; and
+"""torch-pruning's knowledge of the modules the FX rewrites create (`load/channel_modules.py`)
+beyond `ChannelConst` and `ChannelShuffle`: customized pruners, registered with `register`;
+and two speed-ups of its channel index mapping: `index_mapping_frozen`, for building many
+groups of a model that does not change, and `map_concat_indices`, installed in place of its
+own; `map_split_indices`, its split mapping with each consumer given the part it reads; and
 `pruning_group`, its group search made to end on every graph, installed in place of
 `DependencyGraph.get_pruning_group`.
 
@@ -28,7 +28,7 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning import ops
 
-from worker.engine.load.onnx_converters import ChannelConv1d, ChannelRegroup
+from worker.engine.load.channel_modules import ChannelConv1d, ChannelRegroup
 from worker.engine.tp_adapter import (
     INDEX_MAPPING,
     MAX_VALID_DIM,

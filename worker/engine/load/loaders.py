@@ -2,7 +2,7 @@
 torch-pruning's DependencyGraph can analyse, plus the original I/O contract.
 
 - ONNX: checks (external data, non-finite weights), onnxslim clean-up (dynamic dims
-  kept symbolic), onnx2torch, then `onnx_converters.make_prunable`; the result is
+  kept symbolic), onnx2torch, then `fx_rewrites.make_prunable`; the result is
   checked against onnxruntime on the original bytes.
 - `.pt2` (`torch.export.save`): `ExportedProgram.module()`, with aten convolutions,
   linears and norms raised back into nn layers (torch-pruning prunes layers, not aten
@@ -526,7 +526,8 @@ def _onnx_to_torch(
     reference: list[np.ndarray],
 ) -> nn.Module:
     onnx2torch = _import_onnx2torch()
-    import worker.engine.load.onnx_converters as conv
+    import worker.engine.load.onnx_converters  # noqa: F401  (registers the extra converters)
+    from worker.engine.load import fx_rewrites as conv
 
     _check_converters(model)
     try:
@@ -806,7 +807,7 @@ def raise_aten_layers(gm: fx.GraphModule, example: Sequence[torch.Tensor]) -> fx
     """Turn aten convolution/linear/norm calls on parameters back into nn layers."""
     from torch.fx.passes.shape_prop import ShapeProp
 
-    import worker.engine.load.onnx_converters as conv
+    from worker.engine.load import fx_rewrites as conv
 
     graph = gm.graph
     with torch.no_grad():
