@@ -305,11 +305,11 @@ def test_a_detector_is_pruned_up_to_its_post_processing(tmp_path: Path) -> None:
 def test_the_cut_gives_the_network_float_outputs_only(tmp_path: Path) -> None:
     import functools
 
-    from worker.engine.load import loaders
+    from worker.engine.load.onnx_file import is_convertible, opset_versions
     from worker.engine.load.tail import split_tail
 
     model = onnx.load(str(tiny_detector(tmp_path / "det.onnx")))
-    cut = split_tail(model, functools.partial(loaders._convertible, opsets=loaders._opsets(model)))
+    cut = split_tail(model, functools.partial(is_convertible, opsets=opset_versions(model)))
     assert cut is not None
     head_ops = {n.op_type for n in cut.head.graph.node}
     assert not head_ops & {"If", "NonZero", "TopK"} and "Conv" in head_ops
