@@ -14,7 +14,7 @@ from worker.engine.analyze.blocks import disjoint, find_blocks, remove_blocks, t
 from worker.engine.load.loaders import load_model
 from worker.engine.measure.latency import LayerLatencyTable
 from worker.engine.measure.stats import count_macs
-from worker.engine.prune.latency_search import LatencyProbe
+from worker.engine.prune.latency_search import LatencyRuntime
 from worker.engine.prune.to_target import prune_model
 
 X = torch.randn(2, 3, 32, 32)
@@ -119,7 +119,7 @@ def test_a_latency_target_out_of_reach_of_channels_removes_blocks(mobilenet) -> 
         X[:1],
         PruneSpec(target=Target(latency_reduction=0.3)),
         protected=[head],
-        latency=LatencyProbe(table=LayerLatencyTable(), measure=measure),
+        latency=LatencyRuntime(table=LayerLatencyTable(), measure=measure),
     )
     figures = result.achieved
     assert figures["latency_ms_measured"] <= 1.05 * figures["latency_ms_target"]

@@ -22,7 +22,7 @@ from worker.engine.prune.latency_candidates import (
     Candidate,
     Finish,
     Kind,
-    LatencyProbe,
+    LatencyRuntime,
     choose,
     next_fraction,
     polish,
@@ -112,7 +112,7 @@ def _candidate(label: str, ratio: float, error: float, kind: Kind = "channels") 
     return Candidate(label, kind, lambda module: None, nn.Identity(), [ratio], error)
 
 
-def _finish(finalists: list[Candidate], aim: float, probe: LatencyProbe) -> Finish:
+def _finish(finalists: list[Candidate], aim: float, probe: LatencyRuntime) -> Finish:
     """The steps after the family searches, for a 0.5 target on a stand-in model."""
     return Finish(nn.Identity(), finalists, aim, 0.5, probe, (torch.ones(1, 3),), lambda: False)
 
@@ -183,7 +183,7 @@ def test_re_aiming_prunes_less_and_lands_on_target() -> None:
 
     overshot = Candidate("plain", "plain", lambda m: None, nn.Identity(), [0.3], 0.5, family, 0.3)
     on_target = _candidate("on target", 0.49, 2.0)
-    probe = LatencyProbe(table=LayerLatencyTable(), measure=measure)
+    probe = LatencyRuntime(table=LayerLatencyTable(), measure=measure)
     finish = _finish([on_target, overshot], 0.485, probe)
     chosen = reaim(finish, overshot, on_target)
     assert knobs == [pytest.approx(0.485)]  # one proportional correction sufficed
@@ -204,7 +204,7 @@ def test_a_winner_at_the_edge_of_the_band_is_corrected_towards_the_aim() -> None
 
     edge = Candidate("edge", "channels", lambda m: None, nn.Identity(), [0.476], 0.5, family, 0.476)
     finalists = [edge]
-    probe = LatencyProbe(table=LayerLatencyTable(), measure=measure)
+    probe = LatencyRuntime(table=LayerLatencyTable(), measure=measure)
     chosen = polish(_finish(finalists, 0.495, probe), edge)
     assert knobs == [pytest.approx(0.495)]
     assert chosen.label == "edge, corrected" and chosen.ratio == pytest.approx(0.495)
@@ -234,7 +234,7 @@ def test_a_winner_chosen_on_a_lucky_reading_is_timed_afresh_and_corrected() -> N
     lucky = Candidate(
         "lucky", "channels", lambda m: None, lucky_module, [0.495], 0.5, family, 0.495
     )
-    probe = LatencyProbe(table=LayerLatencyTable(), measure=measure)
+    probe = LatencyRuntime(table=LayerLatencyTable(), measure=measure)
     finalists = [lucky]
     chosen = polish(_finish(finalists, 0.495, probe), lucky)
     assert runs[:CONFIRM_RUNS] == [["lucky"]] * CONFIRM_RUNS  # afresh, before anything else
@@ -253,7 +253,7 @@ def test_a_correction_that_lands_no_nearer_keeps_the_winner() -> None:
         return {"original": 1.0, **{k: 0.476 if k == "edge" else 0.45 for k in candidates}}
 
     edge = Candidate("edge", "channels", lambda m: None, nn.Identity(), [0.476], 0.5, family, 0.476)
-    probe = LatencyProbe(table=LayerLatencyTable(), measure=measure)
+    probe = LatencyRuntime(table=LayerLatencyTable(), measure=measure)
     chosen = polish(_finish([edge], 0.495, probe), edge)
     assert chosen is edge and chosen.ratio == pytest.approx(0.476)
 
@@ -281,7 +281,7 @@ def test_a_winner_off_target_when_timed_afresh_gives_way_to_the_next_finalist() 
     plain = Candidate("plain", "plain", lambda m: None, module_at(0.49), [0.49], 1.2)
     plain.recovered = 0.3
     finalists = [blocks, channels, plain]
-    probe = LatencyProbe(table=LayerLatencyTable(), measure=measure)
+    probe = LatencyRuntime(table=LayerLatencyTable(), measure=measure)
     chosen = settle(_finish(finalists, 0.495, probe), blocks)
     # The judged one comes before the closer outputs of one that was not judged.
     assert chosen is plain and plain.ratio == pytest.approx(0.49)
@@ -341,7 +341,7 @@ def test_latency_target_is_met_on_the_made_up_runtime(net, monkeypatch: pytest.M
         calls.append(len(candidates))
         return {"original": runtime(original), **{k: runtime(m) for k, m in candidates.items()}}
 
-    probe = LatencyProbe(table=LayerLatencyTable(), measure=measure)
+    probe = LatencyRuntime(table=LayerLatencyTable(), measure=measure)
     result = prune_model(
         model,
         X,

@@ -352,7 +352,7 @@ def _make_block_removal_win(monkeypatch: pytest.MonkeyPatch) -> None:
     from worker.engine.measure.stats import count_macs
     from worker.engine.prune import latency_candidates, latency_families
 
-    real_probe = pipeline._latency_probe
+    real_probe = pipeline._latency_runtime
 
     def macs_probe(state, spec, device, workdir, cache_dir):
         probe = real_probe(state, spec, device, workdir, cache_dir)
@@ -364,9 +364,9 @@ def _make_block_removal_win(monkeypatch: pytest.MonkeyPatch) -> None:
                 name: count_macs(module, feeds) / original for name, module in candidates.items()
             }
 
-        return latency_candidates.LatencyProbe(probe.table, measure, probe.recover)
+        return latency_candidates.LatencyRuntime(probe.table, measure, probe.recover)
 
-    monkeypatch.setattr(pipeline, "_latency_probe", macs_probe)
+    monkeypatch.setattr(pipeline, "_latency_runtime", macs_probe)
 
     def prefer_blocks(finalists, goal):
         removing = [c for c in finalists if c.kind == "blocks"]

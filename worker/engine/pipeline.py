@@ -54,7 +54,7 @@ from worker.engine.measure.latency import LayerLatencyTable
 from worker.engine.measure.report_warnings import LATENCY_BAND, latency_warning
 from worker.engine.prune.budget import ProbeResult, sampling_warning, search_strength
 from worker.engine.prune.by_allocation import sensitivity_weights
-from worker.engine.prune.latency_search import LatencyProbe
+from worker.engine.prune.latency_search import LatencyRuntime
 from worker.engine.prune.ranking_inputs import LossFn
 from worker.engine.prune.to_target import TOLERANCE, PruneResult, choose_strategy, prune_model
 from worker.engine.ship import quantize
@@ -231,7 +231,7 @@ class _State:
     warnings: list[ReportWarning] = field(default_factory=list)
     verification: dict[str, float] = field(default_factory=dict)
     # Latency targets: the runtime to measure on. Sensitivity scope: weights, scanned once.
-    latency: LatencyProbe | None = None
+    latency: LatencyRuntime | None = None
     sensitivity: dict[str, float] | None = None
     target_figures: dict[str, float] = field(default_factory=dict)
     quantized: quantize.QuantizeOutcome | None = None
@@ -372,11 +372,11 @@ def _prune_copy_or_self(
         should_cancel=t.cancelled,
         latency=state.latency,
         sensitivity=state.sensitivity,
-        probe_inputs=_probe_inputs(state, device),
+        sample_inputs=_sample_inputs(state, device),
     )
 
 
-def _probe_inputs(state: _State, device: str) -> tuple[torch.Tensor, ...]:
+def _sample_inputs(state: _State, device: str) -> tuple[torch.Tensor, ...]:
     """Inputs for the sensitivity scan: held-back samples, else seeded noise (at most 16)."""
     return tuple(x[:16].to(device) for x in _fidelity_inputs(state))
 
@@ -392,7 +392,7 @@ def _scan_once(state: _State, spec: JobSpec, device: str, t: _Tracker) -> None:
     ignored = protected + [modules[n] for n in spec.prune.ignored_layers if n in modules]
     example = tuple(x.to(device) for x in state.loaded.example_inputs())
     state.sensitivity = sensitivity_weights(
-        module, example, spec.prune, ignored, _probe_inputs(state, device), t.cancelled
+        module, example, spec.prune, ignored, _sample_inputs(state, device), t.cancelled
     )
 
 
@@ -418,9 +418,9 @@ def _timing_feeds(state: _State) -> dict[str, np.ndarray]:
     return _feeds(state)(1)
 
 
-def _latency_probe(
+def _latency_runtime(
     state: _State, spec: JobSpec, device: str, workdir: Path, cache_dir: Path | None
-) -> LatencyProbe:
+) -> LatencyRuntime:
     """The worker's own runtime, for a latency target: its first benchmark provider."""
     assert state.teacher is not None
     provider, threads = _runtime(spec, device)
@@ -448,7 +448,9 @@ def _latency_probe(
             paths, feeds, provider, device=device, threads=threads, seconds=seconds
         )
 
-    return LatencyProbe(table=table, measure=measure, recover=_recovery_judge(state, spec, device))
+    return LatencyRuntime(
+        table=table, measure=measure, recover=_recovery_judge(state, spec, device)
+    )
 
 
 def pruning_goal(goal_ratio: float, int8_ratio: float) -> float | None:
@@ -468,7 +470,7 @@ def _int8_speed(state: _State, spec: JobSpec, device: str, workdir: Path) -> flo
 def _int8_times(
     state: _State, spec: JobSpec, device: str, workdir: Path, pruned: nn.Module | None
 ) -> dict[str, float]:
-    """Median ms of the original exported by `_latency_probe` and of `pruned` (the original
+    """Median ms of the original exported by `_latency_runtime` and of `pruned` (the original
     when None) exported and quantized as the job says, timed interleaved as latency
     candidates are (calibration ranges do not change speed: two batches calibrate it)."""
     calibration, _, _ = quantize.stage_data(state.loaded, state.splits, spec.quantize)
@@ -839,7 +841,7 @@ def _prune(state: _State, spec: JobSpec, device: str, t: _Tracker, cache_dir: Pa
         goal = spec
         if choose_strategy(spec.prune) == "latency_search":
             _trace_for_blocks(state, device)
-            state.latency = _latency_probe(state, spec, device, Path(workdir), cache_dir)
+            state.latency = _latency_runtime(state, spec, device, Path(workdir), cache_dir)
             spec = _aim_before_int8(state, spec, device, Path(workdir))
         _scan_once(state, spec, device, t)
         prune = spec.prune

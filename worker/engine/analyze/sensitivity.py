@@ -4,7 +4,7 @@ Magnitude importance ranks channels inside a layer well, but says little about w
 layers can lose many channels: a narrow stem or a projection feeding the head breaks
 long before a wide middle layer. The scan zeroes the least important half of one
 dependency group at a time (the channels torch-pruning would remove: producers' outputs
-and consumers' inputs, so the effect equals pruning them), runs the probe inputs and
+and consumers' inputs, so the effect equals pruning them), runs the sample inputs and
 records the relative change of the outputs. The allocator then weighs each group's
 importance by its sensitivity, which gives non-uniform per-layer ratios
 (`prune.scope: "sensitivity"`), for MACs, latency and accuracy-budget targets alike.
@@ -87,7 +87,7 @@ def scan(
     module: nn.Module,
     dg: tp.DependencyGraph,
     slots: Sequence[Slot],
-    probe_inputs: Sequence[torch.Tensor],
+    sample_inputs: Sequence[torch.Tensor],
     *,
     on_progress: Callable[[float], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
@@ -96,7 +96,7 @@ def scan(
     was_training = module.training
     module.eval()
     try:
-        reference = [t.detach() for t in output_tensors(module(*probe_inputs))]
+        reference = [t.detach() for t in output_tensors(module(*sample_inputs))]
         changes: dict[str, float] = {}
         for i, slot in enumerate(slots):
             if should_cancel is not None and should_cancel():
@@ -105,7 +105,7 @@ def scan(
             saved = _zero_group(dg, slot, units)
             try:
                 changes[slot.name] = relative_change(
-                    output_tensors(module(*probe_inputs)), reference
+                    output_tensors(module(*sample_inputs)), reference
                 )
             finally:
                 _restore(saved)

@@ -46,7 +46,7 @@ from worker.engine.prune.planner import (
     constant_multiple,
     hardware_multiple,
 )
-from worker.engine.prune.ranking_inputs import backprop, seeded_probes, taylor_proxy
+from worker.engine.prune.ranking_inputs import backprop, seeded_samples, taylor_proxy
 from worker.engine.types import CancelFn
 
 
@@ -157,14 +157,16 @@ def score(
     if spec.scope == "sensitivity":
         weights = ctx.weights
         if weights is None:
-            probes = (
-                tuple(ctx.probe_inputs) if ctx.probe_inputs is not None else seeded_probes(inputs)
+            samples = (
+                tuple(ctx.sample_inputs)
+                if ctx.sample_inputs is not None
+                else seeded_samples(inputs)
             )
             changes = sensitivity.scan(
                 module,
                 pruner.DG,
                 slots,
-                probes,
+                samples,
                 on_progress=ctx.on_progress,
                 should_cancel=ctx.should_cancel,
             )
@@ -179,11 +181,11 @@ def sensitivity_weights(
     inputs: tuple[torch.Tensor, ...],
     spec: PruneSpec,
     ignored: Sequence[nn.Module],
-    probe_inputs: Sequence[torch.Tensor] | None = None,
+    sample_inputs: Sequence[torch.Tensor] | None = None,
     should_cancel: CancelFn | None = None,
 ) -> dict[str, float]:
     """The scan's weights alone, to reuse across several prunings of copies of `module`."""
-    ctx = PruneContext(probe_inputs=probe_inputs, should_cancel=should_cancel)
+    ctx = PruneContext(sample_inputs=sample_inputs, should_cancel=should_cancel)
     scored = score(
         module,
         inputs,

@@ -14,14 +14,14 @@ from worker.engine.prune.ranking_inputs import LossFn
 class PruneContext:
     """`notes` collects what the report should say; `loss_fn` gives gradients (`taylor`;
     a data-free proxy when None); `weights` are sensitivity weights already scanned (None:
-    scan when the scope asks); `probe_inputs` are the inputs to measure on (seeded noise
+    scan when the scope asks); `sample_inputs` are the inputs to measure on (seeded noise
     when None); `on_progress(fraction)` reports progress within the stage;
     `should_cancel()` is checked between steps."""
 
     notes: list[str] = field(default_factory=list)
     loss_fn: LossFn | None = None
     weights: dict[str, float] | None = None
-    probe_inputs: Sequence[torch.Tensor] | None = None
+    sample_inputs: Sequence[torch.Tensor] | None = None
     on_progress: Callable[[float], None] | None = None
     should_cancel: Callable[[], bool] | None = None
 

@@ -60,7 +60,7 @@ RecoverFn = Callable[[nn.Module], float]
 
 
 @dataclass
-class LatencyProbe:
+class LatencyRuntime:
     """What a latency target needs from its caller: a table and a way to time models;
     with data to train on, a way to judge a candidate after a short recovery."""
 
@@ -94,7 +94,7 @@ class Candidate:
     apply: ApplyFn
     module: nn.Module
     readings: list[float]
-    error: float = 0.0  # relative output change against the original on the probe inputs
+    error: float = 0.0  # relative output change against the original on the runtime inputs
     family: FamilyFn | None = None  # what built it, and with which knob: to re-aim it
     knob: float = 1.0
     recovered: float | None = None  # its error after a short distillation, when judged so
@@ -117,8 +117,8 @@ class Finish:
     finalists: list[Candidate]
     aim: float
     goal: float
-    probe: LatencyProbe
-    probes: Sequence[torch.Tensor]
+    runtime: LatencyRuntime
+    samples: Sequence[torch.Tensor]
     cancel: Callable[[], bool]
 
 
@@ -134,7 +134,7 @@ def search_family(
     goal_ratio: float,
     label: str,
     kind: Kind,
-    probe: LatencyProbe,
+    runtime: LatencyRuntime,
     cancel: Callable[[], bool],
     start: float,
     *,
@@ -154,7 +154,7 @@ def search_family(
             raise JobCancelled()
         apply, reached = family(knob)
         candidate = build(module, apply)
-        times = probe.measure({label: candidate})
+        times = runtime.measure({label: candidate})
         ratio = times[label] / times["original"]
         found = Candidate(label, kind, apply, candidate, [ratio], family=family, knob=knob)
         if best is None or closer(found, best, goal_ratio):
@@ -229,11 +229,11 @@ def choose(finalists: list[Candidate], goal_ratio: float) -> Candidate:
 
 @torch.no_grad()
 def measure_errors(
-    original: nn.Module, finalists: list[Candidate], probes: Sequence[torch.Tensor]
+    original: nn.Module, finalists: list[Candidate], samples: Sequence[torch.Tensor]
 ) -> None:
-    reference = output_tensors(original.eval()(*probes))
+    reference = output_tensors(original.eval()(*samples))
     for c in finalists:
-        c.error = relative_change(output_tensors(c.module.eval()(*probes)), reference)
+        c.error = relative_change(output_tensors(c.module.eval()(*samples)), reference)
 
 
 def worth_reaiming(finalists: list[Candidate], chosen: Candidate, goal: float) -> Candidate | None:
@@ -254,12 +254,12 @@ def reaim(f: Finish, overshot: Candidate, chosen: Candidate) -> Candidate:
     start = min(1.0, overshot.knob * f.aim / max(overshot.ratio, 1e-6))
     label = f"{overshot.label}, re-aimed"
     refined, _ = search_family(
-        f.module, overshot.family, f.aim, label, overshot.kind, f.probe, f.cancel, start
+        f.module, overshot.family, f.aim, label, overshot.kind, f.runtime, f.cancel, start
     )
     if refined is None:
         return chosen
     # Its ratio is its own search's run alone; the others' the mean of two.
-    measure_errors(f.module, [refined], f.probes)
+    measure_errors(f.module, [refined], f.samples)
     f.finalists.append(refined)
     return choose(f.finalists, f.goal)
 
@@ -295,7 +295,7 @@ def polish(f: Finish, chosen: Candidate) -> Candidate:
 
     Both are then timed afresh side by side: a correction that reads nearer only by one
     run's noise does not replace the chosen, and neither ratio is one that chose it."""
-    confirm([chosen], f.probe)
+    confirm([chosen], f.runtime)
     if chosen.family is None or abs(chosen.ratio - f.aim) <= _POLISH * f.goal:
         return chosen
     tried = [(chosen.knob, chosen.ratio)]
@@ -305,7 +305,7 @@ def polish(f: Finish, chosen: Candidate) -> Candidate:
         f.aim,
         f"{chosen.label}, corrected",
         chosen.kind,
-        f.probe,
+        f.runtime,
         f.cancel,
         next_fraction(tried, f.aim),
         rounds=_POLISH_ROUNDS,
@@ -315,9 +315,9 @@ def polish(f: Finish, chosen: Candidate) -> Candidate:
     if refined is None or refined.knob == chosen.knob:
         return chosen
     earlier = chosen.confirmed
-    confirm([refined, chosen], f.probe)
+    confirm([refined, chosen], f.runtime)
     chosen.confirmed = earlier + chosen.confirmed  # both confirmations count alike
-    measure_errors(f.module, [refined], f.probes)
+    measure_errors(f.module, [refined], f.samples)
     f.finalists.append(refined)
     return refined if abs(refined.ratio - f.aim) < abs(chosen.ratio - f.aim) else chosen
 
@@ -348,12 +348,12 @@ def settle(f: Finish, chosen: Candidate) -> Candidate:
     return choose(settled, f.goal)
 
 
-def confirm(candidates: Sequence[Candidate], probe: LatencyProbe) -> None:
+def confirm(candidates: Sequence[Candidate], runtime: LatencyRuntime) -> None:
     """Set each candidate's ratio to its mean over CONFIRM_RUNS fresh runs, all of them
     side by side with the original: none of the readings that chose it counts."""
     readings: dict[str, list[float]] = {c.label: [] for c in candidates}
     for _ in range(CONFIRM_RUNS):
-        times = probe.measure({c.label: c.module for c in candidates})
+        times = runtime.measure({c.label: c.module for c in candidates})
         for c in candidates:
             readings[c.label].append(times[c.label] / times["original"])
     for c in candidates:

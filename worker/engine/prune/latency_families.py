@@ -27,7 +27,7 @@ from worker.engine.prune.latency_candidates import (
     ApplyFn,
     FamilyFn,
     Kind,
-    LatencyProbe,
+    LatencyRuntime,
     build,
 )
 from worker.engine.prune.planner import WidthMultiple, constant_multiple, hardware_multiple
@@ -120,7 +120,7 @@ class Removable:
 
     block: Block
     saved: float  # share of the original's time, timed interleaved with it
-    change: float  # relative output change on the probe inputs
+    change: float  # relative output change on the runtime inputs
 
 
 @torch.no_grad()
@@ -128,8 +128,8 @@ def removable_blocks(
     module: nn.Module,
     inputs: tuple[torch.Tensor, ...],
     ignored: Sequence[nn.Module],
-    probe: LatencyProbe,
-    probes: Sequence[torch.Tensor],
+    runtime: LatencyRuntime,
+    samples: Sequence[torch.Tensor],
     cancel: Callable[[], bool],
 ) -> list[Removable]:
     """The model's removable residual blocks (none unless it is an FX graph), each
@@ -140,7 +140,7 @@ def removable_blocks(
     blocks = find_blocks(module, inputs, [names[id(m)] for m in ignored if id(m) in names])
     if not blocks:
         return []
-    reference = output_tensors(module.eval()(*probes))
+    reference = output_tensors(module.eval()(*samples))
     found = []
     # A few copies at a time: a deep network has dozens of blocks.
     for start in range(0, len(blocks), BLOCKS_PER_RUN):
@@ -148,11 +148,11 @@ def removable_blocks(
             raise JobCancelled()
         chunk = blocks[start : start + BLOCKS_PER_RUN]
         variants = {b.add: build(module, _remover([b])) for b in chunk}
-        times = probe.measure(variants)
+        times = runtime.measure(variants)
         for b in chunk:
             saved = 1.0 - times[b.add] / times["original"]
             if saved > 0:
-                change = relative_change(output_tensors(variants[b.add](*probes)), reference)
+                change = relative_change(output_tensors(variants[b.add](*samples)), reference)
                 found.append(Removable(b, saved, change))
     return sorted(found, key=lambda r: r.change / r.saved)
 
@@ -198,7 +198,7 @@ def sensitivity_weighted(
     scored: Scored,
     spec: PruneSpec,
     weights: dict[str, float] | None,
-    probes: Sequence[torch.Tensor],
+    samples: Sequence[torch.Tensor],
     cancel: Callable[[], bool],
 ) -> list[Slot] | None:
     """The slots weighed by sensitivity, for candidates beside the unweighted ones; None
@@ -212,7 +212,7 @@ def sensitivity_weighted(
         return None
     if weights is None:  # not scanned by the caller: scan the graph and groups scored here
         changes = sensitivity.scan(
-            module, scored.pruner.DG, scored.slots, probes, should_cancel=cancel
+            module, scored.pruner.DG, scored.slots, samples, should_cancel=cancel
         )
         weights = sensitivity.weights(changes)
     return [replace(slot, weight=weights.get(slot.name, 1.0)) for slot in scored.slots]

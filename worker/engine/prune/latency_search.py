@@ -14,7 +14,7 @@
    on target.
 5. All finalists are timed once more side by side (their ratio to the original: the
    mean of this run and their search's), and their outputs compared with the
-   original's on the probe inputs. The one that meets the target with the outputs
+   original's on the runtime inputs. The one that meets the target with the outputs
    closest to the original's wins; a candidate is never chosen when another one is both
    faster and closer.
 6. The winner is timed again in fresh runs, and its ratio is theirs alone: the readings
@@ -35,11 +35,11 @@ from worker.engine.prune import latency_candidates as choice
 from worker.engine.prune import latency_families as families
 from worker.engine.prune.by_allocation import score
 from worker.engine.prune.context import PruneContext
-from worker.engine.prune.latency_candidates import AIM_MARGIN, LatencyProbe
+from worker.engine.prune.latency_candidates import AIM_MARGIN, LatencyRuntime
 from worker.engine.prune.planner import hardware_multiple
-from worker.engine.prune.ranking_inputs import seeded_probes
+from worker.engine.prune.ranking_inputs import seeded_samples
 
-__all__ = ["LatencyProbe", "prune_to_latency"]
+__all__ = ["LatencyRuntime", "prune_to_latency"]
 
 
 def prune_to_latency(
@@ -47,7 +47,7 @@ def prune_to_latency(
     inputs: tuple[torch.Tensor, ...],
     spec: PruneSpec,
     ignored: Sequence[nn.Module],
-    probe: LatencyProbe,
+    runtime: LatencyRuntime,
     plain: Callable[[nn.Module, float], None],
     ctx: PruneContext,
 ) -> tuple[list[HistoryPoint], dict[str, float]]:
@@ -58,15 +58,15 @@ def prune_to_latency(
     ranking to a MACs target): the simpler reference every candidate is held against."""
     cancel = ctx.cancelled
     scored = score(module, inputs, spec, ignored, ctx.within(0.0, 0.2), rule=hardware_multiple)
-    latency_cost = LatencyCost(probe.table, scored.profile, input_shapes(module, inputs))
+    latency_cost = LatencyCost(runtime.table, scored.profile, input_shapes(module, inputs))
     goal = 1.0 - spec.target.value
     # Candidates aim a little faster than the target: timings move by a few percent from
     # one run to the next on a shared machine, and the target must hold in the next run.
     aim = goal * (1.0 - AIM_MARGIN)
-    probes = tuple(ctx.probe_inputs) if ctx.probe_inputs is not None else seeded_probes(inputs)
-    weighted = families.sensitivity_weighted(module, scored, spec, ctx.weights, probes, cancel)
+    samples = tuple(ctx.sample_inputs) if ctx.sample_inputs is not None else seeded_samples(inputs)
+    weighted = families.sensitivity_weighted(module, scored, spec, ctx.weights, samples, cancel)
     tried = families.candidate_families(spec, scored.slots, latency_cost, inputs, plain, weighted)
-    removable = families.removable_blocks(module, inputs, ignored, probe, probes, cancel)
+    removable = families.removable_blocks(module, inputs, ignored, runtime, samples, cancel)
     tried += families.block_families(
         spec, removable, weighted or scored.slots, latency_cost, inputs, module, aim
     )
@@ -78,27 +78,27 @@ def prune_to_latency(
         key = family.label if family.kind == "blocks" else family.kind
         start = starts.get(key, family.start if family.start is not None else aim)
         found, starts[key] = choice.search_family(
-            module, family.make, aim, family.label, family.kind, probe, cancel, start
+            module, family.make, aim, family.label, family.kind, runtime, cancel, start
         )
         if found is not None:
             finalists.append(found)
         ctx.report(0.2 + 0.7 * (i + 1) / len(tried))
-    probe.table.save()
-    times = probe.measure({c.label: c.module for c in finalists})
+    runtime.table.save()
+    times = runtime.measure({c.label: c.module for c in finalists})
     for c in finalists:
         # Two runs, each interleaved with the original: the family search's and this one.
         # Their mean halves the noise on which a candidate near the target falls.
         c.readings.append(times[c.label] / times["original"])
-    choice.measure_errors(module, finalists, probes)
+    choice.measure_errors(module, finalists, samples)
     chosen = choice.choose(finalists, goal)
-    finish = choice.Finish(module, finalists, aim, goal, probe, probes, cancel)
+    finish = choice.Finish(module, finalists, aim, goal, runtime, samples, cancel)
     if overshot := choice.worth_reaiming(finalists, chosen, goal):
         chosen = choice.reaim(finish, overshot, chosen)
-    if probe.recover is not None:
-        chosen = choice.recovered_choice(finalists, chosen, goal, probe.recover, cancel)
+    if runtime.recover is not None:
+        chosen = choice.recovered_choice(finalists, chosen, goal, runtime.recover, cancel)
     chosen = choice.settle(finish, chosen)
     chosen.apply(module)
-    ctx.notes.append(choice.summary(finalists, chosen, goal, probe.table))
+    ctx.notes.append(choice.summary(finalists, chosen, goal, runtime.table))
     original_ms = times["original"]
     figures = {
         "latency_ms_original": original_ms,

@@ -14,7 +14,7 @@ from worker.engine.measure.stats import carries_batch
 LossFn = Callable[[nn.Module], torch.Tensor]
 
 
-def seeded_probes(inputs: Sequence[torch.Tensor], batch: int = 8) -> tuple[torch.Tensor, ...]:
+def seeded_samples(inputs: Sequence[torch.Tensor], batch: int = 8) -> tuple[torch.Tensor, ...]:
     """Seeded standard-normal inputs shaped like `inputs`, for data-free measurements."""
     gen = torch.Generator().manual_seed(0)
     shapes = [
@@ -33,12 +33,12 @@ def taylor_proxy(module: nn.Module, inputs: Sequence[torch.Tensor]) -> LossFn:
     Its gradient is the sensitivity of the outputs along their original direction, so a
     channel's |weight x gradient| estimates how much removing it changes what the model says.
     """
-    probes = seeded_probes(inputs, 8)
+    samples = seeded_samples(inputs, 8)
     with torch.no_grad():
-        reference = [t.detach() for t in output_tensors(module(*probes))]
+        reference = [t.detach() for t in output_tensors(module(*samples))]
 
     def loss(m: nn.Module) -> torch.Tensor:
-        outs = output_tensors(m(*probes))
+        outs = output_tensors(m(*samples))
         return sum((o * r).mean() for o, r in zip(outs, reference, strict=True))  # type: ignore[return-value]
 
     return loss

@@ -28,7 +28,7 @@ from worker.engine.measure.stats import MacProfile, count_macs, count_params
 from worker.engine.prune.by_allocation import prune_by_cost
 from worker.engine.prune.context import PruneContext
 from worker.engine.prune.importance import make_importance
-from worker.engine.prune.latency_search import LatencyProbe, prune_to_latency
+from worker.engine.prune.latency_search import LatencyRuntime, prune_to_latency
 from worker.engine.prune.planner import (
     Choice,
     WidthMultiple,
@@ -39,7 +39,7 @@ from worker.engine.prune.planner import (
     removed_channels,
     search_ratio,
 )
-from worker.engine.prune.ranking_inputs import LossFn, backprop, seeded_probes, taylor_proxy
+from worker.engine.prune.ranking_inputs import LossFn, backprop, seeded_samples, taylor_proxy
 
 __all__ = ["PruneResult", "hardware_multiple", "prune_model", "TOLERANCE", "UNSTRUCTURED_NOTE"]
 
@@ -216,7 +216,7 @@ class _StepAgreement:
     SAMPLES = 8
 
     def __init__(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        self.probes = seeded_probes(inputs, self.SAMPLES)
+        self.samples = seeded_samples(inputs, self.SAMPLES)
         self.reference: torch.Tensor | None = None
         try:
             first = self._first_output(module)
@@ -227,7 +227,7 @@ class _StepAgreement:
 
     def _first_output(self, module: nn.Module) -> torch.Tensor:
         with torch.no_grad():
-            return output_tensors(module(*self.probes))[0]
+            return output_tensors(module(*self.samples))[0]
 
     def __call__(self, module: nn.Module) -> float | None:
         if self.reference is None:
@@ -343,9 +343,9 @@ def prune_model(
     loss_fn: LossFn | None = None,
     on_progress: Callable[[float], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
-    latency: LatencyProbe | None = None,
+    latency: LatencyRuntime | None = None,
     sensitivity: dict[str, float] | None = None,
-    probe_inputs: Sequence[torch.Tensor] | None = None,
+    sample_inputs: Sequence[torch.Tensor] | None = None,
 ) -> PruneResult:
     """Prune `module` in place to `spec.target`; see the module docstring.
 
@@ -357,7 +357,7 @@ def prune_model(
 
     A `latency_reduction` target needs `latency` (a latency table and a way to time
     candidates on the runtime). `prune.scope: "sensitivity"` scans the layers on
-    `probe_inputs` (seeded noise when None) unless `sensitivity` gives the weights
+    `sample_inputs` (seeded noise when None) unless `sensitivity` gives the weights
     already (from `by_allocation.sensitivity_weights`).
     """
     inputs = _as_inputs(example_inputs)
@@ -367,7 +367,7 @@ def prune_model(
     module.eval()  # tracing runs forward passes: BatchNorm statistics must not move
     try:
         if choose_strategy(spec) != "iterative":
-            allocated = _Allocated(latency, sensitivity, probe_inputs)
+            allocated = _Allocated(latency, sensitivity, sample_inputs)
             return allocated.prune(module, inputs, spec, ignored, loss_fn, on_progress, cancel)
         return _prune(module, inputs, spec, ignored, loss_fn, on_progress, cancel)
     finally:
@@ -378,9 +378,9 @@ def prune_model(
 class _Allocated:
     """Pruning by per-layer allocation: latency targets and the sensitivity scope."""
 
-    latency: LatencyProbe | None
+    latency: LatencyRuntime | None
     weights: dict[str, float] | None
-    probe_inputs: Sequence[torch.Tensor] | None
+    sample_inputs: Sequence[torch.Tensor] | None
 
     def prune(self, module, inputs, spec, ignored, loss_fn, on_progress, cancel) -> PruneResult:
         macs_before, params_before = count_macs(module, inputs), count_params(module)
@@ -388,7 +388,7 @@ class _Allocated:
         ctx = PruneContext(
             loss_fn=loss_fn,
             weights=self.weights,
-            probe_inputs=self.probe_inputs,
+            sample_inputs=self.sample_inputs,
             on_progress=on_progress,
             should_cancel=cancel,
         )
@@ -487,7 +487,7 @@ def _prune(
         params_before=params_before,
         notes=notes,
     )
-    # Seeded so that `random` importance and data-free probes give the same result each run.
+    # Seeded so that `random` importance and data-free samples give the same result each run.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         history, ratio = _iterate(run, loss_fn, on_progress, cancel)
