@@ -30,7 +30,11 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.service import Processes, free_port, percentile, tiny_onnx
+# Run as a script (`python bench/soak.py`, as the README says): the repository root on the
+# path, for the `bench` package it shares the service set-up with.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.service import Processes, free_port, percentile, tiny_onnx  # noqa: E402
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 METHODS = ["l1", "l2", "random", "fpgm"]
