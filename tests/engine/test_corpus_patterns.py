@@ -370,6 +370,7 @@ class _ChannelsLastWindowAttention(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.stem(x))
+        x = x + self.narrow(torch.relu(self.wide(x)))
         b, c, h, w = x.shape
         windows = x.reshape(b, c, h // 4, 4, w // 4, 4).permute(0, 2, 4, 3, 5, 1)
         tokens = windows.reshape(b, (h // 4) * (w // 4), 16, c)
@@ -473,4 +474,53 @@ def test_a_group_norm_export_is_pruned_as_a_group_norm(tmp_path: Path) -> None:
     result = run_pipeline(path, DATA_FREE, tmp_path / "out")
     achieved = 1.0 - result.report.pruned.macs / result.report.original.macs
     assert achieved >= 0.48, result.report.notes
+    _runs_at_batches(result.artifacts["model.onnx"], (1, 3, 16, 16))
+
+
+class _GlobalContext(torch.nn.Module):
+    """gcresnet's global-context block: attention pooling by a MatMul of the feature map,
+    flattened to (B, 1, C, HW), with softmax weights (B, 1, HW, 1), then a bottleneck MLP
+    added back to every position."""
+
+    def __init__(self, channels: int = 16) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, channels, 3, padding=1)
+        self.wide = torch.nn.Conv2d(channels, 4 * channels, 3, padding=1)
+        self.narrow = torch.nn.Conv2d(4 * channels, channels, 3, padding=1)
+        self.attn = torch.nn.Conv2d(channels, 1, 1)
+        self.fc1 = torch.nn.Conv2d(channels, channels // 4, 1)
+        self.fc2 = torch.nn.Conv2d(channels // 4, channels, 1)
+        self.head = torch.nn.Conv2d(channels, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        x = x + self.narrow(torch.relu(self.wide(x)))
+        b, c, h, w = x.shape
+        weights = self.attn(x).reshape(b, 1, h * w).softmax(dim=-1).unsqueeze(-1)
+        context = (x.reshape(b, c, h * w).unsqueeze(1) @ weights).view(b, c, 1, 1)
+        x = x + self.fc2(torch.relu(self.fc1(context)))
+        return self.head(x).mean(dim=(2, 3))
+
+
+def test_an_activation_matmul_is_traced_as_one_op(tmp_path: Path) -> None:
+    """torch computes the fenced MatMul with view, expand and bmm; traced as ops of their
+    own, torch-pruning multiplied the channels it followed through them (gcresnet33ts ran
+    past its analysis budget). Traced as one node, no such op is left in its graph, and
+    the model still trains through the fence outside the trace."""
+    import torch_pruning as tp
+
+    from worker.engine.analyze.preflight import build_dependency_graph
+    from worker.engine.load import loaders
+
+    torch.manual_seed(0)
+    path = _export_image_model(_GlobalContext(), tmp_path / "gc.onnx")
+    loaded = loaders.load_model(path)
+    graph = build_dependency_graph(loaded.module, loaded.example_inputs())
+    traced = {str(node.grad_fn).split()[0] for node in graph.module2node.values()}
+    assert not any(op.startswith(("<Bmm", "<Expand", "<UnsafeView")) for op in traced), traced
+    assert isinstance(graph, tp.DependencyGraph)
+    out = loaded.module(*loaded.example_inputs(batch=2))
+    out.sum().backward()  # outside the trace, the fence is plain autograd
+    result = run_pipeline(path, DATA_FREE, tmp_path / "out")
+    assert 1.0 - result.report.pruned.macs / result.report.original.macs >= 0.3
     _runs_at_batches(result.artifacts["model.onnx"], (1, 3, 16, 16))

@@ -28,7 +28,11 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning import ops
 
-from worker.engine.load.channel_modules import ChannelConv1d, ChannelRegroup
+from worker.engine.load.channel_modules import (
+    ChannelConv1d,
+    ChannelRegroup,
+    regroups_as_one_node,
+)
 from worker.engine.tp_adapter import (
     INDEX_MAPPING,
     MAX_VALID_DIM,
@@ -343,3 +347,16 @@ INDEX_MAPPING.update_split_index_mapping = map_split_indices
 INDEX_MAPPING.update_reshape_index_mapping = map_reshape_indices
 torch_pruning_pruning_group = tp.DependencyGraph.get_pruning_group
 tp.DependencyGraph.get_pruning_group = pruning_group  # type: ignore[method-assign]
+
+
+_build_dependency = tp.DependencyGraph.build_dependency
+
+
+def build_dependency(self: tp.DependencyGraph, *args: Any, **kwargs: Any) -> Any:
+    """torch-pruning's graph building, with every `ChannelRegroup` traced as one node
+    (`channel_modules.regroups_as_one_node`)."""
+    with regroups_as_one_node():
+        return _build_dependency(self, *args, **kwargs)
+
+
+tp.DependencyGraph.build_dependency = build_dependency  # type: ignore[method-assign]

@@ -5,7 +5,9 @@ them) in `analyze/tp_extensions.py` and `analyze/preflight.py`. Plain torch: imp
 this module loads neither onnx nor onnx2torch.
 """
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -107,6 +109,46 @@ class ChannelRegroup(nn.Module):
         self.inner = inner  # the onnx2torch module (OnnxReshape, OnnxMatMul), else None
 
     def forward(self, x: torch.Tensor, other: Any) -> torch.Tensor:
+        if _TRACING.active:
+            return _OneNode.apply(self._compute, x, other)
+        return self._compute(x, other)
+
+    def _compute(self, x: torch.Tensor, other: Any) -> torch.Tensor:
         if self.inner is not None:
             return self.inner(x, other)
         return torch.reshape(x, other)
+
+
+class _Tracing(threading.local):
+    active = False
+
+
+_TRACING = _Tracing()
+
+
+@contextmanager
+def regroups_as_one_node() -> Iterator[None]:
+    """While torch-pruning traces a model, a `ChannelRegroup` is one autograd node whose
+    inputs are the op's inputs. Run as it is, a MatMul's output hangs off the ops torch
+    computes it with (view, expand, bmm, view): torch-pruning traced those as ops of their
+    own, reshapes whose index mappings multiplied the channels it followed, and a
+    global-context block (attention pooling by MatMul, gcresnet33ts) kept the analysis
+    running past its budget. Only tracing: nothing backpropagates through this node."""
+    previous = _TRACING.active
+    _TRACING.active = True
+    try:
+        yield
+    finally:
+        _TRACING.active = previous
+
+
+class _OneNode(torch.autograd.Function):
+    """`fn(x, other)` as one node of the autograd graph, for tracing only."""
+
+    @staticmethod
+    def forward(ctx: Any, fn: Callable[..., torch.Tensor], x: torch.Tensor, other: Any) -> Any:
+        return fn(x, other)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Any) -> Any:
+        raise RuntimeError("a ChannelRegroup traced as one node is not trained through")
