@@ -12,6 +12,8 @@ from contract import TensorInfo
 
 # (stage, overall progress 0..1) -> None. See contract.stages.overall_progress.
 ProgressFn = Callable[[str, float], None]
+# Progress within one stage, 0..1 (what a stage reports before the pipeline maps it).
+StageProgressFn = Callable[[float], None]
 # Called often (between batches); True means stop now (raise JobCancelled).
 CancelFn = Callable[[], bool]
 

@@ -1,13 +1,14 @@
 """What every pruning strategy is given beside the model, its inputs and the spec: one
 object instead of the same six options threaded through each signature."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
 
 from worker.engine.errors import JobCancelled
 from worker.engine.prune.ranking_inputs import LossFn
+from worker.engine.types import CancelFn, StageProgressFn
 
 
 @dataclass(frozen=True)
@@ -22,8 +23,8 @@ class PruneContext:
     loss_fn: LossFn | None = None
     weights: dict[str, float] | None = None
     sample_inputs: Sequence[torch.Tensor] | None = None
-    on_progress: Callable[[float], None] | None = None
-    should_cancel: Callable[[], bool] | None = None
+    on_progress: StageProgressFn | None = None
+    should_cancel: CancelFn | None = None
 
     def cancelled(self) -> bool:
         return self.should_cancel is not None and self.should_cancel()

@@ -29,7 +29,7 @@ from worker.engine.measure.evaluate import accuracy, is_classification, output_t
 from worker.engine.prune.importance import has_batchnorm
 from worker.engine.train.data import DatasetSplits
 from worker.engine.train.renorm import fold_batchnorm, insert_batchnorm
-from worker.engine.types import CancelFn
+from worker.engine.types import CancelFn, StageProgressFn
 
 # Samples used to calibrate the temporary BatchNorm of models that have none.
 CALIBRATION_SAMPLES = 256
@@ -38,8 +38,6 @@ LABEL_SMOOTHING = 0.1
 WARMUP_FRACTION = 0.03
 MAX_GRAD_NORM = 10.0
 SEED = 0
-
-ProgressFn = Callable[[float], None]
 
 
 def distillation_loss(
@@ -155,7 +153,7 @@ def finetune(
     spec: FinetuneSpec,
     *,
     device: str = "cpu",
-    on_progress: ProgressFn | None = None,
+    on_progress: StageProgressFn | None = None,
     should_cancel: CancelFn | None = None,
     unpruned: nn.Module | None = None,
 ) -> list[dict]:
@@ -215,7 +213,7 @@ def _train(
     spec: FinetuneSpec,
     device: str,
     use_labels: bool,
-    on_progress: ProgressFn | None,
+    on_progress: StageProgressFn | None,
     should_cancel: CancelFn,
 ) -> list[dict]:
     loader = DataLoader(
