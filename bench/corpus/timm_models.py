@@ -10,7 +10,6 @@ from corpus._export import built_from_torch
 
 # name -> family; each family's members differ in the blocks the engine must handle.
 MODELS = {
-    "mobilevitv2_050": "held-out", "poolformerv2_s12": "held-out", "mambaout_femto": "held-out", "gcresnet33ts": "held-out",
     "resnet18": "ResNet",
     "resnet50": "ResNet",
     "resnet50d": "ResNet-D",
