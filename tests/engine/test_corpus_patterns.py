@@ -370,7 +370,6 @@ class _ChannelsLastWindowAttention(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.stem(x))
-        x = x + self.narrow(torch.relu(self.wide(x)))
         b, c, h, w = x.shape
         windows = x.reshape(b, c, h // 4, 4, w // 4, 4).permute(0, 2, 4, 3, 5, 1)
         tokens = windows.reshape(b, (h // 4) * (w // 4), 16, c)
