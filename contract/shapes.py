@@ -26,9 +26,16 @@ def parse_shape(text: str) -> tuple[int, ...]:
         raise ShapeError(
             f"{text.strip()!r} is not a shape: expected integers such as {EXAMPLE}"
         ) from None
+    return check_shape(shape, text.strip())
+
+
+def check_shape(shape: tuple[int, ...], given: object = None) -> tuple[int, ...]:
+    """`shape` when it has 1 to MAX_DIMS dimensions, each from 1 to MAX_DIM, else a
+    ShapeError quoting `given` (what the caller was given; the shape itself by default)."""
     if not 1 <= len(shape) <= MAX_DIMS or any(d < 1 or d > MAX_DIM for d in shape):
+        shown = given if given is not None else list(shape)
         raise ShapeError(
-            f"{text.strip()!r}: expected 1 to {MAX_DIMS} dimensions, each from 1 to {MAX_DIM:,}"
+            f"{shown!r}: expected 1 to {MAX_DIMS} dimensions, each from 1 to {MAX_DIM:,}"
         )
     return shape
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from contract import TensorInfo
-from contract.shapes import parse_shapes
+from contract.shapes import check_shape, parse_shapes
 from worker.engine.errors import UnsupportedModel
 
 InputShape = str | Sequence[int] | Sequence[Sequence[int]] | None
@@ -28,20 +28,15 @@ def parse_input_shape(value: InputShape) -> list[tuple[int, ...]] | None:
         if isinstance(value, str):
             shapes = parse_shapes(value)
         elif all(isinstance(v, int | np.integer) for v in value):
-            shapes = [tuple(int(v) for v in value)]  # type: ignore[arg-type]
+            shapes = [check_shape(tuple(int(v) for v in value))]  # type: ignore[arg-type]
         else:
-            shapes = [tuple(int(v) for v in shape) for shape in value]  # type: ignore[union-attr]
+            shapes = [check_shape(tuple(int(v) for v in shape)) for shape in value]  # type: ignore[union-attr]
     except (TypeError, ValueError) as exc:  # ShapeError is a ValueError
         raise UnsupportedModel(
             f"input_shape {value!r} is not a list of integers such as 1,3,224,224 ({exc})",
             code="input_shape_mismatch",
         ) from exc
     for shape in shapes:
-        if not shape or len(shape) > 8 or any(d < 1 for d in shape):
-            raise UnsupportedModel(
-                f"input_shape {value!r} needs 1 to 8 positive dimensions",
-                code="input_shape_mismatch",
-            )
         if math.prod(shape[1:]) > MAX_INPUT_ELEMENTS:
             raise UnsupportedModel(f"input_shape {shape} is too large", code="too_large")
     return shapes

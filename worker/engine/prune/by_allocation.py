@@ -46,7 +46,7 @@ from worker.engine.prune.planner import (
     constant_multiple,
     hardware_multiple,
 )
-from worker.engine.prune.ranking_inputs import backprop, seeded_samples, taylor_proxy
+from worker.engine.prune.ranking_inputs import backprop, taylor_proxy
 from worker.engine.types import CancelFn
 
 
@@ -157,16 +157,11 @@ def score(
     if spec.scope == "sensitivity":
         weights = ctx.weights
         if weights is None:
-            samples = (
-                tuple(ctx.sample_inputs)
-                if ctx.sample_inputs is not None
-                else seeded_samples(inputs)
-            )
             changes = sensitivity.scan(
                 module,
                 pruner.DG,
                 slots,
-                samples,
+                ctx.samples(inputs),
                 on_progress=ctx.on_progress,
                 should_cancel=ctx.should_cancel,
             )

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from worker.engine.errors import JobCancelled
-from worker.engine.prune.ranking_inputs import LossFn
+from worker.engine.prune.ranking_inputs import LossFn, seeded_samples
 from worker.engine.types import CancelFn, StageProgressFn
 
 
@@ -25,6 +25,12 @@ class PruneContext:
     sample_inputs: Sequence[torch.Tensor] | None = None
     on_progress: StageProgressFn | None = None
     should_cancel: CancelFn | None = None
+
+    def samples(self, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """The inputs to measure on: `sample_inputs`, else seeded noise shaped like `inputs`."""
+        if self.sample_inputs is not None:
+            return tuple(self.sample_inputs)
+        return seeded_samples(inputs)
 
     def cancelled(self) -> bool:
         return self.should_cancel is not None and self.should_cancel()

@@ -37,7 +37,6 @@ from worker.engine.prune.by_allocation import score
 from worker.engine.prune.context import PruneContext
 from worker.engine.prune.latency_candidates import AIM_MARGIN, LatencyRuntime
 from worker.engine.prune.planner import hardware_multiple
-from worker.engine.prune.ranking_inputs import seeded_samples
 
 __all__ = ["LatencyRuntime", "prune_to_latency"]
 
@@ -63,7 +62,7 @@ def prune_to_latency(
     # Candidates aim a little faster than the target: timings move by a few percent from
     # one run to the next on a shared machine, and the target must hold in the next run.
     aim = goal * (1.0 - AIM_MARGIN)
-    samples = tuple(ctx.sample_inputs) if ctx.sample_inputs is not None else seeded_samples(inputs)
+    samples = ctx.samples(inputs)
     weighted = families.sensitivity_weighted(module, scored, spec, ctx.weights, samples, cancel)
     tried = families.candidate_families(spec, scored.slots, latency_cost, inputs, plain, weighted)
     removable = families.removable_blocks(module, inputs, ignored, runtime, samples, cancel)
