@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from worker.engine.errors import EngineError
+from worker.engine.priority import keep_niceness
 from worker.engine.sandbox import deny_network
 
 RESULT_FILE = "result.json"
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m worker.engine.runjob JOB_JSON", file=sys.stderr)
         return 2
+    keep_niceness()
     deny_network()
     job_file = Path(args[0])
     # Native libraries may print: keep the real stdout for progress lines alone.
