@@ -45,6 +45,13 @@ class TokenBucketLimiter:
                 return 0.0
             return (1.0 - bucket.tokens) / self.rate
 
+    def refund(self, tenant: str) -> None:
+        """Give back a token taken for a request that will be charged again elsewhere."""
+        with self._lock:
+            bucket = self._buckets.get(tenant)
+            if bucket is not None:
+                bucket.tokens = min(self.capacity, bucket.tokens + 1.0)
+
 
 # Addresses remembered at most (many attacking addresses must not grow memory without
 # bound); past it, expired windows are dropped.

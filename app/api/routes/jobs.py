@@ -287,7 +287,7 @@ async def list_jobs(
 @router.get("/{job_id}", response_model=JobOut, summary="One job")
 async def get_job(job_id: str, request: Request, tenant: Tenant) -> Response:
     state = request.app.state
-    return _json(await run_in(state.pools.db, _read_job, state.engine, tenant, job_id))
+    return _json(await run_in(state.pools.db, read_job_status, state.engine, tenant, job_id))
 
 
 # The hot status reads (clients poll them) are async routes that run one short function on
@@ -316,7 +316,9 @@ def _autocommit(engine: Engine) -> Engine:
     return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
-def _read_job(engine: Engine, tenant: str, job_id: str) -> bytes:
+def read_job_status(engine: Engine, tenant: str, job_id: str) -> bytes:
+    """The job's status as JSON bytes (`JobOut`, without the report); `NotFound` if the
+    tenant has no such job. Also answers the polls of app.api.poll_shortcut."""
     with _autocommit(engine).connect() as conn:
         row = conn.execute(_READ_JOB, {"job_id": job_id, "tenant": tenant}).first()
     if row is None:
