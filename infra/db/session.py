@@ -1,9 +1,12 @@
 """Database engine and sessions for the job store (SQLite by default, PostgreSQL in production)."""
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -31,7 +34,38 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=20)
+    engine = create_engine(url, pool_size=20, max_overflow=20)
+    ping_when_idle(engine)
+    return engine
+
+
+# A pooled connection unused for this long is pinged before it is handed out.
+PING_IDLE_S = 1.0
+
+
+def ping_when_idle(engine: Engine, idle_s: float = PING_IDLE_S) -> None:
+    """Ping a connection at checkout only when it has been idle in the pool for `idle_s`.
+
+    SQLAlchemy's `pool_pre_ping` pings at every checkout: on PostgreSQL a round trip that
+    made a status poll's one-row read take 400 µs instead of 260. A connection handed back
+    moments ago is as alive as a ping would show; the ones that may have been cut (a
+    database restart, a proxy's idle timeout) have waited in the pool. A connection that
+    fails its ping is discarded and the pool hands out another (`DisconnectionError`). One
+    cut while busy fails its query, which invalidates the pool's older connections."""
+
+    @event.listens_for(engine, "checkin")
+    def _returned(_dbapi_conn: Any, record: Any) -> None:
+        record.info["returned_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        returned_at = record.info.get("returned_at")
+        if returned_at is None or time.monotonic() - returned_at < idle_s:
+            return  # new (just connected), or back in the pool a moment ago
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            raise DisconnectionError(f"pooled connection failed its ping: {exc}") from exc
 
 
 def init_db(engine: Engine) -> None:
