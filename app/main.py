@@ -19,6 +19,7 @@ from app.api.bodylimit import BodyLimitMiddleware
 from app.api.openapi import install_openapi
 from app.api.poll_shortcut import PollShortcut
 from app.api.routes import artifacts, datasets, events, jobs, models, ops, webhooks
+from app.api.status_reader import make_status_reader
 from app.core.auth import KeyCache, sync_settings_keys
 from app.core.disk import DiskGuardMiddleware, install_disk_full_handlers
 from app.core.errors import install_error_handlers
@@ -71,7 +72,9 @@ class SecateursApp(FastAPI):
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     gc.set_threshold(*GC_THRESHOLDS)
+    await app.state.status_reader.open()
     yield
+    await app.state.status_reader.close()
     app.state.queue.close()
     app.state.pools.shutdown()
     app.state.engine.dispose()
@@ -125,6 +128,7 @@ def _init_state(app: FastAPI, settings: Settings) -> None:
     app.state.analyses = Analyses(
         app.state.store, factory, app.state.pools.uploads, settings.data_dir / "scratch"
     )
+    app.state.status_reader = make_status_reader(app.state)
     app.state.limiter = TokenBucketLimiter(settings.rate_limit_per_minute)
     app.state.metrics = ApiMetrics()
     app.state.key_cache = KeyCache(settings.key_cache_ttl_s)

@@ -21,9 +21,6 @@ from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
-from app.api.routes.jobs import read_job_status
-from app.core.pools import run_in
-
 ROUTE = "/v1/jobs/{job_id}"
 # The ids this service issues (infra.ids); any other text is left to the route's 404.
 _PATH = re.compile(r"/v1/jobs/(job_[0-9a-z]{20})")
@@ -86,7 +83,7 @@ class PollShortcut:
             return False
         state = self.state
         try:
-            body = await run_in(state.pools.db, read_job_status, state.engine, tenant, job_id)
+            body = await state.status_reader.read(tenant, job_id)
         except Exception:
             # Not found, or the database failing: the route answers it with its problem,
             # and charges the rate limit itself.

@@ -287,7 +287,7 @@ async def list_jobs(
 @router.get("/{job_id}", response_model=JobOut, summary="One job")
 async def get_job(job_id: str, request: Request, tenant: Tenant) -> Response:
     state = request.app.state
-    return _json(await run_in(state.pools.db, read_job_status, state.engine, tenant, job_id))
+    return _json(await state.status_reader.read(tenant, job_id))
 
 
 # The hot status reads (clients poll them) are async routes that run one short function on
@@ -297,7 +297,7 @@ async def get_job(job_id: str, request: Request, tenant: Tenant) -> Response:
 # on that thread, answering the JSON bytes directly (FastAPI would validate them again).
 _STATUS_COLUMNS = tuple(column for column in Job.__table__.columns if column.key != "report")
 # Built once: building and keying a statement per request cost more than running it.
-_READ_JOB = select(*_STATUS_COLUMNS).where(
+READ_JOB = select(*_STATUS_COLUMNS).where(
     Job.id == bindparam("job_id"), Job.tenant == bindparam("tenant")
 )
 
@@ -320,10 +320,15 @@ def read_job_status(engine: Engine, tenant: str, job_id: str) -> bytes:
     """The job's status as JSON bytes (`JobOut`, without the report); `NotFound` if the
     tenant has no such job. Also answers the polls of app.api.poll_shortcut."""
     with _autocommit(engine).connect() as conn:
-        row = conn.execute(_READ_JOB, {"job_id": job_id, "tenant": tenant}).first()
+        row = conn.execute(READ_JOB, {"job_id": job_id, "tenant": tenant}).first()
     if row is None:
         raise NotFound(f"job {job_id!r} not found")
-    return JobOut.from_row(row).model_dump_json().encode()  # type: ignore[arg-type]
+    return status_json(row)
+
+
+def status_json(row: Any) -> bytes:
+    """A status row (the columns of `READ_JOB`, by attribute) as `JobOut`'s JSON bytes."""
+    return JobOut.from_row(row).model_dump_json().encode()
 
 
 @dataclass(frozen=True)

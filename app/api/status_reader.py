@@ -1,0 +1,123 @@
+"""Where a job's status read (`GET /v1/jobs/{id}`, the poll) gets its row: on PostgreSQL,
+psycopg's async driver on the event loop; otherwise (SQLite) the `db` thread pool.
+
+Measured at 100 polling connections on PostgreSQL, with the read on the thread pool each
+answer waited for a thread to be handed the read, and then for the GIL, behind the event
+loop, once PostgreSQL had answered: p99 85-280 ms, slowest 0.4-1.1 s. Awaited on the event
+loop with an async driver: p99 55-110 ms, slowest under 0.2 s, at the same rate. SQLite
+has no round trip to wait for (its read holds the GIL throughout), so a thread serves it
+as well as anything.
+
+Either way a database that cannot be reached answers `503 not_ready`, not a 500.
+"""
+
+import logging
+from typing import Any, Protocol
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
+
+from app.api.routes.jobs import READ_JOB, read_job_status, status_json
+from app.core.errors import NotFound, ServiceUnavailable
+from app.core.pools import run_in
+
+log = logging.getLogger(__name__)
+
+# Connections the async pool keeps per API process. Each poll holds one for a fraction of
+# a millisecond; measured on two cores, 8 served the most polls (4 queued the polls behind
+# them, 16 added database processes that took the cores from the API).
+ASYNC_POOL_SIZE = 8
+# Seconds a read waits for a free connection (or for the database to take a new one).
+CONNECTION_WAIT_S = 5.0
+UNREACHABLE = "the job store cannot be reached; retry shortly"
+
+
+class StatusReader(Protocol):
+    async def open(self) -> None: ...
+
+    async def read(self, tenant: str, job_id: str) -> bytes: ...
+
+    async def close(self) -> None: ...
+
+
+class ThreadedStatusReader:
+    """Runs `read_job_status` on the `db` thread pool (SQLite, or any other database)."""
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+
+    async def open(self) -> None:
+        return None
+
+    async def read(self, tenant: str, job_id: str) -> bytes:
+        state = self.state
+        try:
+            return await run_in(state.pools.db, read_job_status, state.engine, tenant, job_id)
+        except OperationalError as exc:
+            log.warning("status read failed: %s", exc)
+            raise ServiceUnavailable(UNREACHABLE, headers={"Retry-After": "1"}) from exc
+
+    async def close(self) -> None:
+        return None
+
+
+class AsyncPostgresStatusReader:
+    """Reads the status row with psycopg's `AsyncConnectionPool`, in autocommit (one
+    SELECT needs no transaction), with the statement SQLAlchemy compiles for it.
+
+    Connections are not pinged before each use (a round trip per poll); a read that fails
+    for its connection has the pool check all its idle ones, then tries once more."""
+
+    def __init__(self, engine: Engine, size: int = ASYNC_POOL_SIZE) -> None:
+        from psycopg.rows import namedtuple_row
+        from psycopg_pool import AsyncConnectionPool
+
+        # The engine's own dialect (psycopg's): its placeholders are psycopg's too.
+        self._sql = str(READ_JOB.compile(dialect=engine.dialect))
+        conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._pool = AsyncConnectionPool(
+            conninfo,
+            min_size=size,
+            max_size=size,
+            timeout=CONNECTION_WAIT_S,
+            open=False,
+            kwargs={"autocommit": True, "row_factory": namedtuple_row},
+            name="status-reads",
+        )
+
+    async def open(self) -> None:
+        await self._pool.open()
+
+    async def read(self, tenant: str, job_id: str) -> bytes:
+        import psycopg
+
+        params = {"job_id": job_id, "tenant": tenant}
+        try:
+            try:
+                row = await self._fetch(params)
+            except psycopg.OperationalError:
+                await self._pool.check()  # drop the connections a restart cut
+                row = await self._fetch(params)
+        except psycopg.OperationalError as exc:  # PoolTimeout included
+            log.warning("status read failed: %s", exc)
+            raise ServiceUnavailable(UNREACHABLE, headers={"Retry-After": "1"}) from exc
+        if row is None:
+            raise NotFound(f"job {job_id!r} not found")
+        return status_json(row)
+
+    async def _fetch(self, params: dict[str, str]) -> Any:
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(self._sql, params)
+            return await cursor.fetchone()
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+
+def make_status_reader(state: Any) -> StatusReader:
+    """The reader for the job store's database (`state.engine`); opened by the app's
+    lifespan, on its event loop."""
+    engine: Engine = state.engine
+    if engine.dialect.name == "postgresql":
+        return AsyncPostgresStatusReader(engine)
+    return ThreadedStatusReader(state)

@@ -1,0 +1,115 @@
+"""On PostgreSQL a job's status is read with the async driver on the event loop: the same
+bytes as the threaded read, connections cut by a restart replaced, and a database that
+cannot be reached answered with 503 not_ready."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine
+
+from app.api import status_reader
+from app.api.routes.jobs import read_job_status
+from app.api.status_reader import AsyncPostgresStatusReader
+from app.main import create_app
+from infra.config import Settings
+from infra.db import jobstate
+from infra.db.models import Job
+from tests.app.helpers import (
+    AUTH_A,
+    AUTH_B,
+    KEY_A,
+    KEY_B,
+    FakeInspector,
+    FakeQueue,
+    assert_problem,
+    upload_model,
+)
+from tests.app.test_job_names import REPORT
+
+
+@pytest.fixture
+def pg_app(tmp_path: Path, postgres_url: str) -> Iterator[FastAPI]:
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        database_url=postgres_url,
+        api_keys=f"alice:{KEY_A},bob:{KEY_B}",
+        rate_limit_per_minute=100_000,
+    )
+    application = create_app(settings)
+    application.state.queue = FakeQueue()
+    application.state.inspector = FakeInspector()
+    yield application
+    application.state.engine.dispose()
+
+
+@pytest.fixture
+def pg_client(pg_app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(pg_app) as client:
+        yield client
+
+
+def submit(client: TestClient) -> str:
+    model_id = upload_model(client).json()["id"]
+    resp = client.post("/v1/jobs", headers=AUTH_A, json={"model_id": model_id, "tags": ["x"]})
+    assert resp.status_code == 202, resp.text
+    return str(resp.json()["id"])
+
+
+def finish(app: FastAPI, job_id: str, status: str) -> None:
+    with app.state.sessionmaker() as session:
+        job = session.get(Job, job_id)
+        jobstate.set_progress(session, job, "pruning", 0.4)
+        jobstate.set_status(session, job, "running")
+        if status == "succeeded":
+            job.report = REPORT
+            jobstate.set_status(session, job, "succeeded")
+        else:
+            jobstate.set_status(session, job, "failed", error_code="oom", error_message="no room")
+        session.commit()
+
+
+def test_the_async_read_gives_the_threaded_reads_bytes(pg_app, pg_client):
+    assert isinstance(pg_app.state.status_reader, AsyncPostgresStatusReader)
+    engine = pg_app.state.engine
+    for status in ("queued", "succeeded", "failed"):
+        job_id = submit(pg_client)
+        if status != "queued":
+            finish(pg_app, job_id, status)
+        resp = pg_client.get(f"/v1/jobs/{job_id}", headers=AUTH_A)
+        assert resp.status_code == 200 and resp.json()["status"] == status
+        assert resp.content == read_job_status(engine, "alice", job_id)
+    assert_problem(pg_client.get(f"/v1/jobs/{job_id}", headers=AUTH_B), 404, "not_found")
+
+
+def test_connections_cut_by_a_restart_are_replaced(pg_app, pg_client, postgres_url):
+    job_id = submit(pg_client)
+    assert pg_client.get(f"/v1/jobs/{job_id}", headers=AUTH_A).status_code == 200
+    admin = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        cut = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = '' AND datname = current_database() "
+            "AND pid <> pg_backend_pid()"
+        ).fetchall()
+    assert cut  # the pools' connections, the async reader's among them
+    for _ in range(3):
+        assert pg_client.get(f"/v1/jobs/{job_id}", headers=AUTH_A).status_code == 200
+
+
+def test_an_unreachable_database_is_503_not_ready(pg_app, pg_client, monkeypatch):
+    job_id = submit(pg_client)
+    monkeypatch.setattr(status_reader, "CONNECTION_WAIT_S", 0.5)
+    nowhere = create_engine(pg_app.state.engine.url.set(host="127.0.0.1", port=1))
+    reader = AsyncPostgresStatusReader(nowhere)
+    pg_client.portal.call(reader.open)
+    pg_app.state.status_reader = reader
+    try:
+        resp = pg_client.get(f"/v1/jobs/{job_id}", headers=AUTH_A)
+    finally:
+        pg_client.portal.call(reader.close)
+    body = assert_problem(resp, 503, "not_ready")
+    assert resp.headers["retry-after"] == "1" and "cannot be reached" in body["detail"]
