@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
 
 
 def make_engine(url: str) -> Engine:
@@ -36,6 +37,23 @@ def make_engine(url: str) -> Engine:
         return engine
     engine = create_engine(url, pool_size=20, max_overflow=20)
     ping_when_idle(engine)
+    return engine
+
+
+def make_nowait_reader(url: str) -> Engine:
+    """A read-only SQLite engine of one connection that never waits for a lock: a read that
+    finds the database locked fails at once ("database is locked") instead of sleeping in
+    SQLite's busy handler. For reads made on an event loop, which must not sleep."""
+    engine = create_engine(
+        url, connect_args={"check_same_thread": False, "timeout": 0}, poolclass=StaticPool
+    )
+
+    @event.listens_for(engine, "connect")
+    def _read_only(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA query_only=1")
+        cur.close()
+
     return engine
 
 

@@ -4,8 +4,8 @@ nothing, every request it cannot answer alone (the full stack then answers it)."
 from collections.abc import Callable
 
 import pytest
-from fastapi.testclient import TestClient
 
+from app.core.errors import ServiceUnavailable
 from app.core.ratelimit import TokenBucketLimiter
 from tests.app.helpers import AUTH_A, AUTH_B, assert_problem, upload_model
 
@@ -98,20 +98,14 @@ def test_requests_with_a_body_or_another_method_take_the_full_stack(client, job_
     assert recorder.answers == [True, False, False]
 
 
-def test_a_failing_read_takes_the_full_stack(app, job_id, recorder):
-    with TestClient(app, raise_server_exceptions=False) as client:
-        client.get(f"/v1/jobs/{job_id}", headers=AUTH_A)
-        app.state.engine.dispose()
-        app.state.engine.pool._creator = _refuse  # every new connection fails
-        resp = client.get(f"/v1/jobs/{job_id}", headers=AUTH_A)
-    assert resp.status_code >= 500 and resp.headers["content-type"].startswith(
-        "application/problem+json"
-    )
-    assert recorder.answers[-1] is False
+async def unreachable(tenant: str, job_id: str) -> bytes:
+    raise ServiceUnavailable("the job store cannot be reached; retry shortly")
 
 
-def _refuse(*_args: object) -> None:
-    raise OSError("database unavailable")
+def test_a_failing_read_takes_the_full_stack(app, client, job_id, recorder, monkeypatch):
+    monkeypatch.setattr(app.state.status_reader, "read", unreachable)
+    assert_problem(client.get(f"/v1/jobs/{job_id}", headers=AUTH_A), 503, "not_ready")
+    assert recorder.answers == [False]
 
 
 def test_answered_polls_are_counted_in_the_metrics(app, client, job_id, recorder):

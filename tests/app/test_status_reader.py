@@ -1,7 +1,9 @@
-"""On PostgreSQL a job's status is read with the async driver on the event loop: the same
-bytes as the threaded read, connections cut by a restart replaced, and a database that
-cannot be reached answered with 503 not_ready."""
+"""A job's status is read on the event loop: on SQLite with a connection that never waits
+for a lock (a locked database is read on a thread that waits), on PostgreSQL with the async
+driver (the same bytes as the threaded read, connections cut by a restart replaced, and a
+database that cannot be reached answered with 503 not_ready)."""
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,11 +11,12 @@ import psycopg
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 
 from app.api import status_reader
 from app.api.routes.jobs import read_job_status
-from app.api.status_reader import AsyncPostgresStatusReader
+from app.api.status_reader import AsyncPostgresStatusReader, SqliteStatusReader
 from app.main import create_app
 from infra.config import Settings
 from infra.db import jobstate
@@ -29,6 +32,35 @@ from tests.app.helpers import (
     upload_model,
 )
 from tests.app.test_job_names import REPORT
+
+
+def test_sqlite_reads_on_the_event_loop_without_waiting(app, client, settings):
+    reader = app.state.status_reader
+    assert isinstance(reader, SqliteStatusReader)
+    job_id = submit(client)
+    assert client.get(f"/v1/jobs/{job_id}", headers=AUTH_A).json()["status"] == "queued"
+    # The read-only connection refuses writes.
+    with reader._nowait.connect() as conn, pytest.raises(OperationalError):
+        conn.execute(text("DELETE FROM jobs"))
+
+
+def test_a_locked_sqlite_database_is_read_on_a_thread_that_waits(app, client, monkeypatch):
+    job_id = submit(client)
+    reader = app.state.status_reader
+    engines = []
+
+    def locked_on_the_loop(engine, tenant, job_id):
+        engines.append(engine)
+        if engine is reader._nowait:
+            raise OperationalError("SELECT", {}, sqlite3.OperationalError("database is locked"))
+        return read_job_status(engine, tenant, job_id)
+
+    # In WAL mode a reader finds the database locked only in rare moments (recovery, a
+    # connection in exclusive locking mode): stand in for one.
+    monkeypatch.setattr(status_reader, "read_job_status", locked_on_the_loop)
+    resp = client.get(f"/v1/jobs/{job_id}", headers=AUTH_A)
+    assert resp.status_code == 200 and resp.json()["id"] == job_id
+    assert engines == [reader._nowait, app.state.engine]
 
 
 @pytest.fixture
