@@ -8,7 +8,7 @@ than a few database connections between them.
 
 Threads and database connections must never wait for each other in a circle (the classic
 deadlock of a full thread pool whose requests wait for connections held by sessions that
-wait for a thread to close them). So: the `db` pool runs the hot status reads, each of
+wait for a thread to close them). So: the `db` pool runs the job lists' reads, each of
 which opens, uses and closes its own session without waiting for any other thread; and
 request sessions are closed on the `release` pool, whose work needs no connection, so a
 held connection always comes back however busy every other pool is.
@@ -28,7 +28,8 @@ AUTH_THREADS = 4
 EVENT_THREADS = 4
 # Storing an upload (a rename locally, a multipart upload to S3) and its row.
 UPLOAD_THREADS = 4
-# Status reads: a millisecond or so each, GIL-bound on SQLite, a round trip on PostgreSQL.
+# Job lists (a millisecond or so each), and status reads that find SQLite locked (the
+# others are made on the event loop: app.api.status_reader).
 DB_THREADS = 4
 # Closing request sessions (a rollback that hands the connection back).
 RELEASE_THREADS = 2

@@ -290,11 +290,12 @@ async def get_job(job_id: str, request: Request, tenant: Tenant) -> Response:
     return _json(await state.status_reader.read(tenant, job_id))
 
 
-# The hot status reads (clients poll them) are async routes that run one short function on
-# the `db` pool, which opens, uses and closes its own connection: no request session, no
-# thread of Starlette's pool, and so no way to hold a connection while waiting for a thread
-# (app.core.pools). They leave out the report (megabytes for a large model) and serialize
-# on that thread, answering the JSON bytes directly (FastAPI would validate them again).
+# The hot status reads (clients poll them) are async routes that make one short read, on
+# the event loop (one job: app.api.status_reader) or on the `db` pool (a page), which
+# opens, uses and closes its own connection: no request session, no thread of Starlette's
+# pool, and so no way to hold a connection while waiting for a thread (app.core.pools).
+# They leave out the report (megabytes for a large model) and serialize where they read,
+# answering the JSON bytes directly (FastAPI would validate them again).
 _STATUS_COLUMNS = tuple(column for column in Job.__table__.columns if column.key != "report")
 # Built once: building and keying a statement per request cost more than running it.
 READ_JOB = select(*_STATUS_COLUMNS).where(
