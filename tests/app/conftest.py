@@ -23,13 +23,18 @@ def settings(tmp_path: Path) -> Settings:
     )
 
 
-@pytest.fixture
-def app(settings: Settings) -> Iterator[FastAPI]:
+def app_with_doubles(settings: Settings) -> Iterator[FastAPI]:
+    """The app on `settings`, its queue and inspector replaced by doubles; disposed after."""
     application = create_app(settings)
     application.state.queue = FakeQueue()
     application.state.inspector = FakeInspector()
     yield application
     application.state.engine.dispose()
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[FastAPI]:
+    yield from app_with_doubles(settings)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ database that cannot be reached answered with 503 not_ready)."""
 
 import sqlite3
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -17,17 +16,13 @@ from sqlalchemy.exc import OperationalError
 from app.api import status_reader
 from app.api.routes.jobs import read_job_status
 from app.api.status_reader import AsyncPostgresStatusReader, SqliteStatusReader
-from app.main import create_app
 from infra.config import Settings
 from infra.db import jobstate
 from infra.db.models import Job
+from tests.app.conftest import app_with_doubles
 from tests.app.helpers import (
     AUTH_A,
     AUTH_B,
-    KEY_A,
-    KEY_B,
-    FakeInspector,
-    FakeQueue,
     assert_problem,
     upload_model,
 )
@@ -64,18 +59,8 @@ def test_a_locked_sqlite_database_is_read_on_a_thread_that_waits(app, client, mo
 
 
 @pytest.fixture
-def pg_app(tmp_path: Path, postgres_url: str) -> Iterator[FastAPI]:
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        database_url=postgres_url,
-        api_keys=f"alice:{KEY_A},bob:{KEY_B}",
-        rate_limit_per_minute=100_000,
-    )
-    application = create_app(settings)
-    application.state.queue = FakeQueue()
-    application.state.inspector = FakeInspector()
-    yield application
-    application.state.engine.dispose()
+def pg_app(settings: Settings, postgres_url: str) -> Iterator[FastAPI]:
+    yield from app_with_doubles(settings.model_copy(update={"database_url": postgres_url}))
 
 
 @pytest.fixture
