@@ -14,6 +14,7 @@ is handed to the `db` pool, whose connections wait.
 Either way a database that cannot be reached answers `503 not_ready`, not a 500.
 """
 
+import asyncio
 import logging
 from typing import Any, Protocol
 
@@ -74,6 +75,12 @@ class SqliteStatusReader(ThreadedStatusReader):
         self._nowait = make_nowait_reader(state.engine.url.render_as_string(False))
 
     async def read(self, tenant: str, job_id: str) -> bytes:
+        # Let the loop serve its other ready sockets first. Measured, not explained: read
+        # without yielding, one API process under 100 polling connections answered with a
+        # p99 of 120-690 ms (median of twelve runs 270 ms; its own histogram put every
+        # answer under 5 ms); yielding once, 33-180 ms (median 50 over six runs), and two
+        # processes 23-31 ms instead of 28-62.
+        await asyncio.sleep(0)
         try:
             return read_job_status(self._nowait, tenant, job_id)
         except OperationalError:
