@@ -9,10 +9,11 @@ wrapping `send`), FastAPI's route matching over every route, and dependency solv
 `PollShortcut.answer` takes the common case of that one route and answers it with the
 same bytes the route gives: a well-formed job id, a bearer key this process validated
 recently (`KeyCache`), a request with no body, and a tenant within its rate limit. It
-charges the rate limit, reads on the `db` pool and counts the request in the metrics as
-the route would. Anything else (no key or an unknown one, a throttled tenant, a job not
-found, a failed read) it declines before sending a byte, and the request takes the full
-stack, which authenticates, refuses and explains as usual.
+charges the rate limit, reads through the app's status reader (app.api.status_reader) and
+counts the request in the metrics as the route would. Anything else (no key or an
+unknown one, a throttled tenant, a job not found, a failed read) it declines before
+sending a byte, and the request takes the full stack, which authenticates, refuses and
+explains as usual.
 """
 
 import re

@@ -34,7 +34,13 @@ log = logging.getLogger(__name__)
 ASYNC_POOL_SIZE = 8
 # Seconds a read waits for a free connection (or for the database to take a new one).
 CONNECTION_WAIT_S = 5.0
-UNREACHABLE = "the job store cannot be reached; retry shortly"
+
+
+def _unreachable(exc: Exception) -> ServiceUnavailable:
+    log.warning("status read failed: %s", exc)
+    return ServiceUnavailable(
+        "the job store cannot be reached; retry shortly", headers={"Retry-After": "1"}
+    )
 
 
 class StatusReader(Protocol):
@@ -59,8 +65,7 @@ class ThreadedStatusReader:
         try:
             return await run_in(state.pools.db, read_job_status, state.engine, tenant, job_id)
         except OperationalError as exc:
-            log.warning("status read failed: %s", exc)
-            raise ServiceUnavailable(UNREACHABLE, headers={"Retry-After": "1"}) from exc
+            raise _unreachable(exc) from exc
 
     async def close(self) -> None:
         return None
@@ -129,8 +134,7 @@ class AsyncPostgresStatusReader:
                 await self._pool.check()  # drop the connections a restart cut
                 row = await self._fetch(params)
         except psycopg.OperationalError as exc:  # PoolTimeout included
-            log.warning("status read failed: %s", exc)
-            raise ServiceUnavailable(UNREACHABLE, headers={"Retry-After": "1"}) from exc
+            raise _unreachable(exc) from exc
         if row is None:
             raise NotFound(f"job {job_id!r} not found")
         return status_json(row)
