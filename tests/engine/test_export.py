@@ -231,3 +231,34 @@ def test_an_input_no_op_reads_is_kept(tmp_path, monkeypatch) -> None:
     out = export_onnx(loaded.module, loaded, tmp_path / "out.onnx", ExportSpec())
     assert [i.name for i in onnx.load(out).graph.input] == ["x", "stats"]
     verify_onnx(out, loaded.module, loaded.example_inputs())
+
+
+def test_weights_one_file_cannot_hold_go_beside_it(tmp_path, tiny_resnet_onnx, monkeypatch):
+    """A model over the 2 GB a single ONNX file holds (here: a limit lowered to a few KB)
+    is written with its weights in `<name>.data`, which onnxruntime reads from beside it;
+    writing it again replaces the weights file rather than appending to it."""
+    import worker.engine.ship.export as export
+
+    monkeypatch.setattr(export, "SINGLE_FILE_WEIGHT_BYTES", 4096)
+    loaded = load_model(tiny_resnet_onnx)
+    path = tmp_path / "original.onnx"
+    for _ in range(2):
+        export_onnx(loaded.module, loaded, path, ExportSpec())
+        weights = export.sidecar(path)
+        assert weights.stat().st_size >= export.weight_bytes(loaded.module) * 0.9
+        assert path.stat().st_size < weights.stat().st_size
+        assert export.onnx_bytes(path) == path.stat().st_size + weights.stat().st_size
+        assert verify_onnx(path, loaded.module, loaded.example_inputs(batch=2)) < 1e-4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["original.onnx", "original.onnx.data"]
+
+
+def test_a_shipped_model_too_large_for_one_file_is_refused_with_the_reason(
+    tmp_path, tiny_resnet_onnx, monkeypatch
+):
+    import worker.engine.ship.export as export
+
+    monkeypatch.setattr(export, "SINGLE_FILE_WEIGHT_BYTES", 4096)
+    loaded = load_model(tiny_resnet_onnx)
+    with pytest.raises(ExportFailed, match="at most 2 GB: ask for a larger reduction"):
+        export_onnx(loaded.module, loaded, tmp_path / "model.onnx", ExportSpec(), single_file=True)
+    assert not list(tmp_path.iterdir())

@@ -140,6 +140,28 @@ def test_data_free(tiny_onnx: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_an_original_too_large_for_one_onnx_file_is_pruned_into_one(
+    tiny_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An original whose weights one ONNX file cannot hold (over 2 GB; here the limit is
+    lowered to three quarters of this model) is analysed, verified and timed from an export
+    with its weights beside it; the pruned model, half the MACs, ships as one file."""
+    import worker.engine.ship.export as export
+    from worker.engine.load.loaders import load_model
+
+    weights = export.weight_bytes(load_model(tiny_onnx).module)
+    monkeypatch.setattr(export, "SINGLE_FILE_WEIGHT_BYTES", int(weights * 0.75))
+    result = run_pipeline(tiny_onnx, _spec(), tmp_path / "out")
+
+    shipped = result.artifacts["model.onnx"]
+    assert not export.sidecar(shipped).exists()
+    assert result.original_onnx is not None and export.sidecar(result.original_onnx).exists()
+    assert result.report.original.size_bytes == export.onnx_bytes(result.original_onnx)
+    assert result.report.original.size_bytes > weights
+    assert result.report.verification["onnx_max_abs_diff"] < 1e-3
+    assert _io(shipped) == _io(tiny_onnx)
+
+
 def test_with_dataset(tiny_onnx: Path, tiny_npz: Path, tmp_path: Path) -> None:
     progress = Recorder()
     # Taylor importance takes its gradients from the labeled samples here.

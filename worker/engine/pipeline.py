@@ -985,7 +985,9 @@ def _export(state: _State, spec: JobSpec, out_dir: Path, t: _Tracker) -> dict[st
     assert state.teacher is not None
     with t.stage("exporting", state.loaded.module):
         module = state.loaded.module.cpu().eval()
-        model_path = export_onnx(module, state.loaded, out_dir / MODEL_ONNX, spec.export)
+        model_path = export_onnx(
+            module, state.loaded, out_dir / MODEL_ONNX, spec.export, single_file=True
+        )
         t.within("exporting", 0.3)
         inputs = state.loaded.example_inputs(batch=_batch(state, 2), seed=2)
         state.verification["onnx_max_abs_diff"] = verify_onnx(model_path, module, inputs)

@@ -18,6 +18,7 @@ from contract import (
 )
 from contract.report import LatencyTable, ReportWarning
 from worker.engine.measure.report_warnings import derive_warnings, timed_pair, unique
+from worker.engine.ship.export import onnx_bytes
 
 NOTE_UNSTRUCTURED = (
     "unstructured sparsity gives no speed-up: weights are zeroed, not removed, so the "
@@ -37,7 +38,7 @@ def summarize(
     return Summary(
         params=params,
         macs=macs,
-        size_bytes=onnx_path.stat().st_size,
+        size_bytes=onnx_bytes(onnx_path),
         accuracy=accuracy,
         latency_ms=dict(latency or {}),
     )

@@ -5,7 +5,11 @@ under their original names; the batch dynamic when `spec.dynamic_batch`), at the
 opset. It uses torch's TorchScript exporter (`dynamo=False`), which still ships in torch
 2.14, is fast, and honours onnx2torch's custom export of ONNX-derived modules; the
 torch.export-based exporter is the fallback. The file is written whole (no external data)
-and renamed into place after `onnx.checker` accepts it.
+and renamed into place after `onnx.checker` accepts it. A model whose weights do not fit in
+one ONNX file (a protobuf message holds at most 2 GiB) is written with its weights in one
+`<name>.data` file beside it, for the engine's own use (the original model, timed and
+compared); the shipped `model.onnx` is always one file (`single_file`), and a pruned model
+too large for that is refused with the reason.
 
 `verify_onnx` runs the file in onnxruntime (CPU) and compares with the module.
 `save_pt2` writes a `torch.export` archive (weights as raw bytes, no pickled classes).
@@ -14,6 +18,7 @@ and renamed into place after `onnx.checker` accepts it.
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,14 +37,24 @@ from worker.engine.types import LoadedModel
 # verify_onnx's default tolerance: this fraction of the largest reference output magnitude
 # (at least 1). float32 graphs exported from the same weights agree to ~1e-5 relative.
 RELATIVE_TOLERANCE = 1e-3
+# Weights above this go to a file beside the model: an ONNX file is one protobuf message,
+# which holds at most 2 GiB, and the graph itself needs some of that room.
+SINGLE_FILE_WEIGHT_BYTES = 1_900_000_000
 
 
-def export_onnx(module: nn.Module, loaded: LoadedModel, path: str | Path, spec: ExportSpec) -> Path:
-    """Write `module` as ONNX at `path` with `loaded`'s I/O names and declared shapes."""
+def export_onnx(
+    module: nn.Module,
+    loaded: LoadedModel,
+    path: str | Path,
+    spec: ExportSpec,
+    *,
+    single_file: bool = False,
+) -> Path:
+    """Write `module` as ONNX at `path` with `loaded`'s I/O names and declared shapes; its
+    weights go to `sidecar(path)` when one file cannot hold them, unless `single_file`."""
     import onnx
 
     path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
     module.eval()
     inputs = loaded.example_inputs(batch=1)
     with torch.no_grad():
@@ -48,24 +63,74 @@ def export_onnx(module: nn.Module, loaded: LoadedModel, path: str | Path, spec: 
         raise ExportFailed(
             f"the module returns {produced} outputs, the original {len(loaded.outputs)}"
         )
+    spill = weight_bytes(module) > SINGLE_FILE_WEIGHT_BYTES
+    if spill and single_file:
+        raise ExportFailed(
+            f"the pruned model holds {weight_bytes(module) / 1e9:.2f} GB of weights and an "
+            f"ONNX file holds at most 2 GB: ask for a larger reduction"
+        )
     errors = []
     for route in (_export_torchscript, _export_dynamo):
-        try:
-            renames = route(module, inputs, tmp, loaded, spec)
-            model = onnx.load(str(tmp))
-            _rename_values(model.graph, renames)
-            _keep_unused_inputs(model.graph, loaded)
-            _declare_shapes(model, loaded, spec)
+        # A scratch folder per try: an exporter may write weights as files beside the model.
+        with tempfile.TemporaryDirectory(prefix=".export-", dir=path.parent) as scratch:
+            try:
+                exported = Path(scratch) / path.name
+                renames = route(module, inputs, exported, loaded, spec, spill)
+                model = onnx.load(str(exported))
+                _rename_values(model.graph, renames)
+                _keep_unused_inputs(model.graph, loaded)
+                _declare_shapes(model, loaded, spec)
+                _save_checked(model, path, spill)
+                return path
+            except Exception as exc:  # try the next exporter, report all failures together
+                errors.append(f"{route.__name__.removeprefix('_export_')}: {_short(exc)}")
+    raise ExportFailed("ONNX export failed (" + "; ".join(errors) + ")")
+
+
+def weight_bytes(module: nn.Module) -> int:
+    """Bytes of the module's parameters and buffers: what its ONNX initializers hold."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def sidecar(path: Path) -> Path:
+    """The file beside `path` that holds its weights when one ONNX file cannot."""
+    return path.with_name(path.name + ".data")
+
+
+def onnx_bytes(path: Path) -> int:
+    """Size of an exported model: the file, and its weights file when it has one."""
+    extra = sidecar(path)
+    return path.stat().st_size + (extra.stat().st_size if extra.exists() else 0)
+
+
+def _save_checked(model: Any, path: Path, spill: bool) -> None:
+    """Save `model` at `path` (weights in `sidecar(path)` when `spill`) once `onnx.checker`
+    accepts it; a reader never sees a half-written model."""
+    import onnx
+
+    tmp = path.with_name(path.name + ".partial")
+    _remove(sidecar(path))  # onnx appends to a weights file that is already there
+    try:
+        if spill:
+            onnx.save(
+                model,
+                str(tmp),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=sidecar(path).name,
+                size_threshold=1024,
+            )
+            onnx.checker.check_model(str(tmp))  # by path: the proto alone is over 2 GB
+        else:
             onnx.checker.check_model(model)
             onnx.save(model, str(tmp))
-            os.replace(tmp, path)
-            return path
-        except Exception as exc:  # try the next exporter, report all failures together
-            errors.append(f"{route.__name__.removeprefix('_export_')}: {_short(exc)}")
-        finally:
-            _remove(tmp)
-            _remove(Path(str(tmp) + ".data"))
-    raise ExportFailed("ONNX export failed (" + "; ".join(errors) + ")")
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(sidecar(path))
+        raise
+    finally:
+        _remove(tmp)
 
 
 def _short(exc: BaseException, limit: int = 400) -> str:
@@ -98,7 +163,9 @@ def _export_torchscript(
     path: Path,
     loaded: LoadedModel,
     spec: ExportSpec,
+    spill: bool,
 ) -> dict[str, str]:
+    del spill  # this exporter writes the weights beside the model itself when it must
     dynamic_axes = {
         info.name: dims
         for info in [*loaded.inputs, *loaded.outputs]
@@ -158,6 +225,7 @@ def _export_dynamo(
     path: Path,
     loaded: LoadedModel,
     spec: ExportSpec,
+    spill: bool,
 ) -> dict[str, str]:
     dynamic = [_dynamic_dims(info, spec) for info in loaded.inputs]
     # torch.export specialises dims of size 1; trace at batch 2 when the batch is dynamic.
@@ -174,12 +242,12 @@ def _export_dynamo(
             dynamic_shapes=shapes if any(s is not None for s in shapes) else None,
             opset_version=spec.opset,
             dynamo=True,
-            external_data=False,
+            external_data=spill,
             verbose=False,
         )
         if program is None:
             raise ExportFailed("the exporter returned no program")
-        program.save(str(path), external_data=False)
+        program.save(str(path), external_data=spill)
     return {}  # the file already has the upload's names
 
 

@@ -39,6 +39,7 @@ from contract import Quantization, QuantizeSpec
 from contract.artifacts import MODEL_FP32_ONNX, MODEL_ONNX
 from contract.report import LatencyTable
 from worker.engine.errors import EngineError, JobCancelled, QuantizationFailed, describe_failure
+from worker.engine.ship.export import onnx_bytes
 from worker.engine.train.data import DatasetSplits
 from worker.engine.types import LoadedModel
 
@@ -607,7 +608,7 @@ def report_section(
         measured_on=outcome.measured_on,
         drop=outcome.drop,
         tolerance=outcome.tolerance,
-        size_bytes={k: p.stat().st_size for k, p in files.items()},
+        size_bytes={k: onnx_bytes(p) for k, p in files.items()},
         latency_ms={k: tables[names[k]] for k in files if names[k] in tables},
         accuracy=outcome.accuracy,
         agreement=outcome.agreement,
