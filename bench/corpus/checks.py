@@ -2,8 +2,10 @@
 the shapes onnxruntime computes, the drop-in interface, runs at batch 1 and 2, and
 interleaved onnxruntime timing (see shared/spec/benchmarking.md)."""
 
+import contextlib
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +83,7 @@ def batch_is_dynamic(path: Path) -> bool:
 def count_macs(path: Path, feeds: dict[str, np.ndarray]) -> int:
     """Multiply-accumulates of Conv, ConvTranspose, Gemm and MatMul in the main graph, from
     the tensor shapes onnxruntime produces on `feeds` (every operand made an output)."""
-    model = onnx.load(str(path))
+    model = onnx.load(str(path), load_external_data=False)
     nodes = [n for n in model.graph.node if n.op_type in COUNTED]
     known = {t.name: list(t.dims) for t in model.graph.initializer}
     known.update({k: list(v.shape) for k, v in feeds.items()})
@@ -93,12 +95,30 @@ def count_macs(path: Path, feeds: dict[str, np.ndarray]) -> int:
             model.graph.output.append(onnx.ValueInfoProto(name=name))
     shapes = dict(known)
     if fetch:
-        sess = ort.InferenceSession(
-            model.SerializeToString(), _plain_options(), providers=["CPUExecutionProvider"]
-        )
-        values = sess.run(fetch, feeds)
+        with _session_of(model, path) as sess:
+            values = sess.run(fetch, feeds)
         shapes.update({n: list(v.shape) for n, v in zip(fetch, values, strict=True)})
     return sum(_node_macs(n, shapes) for n in nodes)
+
+
+@contextlib.contextmanager
+def _session_of(model: onnx.ModelProto, path: Path) -> Iterator[ort.InferenceSession]:
+    """A session of `model`, a changed copy of the file at `path`. A model whose weights
+    lie in files beside `path` is written beside it for as long as the session is open:
+    onnxruntime finds those files from the model's own folder, and a model with them
+    inline would be over the 2 GB one message holds."""
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    if not external:
+        yield ort.InferenceSession(
+            model.SerializeToString(), _plain_options(), providers=["CPUExecutionProvider"]
+        )
+        return
+    copy = path.with_name(f".{path.stem}.outputs.onnx")
+    onnx.save(model, str(copy))
+    try:
+        yield ort.InferenceSession(str(copy), _plain_options(), providers=["CPUExecutionProvider"])
+    finally:
+        copy.unlink(missing_ok=True)
 
 
 def _plain_options() -> ort.SessionOptions:
