@@ -230,6 +230,24 @@ def test_pt2_archive_round_trip(tiny_resnet, tiny_resnet_pt2):
     loaded.module.eval()
 
 
+def test_a_vision_transformer_archive_exports_with_its_batch_dynamic(tmp_path):
+    """A torch.export ViT reads its batch as a size twice: the class token is expanded to
+    it, and the attention (sequence first) views its output as L * N rows. Both stay
+    symbolic in the loaded graph, so the ONNX export runs at any batch."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    net = VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64
+    ).eval()
+    loaded = load_model(models.save_pt2(net, tmp_path / "vit.pt2", (1, 3, 32, 32)))
+    path = export_onnx(loaded.module, loaded, tmp_path / "vit.onnx", ExportSpec())
+    for batch in (1, 2, 3):
+        x = loaded.example_inputs(batch=batch, seed=batch)
+        [got] = _ort(path, {loaded.inputs[0].name: x[0]})
+        np.testing.assert_allclose(got, net(*x).detach().numpy(), rtol=1e-4, atol=1e-4)
+
+
 def test_safetensors_with_a_torchvision_arch(tmp_path):
     torch.manual_seed(0)
     net = torchvision.models.resnet18(num_classes=7).eval()

@@ -325,7 +325,11 @@ def symbolic_reshape(
 
     def keeps(j: int) -> bool:
         item = target[j]
-        return isinstance(item, fx.Node) or item in copy_values or item == in_shape[j]
+        if isinstance(item, fx.Node):
+            # A size read from a tensor keeps its dim; one computed from sizes (a
+            # sequence-first attention's view to L * N rows) folds dims together.
+            return _is_size_read(item)
+        return item in copy_values or item == in_shape[j]
 
     # A dim is kept only when it is kept at batch 2 too (a -1 may absorb the batch).
     in_two, out_two = _shape_at_batch_two(x), _shape_at_batch_two(node)
@@ -358,6 +362,13 @@ def symbolic_reshape(
     node.replace_all_uses_with(new)
     graph.erase_node(node)
     return True
+
+
+def _is_size_read(node: fx.Node) -> bool:
+    """`x.size(d)` or aten's `sym_size`: a tensor's own size, not arithmetic on sizes."""
+    if node.op == "call_method":
+        return node.target == "size"
+    return node.op == "call_function" and "sym_size" in str(node.target)
 
 
 def _shape_at_batch_two(node: Any) -> tuple[int, ...] | None:

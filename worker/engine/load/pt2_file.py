@@ -131,6 +131,24 @@ def _as_torch_reshape(graph: fx.Graph, node: fx.Node) -> None:
     graph.erase_node(node)
 
 
+def _reads_a_size(sizes: object) -> bool:
+    """Whether an aten call's size list holds a value computed in the graph (`x.size(0)`)."""
+    return isinstance(sizes, list | tuple) and any(isinstance(v, fx.Node) for v in sizes)
+
+
+def _as_tensor_expand(graph: fx.Graph, node: fx.Node) -> None:
+    """`x.expand(*sizes)` in place of aten's expand, for the same reason as
+    `_as_torch_reshape`: a ViT's class token expanded to `x.size(0)` came out expanded to
+    1, and its export ran at batch 1 only."""
+    sizes = node.args[1]
+    assert isinstance(sizes, list | tuple)
+    with graph.inserting_before(node):
+        new = graph.call_method("expand", (node.args[0], *sizes))
+    new.meta = dict(node.meta)
+    node.replace_all_uses_with(new)
+    graph.erase_node(node)
+
+
 def raise_aten_layers(gm: fx.GraphModule, example: Sequence[torch.Tensor]) -> fx.GraphModule:
     """Turn aten convolution/linear/norm calls on parameters back into nn layers."""
     from torch.fx.passes.shape_prop import ShapeProp
@@ -172,6 +190,9 @@ def raise_aten_layers(gm: fx.GraphModule, example: Sequence[torch.Tensor]) -> fx
         elif target in (aten.view.default, aten.reshape.default, aten._unsafe_view.default):
             if not conv.symbolic_reshape(gm, node, node.args[0], list(node.args[1])):
                 _as_torch_reshape(graph, node)
+            continue
+        elif target is aten.expand.default and _reads_a_size(node.args[1]):
+            _as_tensor_expand(graph, node)
             continue
         if layer is None:
             continue
