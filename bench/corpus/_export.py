@@ -6,10 +6,12 @@ import io
 import warnings
 from pathlib import Path
 
+import onnx
 import torch
 from torch import nn
 
 from corpus import Built, SkipEntry
+from corpus.checks import keeps_weights_elsewhere
 
 OPSET = 17
 
@@ -88,14 +90,6 @@ def export_pt2(module: nn.Module, example: tuple, path: Path) -> Path:
     return path
 
 
-def has_external_data(path: Path) -> bool:
-    """Whether the ONNX file at `path` keeps any weights in other files."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
-
-
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else ""
@@ -121,7 +115,9 @@ def built_from_torch(
     example = (torch.randn(*shape),)
     module = module.eval()
     reference = export_onnx(module, example, workdir / f"{name}.onnx", output_names=output_names)
-    if fmt == "onnx" and has_external_data(reference):
+    if fmt == "onnx" and keeps_weights_elsewhere(
+        onnx.load(str(reference), load_external_data=False)
+    ):
         fmt = "pt2"
     model = reference if fmt == "onnx" else export_pt2(module, example, workdir / f"{name}.pt2")
     keep = keep if keep is not None else default_keep(module)

@@ -101,14 +101,18 @@ def count_macs(path: Path, feeds: dict[str, np.ndarray]) -> int:
     return sum(_node_macs(n, shapes) for n in nodes)
 
 
+def keeps_weights_elsewhere(model: onnx.ModelProto) -> bool:
+    """Whether any of the model's weights are stored in other files (ONNX external data)."""
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
 @contextlib.contextmanager
 def _session_of(model: onnx.ModelProto, path: Path) -> Iterator[ort.InferenceSession]:
     """A session of `model`, a changed copy of the file at `path`. A model whose weights
     lie in files beside `path` is written beside it for as long as the session is open:
     onnxruntime finds those files from the model's own folder, and a model with them
     inline would be over the 2 GB one message holds."""
-    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
-    if not external:
+    if not keeps_weights_elsewhere(model):
         yield ort.InferenceSession(
             model.SerializeToString(), _plain_options(), providers=["CPUExecutionProvider"]
         )

@@ -63,10 +63,11 @@ def export_onnx(
         raise ExportFailed(
             f"the module returns {produced} outputs, the original {len(loaded.outputs)}"
         )
-    spill = weight_bytes(module) > SINGLE_FILE_WEIGHT_BYTES
+    weights = weight_bytes(module)
+    spill = weights > SINGLE_FILE_WEIGHT_BYTES
     if spill and single_file:
         raise ExportFailed(
-            f"the pruned model holds {weight_bytes(module) / 1e9:.2f} GB of weights and an "
+            f"the pruned model holds {weights / 1e9:.2f} GB of weights and an "
             f"ONNX file holds at most 2 GB: ask for a larger reduction"
         )
     errors = []
