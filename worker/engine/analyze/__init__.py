@@ -7,5 +7,5 @@
   `costs`: what a layer costs as a function of its widths.
 - `tp_extensions`: torch-pruning's knowledge of our converted modules (its private API
   only through `worker.engine.tp_adapter`); `deadline`: analysis time budgets and the
-  watchdog.
+  watchdog; `meta_device`: shape-only forward passes for preflight's costly trials.
 """

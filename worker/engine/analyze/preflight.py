@@ -11,7 +11,8 @@ The second kind is found by trial: on a copy of the model, remove a channel from
 candidate group (one per channel group, as the pruner would) and run a forward pass.
 All candidates are tried together first and bisected only when that fails, at a reduced
 spatial size where the model allows, so the analysis costs a handful of small forward
-passes.
+passes. A model whose trials are costly (a ViT keeps its full input size, and pruning
+copies its weights) is bisected on the meta device (`meta_device`), shapes without data.
 
 `build_dependency_graph` and `PRUNER_KWARGS` give the pruner the same view of the model
 (custom pruners for the modules the FX rewrites create, `load/channel_modules.py`; the
@@ -37,6 +38,7 @@ from torch_pruning import ops
 
 from contract import ExportSpec
 from worker.engine.analyze.deadline import Deadline, analysis_budget, timed_forward, watchdog
+from worker.engine.analyze.meta_device import MetaSwap, cannot_tell, no_saved_tensors
 from worker.engine.analyze.tp_extensions import index_mapping_frozen, register
 from worker.engine.errors import AnalysisTimeout, JobCancelled, PruningFailed
 from worker.engine.load.channel_modules import ChannelConst, ChannelShuffle
@@ -51,6 +53,11 @@ ROOT_MODULE_TYPES = (ops.TORCH_CONV, ops.TORCH_LINEAR)
 
 # Spatial sizes (dims after the channel dim) tried for the protection trials, smallest first.
 _TRIAL_SIZES = (32, 64)
+
+# How many times cheaper than a trial with the data a forward pass on the meta device must
+# be for the search to run there: a meta trial also prunes (in Python) and its result is
+# confirmed with the data. Small inputs through small layers run faster with the data.
+META_SPEEDUP_NEEDED = 3.0
 
 
 class ChannelConstPruner(tp.pruner.function.BasePruningFunc):
@@ -222,7 +229,7 @@ def analyse_groups(
         return out
 
     try:
-        with watchdog(deadline, "torch-pruning's search for the layer groups"):
+        with watchdog(deadline, "torch-pruning's search for the layer groups"), no_saved_tensors():
             dg = build_dependency_graph(work, inputs, output_transform=keep_outputs)
             with index_mapping_frozen(dg):
                 groups = list(dg.get_all_groups(root_module_types=ROOT_MODULE_TYPES))
@@ -258,13 +265,7 @@ def analyse_groups(
     unanalysed: list[nn.Module] = []
     try:
         with watchdog(deadline, "the layer analysis' trial pruning"):
-            breaking = trials.failing(candidates)
-            if (
-                breaking
-                and breaking != candidates
-                and not trials.run([m for m in candidates if m not in breaking])
-            ):
-                breaking = trials.one_by_one(candidates)  # only fail together: greedily
+            breaking = trials.breaking(candidates)
     except AnalysisTimeout:
         # Out of time: what no trial has shown safe is protected rather than guessed.
         trials.restore()
@@ -369,6 +370,10 @@ def _trial_inputs(module: nn.Module, loaded: LoadedModel) -> tuple[torch.Tensor,
     return full
 
 
+class _MetaCannotTell(Exception):
+    """A trial on the meta device failed for the device's sake, not the model's."""
+
+
 class _Trials:
     """Prune one channel per channel group from sets of groups, run, restore."""
 
@@ -382,6 +387,7 @@ class _Trials:
     ) -> None:
         self.dg, self.work, self.inputs, self.base = dg, work, inputs, base
         self.deadline = deadline
+        self.meta: MetaSwap | None = None  # set while trials run on the meta device
         self.count = 0
         self.passed: set[nn.Module] = set()  # roots some successful trial pruned
         self._ch_groups: dict[nn.Module, int] = {}
@@ -400,10 +406,47 @@ class _Trials:
         self._param_to_name = param_names(dg)
         self._node_modules = {node: node.module for node in dg.module2node.values()}
 
+    def breaking(self, roots: list[nn.Module]) -> list[nn.Module]:
+        """The roots whose pruning breaks the model.
+
+        All are tried together first, with the data. When that fails, the search for the
+        culprits runs on the meta device if a forward pass there is much cheaper than that
+        trial was (large weights to copy, large activations); what it finds safe is then
+        run once with the data (the values stay finite, no kernel refuses what its meta
+        twin allowed), and the search is repeated with the data if that run fails."""
+        started = time.perf_counter()
+        if not roots or self.run(roots):
+            return []
+        with_data_s = time.perf_counter() - started
+        meta = MetaSwap.of(self.work, self.inputs, self.base)
+        if meta is not None and meta.forward_s * META_SPEEDUP_NEEDED < with_data_s:
+            self.meta = meta
+            try:
+                with meta.active():
+                    found = self._search(roots)
+            except _MetaCannotTell:
+                self._restore()
+            else:
+                rest = [m for m in roots if m not in found]
+                if not rest or self.run(rest):
+                    return found
+        return self._search(roots)
+
+    def _search(self, roots: list[nn.Module]) -> list[nn.Module]:
+        """The breaking roots among `roots`, which fail together."""
+        breaking = self._bisect(roots)
+        if breaking and breaking != roots and not self.run([m for m in roots if m not in breaking]):
+            breaking = self.one_by_one(roots)  # only fail together: greedily
+        return breaking
+
     def failing(self, roots: list[nn.Module]) -> list[nn.Module]:
         """The roots whose pruning breaks the model (bisecting failed sets)."""
         if not roots or self.run(roots):
             return []
+        return self._bisect(roots)
+
+    def _bisect(self, roots: list[nn.Module]) -> list[nn.Module]:
+        """`failing` of roots known to fail together."""
         if len(roots) == 1:
             return roots
         mid = len(roots) // 2
@@ -432,15 +475,17 @@ class _Trials:
             for root in roots:
                 self._prune_one(root)
             # A failing FX graph prints its code to stderr; failing is expected here.
+            inputs = self.meta.inputs(self.inputs) if self.meta else self.inputs
             with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
-                out = flatten_outputs(self.work(*self.inputs))
+                out = flatten_outputs(self.work(*inputs))
             ok = len(out) == len(self.base) and all(
-                o.shape == b.shape and (not o.is_floating_point() or bool(torch.isfinite(o).all()))
-                for o, b in zip(out, self.base, strict=True)
+                o.shape == b.shape and _finite(o) for o, b in zip(out, self.base, strict=True)
             )
         except (JobCancelled, AnalysisTimeout):
             raise  # the watchdog's, not the trial's
-        except Exception:
+        except Exception as exc:
+            if self.meta is not None and self.meta.on_meta and cannot_tell(exc):
+                raise _MetaCannotTell from exc  # not the model's failure: search with data
             return False
         finally:
             self._restore()
@@ -483,6 +528,13 @@ class _Trials:
             out = flatten_outputs(self.work(*self.inputs))
         if any(not torch.equal(o, b) for o, b in zip(out, self.base, strict=True)):
             raise PruningFailed("the layer analysis could not restore the model between trials")
+
+
+def _finite(tensor: torch.Tensor) -> bool:
+    """No inf or NaN; a meta tensor has no values to check."""
+    if tensor.device.type == "meta" or not tensor.is_floating_point():
+        return True
+    return bool(torch.isfinite(tensor).all())
 
 
 def _state(obj: Any) -> dict[str, Any]:
