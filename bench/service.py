@@ -8,7 +8,10 @@ on the embedded defaults (SQLite + SQL broker) with --embedded — and prints:
   * GET /v1/jobs/{id} under load: wrk with N keep-alive connections (`wrk -c100`, Debian's
     `wrk`; scripts/system-deps.sh installs it) for a few seconds, polling a job while the
     worker runs it: p50/p90/p99/max and requests per second (targets p99 ≤ 50 ms and
-    ≥ 1,000 req/s); without wrk, N Python pollers (the client then costs the cores more);
+    ≥ 1,000 req/s); without wrk, N Python pollers (the client then costs the cores more).
+    Then the same connections spread their polls over --spread queued jobs, round robin:
+    polls of one job that arrive together share one read (app.api.status_reader), and
+    this second figure shows the service where they cannot;
   * a 1 GiB dataset upload: transfer throughput (target ≥ 200 MB/s) and the RSS growth of
     the API's processes during it (target ≤ 50 MB); the sandboxed child that inspects the
     upload, under a memory limit of its own, is reported beside them.
@@ -18,7 +21,7 @@ client's own share of the cores; they are printed with the core count. The API r
 `secateurs api --workers N` (--api-workers, default 1), as production runs it.
 
     python bench/service.py [--embedded] [--api-workers 2] [--jobs 7] [--pollers 100]
-                            [--poll-s 10] [--upload-mib 1024] [--only-polling]
+                            [--poll-s 10] [--spread 100] [--upload-mib 1024] [--only-polling]
 """
 
 import argparse
@@ -86,6 +89,7 @@ class Processes:
                 "PYTHONUNBUFFERED": "1",
                 "SECATEURS_API_KEYS": f"bench:{self.key}",
                 "SECATEURS_RATE_LIMIT_PER_MINUTE": "10000000",
+                "SECATEURS_MAX_CONCURRENT_JOBS_PER_TENANT": "1000",  # the spread's queue
                 "SECATEURS_MAX_DATASET_BYTES": str(8 * 1024**3),
                 **{f"SECATEURS_{k.upper()}": v for k, v in settings.items()},
             }
@@ -302,26 +306,53 @@ def parse_wrk(out: str) -> dict[str, float]:
     return figures
 
 
-def wrk_poll(procs: Processes, job_id: str, connections: int, seconds: float) -> dict[str, float]:
-    """`wrk -t2 -cN` on GET /v1/jobs/{id} for `seconds`, keep-alive, 5 s request timeout."""
-    out = subprocess.run(
-        [
-            "wrk",
-            "-t2",
-            f"-c{connections}",
-            f"-d{seconds:g}s",
-            "--latency",
-            "--timeout",
-            "5s",
-            "-H",
-            f"Authorization: Bearer {procs.key}",
-            f"{procs.base_url}/v1/jobs/{job_id}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+def wrk_poll(
+    procs: Processes, job_ids: list[str], connections: int, seconds: float
+) -> dict[str, float]:
+    """`wrk -t2 -cN` on GET /v1/jobs/{id} for `seconds`, keep-alive, 5 s request timeout;
+    each request to the next of `job_ids` (a Lua script) when there are several."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        script.write(_round_robin_lua([f"/v1/jobs/{j}" for j in job_ids]))
+        script.flush()
+        out = subprocess.run(
+            [
+                "wrk",
+                "-t2",
+                f"-c{connections}",
+                f"-d{seconds:g}s",
+                "--latency",
+                "--timeout",
+                "5s",
+                "-H",
+                f"Authorization: Bearer {procs.key}",
+                *(["-s", script.name] if len(job_ids) > 1 else []),
+                f"{procs.base_url}/v1/jobs/{job_ids[0]}",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     return parse_wrk(out)
+
+
+def _round_robin_lua(paths: list[str]) -> str:
+    listed = ", ".join(f'"{p}"' for p in paths)
+    return (
+        f"local paths = {{{listed}}}\n"
+        "local i = math.random(#paths)\n"
+        "request = function()\n"
+        "  i = i % #paths + 1\n"
+        '  return wrk.format("GET", paths[i])\n'
+        "end\n"
+    )
+
+
+def _wrk_figures(w: dict[str, float]) -> str:
+    return (
+        f"p50 {w['p50']:.1f} ms, p90 {w['p90']:.1f} ms, p99 {w['p99']:.1f} ms, max "
+        f"{w['max']:.0f} ms, {w['rps']:.0f} req/s ({w['requests']:.0f} requests, "
+        f"{w['non_2xx']:.0f} non-2xx, {w['socket_errors']:.0f} socket errors/timeouts)"
+    )
 
 
 def report_polling(
@@ -329,17 +360,24 @@ def report_polling(
 ) -> None:
     if shutil.which("wrk"):
         start = time.time()
-        w = wrk_poll(procs, job_id, args.pollers, args.poll_s)
+        w = wrk_poll(procs, [job_id], args.pollers, args.poll_s)
         end = time.time()
         print(
             f"GET /v1/jobs/{{id}}, wrk -t2 -c{args.pollers} for {args.poll_s:g} s, "
-            f"{args.api_workers} API process(es): p50 {w['p50']:.1f} ms, p90 {w['p90']:.1f} ms,"
-            f" p99 {w['p99']:.1f} ms, max {w['max']:.0f} ms, {w['rps']:.0f} req/s "
-            f"({w['requests']:.0f} requests, {w['non_2xx']:.0f} non-2xx, "
-            f"{w['socket_errors']:.0f} socket errors/timeouts) "
+            f"{args.api_workers} API process(es): {_wrk_figures(w)} "
             f"(targets p99 <= 50 ms, >= 1000 req/s); the job ran during "
             f"{job_overlap(client, job_id, start, end):.1f} s of the {end - start:.1f} s"
         )
+        if args.spread > 1:
+            others = queued_jobs(client, job_id, args.spread)
+            start = time.time()
+            w = wrk_poll(procs, others, args.pollers, args.poll_s)
+            end = time.time()
+            print(
+                f"  the same spread over {len(others)} queued jobs, round robin: "
+                f"{_wrk_figures(w)}; the running job ran during "
+                f"{job_overlap(client, job_id, start, end):.1f} s of the {end - start:.1f} s"
+            )
         return
     times = asyncio.run(_poll(procs.base_url, procs.key, job_id, args.pollers, args.each))
     ms = [t * 1000 for t in times]
@@ -371,6 +409,17 @@ def running_job(client: httpx.Client, data_dir: Path) -> str:
             raise SystemExit("the polling job did not start within 120 s")
         time.sleep(0.05)
     return job_id
+
+
+def queued_jobs(client: httpx.Client, running: str, count: int) -> list[str]:
+    """`count` more jobs of the running job's model, queued behind it."""
+    body = {"model_id": client.get(f"/v1/jobs/{running}").json()["model_id"], "finetune": None}
+    ids = []
+    for _ in range(count):
+        resp = client.post("/v1/jobs", json=body)
+        resp.raise_for_status()
+        ids.append(str(resp.json()["id"]))
+    return ids
 
 
 def job_overlap(client: httpx.Client, job_id: str, start: float, end: float) -> float:
@@ -505,6 +554,9 @@ def main() -> None:
     parser.add_argument("--pollers", type=int, default=100, help="concurrent connections")
     parser.add_argument("--poll-s", type=float, default=10.0, help="seconds of wrk polling")
     parser.add_argument("--each", type=int, default=20, help="requests per poller, without wrk")
+    parser.add_argument(
+        "--spread", type=int, default=100, help="queued jobs polled round robin (1: skip)"
+    )
     parser.add_argument("--upload-mib", type=int, default=1024, help="0 skips the upload")
     parser.add_argument(
         "--only-polling", action="store_true", help="skip the pick-up latency and the upload"

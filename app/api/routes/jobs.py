@@ -5,6 +5,7 @@ import binascii
 import functools
 import hashlib
 import json
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal, get_args
@@ -16,6 +17,7 @@ from sqlalchemy import (
     Engine,
     Select,
     and_,
+    any_,
     bindparam,
     case,
     func,
@@ -298,9 +300,11 @@ async def get_job(job_id: str, request: Request, tenant: Tenant) -> Response:
 # answering the JSON bytes directly (FastAPI would validate them again).
 _STATUS_COLUMNS = tuple(column for column in Job.__table__.columns if column.key != "report")
 # Built once: building and keying a statement per request cost more than running it.
-READ_JOB = select(*_STATUS_COLUMNS).where(
-    Job.id == bindparam("job_id"), Job.tenant == bindparam("tenant")
-)
+# Several jobs in one read, for the polls that arrive together (app.api.status_reader);
+# `READ_JOBS_ANY` takes one array parameter, for a driver used without SQLAlchemy.
+READ_JOBS = select(*_STATUS_COLUMNS).where(Job.id.in_(bindparam("job_ids", expanding=True)))
+READ_JOBS_ANY = select(*_STATUS_COLUMNS).where(Job.id == any_(bindparam("job_ids")))
+JobKey = tuple[str, str]  # (tenant, job id)
 
 
 def _json(body: bytes) -> Response:
@@ -317,18 +321,24 @@ def _autocommit(engine: Engine) -> Engine:
     return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
-def read_job_status(engine: Engine, tenant: str, job_id: str) -> bytes:
-    """The job's status as JSON bytes (`JobOut`, without the report); `NotFound` if the
-    tenant has no such job. Also answers the polls of app.api.poll_shortcut."""
+def read_job_statuses(engine: Engine, keys: Collection[JobKey]) -> dict[JobKey, bytes]:
+    """Each job's status as JSON bytes (`JobOut`, without the report) by (tenant, id), in
+    one read; a job the tenant does not have is left out. Answers the polls, through
+    app.api.status_reader."""
     with _autocommit(engine).connect() as conn:
-        row = conn.execute(READ_JOB, {"job_id": job_id, "tenant": tenant}).first()
-    if row is None:
-        raise NotFound(f"job {job_id!r} not found")
-    return status_json(row)
+        rows = conn.execute(READ_JOBS, {"job_ids": sorted({job for _, job in keys})}).all()
+    return statuses_json(rows, keys)
+
+
+def statuses_json(rows: Iterable[Any], keys: Collection[JobKey]) -> dict[JobKey, bytes]:
+    """The rows asked for by (tenant, id), as JSON bytes: a job of another tenant with an
+    id that was asked for is not among them."""
+    wanted = set(keys)
+    return {(r.tenant, r.id): status_json(r) for r in rows if (r.tenant, r.id) in wanted}
 
 
 def status_json(row: Any) -> bytes:
-    """A status row (the columns of `READ_JOB`, by attribute) as `JobOut`'s JSON bytes."""
+    """A status row (the columns of `READ_JOBS`, by attribute) as `JobOut`'s JSON bytes."""
     return JobOut.from_row(row).model_dump_json().encode()
 
 
