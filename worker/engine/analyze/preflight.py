@@ -242,7 +242,9 @@ def analyse_groups(
         ) from exc
     output_fns = {t.grad_fn for t in flatten_outputs(traced[0]) if t.grad_fn is not None}
     with torch.no_grad():
+        base_forward_s = time.perf_counter()
         base = flatten_outputs(work(*inputs))
+        base_forward_s = time.perf_counter() - base_forward_s
     names = {m: n for n, m in work.named_modules()}
 
     to_output, shuffled, candidates = [], [], []
@@ -261,7 +263,7 @@ def analyse_groups(
         elif isinstance(root, nn.Module):
             candidates.append(root)
 
-    trials = _Trials(dg, work, inputs, base, deadline)
+    trials = _Trials(dg, work, inputs, base, deadline, base_forward_s)
     unanalysed: list[nn.Module] = []
     try:
         with watchdog(deadline, "the layer analysis' trial pruning"):
@@ -384,9 +386,10 @@ class _Trials:
         inputs: tuple[torch.Tensor, ...],
         base: tuple[torch.Tensor, ...],
         deadline: Deadline | None = None,
+        base_forward_s: float = 0.0,
     ) -> None:
         self.dg, self.work, self.inputs, self.base = dg, work, inputs, base
-        self.deadline = deadline
+        self.deadline, self.base_forward_s = deadline, base_forward_s
         self.meta: MetaSwap | None = None  # set while trials run on the meta device
         self.count = 0
         self.passed: set[nn.Module] = set()  # roots some successful trial pruned
@@ -417,19 +420,20 @@ class _Trials:
         started = time.perf_counter()
         if not roots or self.run(roots):
             return []
-        with_data_s = time.perf_counter() - started
+        # A search's trials prune fewer roots than this first one, more than none.
+        with_data_s = (time.perf_counter() - started + self.base_forward_s) / 2
         meta = MetaSwap.of(self.work, self.inputs, self.base)
         if meta is not None and meta.forward_s * META_SPEEDUP_NEEDED < with_data_s:
-            self.meta = meta
+            self.meta, shown_safe = meta, set(self.passed)
             try:
                 with meta.active():
                     found = self._search(roots)
-            except _MetaCannotTell:
-                self._restore()
-            else:
                 rest = [m for m in roots if m not in found]
                 if not rest or self.run(rest):
                     return found
+            except _MetaCannotTell:
+                pass  # the meta device's own failure, not the model's
+            self.passed = shown_safe  # what only meta passed is not known to be safe
         return self._search(roots)
 
     def _search(self, roots: list[nn.Module]) -> list[nn.Module]:
