@@ -187,3 +187,39 @@ def test_a_failure_of_the_meta_device_itself_sends_the_search_to_the_data(counte
     assert analysis.protected == {"baked": "baked_shape", "head": "reaches_output"}
     assert analysis.prunable == ["plain"]  # not protected for the meta device's sake
     assert any(counted) and counted[-1] is False
+
+
+def _vit() -> nn.Module:
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64
+    )
+
+
+@pytest.mark.parametrize("upload", ["vit.pt2", "vit.onnx", "swin.onnx"])
+def test_a_transformer_is_searched_on_meta_with_the_same_answer(counted, tmp_path, upload):
+    """A transformer keeps its full input size and fails its first trial (its attention
+    heads are baked into the graph): the search that matters for the largest uploads. A
+    converted graph turns sizes into tensors and reads them back (Shape -> Reshape)."""
+    from worker.engine.load.loaders import load_model
+
+    torch.manual_seed(0)
+    shape, path = (1, 3, 32, 32), tmp_path / upload
+    if upload == "vit.pt2":
+        models.save_pt2(_vit().eval(), path, shape)
+    elif upload == "vit.onnx":
+        models.to_onnx(_vit(), path, shape)
+    else:
+        models.swin_onnx(path, dim=16, heads=[1, 2, 4], window=2, size=32)
+    loaded = load_model(path)
+    on_meta = preflight.analyse_groups(loaded.module, loaded)
+    assert any(counted)
+    counted.clear()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(preflight.MetaSwap, "of", classmethod(lambda *_: None))
+        with_data = preflight.analyse_groups(loaded.module, loaded)
+    assert not any(counted)
+    assert on_meta.protected == with_data.protected
+    assert on_meta.prunable == with_data.prunable and on_meta.prunable
+    assert "baked_shape" in on_meta.protected.values()
