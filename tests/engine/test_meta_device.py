@@ -117,7 +117,17 @@ def test_meta_trials_protect_what_trials_with_the_data_protect(counted, monkeypa
     assert on_meta.prunable == with_data.prunable
 
 
-def test_what_only_the_data_shows_is_found_with_the_data(counted):
+def test_a_slow_forward_pass_sends_even_the_first_trial_to_meta(counted, monkeypatch):
+    monkeypatch.setattr(preflight, "META_UP_FRONT_S", 0.0)
+    analysis = _analysis(models.ReshapeBakedNet(), (1, 3, 16, 16))
+    assert analysis.protected == {"conv1": "baked_shape", "fc": "reaches_output"}
+    assert counted[0] is True and counted.count(False) == 1  # only the confirmation
+
+
+@pytest.mark.parametrize("up_front", [False, True])
+def test_what_only_the_data_shows_is_found_with_the_data(counted, monkeypatch, up_front):
+    if up_front:
+        monkeypatch.setattr(preflight, "META_UP_FRONT_S", 0.0)
     torch.manual_seed(0)
     analysis = _analysis(DividesByItsWidth(), (1, 3, 8, 8))
     assert analysis.protected == {"divides": "baked_shape", "head": "reaches_output"}
@@ -182,7 +192,12 @@ def test_sizes_made_into_a_tensor_keep_their_values_on_meta(counted):
     assert any(counted)
 
 
-def test_a_failure_of_the_meta_device_itself_sends_the_search_to_the_data(counted):
+@pytest.mark.parametrize("up_front", [False, True])
+def test_a_failure_of_the_meta_device_itself_sends_the_search_to_the_data(
+    counted, monkeypatch, up_front
+):
+    if up_front:
+        monkeypatch.setattr(preflight, "META_UP_FRONT_S", 0.0)
     analysis = _analysis(ReadsAValueOncePruned(), (1, 3, 8, 8))
     assert analysis.protected == {"baked": "baked_shape", "head": "reaches_output"}
     assert analysis.prunable == ["plain"]  # not protected for the meta device's sake

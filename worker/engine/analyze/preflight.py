@@ -29,7 +29,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch_pruning as tp
@@ -58,6 +58,9 @@ _TRIAL_SIZES = (32, 64)
 # be for the search to run there: a meta trial also prunes (in Python) and its result is
 # confirmed with the data. Small inputs through small layers run faster with the data.
 META_SPEEDUP_NEEDED = 3.0
+# A forward pass with the data this slow (seconds) makes it worth measuring one on meta
+# before the first trial: a trial would cost at least as much, and prune besides.
+META_UP_FRONT_S = 0.5
 
 
 class ChannelConstPruner(tp.pruner.function.BasePruningFunc):
@@ -391,6 +394,7 @@ class _Trials:
         self.dg, self.work, self.inputs, self.base = dg, work, inputs, base
         self.deadline, self.base_forward_s = deadline, base_forward_s
         self.meta: MetaSwap | None = None  # set while trials run on the meta device
+        self._meta: MetaSwap | None | Literal[False] = False  # False: not yet tried
         self.count = 0
         self.passed: set[nn.Module] = set()  # roots some successful trial pruned
         self._ch_groups: dict[nn.Module, int] = {}
@@ -412,33 +416,58 @@ class _Trials:
     def breaking(self, roots: list[nn.Module]) -> list[nn.Module]:
         """The roots whose pruning breaks the model.
 
-        All are tried together first, with the data. When that fails, the search for the
-        culprits runs on the meta device if a forward pass there is much cheaper than that
-        trial was (large weights to copy, large activations); what it finds safe is then
-        run once with the data (the values stay finite, no kernel refuses what its meta
-        twin allowed), and the search is repeated with the data if that run fails."""
-        started = time.perf_counter()
-        if not roots or self.run(roots):
+        The search runs on the meta device when a forward pass there is much cheaper than
+        a trial with the data (large weights to copy, large activations): decided before
+        the first trial when a forward pass with the data is slow already, else after a
+        first trial of all roots together with the data has failed. What the meta search
+        finds safe is then run once with the data (the values stay finite, no kernel
+        refuses what its meta twin allowed); if that run fails, or the meta device cannot
+        tell, the search is repeated with the data."""
+        if not roots:
             return []
-        # A search's trials prune fewer roots than this first one, more than none.
-        with_data_s = (time.perf_counter() - started + self.base_forward_s) / 2
-        meta = MetaSwap.of(self.work, self.inputs, self.base)
-        if meta is not None and meta.forward_s * META_SPEEDUP_NEEDED < with_data_s:
-            self.meta, shown_safe = meta, set(self.passed)
-            try:
-                with meta.active():
-                    found = self._search(roots)
-                rest = [m for m in roots if m not in found]
-                if not rest or self.run(rest):
-                    return found
-            except _MetaCannotTell:
-                pass  # the meta device's own failure, not the model's
-            self.passed = shown_safe  # what only meta passed is not known to be safe
-        return self._search(roots)
+        meta, known_to_fail = None, False
+        if self.base_forward_s >= META_UP_FRONT_S:
+            meta = self._cheaper_meta(self.base_forward_s)
+        if meta is None:
+            started = time.perf_counter()
+            if self.run(roots):
+                return []
+            known_to_fail = True
+            # A search's trials prune fewer roots than this first one, more than none.
+            meta = self._cheaper_meta((time.perf_counter() - started + self.base_forward_s) / 2)
+            if meta is None:
+                return self._search(roots, known_to_fail=True)
+        found = self._search_on_meta(meta, roots, known_to_fail=known_to_fail)
+        return found if found is not None else self._search(roots, known_to_fail=False)
 
-    def _search(self, roots: list[nn.Module]) -> list[nn.Module]:
-        """The breaking roots among `roots`, which fail together."""
-        breaking = self._bisect(roots)
+    def _cheaper_meta(self, trial_with_data_s: float) -> MetaSwap | None:
+        """The model's meta swap, when its forward pass beats a trial with the data."""
+        if self._meta is False:
+            self._meta = MetaSwap.of(self.work, self.inputs, self.base)
+        meta = self._meta
+        if meta is None or meta.forward_s * META_SPEEDUP_NEEDED >= trial_with_data_s:
+            return None
+        return meta
+
+    def _search_on_meta(
+        self, meta: MetaSwap, roots: list[nn.Module], *, known_to_fail: bool
+    ) -> list[nn.Module] | None:
+        """The meta search's answer once confirmed with the data; None when it is not."""
+        self.meta, shown_safe = meta, set(self.passed)
+        try:
+            with meta.active():
+                found = self._search(roots, known_to_fail=known_to_fail)
+            rest = [m for m in roots if m not in found]
+            if not rest or self.run(rest):
+                return found
+        except _MetaCannotTell:
+            pass  # the meta device's own failure, not the model's
+        self.passed = shown_safe  # what only meta passed is not known to be safe
+        return None
+
+    def _search(self, roots: list[nn.Module], *, known_to_fail: bool) -> list[nn.Module]:
+        """The breaking roots among `roots` (which fail together, if `known_to_fail`)."""
+        breaking = self._bisect(roots) if known_to_fail else self.failing(roots)
         if breaking and breaking != roots and not self.run([m for m in roots if m not in breaking]):
             breaking = self.one_by_one(roots)  # only fail together: greedily
         return breaking
