@@ -150,23 +150,6 @@ def test_small_layers_are_searched_with_the_data(counted, monkeypatch):
     assert len(counted) > 1 and not any(counted)
 
 
-class ReadsItsSizes(nn.Module):
-    """Turns its sizes into a tensor on its input's device and reads them back, as a
-    converted ONNX Shape -> Reshape does. `baked` feeds a reshape to a fixed size."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.plain = nn.Conv2d(3, 8, 3, padding=1)
-        self.baked = nn.Conv2d(8, 8, 3, padding=1)
-        self.head = nn.Linear(8 * 8 * 8, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.baked(self.plain(x))
-        sizes = torch.tensor(y.shape, device=y.device)
-        y = y.reshape([int(s) for s in sizes])
-        return self.head(y.reshape(x.shape[0], 8 * 8 * 8))
-
-
 class ReadsAValueOncePruned(nn.Module):
     """Reads a value only when `plain` has lost a channel: the meta device cannot say
     whether that works, the data can (it does)."""
@@ -183,13 +166,6 @@ class ReadsAValueOncePruned(nn.Module):
             y = y * float(y.abs().max() > -1)
         y = self.baked(y)
         return self.head(y.reshape(x.shape[0], 8 * 8 * 8))
-
-
-def test_sizes_made_into_a_tensor_keep_their_values_on_meta(counted):
-    analysis = _analysis(ReadsItsSizes(), (1, 3, 8, 8))
-    assert analysis.protected == {"baked": "baked_shape", "head": "reaches_output"}
-    assert analysis.prunable == ["plain"]
-    assert any(counted)
 
 
 @pytest.mark.parametrize("up_front", [False, True])
@@ -212,11 +188,16 @@ def _vit() -> nn.Module:
     )
 
 
-@pytest.mark.parametrize("upload", ["vit.pt2", "vit.onnx", "swin.onnx"])
-def test_a_transformer_is_searched_on_meta_with_the_same_answer(counted, tmp_path, upload):
+@pytest.mark.parametrize(
+    ("upload", "runs_on_meta"), [("vit.pt2", True), ("swin.onnx", True), ("vit.onnx", False)]
+)
+def test_a_transformer_is_searched_on_meta_with_the_same_answer(
+    counted, tmp_path, upload, runs_on_meta
+):
     """A transformer keeps its full input size and fails its first trial (its attention
-    heads are baked into the graph): the search that matters for the largest uploads. A
-    converted graph turns sizes into tensors and reads them back (Shape -> Reshape)."""
+    heads are baked into the graph): the search that matters for the largest uploads. The
+    converted ViT turns its sizes into a tensor and reads them back (Shape -> Reshape),
+    which the meta device cannot: it is searched with the data."""
     from worker.engine.load.loaders import load_model
 
     torch.manual_seed(0)
@@ -229,7 +210,7 @@ def test_a_transformer_is_searched_on_meta_with_the_same_answer(counted, tmp_pat
         models.swin_onnx(path, dim=16, heads=[1, 2, 4], window=2, size=32)
     loaded = load_model(path)
     on_meta = preflight.analyse_groups(loaded.module, loaded)
-    assert any(counted)
+    assert any(counted) == runs_on_meta
     counted.clear()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(preflight.MetaSwap, "of", classmethod(lambda *_: None))

@@ -2,8 +2,10 @@
 
 A protection trial asks one question of a pruned copy: does it still run, with the same
 output shapes? On the meta device a tensor has a shape and no data, so pruning copies no
-weights and a forward pass computes no values: each trial costs Python time only. For a
-model of 600 M weights that is the difference between a second and a few milliseconds.
+weights and a forward pass computes no values: each trial costs Python time only. For
+torchvision's vit_h_14 (630 M weights) on two cores, a trial that prunes half its groups
+took 6 s with the data and under half a second on meta. A graph of many small ops (a
+converted ONNX Swin) runs no faster on meta than with the data; preflight measures both.
 
 The tensors are swapped in place (`torch.utils.swap_tensors`), so every reference to
 them, torch-pruning's dependency graph included, sees the change, and `MetaSwap` swaps
@@ -23,7 +25,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from worker.engine.outputs import flatten_outputs
 
@@ -88,8 +89,7 @@ class MetaSwap:
     def active(self) -> Iterator[None]:
         self.to_meta()
         try:
-            with _NumbersStayReal():
-                yield
+            yield
         finally:
             self.to_real()
 
@@ -118,25 +118,6 @@ def cannot_tell(exc: BaseException) -> bool:
     kernel it lacks, a tensor left on another device) rather than the model's."""
     text = str(exc).lower()
     return isinstance(exc, NotImplementedError) or "meta" in text or "device" in text
-
-
-class _NumbersStayReal(TorchFunctionMode):
-    """A tensor made from Python numbers (a converted graph's Shape op turning sizes into
-    a tensor on its input's device) is made with its values: it is read as numbers next."""
-
-    def __torch_function__(
-        self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Any = None
-    ) -> Any:
-        kwargs = kwargs or {}
-        if (
-            func in (torch.tensor, torch.as_tensor)
-            and args
-            and not isinstance(args[0], torch.Tensor)
-            and kwargs.get("device") is not None
-            and torch.device(kwargs["device"]).type == "meta"
-        ):
-            kwargs = {**kwargs, "device": "cpu"}
-        return func(*args, **kwargs)
 
 
 def _tensors_of(module: nn.Module) -> list[torch.Tensor]:

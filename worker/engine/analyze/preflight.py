@@ -398,6 +398,7 @@ class _Trials:
         self.count = 0
         self.passed: set[nn.Module] = set()  # roots some successful trial pruned
         self._ch_groups: dict[nn.Module, int] = {}
+        self._grouping_s = 0.0  # spent working out `_ch_groups`
         # Pruning replaces parameters and attributes, and changes some lists in place (an
         # LSTM's flat weights, torch-pruning's own records of concat and split sizes):
         # keep each object's attributes, with copies of its lists and dicts.
@@ -433,8 +434,10 @@ class _Trials:
             if self.run(roots):
                 return []
             known_to_fail = True
-            # A search's trials prune fewer roots than this first one, more than none.
-            meta = self._cheaper_meta((time.perf_counter() - started + self.base_forward_s) / 2)
+            # What the first trial spent pruning (copying weights), less what it spent
+            # working out each group once; a search's trials prune about half as much.
+            pruning_s = time.perf_counter() - started - self._grouping_s - self.base_forward_s
+            meta = self._cheaper_meta(self.base_forward_s + max(pruning_s, 0.0) / 2)
             if meta is None:
                 return self._search(roots, known_to_fail=True)
         found = self._search_on_meta(meta, roots, known_to_fail=known_to_fail)
@@ -536,10 +539,12 @@ class _Trials:
         if not channels or channels < 2:
             return
         if root not in self._ch_groups:  # the same for every trial: work it out once
+            started = time.perf_counter()
             group = self.dg.get_pruning_group(
                 root, pruner.prune_out_channels, list(range(channels))
             )
             self._ch_groups[root] = _channel_groups(self.dg, group)
+            self._grouping_s += time.perf_counter() - started
         ch_groups = self._ch_groups[root]
         size = channels // ch_groups
         if size < 2:
