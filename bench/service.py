@@ -411,15 +411,20 @@ def running_job(client: httpx.Client, data_dir: Path) -> str:
     return job_id
 
 
-def queued_jobs(client: httpx.Client, running: str, count: int) -> list[str]:
-    """`count` more jobs of the running job's model, queued behind it."""
-    body = {"model_id": client.get(f"/v1/jobs/{running}").json()["model_id"], "finetune": None}
+def submit_jobs(client: httpx.Client, body: dict, count: int) -> list[str]:
+    """The ids of `count` jobs submitted with `body`."""
     ids = []
     for _ in range(count):
         resp = client.post("/v1/jobs", json=body)
         resp.raise_for_status()
         ids.append(str(resp.json()["id"]))
     return ids
+
+
+def queued_jobs(client: httpx.Client, running: str, count: int) -> list[str]:
+    """`count` more jobs of the running job's model, queued behind it."""
+    model_id = client.get(f"/v1/jobs/{running}").json()["model_id"]
+    return submit_jobs(client, {"model_id": model_id, "finetune": None}, count)
 
 
 def job_overlap(client: httpx.Client, job_id: str, start: float, end: float) -> float:

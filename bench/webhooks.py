@@ -27,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
-from service import Processes, free_port, machine, tiny_onnx
+from service import Processes, free_port, machine, submit_jobs, tiny_onnx
 
 
 class Receiver:
@@ -56,16 +56,6 @@ class Receiver:
 
 def _ts(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-def submit_jobs(client: httpx.Client, model_id: str, url: str, count: int) -> list[str]:
-    body = {"model_id": model_id, "finetune": None, "webhook_url": url}
-    ids = []
-    for _ in range(count):
-        resp = client.post("/v1/jobs", json=body)
-        resp.raise_for_status()
-        ids.append(str(resp.json()["id"]))
-    return ids
 
 
 def finished_at(client: httpx.Client, job_ids: list[str], timeout_s: float = 300) -> dict:
@@ -130,7 +120,8 @@ def run(args: argparse.Namespace, data_dir: Path) -> None:
         secret = client.get("/v1/webhooks/secret").json()["secret"]
 
         receiver = Receiver(port, received)
-        up = submit_jobs(client, model_id, url, args.jobs)
+        body = {"model_id": model_id, "finetune": None, "webhook_url": url}
+        up = submit_jobs(client, body, args.jobs)
         ends = finished_at(client, up)
         arrived = wait_for_events(received, up, timeout_s=30)
         receiver.stop()
@@ -151,7 +142,7 @@ def run(args: argparse.Namespace, data_dir: Path) -> None:
             + f" (target <= 1000 ms){'' if arrived else '; some never arrived'}"
         )
 
-        down = submit_jobs(client, model_id, url, args.jobs)
+        down = submit_jobs(client, body, args.jobs)
         ends = finished_at(client, down)
         back_at = max(ends.values()) + args.outage_s
         time.sleep(max(0.0, back_at - time.time()))

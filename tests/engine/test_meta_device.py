@@ -62,15 +62,18 @@ class DividesByItsWidth(nn.Module):
         return self.head(y / torch.tensor(float(y.shape[1] - 7)))
 
 
-class ReadsAValue(nn.Module):
-    """Reads a number out of a tensor: nothing to read on the meta device. `baked` feeds
-    a reshape to a fixed size; `plain` prunes."""
+class _PlainBakedHead(nn.Module):
+    """`plain` prunes; `baked` feeds a reshape to a fixed size (8x8 inputs)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.plain = nn.Conv2d(3, 8, 3, padding=1)
         self.baked = nn.Conv2d(8, 8, 3, padding=1)
         self.head = nn.Linear(8 * 8 * 8, 4)
+
+
+class ReadsAValue(_PlainBakedHead):
+    """Reads a number out of a tensor: nothing to read on the meta device."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.baked(self.plain(x))
@@ -150,15 +153,9 @@ def test_small_layers_are_searched_with_the_data(counted, monkeypatch):
     assert len(counted) > 1 and not any(counted)
 
 
-class ReadsAValueOncePruned(nn.Module):
+class ReadsAValueOncePruned(_PlainBakedHead):
     """Reads a value only when `plain` has lost a channel: the meta device cannot say
     whether that works, the data can (it does)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.plain = nn.Conv2d(3, 8, 3, padding=1)
-        self.baked = nn.Conv2d(8, 8, 3, padding=1)
-        self.head = nn.Linear(8 * 8 * 8, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.plain(x)
