@@ -30,7 +30,7 @@ class _CountedTrials(preflight._Trials):
     runs: list[bool] = []
 
     def run(self, roots: list[nn.Module]) -> bool:
-        _CountedTrials.runs.append(bool(self.meta and self.meta.on_meta))
+        _CountedTrials.runs.append(self.on_meta)
         return super().run(roots)
 
 

@@ -393,7 +393,6 @@ class _Trials:
     ) -> None:
         self.dg, self.work, self.inputs, self.base = dg, work, inputs, base
         self.deadline, self.base_forward_s = deadline, base_forward_s
-        self.meta: MetaSwap | None = None  # set while trials run on the meta device
         self._meta: MetaSwap | None | Literal[False] = False  # False: not yet tried
         self.count = 0
         self.passed: set[nn.Module] = set()  # roots some successful trial pruned
@@ -413,6 +412,11 @@ class _Trials:
         self._module2node = dict(dg.module2node)
         self._param_to_name = param_names(dg)
         self._node_modules = {node: node.module for node in dg.module2node.values()}
+
+    @property
+    def on_meta(self) -> bool:
+        """Whether trials run on the meta device now."""
+        return bool(self._meta and self._meta.on_meta)
 
     def breaking(self, roots: list[nn.Module]) -> list[nn.Module]:
         """The roots whose pruning breaks the model.
@@ -456,7 +460,7 @@ class _Trials:
         self, meta: MetaSwap, roots: list[nn.Module], *, known_to_fail: bool
     ) -> list[nn.Module] | None:
         """The meta search's answer once confirmed with the data; None when it is not."""
-        self.meta, shown_safe = meta, set(self.passed)
+        shown_safe = set(self.passed)
         try:
             with meta.active():
                 found = self._search(roots, known_to_fail=known_to_fail)
@@ -511,7 +515,7 @@ class _Trials:
             for root in roots:
                 self._prune_one(root)
             # A failing FX graph prints its code to stderr; failing is expected here.
-            inputs = self.meta.inputs(self.inputs) if self.meta else self.inputs
+            inputs = self._meta.inputs(self.inputs) if self._meta else self.inputs
             with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
                 out = flatten_outputs(self.work(*inputs))
             ok = len(out) == len(self.base) and all(
@@ -520,7 +524,7 @@ class _Trials:
         except (JobCancelled, AnalysisTimeout):
             raise  # the watchdog's, not the trial's
         except Exception as exc:
-            if self.meta is not None and self.meta.on_meta and cannot_tell(exc):
+            if self.on_meta and cannot_tell(exc):
                 raise _MetaCannotTell from exc  # not the model's failure: search with data
             return False
         finally:
